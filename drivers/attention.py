@@ -25,7 +25,8 @@ class AttentionGroup:
     q_len: int
     block_tables: torch.Tensor      # [G, max_blocks] long (padded with block 0)
     ctx: int                        # keys to attend: max context length in the group
-    mask: torch.Tensor | None       # [G, 1, q_len, ctx] bool (True = attend), None = plain causal
+    mask: torch.Tensor | None       # [G, 1, q_len, ctx] bool (True = attend); None: see causal
+    causal: bool                    # no mask: causal (one whole prompt) or every key (decodes)
 
 
 @dataclass
@@ -54,15 +55,17 @@ def build_metadata(seq_lens: list[tuple[int, int, list[int]]], order: list[int],
         for start, n, bt in members:
             for p in range(start, start + n):
                 slots.append(bt[p // block_size] * block_size + p % block_size)
-        plain_causal = len(members) == 1 and members[0][0] == 0
+        causal = len(members) == 1 and members[0][0] == 0       # one whole prompt: plain causal
+        all_keys = q_len == 1 and min(ctx_lens) == ctx           # equal-length decodes: no mask
         mask = None
-        if not plain_causal:
+        if not (causal or all_keys):
             keys = torch.arange(ctx).view(1, 1, 1, ctx)
             qpos = torch.tensor([start for start, _, _ in members]).view(-1, 1, 1, 1) \
                 + torch.arange(q_len).view(1, 1, q_len, 1)
             mask = (keys <= qpos).to(device)
         groups.append(AttentionGroup(row, row + (j - i) * q_len, j - i, q_len,
-                                     torch.tensor(tables, dtype=torch.long, device=device), ctx, mask))
+                                     torch.tensor(tables, dtype=torch.long, device=device), ctx,
+                                     mask, causal and q_len > 1))
         row += (j - i) * q_len
         i = j
     return AttentionMetadata(groups, torch.tensor(slots, dtype=torch.long, device=device))
@@ -80,7 +83,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         kvh = k_cache.shape[2]
         k = k_cache.index_select(0, flat).view(g.n_seqs, -1, kvh, head_dim)[:, :g.ctx].transpose(1, 2)
         v = v_cache.index_select(0, flat).view(g.n_seqs, -1, kvh, head_dim)[:, :g.ctx].transpose(1, 2)
-        o = F.scaled_dot_product_attention(qg, k, v, attn_mask=g.mask, is_causal=g.mask is None,
+        o = F.scaled_dot_product_attention(qg, k, v, attn_mask=g.mask, is_causal=g.causal,
                                            scale=scale, enable_gqa=kvh != n_heads)
         outs.append(o.transpose(1, 2).reshape(g.n_seqs * g.q_len, n_heads * head_dim))
     return outs[0] if len(outs) == 1 else torch.cat(outs)

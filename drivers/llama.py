@@ -146,11 +146,10 @@ class LlamaModel:
         for li, layer in enumerate(self.layers):
             h = self._norm(x, layer.attn_norm)
             qkv = layer.wqkv(h)
-            q = qkv[:, :H * D].view(T, H, D).float()
-            k = qkv[:, H * D:(H + KVH) * D].view(T, KVH, D).float()
+            qk = qkv[:, :(H + KVH) * D].view(T, H + KVH, D).float()     # RoPE on q and k at once
+            qk = (qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin).to(self.dtype)
+            q, k = qk[:, :H], qk[:, H:]
             v = qkv[:, (H + KVH) * D:].view(T, KVH, D)
-            q = (q * cos + torch.cat([-q[..., half:], q[..., :half]], -1) * sin).to(self.dtype)
-            k = (k * cos + torch.cat([-k[..., half:], k[..., :half]], -1) * sin).to(self.dtype)
             k_cache, v_cache = kv.k[li], kv.v[li]
             k_cache.view(-1, KVH, D).index_copy_(0, meta.slots, k)
             v_cache.view(-1, KVH, D).index_copy_(0, meta.slots, v)

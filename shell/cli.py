@@ -13,7 +13,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # name      module                          one-line help
     "pull":    ("llmos.drivers.catalog",       "fetch a model into the cache and print its path"),
     "models":  ("llmos.drivers.catalog",       "list cached models"),
-    "generate": ("llmos.drivers.generate",     "one-shot generation in this process (no kernel)"),
     "bench":   ("llmos.benchmarks.cli",        "benchmarks: forward, serve, syscall"),
     "serve":   ("llmos.kernel.main",           "run the kernel daemon (--daemon to background it)"),
     "stop":    ("llmos.kernel.main",           "stop the running kernel"),
