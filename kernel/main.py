@@ -1,0 +1,239 @@
+"""Boot the kernel (xv6: main.c): `llmos serve` and `llmos stop`.
+
+Boot order, one log line per step:
+    config → driver (the model) → KV pool → engine → server (bind, token, pid file) → loop
+
+`llmos serve` runs in the foreground and logs to stderr. `llmos serve --daemon` starts the same
+command as a detached child (log: <runtime dir>/kernel.log) and returns once the kernel answers
+hello, or fails with the log's last lines. `llmos stop` asks the kernel to shut down (its
+processes get SIGTERM, parked calls are answered) and waits for the process to exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import abi
+
+log = logging.getLogger("llmos.kernel")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="llmos serve", description="run the llmos kernel")
+    ap.add_argument("--model", default="smollm2", help="catalog name or path to a .gguf (default: smollm2)")
+    ap.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    kv = ap.add_mutually_exclusive_group()
+    kv.add_argument("--kv-fraction", type=float, help="share of free device memory for KV blocks")
+    kv.add_argument("--kv-blocks", type=int, help="exact number of KV blocks")
+    ap.add_argument("--block-size", type=int, help="tokens per KV block")
+    ap.add_argument("--max-tokens-per-step", type=int, help="token budget of one engine step")
+    ap.add_argument("--socket", help="ipc socket path (default: <runtime dir>/kernel.sock)")
+    ap.add_argument("--tcp", metavar="HOST:PORT", help="also listen on tcp://HOST:PORT (clients: "
+                    "LLMOS_KERNEL=tcp://HOST:PORT LLMOS_TOKEN=<the token file's content>)")
+    ap.add_argument("--lease", type=float, default=3.0, metavar="S",
+                    help="seconds a vanished client's processes outlive it (default 3)")
+    ap.add_argument("--daemon", action="store_true", help="run in the background; return once ready")
+    ap.add_argument("--ready-timeout", type=float, default=300.0, metavar="S",
+                    help="--daemon: how long to wait for the kernel to answer (default 300)")
+    ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    """argv[0] is 'serve' or 'stop' (shell/cli.py dispatches both names here)."""
+    cmd, rest = (argv[0], argv[1:]) if argv else ("serve", [])
+    if cmd == "stop":
+        return stop(rest)
+    if cmd != "serve":
+        print(f"llmos: kernel.main cannot run {cmd!r}", file=sys.stderr)
+        return 2
+    args = _parser().parse_args(rest)
+    if args.lease <= 0:
+        _parser().error("--lease must be > 0")
+    rt = abi.ensure_runtime_dir()
+    running = _running_pid(rt)
+    if running:
+        print(f"llmos serve: a kernel is already running (pid {running}); stop it with: llmos stop",
+              file=sys.stderr)
+        return 1
+    if args.daemon:
+        return _daemonize(rest, rt, args)
+    return serve(args, rt)
+
+
+def _endpoints(args, rt: Path) -> list[str]:
+    eps = [abi.ipc_endpoint(Path(args.socket) if args.socket else abi.socket_path(rt))]
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not host or not (port.isdigit() or port == "*"):
+            raise ValueError(f"--tcp wants HOST:PORT (PORT may be *), got {args.tcp!r}")
+        eps.append(f"tcp://{host}:{port}")
+    return eps
+
+
+def serve(args, rt: Path) -> int:
+    """Boot in this process and serve until `llmos stop`, SIGTERM or SIGINT."""
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s llmos[%(process)d] %(message)s", datefmt="%H:%M:%S")
+    from llmos.drivers import catalog
+    from llmos.drivers.gguf import ModelFileError
+    from llmos.drivers.llama import LlamaModel
+    from .engine import Engine
+    from .param import KernelConfig
+    from .server import Server
+    from .syscalls import Kernel
+
+    t0 = time.monotonic()
+    try:
+        changes = {k: v for k, v in (("kv_fraction", args.kv_fraction), ("num_blocks", args.kv_blocks),
+                                     ("block_size", args.block_size),
+                                     ("max_step_tokens", args.max_tokens_per_step)) if v is not None}
+        config = KernelConfig().replace(**changes)
+        endpoints = _endpoints(args, rt)
+        log.info("boot: config  %s", " ".join(f"{k}={v}" for k, v in config.as_dict().items()))
+        path = catalog.resolve(args.model, pull_missing=True)
+        model = LlamaModel.load(str(path), dtype=args.dtype, device=args.device)
+        c = model.config
+        log.info("boot: driver  %s (%s, %d layers, hidden %d, context %d) on %s/%s, %.1f s", path.name,
+                 c.arch, c.n_layers, c.hidden_size, c.context_length, model.device, str(model.dtype)[6:],
+                 time.monotonic() - t0)
+        engine = Engine(model, config)
+        kv = engine.kv.stats()
+        log.info("boot: KV pool %d blocks x %d tokens, %.1f MiB", kv["total"], kv["block_size"],
+                 kv["total"] * kv["bytes_per_block"] / 2**20)
+        log.info("boot: engine  max_context=%d max_running=%d step budget %d tokens",
+                 engine.max_context, config.max_running, config.max_step_tokens)
+    except (ValueError, ModelFileError, OSError) as e:
+        log.error("boot failed: %s", e)
+        return 1
+    token = abi.write_token(rt)
+    info = {"model": path.stem, "model_path": str(path), "device": str(model.device),
+            "dtype": str(model.dtype).replace("torch.", ""), "config": config.as_dict(),
+            "model_config": dataclasses.asdict(model.config), "max_context": engine.max_context,
+            "endpoints": endpoints, "runtime_dir": str(rt)}
+    kernel = Kernel(engine=engine, model=model, token=token, info=info)
+    server = Server(kernel, endpoints, lease_s=args.lease)
+    try:
+        server.bind()
+    except Exception as e:
+        log.error("boot failed: cannot bind %s: %s", ", ".join(endpoints), e)
+        abi.token_path(rt).unlink(missing_ok=True)
+        return 1
+    info["endpoints"] = endpoints = server.endpoints
+    abi.pid_path(rt).write_text(f"{os.getpid()}\n")
+    log.info("boot: server  %s (token %s, lease %g s)", ", ".join(endpoints), abi.token_path(rt), args.lease)
+    try:
+        import uvloop
+        log.info("boot: loop    uvloop; ready in %.1f s", time.monotonic() - t0)
+        uvloop.run(_run(server))
+    finally:
+        for p in (abi.pid_path(rt), abi.token_path(rt), Path(endpoints[0][6:])):
+            p.unlink(missing_ok=True)
+        log.info("stopped")
+    return 0
+
+
+async def _run(server) -> None:
+    import asyncio
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.shutdown)
+    await server.serve()
+
+
+def _running_pid(rt: Path) -> int | None:
+    """The pid in the pid file if that process is alive (a stale pid file is removed)."""
+    try:
+        pid = int(abi.pid_path(rt).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if not _alive(pid):
+        abi.pid_path(rt).unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _daemonize(rest: list[str], rt: Path, args) -> int:
+    from llmos.userland.lib import Client
+    argv, timeout = [a for a in rest if a != "--daemon"], args.ready_timeout
+    endpoint = abi.ipc_endpoint(Path(args.socket)) if args.socket else None
+    logf = abi.log_path(rt)
+    env = dict(os.environ, LLMOS_RUNTIME_DIR=str(rt))
+    with open(logf, "ab") as out:
+        child = subprocess.Popen([sys.executable, "-m", "llmos.kernel.main", "serve", *argv], env=env,
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            tail = logf.read_text(errors="replace").splitlines()[-8:]
+            print(f"llmos serve: the kernel exited with status {child.returncode} during boot; "
+                  f"log {logf}:\n  " + "\n  ".join(tail), file=sys.stderr)
+            return 1
+        if abi.pid_path(rt).exists():
+            try:
+                with Client(endpoint, connect_timeout=1.0, client="llmos-serve") as c:
+                    info = c.uname()
+                print(f"llmos: kernel running (pid {child.pid}), model {info.get('model')}, "
+                      f"socket {c.endpoint}, log {logf}")
+                return 0
+            except OSError:
+                pass
+        time.sleep(0.1)
+    child.terminate()
+    print(f"llmos serve: the kernel did not answer within {timeout:g} s (log: {logf})", file=sys.stderr)
+    return 1
+
+
+def stop(argv: list[str]) -> int:
+    """`llmos stop [--timeout S]`: shut the kernel down and wait for it to exit."""
+    ap = argparse.ArgumentParser(prog="llmos stop", description="stop the running llmos kernel")
+    ap.add_argument("--timeout", type=float, default=30.0, metavar="S")
+    args = ap.parse_args(argv)
+    from llmos.userland.lib import Client
+    rt = abi.runtime_dir()
+    pid = _running_pid(rt)
+    try:
+        with Client(connect_timeout=2.0, client="llmos-stop") as c:
+            pid = c.info.get("kernel_pid", pid)
+            c.shutdown()
+    except OSError as e:
+        if pid is None:
+            print(f"llmos stop: {e}", file=sys.stderr)
+            return 1
+        print(f"llmos stop: the kernel (pid {pid}) does not answer ({e}); sending SIGTERM", file=sys.stderr)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + args.timeout
+    while pid is not None and time.monotonic() < deadline:
+        if not _alive(pid):
+            print(f"llmos: kernel (pid {pid}) stopped")
+            return 0
+        time.sleep(0.05)
+    if pid is not None:
+        print(f"llmos stop: the kernel (pid {pid}) is still running after {args.timeout:g} s", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(["serve", *sys.argv[1:]] if len(sys.argv) < 2 or sys.argv[1] not in ("serve", "stop")
+                  else sys.argv[1:]))

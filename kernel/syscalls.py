@@ -1,0 +1,459 @@
+"""The syscall handlers and THE table (xv6: syscall.c + sysproc.c).
+
+Rules:
+  - A handler only decodes and validates its arguments, then hands off to the engine. Every
+    argument arrives from an untrusted peer: check its type, range and size here, and answer a
+    bad one with SysError(errno, message) - never a traceback, never a hang.
+  - Dispatch is by number through TABLE; there is no lookup of handlers by name.
+  - Handlers run on the kernel's event-loop thread, between engine steps, and never block: a call
+    that must wait (read, wait) returns a Block, which the server parks on the process's wait
+    channel and re-polls when the engine wakes that pid (or answers ETIMEDOUT).
+  - Ownership: reading, writing, waiting for, signalling, renicing or forking a process needs the
+    caller's user to be its owner (EPERM); ps and stat show every process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno as E
+import hmac
+import inspect
+import math
+import os
+import platform
+import signal as _signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import abi
+from .abi import Sys
+from .engine import KernelError
+from .proc import ProcState
+
+
+class SysError(KernelError):
+    """An errno reply raised by a handler (as the engine's KernelError): the caller gets
+    ``[req_id, errno, message]``."""
+
+
+@dataclass(eq=False)
+class Caller:
+    """Who is calling: one ZeroMQ connection after hello (the server's Session extends it)."""
+    user: str = ""                              # owner recorded on the processes it spawns
+    client: str = ""                            # free-form program name, for ps and logs
+    authed: bool = False                        # hello succeeded
+    pids: set[int] = field(default_factory=set)  # processes it spawned/forked (its lease)
+
+
+NOT_READY = object()
+
+
+@dataclass(eq=False)
+class Block:
+    """A blocking call's request to park: poll() -> value, NOT_READY, or raises SysError."""
+    pid: int
+    poll: Callable[[], object]
+    timeout: float
+
+
+@dataclass(eq=False)
+class Kernel:
+    """What handlers act on. The server owns it; main builds it at boot."""
+    engine: object                   # kernel.engine.Engine
+    model: object                    # drivers.llama.LlamaModel (tokenizer, config, path)
+    token: str                       # the hello secret
+    lease_s: float = 3.0
+    info: dict = field(default_factory=dict)   # static uname fields from boot (model, dtype...)
+    boot_time: float = field(default_factory=time.monotonic)
+    request_shutdown: Callable[[], None] = lambda: None
+
+
+# ---- argument checks ---------------------------------------------------------------------
+
+def _int(x, name: str, lo: int, hi: int) -> int:
+    if type(x) is not int:
+        raise SysError(E.EINVAL, f"{name} must be an int, not {type(x).__name__}")
+    if not lo <= x <= hi:
+        raise SysError(E.EINVAL, f"{name}={x} is outside [{lo}, {hi}]")
+    return x
+
+
+def _pid(x) -> int:
+    return _int(x, "pid", 1, 2**62)
+
+
+def _bool(x, name: str) -> bool:
+    if type(x) is not bool:
+        raise SysError(E.EINVAL, f"{name} must be a bool, not {type(x).__name__}")
+    return x
+
+
+def _str(x, name: str, limit: int, err: int = E.E2BIG) -> str:
+    if type(x) is not str:
+        raise SysError(E.EINVAL, f"{name} must be a str, not {type(x).__name__}")
+    if len(x) > limit:
+        raise SysError(err, f"{name} of {len(x)} chars exceeds {limit}")
+    return x
+
+
+def _name(x, name: str) -> str:
+    s = _str(x, name, abi.MAX_NAME_CHARS, E.EINVAL)
+    if not s.isprintable():
+        raise SysError(E.EINVAL, f"{name} must be printable text")
+    return s
+
+
+def _timeout(x) -> float:
+    """None -> the longest park; else finite seconds in [0, MAX_PARK_S]."""
+    if x is None:
+        return abi.MAX_PARK_S
+    if type(x) not in (int, float) or not math.isfinite(x) or x < 0:
+        raise SysError(E.EINVAL, f"timeout must be None or seconds >= 0, not {x!r}"[:120])
+    return min(float(x), abi.MAX_PARK_S)
+
+
+def _dict(x, name: str, allowed) -> dict:
+    if x is None:
+        return {}
+    if type(x) is not dict:
+        raise SysError(E.EINVAL, f"{name} must be a map, not {type(x).__name__}")
+    unknown = [k for k in x if k not in allowed]
+    if unknown:
+        raise SysError(E.EINVAL, f"unknown {name} key {str(unknown[0])[:40]!r} (known: {', '.join(sorted(allowed))})")
+    return x
+
+
+def _messages(x) -> list[dict]:
+    msgs = x if type(x) is list else [x]
+    if not msgs or len(msgs) > abi.MAX_MESSAGES:
+        raise SysError(E.E2BIG if msgs else E.EINVAL, f"need 1..{abi.MAX_MESSAGES} chat messages, got {len(msgs)}")
+    total = 0
+    for m in msgs:
+        if type(m) is not dict or set(m) != {"role", "content"}:
+            raise SysError(E.EINVAL, "a chat message is a map {role: str, content: str}")
+        _name(m["role"], "role")
+        total += len(_str(m["content"], "content", abi.MAX_TEXT_CHARS))
+    if total > abi.MAX_TEXT_CHARS:
+        raise SysError(E.E2BIG, f"messages of {total} chars exceed {abi.MAX_TEXT_CHARS}")
+    return msgs
+
+
+def _proc(k: Kernel, c: Caller, pid, *, own: bool = True):
+    pid = _pid(pid)
+    p = k.engine.procs.get(pid)
+    if p is None:
+        raise SysError(E.ESRCH, f"no process {pid}")
+    if own and p.owner != c.user:
+        raise SysError(E.EPERM, f"process {pid} belongs to {p.owner!r}, not {c.user!r}")
+    return p
+
+
+def _sampling(params) -> object:
+    from llmos.drivers.sampler import SamplingParams
+    if params is None:
+        return SamplingParams()
+    if type(params) is not dict:
+        raise SysError(E.EINVAL, f"params must be a map, not {type(params).__name__}")
+    try:
+        return SamplingParams.from_dict(params)
+    except (ValueError, TypeError) as e:
+        raise SysError(E.EINVAL, f"params: {e}"[:300]) from None
+
+
+def _encode(k: Kernel, text: str, *, add_bos) -> list[int]:
+    try:
+        return k.model.tokenizer.encode(text, add_bos=add_bos)
+    except ValueError as e:
+        raise SysError(E.EINVAL, str(e)) from None
+
+
+def _render(k: Kernel, msgs: list[dict], *, after=None) -> str:
+    """Chat text for msgs: a whole prompt, or (after=process) the text of a new turn that follows
+    that process's last assistant turn."""
+    tok = k.model.tokenizer
+    try:
+        if after is None:
+            return tok.render_chat(msgs, add_generation_prompt=True)
+        base = [{"role": "user", "content": "\x00"}, {"role": "assistant", "content": "\x01"}]
+        head = tok.render_chat(base, add_generation_prompt=False)
+        full = tok.render_chat(base + msgs, add_generation_prompt=True)
+    except ValueError as e:
+        raise SysError(E.EINVAL, str(e)) from None
+    if not full.startswith(head) or "\x01" not in head:
+        raise SysError(E.EINVAL, "this model's chat template cannot append a turn to a session")
+    # What the template puts after an assistant message (ChatML: "<|im_end|>\n"). When the turn
+    # ended on an end-of-turn token, that token is already in the context: only what follows it
+    # is missing. A turn cut short (max_tokens, SIGINT) needs the whole closing text.
+    tail = head[head.index("\x01") + 1:]
+    if after.tokens and after.tokens[-1] in tok.stop_ids:
+        ends = [(i, len(t)) for t in {tok.token_text(s) for s in tok.stop_ids} if (i := tail.find(t)) >= 0]
+        if ends:
+            i, n = min(ends)
+            tail = tail[i + n:]
+    return tail + full[len(head):]
+
+
+def _exit(p) -> dict | None:
+    x = p.exit
+    if x is None:
+        return None
+    return {"reason": x.reason, "signal": x.signal, "message": x.message}
+
+
+def _summary(k: Kernel, p) -> dict:
+    st = p.stats
+    return {"pid": p.pid, "ppid": p.ppid, "owner": p.owner, "command": p.command,
+            "state": p.state.name, "nice": p.nice, "session": p.session, "detached": p.detached,
+            "prompt_tokens": len(p.prompt_ids), "tokens": len(p.output_ids),
+            "blocks": k.engine.kv.holds(p.pid), "swapped": k.engine.kv.is_swapped(p.pid),
+            "age_s": round(time.monotonic() - st.arrival, 3), "exit": _exit(p)}
+
+
+# ---- the handlers ------------------------------------------------------------------------
+
+def sys_null(k: Kernel, c: Caller):
+    """Do nothing (the round-trip benchmark)."""
+    return None
+
+
+def sys_hello(k: Kernel, c: Caller, token, user="anonymous", client=""):
+    """Authenticate this connection with the runtime dir's token; name the owner of its processes."""
+    if type(token) is not str or not hmac.compare_digest(token.encode(), k.token.encode()):
+        raise SysError(E.EACCES, "bad token (it is in the kernel's runtime dir, mode 0600)")
+    user, client = _name(user, "user") or "anonymous", _name(client, "client")
+    if c.authed and user != c.user:
+        raise SysError(E.EALREADY, f"this connection is already {c.user!r}")
+    c.user, c.client, c.authed = user, client, True
+    return {"abi": abi.ABI_VERSION, "kernel_pid": os.getpid(), "user": user, "lease_s": k.lease_s,
+            "model": k.info.get("model", "")}
+
+
+def sys_spawn(k: Kernel, c: Caller, prompt, params=None, opts=None):
+    """Start a process generating after prompt: raw text, chat messages (rendered by the model's
+    template) or token ids."""
+    o = _dict(opts, "opts", {"nice", "session", "detached", "command"})
+    nice = _int(o.get("nice", 0), "nice", abi.NICE_MIN, abi.NICE_MAX)
+    session, detached = _bool(o.get("session", False), "session"), _bool(o.get("detached", False), "detached")
+    command = _name(o.get("command", ""), "command")
+    sp = _sampling(params)
+    ids, text = _prompt_ids(k, prompt)
+    p = k.engine.spawn(ids, sp, owner=c.user, nice=nice, session=session, detached=detached,
+                       command=command or " ".join(text.split())[:40])
+    c.pids.add(p.pid)
+    return p.pid
+
+
+def _prompt_ids(k: Kernel, prompt) -> tuple[list[int], str]:
+    """(token ids, a short description) of a spawn prompt: text, chat messages or token ids."""
+    if type(prompt) is str:
+        text = _str(prompt, "prompt", abi.MAX_TEXT_CHARS)
+        if not text:
+            raise SysError(E.EINVAL, "empty prompt")
+        return _encode(k, text, add_bos=None), text
+    if type(prompt) is list and prompt and all(type(i) is int for i in prompt):
+        if len(prompt) > abi.MAX_TOKEN_IDS:
+            raise SysError(E.E2BIG, f"{len(prompt)} prompt ids exceed {abi.MAX_TOKEN_IDS}")
+        vocab = k.model.tokenizer.vocab_size
+        for i in prompt:
+            _int(i, "token id", 0, vocab - 1)
+        return prompt, f"<{len(prompt)} tokens>"
+    return _encode(k, _render(k, _messages(prompt)), add_bos=None), "chat"
+
+
+def sys_read(k: Kernel, c: Caller, pid, timeout=None):
+    """Take the process's pending output; park until some exists, the turn ends or it exits."""
+    p, t = _proc(k, c, pid), _timeout(timeout)
+    ch = p.channel
+
+    def poll():
+        if not ch.ready():
+            return NOT_READY
+        text, turn_end, eof = ch.take()
+        return {"text": text, "eof": eof, "turn_end": turn_end}
+
+    v = poll()
+    return Block(p.pid, poll, t) if v is NOT_READY else v
+
+
+def sys_write(k: Kernel, c: Caller, pid, data):
+    """Append a turn to a session's input: raw text, or chat message(s) rendered as a new turn."""
+    p = _proc(k, c, pid)
+    if type(data) is str:
+        text = _str(data, "text", abi.MAX_TEXT_CHARS)
+    else:
+        text = _render(k, _messages(data), after=p)
+    ids = _encode(k, text, add_bos=False)
+    if not ids:
+        raise SysError(E.EINVAL, "nothing to write")
+    k.engine.write(p.pid, ids)
+    return len(ids)
+
+
+def sys_wait(k: Kernel, c: Caller, pid, timeout=None):
+    """Park until the process exits; reap it and return its exit status (to every waiter)."""
+    p, t = _proc(k, c, pid), _timeout(timeout)
+
+    def poll():
+        if p.state is not ProcState.ZOMBIE:
+            return NOT_READY
+        if k.engine.procs.get(p.pid) is p:       # (a detached process is reaped by the engine)
+            k.engine.reap(p.pid)
+        c.pids.discard(p.pid)
+        return {"pid": p.pid, **_exit(p), "tokens": len(p.output_ids)}
+
+    v = poll()
+    return Block(p.pid, poll, t) if v is NOT_READY else v
+
+
+def sys_kill(k: Kernel, c: Caller, pid, sig=abi.SIGTERM):
+    """Send a signal: INT ends the current turn, TERM/KILL end the process, STOP/CONT suspend/resume."""
+    p = _proc(k, c, pid)
+    if type(sig) is not int or sig not in abi.SIGNAL_NAMES:
+        raise SysError(E.EINVAL, f"unsupported signal {sig!r}"[:80])
+    k.engine.signal(p.pid, _signal.Signals[abi.SIGNAL_NAMES[sig]])
+
+
+def sys_nice(k: Kernel, c: Caller, pid, nice):
+    """Set the process's nice value (-20 most favoured .. 19 least)."""
+    p = _proc(k, c, pid)
+    k.engine.renice(p.pid, _int(nice, "nice", abi.NICE_MIN, abi.NICE_MAX))
+
+
+def sys_fork(k: Kernel, c: Caller, pid):
+    """Copy a process (its KV shared copy-on-write); the child belongs to the caller."""
+    p = _proc(k, c, pid)
+    child = k.engine.fork(p.pid)
+    c.pids.add(child.pid)
+    return child.pid
+
+
+def sys_ps(k: Kernel, c: Caller):
+    """Every process, one summary map each."""
+    return [_summary(k, p) for p in k.engine.procs.all()]
+
+
+def sys_stat(k: Kernel, c: Caller, pid):
+    """One process in detail: its summary, sampling parameters and statistics."""
+    p = _proc(k, c, pid, own=False)
+    st = p.stats
+    stats = {key: (round(v, 6) if isinstance(v, float) else v) for key, v in vars(st).items()
+             if isinstance(v, (int, float, type(None)))}
+    stats["state_time"] = {str(s): round(v, 6) for s, v in st.state_time.items()}
+    params = {f: (list(v) if isinstance(v, tuple) else v) for f, v in dataclasses.asdict(p.params).items()}
+    return {**_summary(k, p), "params": params, "stats": stats}
+
+
+def sys_meminfo(k: Kernel, c: Caller):
+    """KV pool and swap, engine and scheduler counters, host memory (psutil), GPUs (pynvml)."""
+    import psutil
+    vm, me = psutil.virtual_memory(), psutil.Process()
+    st = k.engine.stats()
+    return {"kv": st.pop("kv"), "sched": st.pop("sched"), "engine": st,
+            "host": {"total": vm.total, "available": vm.available, "kernel_rss": me.memory_info().rss},
+            "gpu": _gpus()}
+
+
+def _gpus() -> list[dict]:
+    """Memory of each GPU as NVML reports it; [] without NVML (or a GPU)."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            m = pynvml.nvmlDeviceGetMemoryInfo(h)
+            name = pynvml.nvmlDeviceGetName(h)
+            out.append({"index": i, "name": name.decode() if isinstance(name, bytes) else str(name),
+                        "total": m.total, "used": m.used, "free": m.free})
+        return out
+    except Exception:           # no driver, no library, no device: nothing to report
+        return []
+
+
+def sys_uname(k: Kernel, c: Caller):
+    """Versions, model, device, uptime and the kernel configuration."""
+    import llmos
+    return {"sysname": "llmos", "release": llmos.__version__, "abi": abi.ABI_VERSION,
+            "python": platform.python_version(), "machine": platform.machine(),
+            "kernel_pid": os.getpid(), "uptime_s": round(time.monotonic() - k.boot_time, 3), **k.info}
+
+
+def sys_tokenize(k: Kernel, c: Caller, text, special=True, add_bos=False):
+    """Token ids of text with the loaded model's tokenizer."""
+    text = _str(text, "text", abi.MAX_TEXT_CHARS)
+    try:
+        return k.model.tokenizer.encode(text, add_bos=_bool(add_bos, "add_bos"),
+                                        special=_bool(special, "special"))
+    except ValueError as e:
+        raise SysError(E.EINVAL, str(e)) from None
+
+
+def sys_detokenize(k: Kernel, c: Caller, ids, skip_special=False):
+    """Text of token ids."""
+    if type(ids) is not list:
+        raise SysError(E.EINVAL, f"ids must be a list of ints, not {type(ids).__name__}")
+    if len(ids) > abi.MAX_TOKEN_IDS:
+        raise SysError(E.E2BIG, f"{len(ids)} ids exceed {abi.MAX_TOKEN_IDS}")
+    vocab = k.model.tokenizer.vocab_size
+    for i in ids:
+        _int(i, "token id", 0, vocab - 1)
+    return k.model.tokenizer.decode(ids, skip_special=_bool(skip_special, "skip_special"))
+
+
+def sys_models(k: Kernel, c: Caller):
+    """The loaded model and the models in the local cache."""
+    from llmos.drivers import catalog
+    loaded = str(getattr(k.model, "path", ""))
+    out = [{"name": k.info.get("model", ""), "path": loaded, "loaded": True}]
+    out += [{"name": f.stem, "path": str(f), "loaded": False} for f in catalog.cached() if str(f) != loaded]
+    return out
+
+
+def sys_shutdown(k: Kernel, c: Caller):
+    """Stop the kernel: processes get SIGTERM, parked calls are answered, then it exits."""
+    k.request_shutdown()
+
+
+# ---- THE table -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    fn: Callable
+    min_args: int
+    max_args: int
+    mutates: bool          # may give the engine new work (the server then wakes its loop)
+
+
+def _entry(fn: Callable, mutates: bool = False) -> Entry:
+    ps = list(inspect.signature(fn).parameters.values())[2:]   # after (k, c)
+    return Entry(fn, sum(p.default is inspect.Parameter.empty for p in ps), len(ps), mutates)
+
+
+TABLE: dict[int, Entry] = {
+    Sys.NULL: _entry(sys_null),
+    Sys.HELLO: _entry(sys_hello),
+    Sys.SPAWN: _entry(sys_spawn, mutates=True),
+    Sys.READ: _entry(sys_read),
+    Sys.WRITE: _entry(sys_write, mutates=True),
+    Sys.WAIT: _entry(sys_wait, mutates=True),
+    Sys.KILL: _entry(sys_kill, mutates=True),
+    Sys.NICE: _entry(sys_nice, mutates=True),
+    Sys.FORK: _entry(sys_fork, mutates=True),
+    Sys.PS: _entry(sys_ps),
+    Sys.STAT: _entry(sys_stat),
+    Sys.MEMINFO: _entry(sys_meminfo),
+    Sys.UNAME: _entry(sys_uname),
+    Sys.TOKENIZE: _entry(sys_tokenize),
+    Sys.DETOKENIZE: _entry(sys_detokenize),
+    Sys.MODELS: _entry(sys_models),
+    Sys.SHUTDOWN: _entry(sys_shutdown, mutates=True),
+}
+assert set(TABLE) == set(Sys), "every syscall number has exactly one handler"
+
+
+def usage(sysno: int) -> str:
+    """'read(pid, timeout=None)' for messages about arity."""
+    e = TABLE[sysno]
+    sig = str(inspect.signature(e.fn)).replace("k: 'Kernel', c: 'Caller', ", "").replace("k: 'Kernel', c: 'Caller'", "")
+    return f"{Sys(sysno).name.lower()}{sig}"

@@ -1,0 +1,175 @@
+"""End to end: a real `llmos serve --daemon` subprocess on a temporary runtime dir with the tiny
+model, driven by the CLI (`llmos run/ps/kill/stop`) and the userland library."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from llmos.kernel import abi
+from llmos.userland import lib
+
+
+def llmos(*args, env, timeout=60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llmos.shell.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="module")
+def rt():
+    d = Path(tempfile.mkdtemp(prefix="llmos-d-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def env(rt):
+    return dict(os.environ, LLMOS_RUNTIME_DIR=str(rt), PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module")
+def daemon(tiny_model_path, rt, env):
+    r = llmos("serve", "--daemon", "--model", str(tiny_model_path), "--kv-blocks", "128", "--block-size", "4",
+              "--lease", "0.5", "--dtype", "fp32", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "kernel running" in r.stdout
+    pid = int(abi.pid_path(rt).read_text())
+    yield pid
+    llmos("stop", env=env)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def k(daemon, rt, monkeypatch):
+    monkeypatch.setenv("LLMOS_RUNTIME_DIR", str(rt))
+    with lib.Client(client="test-daemon") as c:
+        yield c
+
+
+def test_runtime_dir_files_and_modes(daemon, rt):
+    assert stat.S_IMODE(rt.stat().st_mode) == 0o700
+    assert stat.S_IMODE(abi.token_path(rt).stat().st_mode) == 0o600
+    assert stat.S_ISSOCK(abi.socket_path(rt).stat().st_mode)
+    log = abi.log_path(rt).read_text()
+    steps = [line.split("boot: ")[1].split()[0] for line in log.splitlines() if "boot: " in line]
+    assert steps == ["config", "driver", "KV", "engine", "server", "loop"]
+
+
+def test_a_second_kernel_is_refused(daemon, env, tiny_model_path):
+    r = llmos("serve", "--daemon", "--model", str(tiny_model_path), env=env)
+    assert r.returncode == 1 and f"already running (pid {daemon})" in r.stderr
+
+
+def test_run_streams_the_answer(daemon, env):
+    r = llmos("run", "--max-tokens", "8", "--temperature", "0", "--system", "be brief", "hello", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith("\n") and len(r.stdout) > 1
+    again = llmos("run", "--max-tokens", "8", "--system", "be brief", "hello", env=env)
+    assert again.stdout == r.stdout                     # greedy: same answer
+
+
+def test_run_reads_stdin_and_reports_bad_options(daemon, env):
+    r = llmos("run", "--raw", "--max-tokens", "3", env=env, input="Once upon a time")
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    bad = llmos("run", "--temperature", "-1", "x", env=env)
+    assert bad.returncode == 1 and "temperature" in bad.stderr
+    assert llmos("run", env=env, input="").returncode == 2
+
+
+def test_run_ctrl_c_sends_sigint(daemon, env, k):
+    proc = subprocess.Popen([sys.executable, "-m", "llmos.shell.cli", "run", "--max-tokens", "400", "go on"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(p["command"].startswith("run go on") and p["tokens"] > 3 for p in k.ps()):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert not any(p["command"].startswith("run go on") for p in k.ps())     # waited for and reaped
+
+
+def test_ps_and_kill(daemon, env, k):
+    pid = k.spawn("a session", max_tokens=2, session=True, command="longjob")
+    "".join(k.stream(pid))                               # a sleeping session: never exits by itself
+    r = llmos("kill", "-STOP", str(pid), env=env)
+    assert r.returncode == 0, r.stderr
+    ps = llmos("ps", env=env)
+    assert ps.returncode == 0
+    row = next(line for line in ps.stdout.splitlines() if "longjob" in line)
+    assert row.split()[0] == str(pid) and "STOPPED" in row
+    assert llmos("kill", "-CONT", str(pid), env=env).returncode == 0
+    assert k.stat(pid)["state"] == "SLEEPING"
+    assert llmos("kill", "-s", "KILL", str(pid), env=env).returncode == 0
+    assert k.wait(pid, 10)["signal"] == signal.SIGKILL
+    bad = llmos("kill", "-HUP", "1", env=env)
+    assert bad.returncode == 2 and "unknown signal" in bad.stderr
+    gone = llmos("kill", "-9", "99999", env=env)
+    assert gone.returncode == 1 and "no process 99999" in gone.stderr
+
+
+def test_another_users_process_is_eperm_across_clients(daemon, rt, k, monkeypatch):
+    pid = k.spawn("mine", max_tokens=400, ignore_eos=True)
+    with lib.Client(user="someone-else") as other:
+        with pytest.raises(PermissionError):
+            other.kill(pid)
+    k.kill(pid, "KILL")
+    k.wait(pid)
+
+
+def test_uname_meminfo(k):
+    u = k.uname()
+    assert u["model"] == "tiny-llama" and u["device"] == "cpu" and u["config"]["num_blocks"] == 128
+    assert k.meminfo()["kv"]["total"] == 128
+
+
+def test_stop_answers_parked_calls_and_cleans_up(daemon, rt, env, k):
+    """Last test in this module: stopping with a parked read and a running process."""
+    sess = k.spawn([{"role": "user", "content": "hi"}], max_tokens=3, session=True)
+    "".join(k.stream(sess))                              # its turn is over: it sleeps
+    busy = k.spawn("long", max_tokens=400, ignore_eos=True)
+    reader = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from llmos.userland import lib\n"
+        f"k = lib.Client(); print('parked', flush=True); print(k.read({sess}))")],
+        env=env, stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "parked"
+    time.sleep(0.2)
+    r = llmos("stop", env=env)
+    assert r.returncode == 0 and "stopped" in r.stdout, r.stderr
+    out, _ = reader.communicate(timeout=10)
+    assert "'eof': True" in out                           # the parked read got its answer
+    assert not any(p.exists() for p in (abi.pid_path(rt), abi.token_path(rt), abi.socket_path(rt)))
+    assert "stopped" in abi.log_path(rt).read_text()
+    with pytest.raises(ConnectionRefusedError, match="llmos serve --daemon"):
+        lib.Client()
+    ps = llmos("ps", env=env)
+    assert ps.returncode == 1 and "llmos serve --daemon" in ps.stderr
+    assert busy
+
+
+def test_boot_failures_are_reported(tmp_path, tiny_model_path):
+    rt = tmp_path / "rt"
+    env = dict(os.environ, LLMOS_RUNTIME_DIR=str(rt))
+    r = llmos("serve", "--daemon", "--model", str(tmp_path / "missing.gguf"), env=env)
+    assert r.returncode == 1 and "no such model file" in r.stderr
+    r = llmos("serve", "--daemon", "--model", str(tiny_model_path), "--kv-blocks", "16",
+              "--socket", str(tmp_path / "no" / "such" / "dir" / "k.sock"), env=env)
+    assert r.returncode == 1 and "cannot bind" in r.stderr
+    assert sorted(p.name for p in rt.iterdir()) == ["kernel.log"]       # no token, pid file, socket
+    assert llmos("stop", env=env).returncode == 1

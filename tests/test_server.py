@@ -1,0 +1,280 @@
+"""kernel/server.py over a real ZeroMQ socket: framing, authentication, bad input, leases.
+
+The server runs in a thread on a uvloop loop, bound to an ipc socket in a temporary runtime dir.
+Tests that need processes use the real engine on the tiny model (tiny_engine fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import uvloop
+import zmq
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from llmos.kernel import abi
+from llmos.kernel.abi import Sys
+from llmos.kernel.server import Server
+from llmos.kernel.syscalls import Kernel
+from llmos.userland import lib
+
+
+class ServerThread:
+    """A Server on its own uvloop thread, in a fresh runtime dir (also set as LLMOS_RUNTIME_DIR)."""
+
+    def __init__(self, engine=None, model=None, lease_s: float = 0.3, extra=(), **kw):
+        self.rt = abi.ensure_runtime_dir(Path(tempfile.mkdtemp(prefix="llmos-t-")))
+        self.token = abi.write_token(self.rt)
+        self.endpoint = abi.ipc_endpoint(abi.socket_path(self.rt))
+        self.kernel = Kernel(engine=engine, model=model, token=self.token, info={"model": "tiny"})
+        self.server = Server(self.kernel, [self.endpoint, *extra], lease_s=lease_s, **kw)
+        self.server.bind()
+        self.thread = threading.Thread(target=lambda: uvloop.run(self.server.serve()), daemon=True)
+
+    def __enter__(self):
+        self._env = os.environ.get("LLMOS_RUNTIME_DIR")
+        os.environ["LLMOS_RUNTIME_DIR"] = str(self.rt)
+        self.thread.start()
+        while self.server.loop is None or self.server._stopped is None:
+            time.sleep(0.005)
+        return self
+
+    def call(self, fn, *args):
+        """Run fn(*args) on the server's loop thread and return its result."""
+        fut = asyncio.run_coroutine_threadsafe(_acall(fn, *args), self.server.loop)
+        return fut.result(10)
+
+    def __exit__(self, *exc):
+        if self.thread.is_alive():
+            self.server.loop.call_soon_threadsafe(self.server.shutdown)
+            self.thread.join(10)
+        assert not self.thread.is_alive(), "server did not stop"
+        if self._env is None:
+            os.environ.pop("LLMOS_RUNTIME_DIR", None)
+        else:
+            os.environ["LLMOS_RUNTIME_DIR"] = self._env
+
+
+async def _acall(fn, *args):
+    return fn(*args)
+
+
+def wait_until(cond, timeout=10.0, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Raw:
+    """A bare DEALER for sending arbitrary frames."""
+
+    def __init__(self, endpoint: str, ident: bytes | None = None):
+        self.ctx = zmq.Context()
+        self.s = self.ctx.socket(zmq.DEALER)
+        self.s.setsockopt(zmq.LINGER, 0)
+        if ident is not None:
+            self.s.setsockopt(zmq.ROUTING_ID, ident)
+        self.s.connect(endpoint)
+
+    def send(self, *frames: bytes):
+        self.s.send_multipart(list(frames))
+
+    def reply(self, timeout=5.0):
+        assert self.s.poll(int(timeout * 1000)), "no reply"
+        return abi.decode_reply(self.s.recv())
+
+    def call(self, req_id, sysno, *args):
+        self.send(abi.encode_request(req_id, sysno, *args))
+        return self.reply()
+
+    def close(self):
+        self.s.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def srv():
+    with ServerThread() as s:
+        yield s
+
+
+@pytest.fixture
+def raw(srv):
+    r = Raw(srv.endpoint)
+    assert r.call(1, Sys.HELLO, srv.token, "tester")[1] == 0
+    yield r
+    r.close()
+
+
+def test_hello_is_required_and_checks_the_token(srv):
+    r = Raw(srv.endpoint)
+    assert r.call(1, Sys.NULL)[:2] == (1, errno.EACCES)
+    assert r.call(2, Sys.HELLO, "wrong", "x")[:2] == (2, errno.EACCES)
+    assert r.call(3, Sys.HELLO, 12345)[:2] == (3, errno.EACCES)
+    assert r.call(4, Sys.NULL)[:2] == (4, errno.EACCES)
+    assert srv.server.sessions == {}
+    rid, err, info = r.call(5, Sys.HELLO, srv.token, "alice", "test")
+    assert (rid, err) == (5, 0) and info["user"] == "alice" and info["abi"] == abi.ABI_VERSION
+    assert r.call(6, Sys.NULL) == (6, 0, None)
+    assert r.call(7, Sys.HELLO, srv.token, "alice")[1] == 0            # same user again: fine
+    assert r.call(8, Sys.HELLO, srv.token, "mallory")[1] == errno.EALREADY
+    assert r.call(9, Sys.HELLO, srv.token, "bad\nname")[1] == errno.EINVAL
+    r.close()
+
+
+def test_every_kind_of_bad_frame(raw):
+    cases = [
+        ([b"\xc1"], (None, errno.EPROTO)),
+        ([msgpack.packb({"a": 1})], (None, errno.EPROTO)),
+        ([abi.encode_request(11, 9999)], (11, errno.ENOSYS)),
+        ([abi.encode_request(12, -1)], (12, errno.ENOSYS)),
+        ([msgpack.packb([13, "ps"])], (13, errno.ENOSYS)),
+        ([msgpack.packb([14, 2**40])], (14, errno.ENOSYS)),
+        ([abi.encode_request(15, Sys.NULL, 1)], (15, errno.EINVAL)),            # arity
+        ([abi.encode_request(16, Sys.NULL), b"extra"], (16, errno.EPROTO)),     # multi-frame
+        ([b"", abi.encode_request(17, Sys.NULL)], (None, errno.EPROTO)),        # REQ-style envelope
+        ([abi.encode_request(18, Sys.NULL, *range(abi.MAX_ARGS + 1))], (18, errno.E2BIG)),
+        ([abi.encode_request(19, Sys.HELLO, "x" * (abi.MAX_FRAME_BYTES + 1))], (None, errno.E2BIG)),
+    ]
+    for frames, want in cases:
+        raw.send(*frames)
+        rid, err, msg = raw.reply()
+        assert (rid, err) == want, (frames[0][:40], rid, err, msg)
+        assert isinstance(msg, str) and msg
+    assert raw.call(99, Sys.NULL) == (99, 0, None)
+
+
+def test_a_frame_over_the_hard_limit_drops_only_that_peer(srv, raw):
+    big = Raw(srv.endpoint)
+    big.send(b"x" * (abi.HARD_FRAME_BYTES + 1))
+    assert not big.s.poll(300)
+    big.close()
+    assert raw.call(2, Sys.NULL) == (2, 0, None)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(frames=st.lists(st.binary(max_size=64), min_size=1, max_size=3))
+def test_fuzz_frames_each_get_one_errno_reply(srv, raw, frames):
+    raw.send(*frames)
+    rid, err, value = raw.reply()
+    if err == 0:   # only a well-formed null/hello could succeed
+        assert len(frames) == 1
+    assert not raw.s.poll(0), "more than one reply"
+    assert raw.call(1, Sys.NULL) == (1, 0, None)
+
+
+def test_sync_client_maps_errors_to_oserror_subclasses(srv):
+    with lib.Client(client="t") as c:
+        assert c.null() is None
+        with pytest.raises(OSError) as ei:
+            c.syscall(77)
+        assert ei.value.errno == errno.ENOSYS
+        with pytest.raises(OSError) as ei:
+            c.syscall(Sys.KILL)
+        assert ei.value.errno == errno.EINVAL and "kill(pid, sig=15)" in ei.value.strerror
+
+
+def test_client_without_a_kernel_names_the_command_that_starts_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMOS_RUNTIME_DIR", str(tmp_path))
+    with pytest.raises(ConnectionRefusedError, match="llmos serve --daemon"):
+        lib.Client()
+    # a stale socket file and token left by a dead kernel
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.ROUTER)
+    s.bind(abi.ipc_endpoint(abi.socket_path(tmp_path)))
+    s.close(0)
+    ctx.term()
+    abi.socket_path(tmp_path).touch()
+    abi.write_token(tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionRefusedError, match="llmos serve --daemon"):
+        lib.Client(connect_timeout=0.5)
+    assert time.monotonic() - t0 < 3
+
+
+def test_async_client_runs_calls_concurrently(srv):
+    async def go():
+        k = await lib.AsyncClient.connect(client="t")
+        try:
+            results = await asyncio.gather(*[k.null() for _ in range(200)])
+            assert results == [None] * 200
+            with pytest.raises(OSError) as ei:
+                await k.syscall(1234)
+            assert ei.value.errno == errno.ENOSYS
+        finally:
+            await k.close()
+    asyncio.run(go())
+
+
+CLIENT = """
+import sys, time
+from llmos.userland import lib
+c = lib.Client(client="doomed")
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_vanished_client_loses_its_session(srv):
+    child = subprocess.Popen([sys.executable, "-c", CLIENT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        wait_until(lambda: len(srv.server.sessions) == 1, what="session")
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        wait_until(lambda: not srv.server.sessions, timeout=2, what="session end")
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_lost_sessions_routing_id_must_say_hello_again(srv):
+    victim = Raw(srv.endpoint, ident=b"victim")
+    assert victim.call(1, Sys.HELLO, srv.token, "alice")[1] == 0
+    victim.close()
+    wait_until(lambda: not srv.server.sessions, timeout=2, what="session end")
+    thief = Raw(srv.endpoint, ident=b"victim")
+    assert thief.call(2, Sys.NULL)[:2] == (2, errno.EACCES)
+    thief.close()
+
+
+def test_a_live_idle_client_keeps_its_session(srv):
+    with lib.Client(client="idle") as c:
+        time.sleep(srv.server.lease_s * 3)
+        assert len(srv.server.sessions) == 1
+        assert c.null() is None
+
+
+def test_tcp_endpoint_with_the_token_from_the_environment(monkeypatch):
+    with ServerThread(extra=["tcp://127.0.0.1:*"]) as s:
+        tcp = s.server.endpoints[1]
+        assert tcp.startswith("tcp://127.0.0.1:") and not tcp.endswith("*")
+        monkeypatch.setenv("LLMOS_RUNTIME_DIR", "/nonexistent")
+        monkeypatch.setenv("LLMOS_KERNEL", tcp)
+        monkeypatch.setenv("LLMOS_TOKEN", "wrong")
+        with pytest.raises(PermissionError):
+            lib.Client()
+        monkeypatch.setenv("LLMOS_TOKEN", s.token)
+        with lib.Client() as c:
+            assert c.null() is None and c.endpoint == tcp
+
+
+def test_shutdown_syscall_stops_the_server(srv):
+    with lib.Client() as c:
+        c.shutdown()
+    srv.thread.join(5)
+    assert not srv.thread.is_alive()

@@ -1,0 +1,425 @@
+"""The userland library: syscalls to the llmos kernel (libc's syscall(2) and its wrappers).
+
+    from llmos.userland import lib
+    pid = lib.spawn([{"role": "user", "content": "Hi!"}], max_tokens=64)
+    for text in lib.stream(pid):
+        print(text, end="", flush=True)
+    print(lib.wait(pid))
+
+One entry point, ``syscall(no, *args)``; every other call is a one-line stub over it. Two clients
+share the stubs: ``Client`` (blocking, one call at a time) and ``AsyncClient`` (asyncio, any number
+of calls in flight). The module-level functions use one ``Client`` per thread, connected on first
+use. Errors come back as ``OSError(errno, message)``, i.e. ProcessLookupError (ESRCH),
+PermissionError (EPERM/EACCES), TimeoutError (ETIMEDOUT), ...; no kernel running is a
+ConnectionRefusedError whose message names ``llmos serve --daemon``.
+
+Blocking calls (read, wait) block in the kernel; the kernel parks a call at most abi.MAX_PARK_S,
+so a call without a timeout is re-issued here until it is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as E
+import getpass
+import itertools
+import os
+import socket
+import sys
+import threading
+import time
+
+import zmq
+
+from llmos.kernel import abi
+from llmos.kernel.abi import Sys
+
+START_HINT = "start one with: llmos serve --daemon"
+CALL_TIMEOUT_S = 30.0        # the longest a non-blocking call may take before the kernel is presumed gone
+CONNECT_TIMEOUT_S = 5.0      # hello must be answered within this
+
+
+class KernelNotAnswering(TimeoutError):
+    """The kernel did not answer at all in time (as opposed to a call that timed out in it)."""
+
+
+def _silent(no: int, timeout: float) -> KernelNotAnswering:
+    return KernelNotAnswering(E.ETIMEDOUT, f"the kernel did not answer {Sys(no).name.lower()} "
+                                           f"within {timeout:g} s (is it still running?)")
+
+
+def _no_kernel(endpoint: str, why: str) -> ConnectionRefusedError:
+    return ConnectionRefusedError(E.ECONNREFUSED, f"no llmos kernel at {endpoint} ({why}); {START_HINT}")
+
+
+def _target(endpoint: str | None, token: str | None) -> tuple[str, str]:
+    """Resolve where to connect and the token, with clear errors when no kernel is running."""
+    rt = abi.runtime_dir()
+    endpoint = endpoint or abi.kernel_endpoint(rt)
+    if endpoint.startswith("ipc://"):
+        _check_listening(endpoint)
+    if token is None:
+        try:
+            token = abi.read_token(rt)
+        except FileNotFoundError:
+            raise _no_kernel(endpoint, f"no token file {abi.token_path(rt)}") from None
+        except PermissionError as e:
+            raise PermissionError(E.EACCES, f"cannot read the kernel token: {e}") from None
+    return endpoint, token
+
+
+def _check_listening(endpoint: str) -> None:
+    """Fail fast, with the hint, when the ipc socket is missing or nobody listens on it (a stale
+    file left by a killed kernel). ZeroMQ itself would just keep retrying the connect."""
+    path = endpoint[len("ipc://"):]
+    if not os.path.exists(path):
+        raise _no_kernel(endpoint, "no socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        raise _no_kernel(endpoint, "stale socket: nobody is listening") from None
+    except OSError:
+        pass            # e.g. EAGAIN on a busy backlog: let ZeroMQ try
+    finally:
+        probe.close()
+
+
+def _dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    # No ZMQ_IMMEDIATE: with it, a reply that arrives just before the kernel closes the
+    # connection (shutdown) can be discarded together with the pipe before it is read.
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.MAXMSGSIZE, abi.HARD_FRAME_BYTES)
+    s.connect(endpoint)
+    return s
+
+
+def _encode(rid: int, no: int, args) -> bytes:
+    """The request frame; arguments msgpack cannot carry are EINVAL before anything is sent."""
+    try:
+        return abi.encode_request(rid, no, *args)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise OSError(E.EINVAL, f"{Sys(no).name.lower() if no in Sys._value2member_map_ else no}: "
+                                f"arguments cannot be encoded: {e}") from None
+
+
+def _raise(err: int, value) -> None:
+    raise abi.error(err, value if isinstance(value, str) else repr(value))
+
+
+def _spawn_args(prompt, params, nice, session, detached, command, sampling) -> list:
+    p = dict(params or {}, **sampling)
+    if isinstance(p.get("stop"), tuple):
+        p["stop"] = list(p["stop"])
+    opts = {k: v for k, v in (("nice", nice), ("session", session), ("detached", detached),
+                               ("command", command)) if v}
+    return [prompt, p or None, opts or None]
+
+
+class _Stubs:
+    """One thin stub per syscall over self.syscall (which Client/AsyncClient provide)."""
+
+    def null(self):
+        """Do nothing in the kernel (round-trip benchmark)."""
+        return self.syscall(Sys.NULL)
+
+    def spawn(self, prompt, params: dict | None = None, *, nice: int = 0, session: bool = False,
+              detached: bool = False, command: str = "", **sampling):
+        """Start a process on prompt (str, or [{"role", "content"}, ...]); returns its pid.
+        Sampling parameters come as params={...} or keywords (max_tokens=, temperature=, seed=...)."""
+        return self.syscall(Sys.SPAWN, *_spawn_args(prompt, params, nice, session, detached, command, sampling))
+
+    def write(self, pid: int, data):
+        """Append a turn to a session: raw text, or chat message(s); returns tokens queued."""
+        return self.syscall(Sys.WRITE, pid, data)
+
+    def kill(self, pid: int, sig: int | str = abi.SIGTERM):
+        """Send a signal (number or name: INT, TERM, KILL, STOP, CONT)."""
+        return self.syscall(Sys.KILL, pid, abi.parse_signal(sig))
+
+    def nice(self, pid: int, nice: int):
+        """Set a process's nice value (-20..19)."""
+        return self.syscall(Sys.NICE, pid, nice)
+
+    def fork(self, pid: int):
+        """Copy a process (copy-on-write KV); returns the child's pid."""
+        return self.syscall(Sys.FORK, pid)
+
+    def ps(self):
+        """Every process, one summary dict each."""
+        return self.syscall(Sys.PS)
+
+    def stat(self, pid: int):
+        """One process in detail."""
+        return self.syscall(Sys.STAT, pid)
+
+    def meminfo(self):
+        """KV pool, swap, host and GPU memory."""
+        return self.syscall(Sys.MEMINFO)
+
+    def uname(self):
+        """Kernel versions, model, device, uptime and configuration."""
+        return self.syscall(Sys.UNAME)
+
+    def tokenize(self, text: str, special: bool = True, add_bos: bool = False):
+        """Token ids of text."""
+        return self.syscall(Sys.TOKENIZE, text, special, add_bos)
+
+    def detokenize(self, ids: list[int], skip_special: bool = False):
+        """Text of token ids."""
+        return self.syscall(Sys.DETOKENIZE, list(ids), skip_special)
+
+    def models(self):
+        """The loaded model and the cached ones."""
+        return self.syscall(Sys.MODELS)
+
+    def shutdown(self):
+        """Stop the kernel (its processes get SIGTERM)."""
+        return self.syscall(Sys.SHUTDOWN)
+
+
+class Client(_Stubs):
+    """A blocking connection to the kernel. Not thread-safe: one per thread."""
+
+    def __init__(self, endpoint: str | None = None, *, token: str | None = None, user: str | None = None,
+                 client: str = "", call_timeout: float = CALL_TIMEOUT_S, connect_timeout: float = CONNECT_TIMEOUT_S):
+        self.endpoint, token = _target(endpoint, token)
+        self.call_timeout = call_timeout
+        self._ids = itertools.count(1)
+        self._rcvtimeo = -1
+        self._sock = _dealer(zmq.Context.instance(), self.endpoint)
+        try:
+            self.info = self._call(Sys.HELLO, (token, user or getpass.getuser(), client or _prog()),
+                                   connect_timeout, connecting=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def syscall(self, no: int, *args):
+        """Make one syscall; returns its value or raises OSError(errno, message)."""
+        return self._call(no, args, self.call_timeout)
+
+    def _call(self, no: int, args, timeout: float, connecting: bool = False):
+        rid = next(self._ids)
+        sock = self._sock
+        sock.send(_encode(rid, no, args))
+        deadline = time.monotonic() + timeout
+        wait_ms = int(timeout * 1000)
+        while True:
+            if wait_ms != self._rcvtimeo:       # a blocking recv with a timeout: no extra poll
+                sock.setsockopt(zmq.RCVTIMEO, max(1, wait_ms))
+                self._rcvtimeo = wait_ms
+            try:
+                frame = sock.recv()
+            except zmq.Again:
+                if connecting:
+                    raise _no_kernel(self.endpoint, f"no answer to hello within {timeout:g} s") from None
+                raise _silent(no, timeout) from None
+            got, err, value = abi.decode_reply(frame)
+            if got == rid:
+                if err:
+                    _raise(err, value)
+                return value
+            wait_ms = int((deadline - time.monotonic()) * 1000)     # a stale reply or a notice
+            if wait_ms <= 0:
+                raise _silent(no, timeout)
+
+    def _blocking(self, no: int, pid: int, timeout: float | None):
+        """read/wait: the kernel parks each try at most MAX_PARK_S; loop until the caller's timeout."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = abi.MAX_PARK_S if end is None else max(0.0, min(end - time.monotonic(), abi.MAX_PARK_S))
+            try:
+                return self._call(no, (pid, left), left + self.call_timeout)
+            except KernelNotAnswering:
+                raise
+            except TimeoutError:
+                if end is not None and time.monotonic() >= end:
+                    raise
+
+    def read(self, pid: int, timeout: float | None = None) -> dict:
+        """Block until pid has output, ends a turn or exits: {"text", "eof", "turn_end"}."""
+        return self._blocking(Sys.READ, pid, timeout)
+
+    def wait(self, pid: int, timeout: float | None = None) -> dict:
+        """Block until pid exits; reap it and return its exit status."""
+        return self._blocking(Sys.WAIT, pid, timeout)
+
+    def stream(self, pid: int, timeout: float | None = None):
+        """Iterate over pid's text chunks until its turn ends or it exits."""
+        while True:
+            r = self.read(pid, timeout)
+            if r["text"]:
+                yield r["text"]
+            if r["eof"] or r["turn_end"]:
+                return
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncClient(_Stubs):
+    """An asyncio connection: any number of calls in flight, matched to replies by req_id.
+
+        async with await AsyncClient.connect() as k:
+            pid = await k.spawn("Once upon a time", max_tokens=32)
+            async for text in k.stream(pid): ..."""
+
+    def __init__(self):
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._sock = self._reader = None
+        self.call_timeout = CALL_TIMEOUT_S
+
+    @classmethod
+    async def connect(cls, endpoint: str | None = None, *, token: str | None = None, user: str | None = None,
+                      client: str = "", call_timeout: float = CALL_TIMEOUT_S,
+                      connect_timeout: float = CONNECT_TIMEOUT_S) -> "AsyncClient":
+        import zmq.asyncio
+        self = cls()
+        self.endpoint, token = _target(endpoint, token)
+        self.call_timeout = call_timeout
+        self._sock = _dealer(zmq.asyncio.Context.instance(), self.endpoint)
+        self._reader = asyncio.ensure_future(self._read_replies())
+        try:
+            self.info = await self._timed(Sys.HELLO, (token, user or getpass.getuser(), client or _prog()),
+                                          connect_timeout)
+        except KernelNotAnswering:
+            await self.close()
+            raise _no_kernel(self.endpoint, f"no answer to hello within {connect_timeout:g} s") from None
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def _read_replies(self) -> None:
+        while True:
+            frame = await self._sock.recv()
+            try:
+                rid, err, value = abi.decode_reply(frame)
+            except abi.ProtocolError:
+                continue
+            fut = self._pending.pop(rid, None) if rid is not None else None
+            if fut is not None and not fut.done():
+                fut.set_result((err, value))
+
+    async def _call(self, no: int, args):
+        rid = next(self._ids)
+        fut = self._pending[rid] = asyncio.get_running_loop().create_future()
+        try:
+            await self._sock.send(_encode(rid, no, args))
+            err, value = await fut
+        finally:
+            self._pending.pop(rid, None)
+        if err:
+            _raise(err, value)
+        return value
+
+    async def syscall(self, no: int, *args):
+        """Make one syscall; returns its value or raises OSError(errno, message)."""
+        return await self._timed(no, args, self.call_timeout)
+
+    async def _timed(self, no: int, args, timeout: float):
+        try:
+            return await asyncio.wait_for(self._call(no, args), timeout)
+        except TimeoutError as e:
+            if e.errno is None:     # asyncio's own timeout: the kernel is silent
+                raise _silent(no, timeout) from None
+            raise
+
+    async def _blocking(self, no: int, pid: int, timeout: float | None):
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        while True:
+            left = abi.MAX_PARK_S if end is None else max(0.0, min(end - loop.time(), abi.MAX_PARK_S))
+            try:
+                return await self._timed(no, (pid, left), left + self.call_timeout)
+            except KernelNotAnswering:
+                raise
+            except TimeoutError:
+                if end is not None and loop.time() >= end:
+                    raise
+
+    async def read(self, pid: int, timeout: float | None = None) -> dict:
+        """Block until pid has output, ends a turn or exits: {"text", "eof", "turn_end"}."""
+        return await self._blocking(Sys.READ, pid, timeout)
+
+    async def wait(self, pid: int, timeout: float | None = None) -> dict:
+        """Block until pid exits; reap it and return its exit status."""
+        return await self._blocking(Sys.WAIT, pid, timeout)
+
+    async def stream(self, pid: int, timeout: float | None = None):
+        """Async-iterate over pid's text chunks until its turn ends or it exits."""
+        while True:
+            r = await self.read(pid, timeout)
+            if r["text"]:
+                yield r["text"]
+            if r["eof"] or r["turn_end"]:
+                return
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+
+def _prog() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+
+
+# ---- the module-level API: one Client per thread ------------------------------------------
+
+_local = threading.local()
+
+
+def connect(**kw) -> Client:
+    """This thread's default client (connected on first use; kw only then)."""
+    c = getattr(_local, "client", None)
+    if c is None:
+        c = _local.client = Client(**kw)
+    return c
+
+
+def disconnect() -> None:
+    c = getattr(_local, "client", None)
+    if c is not None:
+        c.close()
+        _local.client = None
+
+
+def syscall(no: int, *args):
+    """Make syscall number `no` with args on this thread's client."""
+    return connect().syscall(no, *args)
+
+
+def _bind(name: str):
+    method = getattr(Client, name)
+
+    def stub(*args, **kw):
+        return getattr(connect(), name)(*args, **kw)
+    stub.__name__, stub.__doc__ = name, method.__doc__
+    return stub
+
+
+null, spawn, read, write, wait, kill, nice, fork, ps, stat, meminfo, uname, tokenize, detokenize, \
+    models, shutdown, stream = (_bind(n) for n in (
+        "null", "spawn", "read", "write", "wait", "kill", "nice", "fork", "ps", "stat", "meminfo",
+        "uname", "tokenize", "detokenize", "models", "shutdown", "stream"))
