@@ -12,6 +12,7 @@ from llmos.drivers.sampler import SamplingParams
 from llmos.kernel.engine import Engine, KernelError
 from llmos.kernel.param import KernelConfig
 from llmos.kernel.proc import ProcState
+from kernelkit import greedy, make_engine, prompt
 
 S = ProcState
 
@@ -22,17 +23,7 @@ def model(tiny_model_path):
 
 
 def engine(model, **cfg):
-    cfg.setdefault("num_blocks", 128)
-    cfg.setdefault("check_invariants", True)
-    return Engine(model, KernelConfig(**cfg))
-
-
-def greedy(n, **kw):
-    return SamplingParams(max_tokens=n, ignore_eos=True, **kw)
-
-
-def prompt(seed, n=20):
-    return [3 + (seed * 7919 + i * 104729) % 500 for i in range(n)]
+    return make_engine(model, 128, **cfg)
 
 
 _solo_cache = {}

@@ -14,6 +14,7 @@ from llmos.drivers.sampler import SamplingParams
 from llmos.kernel.engine import Engine, KernelError
 from llmos.kernel.param import KernelConfig
 from llmos.kernel.proc import ProcState
+from kernelkit import greedy, make_engine, prompt
 from llmos.kernel.sched import WEIGHTS, weight
 
 S = ProcState
@@ -25,17 +26,7 @@ def model(tiny_model_path):
 
 
 def engine(model, **cfg):
-    cfg.setdefault("num_blocks", 64)
-    cfg.setdefault("check_invariants", True)
-    return Engine(model, KernelConfig(**cfg))
-
-
-def greedy(n, **kw):
-    return SamplingParams(max_tokens=n, ignore_eos=True, **kw)
-
-
-def prompt(seed, n=20):
-    return [3 + (seed * 7919 + i * 104729) % 500 for i in range(n)]
+    return make_engine(model, 64, **cfg)
 
 
 def test_weights_are_the_cfs_table():
