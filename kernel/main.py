@@ -101,7 +101,8 @@ def serve(args, rt: Path) -> int:
         endpoints = _endpoints(args, rt)
         log.info("boot: config  %s", " ".join(f"{k}={v}" for k, v in config.as_dict().items()))
         path = catalog.resolve(args.model, pull_missing=True)
-        model = LlamaModel.load(str(path), dtype=args.dtype, device=args.device)
+        model = LlamaModel.load(str(path), dtype=args.dtype, device=args.device,
+                                progress=sys.stderr.isatty())
         c = model.config
         log.info("boot: driver  %s (%s, %d layers, hidden %d, context %d) on %s/%s, %.1f s", path.name,
                  c.arch, c.n_layers, c.hidden_size, c.context_length, model.device, str(model.dtype)[6:],
