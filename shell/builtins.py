@@ -1,0 +1,210 @@
+"""THE table of shell commands: name → handler, argument parser and one-line help.
+
+Every command is a builtin: each runs in the shell process and turns its words into syscalls
+(there are no external programs to exec). `run` and `chat` are the two that start kernel
+processes; the shell (sh.py) wraps those in jobs, pipes and redirections, and this table gives
+them their options. A handler gets an Invocation and returns an exit status; it writes its output
+to `inv.out` (the terminal, a `>` file, or the next stage of a pipe) and reports a failure by
+raising CommandError (the shell prints `NAME: message`) or by `inv.error(...)` when it goes on.
+The parsers here are also what `help CMD` prints and what tab completion offers.
+
+The table is filled by registration: this file holds run/chat and the shell's own commands (echo,
+help, exit); jobctl.py the job and signal commands; monitor.py ps, top, free, uname, models.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+from llmos.kernel import abi
+from llmos.shell.parse import NICE_MAX, NICE_MIN, Command
+from llmos.shell.runner import ProcessSpec
+from llmos.shell.streams import CommandError, Stream
+
+
+class ShellExit(Exception):
+    """`exit [N]`: leave the shell with status N."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+class _Help(Exception):
+    """-h/--help was given: the text was printed; the command succeeds."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse that raises CommandError (status 2) instead of exiting the shell."""
+
+    def __init__(self, name: str, summary: str, usage: str | None = None):
+        super().__init__(prog=name, description=summary, usage=usage, add_help=True,
+                         exit_on_error=False, allow_abbrev=False)
+
+    def error(self, message: str):
+        raise CommandError(f"{message} (help {self.prog} shows the usage)", 2)
+
+    def exit(self, status: int = 0, message: str | None = None):
+        if message:
+            raise CommandError(message.strip(), status or 2)
+        raise _Help()
+
+    def print_help(self, file=None):
+        self._help_out.write(self.format_help())
+
+
+@dataclass
+class Invocation:
+    sh: object                  # the Shell (sh.py): client, jobs, foreground(), signal_job()
+    cmd: Command
+    args: argparse.Namespace | None
+    out: Stream
+    stdin: str | None = None
+    status: int = 0
+
+    def error(self, message: str, status: int = 1) -> None:
+        """Report one failure and go on (the command's status becomes `status`)."""
+        self.sh.warn(f"{self.cmd.name}: {message}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    summary: str
+    parser: ArgParser
+    fn: Callable[[Invocation], int] | None   # None: run/chat, which the shell runs as jobs
+    takes_ids: bool = False                  # arguments are pids / job specs (for completion)
+    raw_args: bool = False                   # the handler reads cmd.argv itself (kill -STOP 42)
+
+    def parse(self, argv: list[str], out: Stream) -> argparse.Namespace | None:
+        """Parse argv (without the name); None when -h was answered."""
+        self.parser._help_out = out
+        if self.raw_args:
+            if argv[:1] in (["-h"], ["--help"]):
+                out.write(self.parser.format_help())
+                return None
+            return argparse.Namespace()
+        try:
+            return self.parser.parse_intermixed_args(argv)
+        except _Help:
+            return None
+        except argparse.ArgumentError as e:
+            self.parser.error(str(e))
+
+
+BUILTINS: dict[str, Builtin] = {}
+
+
+def builtin(name: str, summary: str, *, usage: str | None = None, takes_ids: bool = False,
+            raw_args: bool = False, options: Callable[[ArgParser], None] | None = None):
+    def register(fn):
+        parser = ArgParser(name, summary, usage)
+        if options:
+            options(parser)
+        BUILTINS[name] = Builtin(name, summary, parser, fn, takes_ids, raw_args)
+        return fn
+    return register
+
+
+# --- the two commands that start processes (run as jobs by the shell) ---------------------------
+
+def _sampling(p: ArgParser) -> None:
+    p.add_argument("-n", "--max-tokens", type=int, metavar="N", help="most tokens to generate")
+    p.add_argument("-t", "--temperature", type=float, metavar="T", help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, metavar="K")
+    p.add_argument("--top-p", type=float, metavar="P")
+    p.add_argument("-s", "--seed", type=int, metavar="S")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop at this text (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="generate until --max-tokens")
+    p.add_argument("--system", metavar="TEXT", help="a system message before the prompt")
+    p.add_argument("--nice", type=int, default=0, metavar="N", help=f"{NICE_MIN} (favoured) .. {NICE_MAX}")
+
+
+def _run_options(p: ArgParser) -> None:
+    _sampling(p)
+    p.add_argument("--raw", action="store_true", help="send the prompt as raw text, no chat template")
+    p.add_argument("prompt", nargs="*", help="the prompt; piped or `<` text follows it")
+
+
+builtin("run", "run a prompt as a process and stream its answer", options=_run_options)(None)
+builtin("chat", "a multi-turn session process (its KV stays resident); /exit leaves",
+        options=_sampling)(None)
+
+
+def process_spec(cmd: Command, args: argparse.Namespace, session: bool) -> ProcessSpec:
+    """The ProcessSpec for a parsed `run`/`chat` command (nice prefix over --nice)."""
+    nice = cmd.nice if cmd.nice is not None else args.nice
+    if not NICE_MIN <= nice <= NICE_MAX:
+        raise CommandError(f"--nice {nice} is out of range ({NICE_MIN}..{NICE_MAX})", 2)
+    params = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
+                                ("top_k", args.top_k), ("top_p", args.top_p), ("seed", args.seed),
+                                ("stop", args.stop), ("ignore_eos", args.ignore_eos or None))
+              if v is not None}
+    shown = "".join(c if c.isprintable() else " " for c in str(Command(cmd.argv)))[:abi.MAX_NAME_CHARS]
+    return ProcessSpec(" ".join(getattr(args, "prompt", [])), shown, params, args.system, nice,
+                       getattr(args, "raw", False), session)
+
+
+# --- the rest of the table, in the order `help` lists it -----------------------------------------
+
+from llmos.shell import jobctl, monitor  # noqa: E402,F401  (they register their commands)
+
+
+# --- the shell itself -----------------------------------------------------------------------------
+
+@builtin("echo", "print the words (-n: no newline)", options=lambda p: (
+    p.add_argument("-n", action="store_true", dest="no_newline"), p.add_argument("words", nargs="*")))
+def echo(inv: Invocation) -> int:
+    inv.out.write(" ".join(inv.args.words) + ("" if inv.args.no_newline else "\n"))
+    return 0
+
+
+@builtin("help", "list the commands, or show how to use one", usage="help [COMMAND]",
+         options=lambda p: p.add_argument("command", nargs="?"))
+def help_(inv: Invocation) -> int:
+    name = inv.args.command
+    if name is None:
+        lines = [f"  {b.name:<8} {b.summary}" for b in BUILTINS.values()]
+        inv.out.write("llmos shell commands (help COMMAND for its options):\n" + "\n".join(lines) + "\n"
+                      + HELP_FOOTER)
+        return 0
+    if name == "nice":
+        inv.out.write(NICE_HELP)
+        return 0
+    if name not in BUILTINS:
+        raise CommandError(f"no help topics match `{name}' (try: help)")
+    inv.out.write(BUILTINS[name].parser.format_help())
+    return 0
+
+
+@builtin("exit", "leave the shell (jobs still running get SIGTERM)", usage="exit [N]",
+         options=lambda p: p.add_argument("status", nargs="?", type=int))
+def exit_(inv: Invocation) -> int:
+    raise ShellExit(inv.args.status if inv.args.status is not None else inv.sh.status)
+
+
+NICE_HELP = f"""usage: nice [-n N] COMMAND ...
+run COMMAND with its niceness adjusted by N ({NICE_MIN} most favoured .. {NICE_MAX}; default 10)
+"""
+HELP_FOOTER = """
+  nice -n N run ...   run with a niceness; CMD &: in the background; A | B: A's text into B
+  > FILE, >> FILE: output to a file; < FILE: a file's text as the prompt (or chat turns)
+  Ctrl-C interrupts the foreground process, Ctrl-Z stops it (fg/bg continue it)
+"""
+
+
+def run_builtin(sh, cmd: Command, out: Stream, stdin: str | None = None) -> int:
+    """Run a (non-process) builtin. Raises CommandError/ShellExit/OSError for the shell to report."""
+    b = BUILTINS[cmd.name]
+    args = b.parse(list(cmd.argv[1:]), out)
+    if args is None:
+        return 0
+    return b.fn(Invocation(sh, cmd, args, out, stdin))
+
+
+def is_process_command(name: str) -> bool:
+    return name in BUILTINS and BUILTINS[name].fn is None
+

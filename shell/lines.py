@@ -1,0 +1,115 @@
+"""Where the shell's lines come from: the interactive prompt, or a script (`-c`, a file, stdin).
+
+Interactive: a prompt_toolkit session with history in $LLMOS_HOME/history (default
+~/.cache/llmos), tab completion (complete.py), and the prompt `llmos(MODEL kv N%)$ ` read fresh
+from the kernel each time. A line left open (a quote, a trailing `|` or `\\`) asks `> ` for more.
+Ctrl-C clears the line; Ctrl-D is `exit`; a first exit with jobs alive only warns (bash).
+Background output is drawn above the prompt (patch_stdout) instead of through it.
+
+Scripts run as sh runs them: each complete command as soon as it is read, a syntax error ends
+the script with status 2 (`NAME: line N: ...`), and at the end the shell waits for running
+background jobs so that their output is not lost; the status is the last command's.
+"""
+
+from __future__ import annotations
+
+from llmos.shell.builtins import ShellExit
+from llmos.shell.jobs import RUNNING, STOPPED
+from llmos.shell.parse import ParseError, parse
+from llmos.shell.runner import error_text
+from llmos.shell.streams import TERMINAL
+
+
+def run_script(sh, text: str, name: str) -> int:
+    """Run the commands in text; return the shell's exit status (after ending every job)."""
+    lines, chunk, start = text.splitlines(keepends=True), "", 1
+    try:
+        for n, line in enumerate(lines, 1):
+            chunk += line
+            try:
+                pipelines = parse(chunk)
+            except ParseError as e:
+                if e.incomplete and n < len(lines):
+                    continue
+                sh.warn(f"{name}: line {start}: {e}")
+                return sh.leave(2)
+            chunk, start = "", n + 1
+            sh.run_all(pipelines)
+        for job in [j for j in sh.jobs if j.state == RUNNING and j.live]:
+            sh.wait_job(job)
+    except ShellExit as e:
+        return sh.leave(e.status)
+    except KeyboardInterrupt:
+        return sh.leave(130)
+    return sh.leave(sh.status)
+
+
+def interact(sh) -> int:
+    """Read and run lines until exit; return the exit status."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory
+
+    from llmos.shell.complete import ShellCompleter
+    sh.home.mkdir(parents=True, exist_ok=True)
+    session = PromptSession(history=FileHistory(str(sh.home / "history")),
+                            completer=ShellCompleter(sh), complete_while_typing=False)
+    sh.jobs.on_finish = sh.job_finished            # say "[1]+ Done ..." as soon as it happens
+    try:
+        sh.client                                   # connect now (starting a kernel if need be)
+    except OSError as e:
+        sh.warn(f"llmos: {error_text(e)}")
+    exit_warned = False
+    while True:
+        sh.notify_jobs()
+        TERMINAL.end_line()
+        try:
+            text = read_line(session, prompt_text(sh))
+        except EOFError:
+            TERMINAL.write("exit\n")
+            text = "exit"
+        if text is None:
+            continue
+        try:
+            sh.execute(text)
+            exit_warned = False
+        except ShellExit as e:
+            alive = [j for j in sh.jobs if j.live or j.state == STOPPED]
+            if alive and not exit_warned:
+                stopped = any(j.state == STOPPED for j in alive)
+                sh.warn(f"There are {'stopped' if stopped else 'running'} jobs.")
+                exit_warned = True
+                continue
+            return sh.leave(e.status)
+
+
+def read_line(session, label: str) -> str | None:
+    """A complete line (asking `> ` for more while it is open); None after Ctrl-C."""
+    from prompt_toolkit.patch_stdout import patch_stdout
+    text = ""
+    while True:
+        try:
+            with patch_stdout(raw=True):
+                text += session.prompt(label)
+        except KeyboardInterrupt:
+            return None
+        try:
+            parse(text)
+        except ParseError as e:
+            if e.incomplete:
+                text, label = text + "\n", "> "
+                continue
+        return text
+
+
+def prompt_text(sh) -> str:
+    """`llmos(MODEL kv N%)$ `, or `llmos(no kernel)$ ` (never starts a kernel)."""
+    client = sh.link.try_connect()
+    try:
+        kv = client.meminfo()["kv"] if client else None
+    except OSError:
+        sh.link.drop()
+        kv = None
+    if kv is None:
+        return "llmos(no kernel)$ "
+    pct = 100 * kv["used"] / kv["total"] if kv["total"] else 0
+    return f"llmos({client.info.get('model') or '?'} kv {pct:.0f}%)$ "
