@@ -135,8 +135,8 @@ class Engine:
             raise KernelError(errno.EINVAL, f"sampling parameters: {e}") from None
         self._check_nice(nice)
         if len(ids) >= self.max_context:
-            raise KernelError(errno.E2BIG, f"prompt of {len(ids)} tokens leaves no room in the "
-                                           f"context of {self.max_context} tokens")
+            raise KernelError(errno.E2BIG, f"prompt too long ({len(ids)} >= {self.max_context} tokens,"
+                                           f" the context)")
         if self.procs.full():
             raise KernelError(errno.EAGAIN, f"process table full ({self.procs.max_procs})")
         p = Process(self.procs.new_pid(), ids, params, ppid=ppid, owner=owner, command=command,

@@ -244,6 +244,7 @@ def test_context_length_ends_generation(model):
     with pytest.raises(KernelError) as ei:
         e.spawn(prompt(91, 40), greedy(1))
     assert ei.value.errno == errno.E2BIG
+    assert ei.value.message == "prompt too long (40 >= 40 tokens, the context)"
 
 
 def test_kill_in_the_middle_of_a_step_frees_blocks_after_it(model):
