@@ -164,7 +164,7 @@ def main(argv: list[str]) -> int:
     from ..kernel.param import KernelConfig
 
     try:
-        path = resolve(args.model or DEFAULT_MODEL, pull_missing=args.model is None)
+        path = resolve(args.model or DEFAULT_MODEL, pull_missing=True)
         model = LlamaModel.load(str(path), dtype=args.dtype, device=args.device)
         kw = dict(max_running=args.max_running, preempt_mode=args.preempt)
         if args.max_step_tokens:
