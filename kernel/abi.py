@@ -54,9 +54,11 @@ class Sys(enum.IntEnum):
     NULL = 0         # ()                                    -> None (round-trip benchmark)
     HELLO = 1        # (token, user?, client?)               -> {abi, kernel_pid, user, lease_s, ...}
     SPAWN = 2        # (prompt: str | [{role, content}] | [token ids], params?: {SamplingParams fields},
-                     #  opts?: {nice, session, detached, command})      -> pid
+                     #  opts?: {nice, session, detached, command, stdin})  -> pid
+                     #  stdin: the prompt stays open; write() appends to it, close() starts generating
     READ = 3         # (pid, timeout_s?)                     -> {"text", "eof", "turn_end"}
     WRITE = 4        # (pid, text | {role, content} | [{role, content}]) -> number of tokens queued
+                     #  (to an open stdin: text appended to the prompt, prefilled as it arrives)
     WAIT = 5         # (pid, timeout_s?)                     -> exit status dict (reaps the process)
     KILL = 6         # (pid, sig?=SIGTERM)                   -> None
     NICE = 7         # (pid, nice: -20..19)                  -> None
@@ -69,6 +71,7 @@ class Sys(enum.IntEnum):
     DETOKENIZE = 14  # ([token ids], skip_special?=False)    -> text
     MODELS = 15      # ()                                    -> [{"name", "path", "loaded"}, ...]
     SHUTDOWN = 16    # ()                                    -> None; the kernel then stops
+    CLOSE = 17       # (pid)                                 -> None; end an open stdin: generate now
 
 
 # Signals keep their (Linux) Unix numbers and meaning on the wire on every platform.

@@ -125,8 +125,11 @@ class Engine:
         return nice
 
     def spawn(self, prompt_ids, params: SamplingParams | None = None, *, owner: str = "", nice: int = 0,
-              session: bool = False, detached: bool = False, command: str = "", ppid: int = 0) -> Process:
-        """A new process generating after prompt_ids. EINVAL, E2BIG (prompt too long), EAGAIN."""
+              session: bool = False, detached: bool = False, command: str = "", ppid: int = 0,
+              stdin: bool = False, stdin_tail: list[int] | None = None) -> Process:
+        """A new process generating after prompt_ids. EINVAL, E2BIG (prompt too long), EAGAIN.
+        stdin: the prompt stays open — write() appends to it (prefilled as it arrives) and close()
+        appends stdin_tail (e.g. the chat template's end of the user turn) and starts generating."""
         ids = self._check_ids(prompt_ids, "prompt")
         params = params or SamplingParams()
         try:
@@ -142,26 +145,40 @@ class Engine:
         p = Process(self.procs.new_pid(), ids, params, ppid=ppid, owner=owner, command=command,
                     session=session, detached=detached, nice=nice)
         self._new_turn(p)
+        p.stdin_open = p.feeding = stdin
+        p.stdin_tail = list(stdin_tail or [])
         self.procs.add(p)
         self.sched.enqueue(p)
         return p
 
     def write(self, pid: int, token_ids) -> int:
-        """Append a turn to a session: it starts now if the session sleeps, else after this turn."""
+        """Append input: to an open stdin (prefilled, no generation yet), else a turn to a session
+        (it starts now if the session sleeps, else after this turn)."""
         p = self._get(pid)
         ids = self._check_ids(token_ids, "input")
-        if not p.session:
-            raise KernelError(errno.EINVAL, f"process {pid} is not a session")
+        if not (p.session or p.stdin_open):
+            raise KernelError(errno.EINVAL, f"process {pid} is not a session and has no open input")
+        self._queue_input(p, ids, feed=p.stdin_open)
+        return len(ids)
+
+    def close(self, pid: int) -> None:
+        """Close an open stdin: append its tail and start generating (EINVAL if not open)."""
+        p = self._get(pid)
+        if not p.stdin_open:
+            raise KernelError(errno.EINVAL, f"process {pid} has no open input")
+        p.stdin_open = False
+        self._queue_input(p, p.stdin_tail, feed=False)
+
+    def _queue_input(self, p: Process, ids: list[int], feed: bool) -> None:
         if not p.alive:
-            raise KernelError(errno.EPIPE, f"process {pid} has exited")
-        queued = sum(map(len, p.pending_input))
+            raise KernelError(errno.EPIPE, f"process {p.pid} has exited")
+        queued = sum(len(t) for t, _ in p.pending_input)
         if len(p.tokens) + queued + len(ids) >= self.max_context:
             raise KernelError(errno.E2BIG, f"{len(ids)} more tokens overflow the context of "
                                            f"{self.max_context} (holds {len(p.tokens) + queued})")
-        p.pending_input.append(ids)
+        p.pending_input.append((ids, feed))
         if p.state is ProcState.SLEEPING:
             self._next_turn(p)
-        return len(ids)
 
     def signal(self, pid: int, sig: int) -> None:
         p = self._get(pid)
@@ -214,7 +231,8 @@ class Engine:
         c = Process(cpid, p.prompt_ids, replace(p.params, seed=seed), ppid=p.pid, owner=p.owner,
                     command=p.command, session=p.session, detached=p.detached, nice=p.nice)
         c.tokens, c.output_ids = list(p.tokens), list(p.output_ids)
-        c.pending_input = [list(t) for t in p.pending_input]
+        c.pending_input = [(list(t), feed) for t, feed in p.pending_input]
+        c.stdin_open, c.stdin_tail, c.feeding = p.stdin_open, list(p.stdin_tail), p.feeding
         c.vruntime = p.vruntime
         if self.kv.fork(p.pid, cpid):
             c.computed = p.computed
@@ -247,14 +265,21 @@ class Engine:
         p.matcher = StopMatcher(p.params.stop)
 
     def _next_turn(self, p: Process) -> None:
-        """A sleeping session takes its next queued input and becomes READY (or exits with
-        "length" if its output since the write left no room for it in the context)."""
-        ids = p.pending_input.pop(0)
+        """A sleeping process takes its next queued input and becomes READY (or exits with
+        "length" if its output since the write left no room for it in the context). Input to an
+        open stdin is only prefilled; a closing input with no tail of its own recomputes the
+        last token, whose logits start the generation."""
+        ids, feed = p.pending_input.pop(0)
+        if not ids:
+            p.computed = min(p.computed, len(p.tokens) - 1)
+            self.kv.truncate(p.pid, p.computed)
+            ids = [p.tokens.pop()]
         if len(p.tokens) + len(ids) >= self.max_context:
             self._exit(p, ExitStatus("length", message="no room in the context for the input"))
             return
         p.tokens.extend(ids)
         self._new_turn(p)
+        p.feeding = feed
         wake(p)
         self.sched.enqueue(p)
         self._wake(p)
@@ -271,6 +296,14 @@ class Engine:
         """A session's generation is over: it sleeps, or takes its next queued input."""
         self.sched.dequeue(p)
         p.channel.end_turn()
+        sleep(p)
+        if p.pending_input:
+            self._next_turn(p)
+        self._wake(p)
+
+    def _end_feed(self, p: Process) -> None:
+        """Input written to an open stdin is prefilled: sleep until more input or close."""
+        self.sched.dequeue(p)
         sleep(p)
         if p.pending_input:
             self._next_turn(p)
@@ -311,7 +344,7 @@ class Engine:
         plan = StepPlan([], [], [], [], [])
         for p, n in work:
             start = p.computed
-            want = start + n == len(p.tokens)
+            want = start + n == len(p.tokens) and not p.feeding
             plan.entries.append((p, p.epoch, n))
             # the table's own list, not a copy: only schedule/commit ever change it
             plan.seqs.append(SeqInput(p.tokens[start:start + n], start,
@@ -384,6 +417,8 @@ class Engine:
                         p.stats.prefilled += n
                     if result.tokens[i] is not None:
                         self._deliver(p, result.tokens[i], result.logprobs[i])
+                    elif p.feeding and p.computed == len(p.tokens):
+                        self._end_feed(p)
                 except Exception as e:
                     if p.alive:
                         self._exit(p, ExitStatus("error", message=f"{type(e).__name__}: {e}"))

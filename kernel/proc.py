@@ -119,7 +119,8 @@ class Process:
         "stats", "channel", "exit",
         # tokens: engine (commit, write); read by sched and kvcache
         "prompt_ids", "output_ids", "logprobs", "tokens", "computed", "turn_start", "turn_tokens",
-        "pending_input", "decoder", "matcher", "generator", "seed", "forks",
+        "pending_input", "stdin_open", "stdin_tail", "feeding", "decoder", "matcher", "generator",
+        "seed", "forks",
         # scheduling: sched (nice via renice)
         "state", "nice", "weight", "vruntime", "deadline", "epoch", "was_sleeping",
         "_since",
@@ -140,7 +141,10 @@ class Process:
         self.computed = 0                            # leading tokens whose KV is in the pool
         self.turn_start = len(self.tokens)           # where this turn's generated tokens begin
         self.turn_tokens = 0                         # tokens generated in this turn
-        self.pending_input: list[list[int]] = []     # turns written while not sleeping
+        self.pending_input: list[tuple[list[int], bool]] = []  # (ids, feed-only) written while busy
+        self.stdin_open = False                      # spawned with stdin: write() feeds the prompt
+        self.stdin_tail: list[int] = []              # appended by close() before generating
+        self.feeding = False                         # this turn only prefills input (no sampling)
         self.decoder = self.matcher = self.generator = None
         self.seed = getattr(params, "seed", None)
         self.forks = 0                               # children forked so far (their seeds)

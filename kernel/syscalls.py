@@ -168,11 +168,18 @@ def _encode(k: Kernel, text: str, *, add_bos) -> list[int]:
         raise SysError(E.EINVAL, str(e)) from None
 
 
-def _render(k: Kernel, msgs: list[dict], *, after=None) -> str:
-    """Chat text for msgs: a whole prompt, or (after=process) the text of a new turn that follows
-    that process's last assistant turn."""
+def _render(k: Kernel, msgs: list[dict], *, after=None, open_end: bool = False):
+    """Chat text for msgs: a whole prompt; or (open_end) that prompt split where the last
+    message's content ends, as (head, tail), so text written later continues that content; or
+    (after=process) the text of a new turn that follows that process's last assistant turn."""
     tok = k.model.tokenizer
     try:
+        if open_end:
+            marked = msgs[:-1] + [dict(msgs[-1], content=msgs[-1]["content"] + "\x00")]
+            head, sep, tail = tok.render_chat(marked, add_generation_prompt=True).partition("\x00")
+            if not sep:
+                raise SysError(E.EINVAL, "this model's chat template cannot keep a prompt open")
+            return head, tail
         if after is None:
             return tok.render_chat(msgs, add_generation_prompt=True)
         base = [{"role": "user", "content": "\x00"}, {"role": "assistant", "content": "\x01"}]
@@ -232,14 +239,20 @@ def sys_hello(k: Kernel, c: Caller, token, user="anonymous", client=""):
 def sys_spawn(k: Kernel, c: Caller, prompt, params=None, opts=None):
     """Start a process generating after prompt: raw text, chat messages (rendered by the model's
     template) or token ids."""
-    o = _dict(opts, "opts", {"nice", "session", "detached", "command"})
+    o = _dict(opts, "opts", {"nice", "session", "detached", "command", "stdin"})
     nice = _int(o.get("nice", 0), "nice", abi.NICE_MIN, abi.NICE_MAX)
     session, detached = _bool(o.get("session", False), "session"), _bool(o.get("detached", False), "detached")
     command = _name(o.get("command", ""), "command")
+    stdin = _bool(o.get("stdin", False), "stdin")
     sp = _sampling(params)
     ids, text = _prompt_ids(k, prompt)
+    tail: list[int] = []
+    if stdin and text == "chat":        # written text continues the last message's content
+        head, after = _render(k, _messages(prompt), open_end=True)
+        ids, tail = _encode(k, head, add_bos=None), _encode(k, after, add_bos=False)
     p = k.engine.spawn(ids, sp, owner=c.user, nice=nice, session=session, detached=detached,
-                       command=command or " ".join(text.split())[:40])
+                       command=command or " ".join(text.split())[:40], stdin=stdin,
+                       stdin_tail=tail)
     c.pids.add(p.pid)
     return p.pid
 
@@ -288,6 +301,11 @@ def sys_write(k: Kernel, c: Caller, pid, data):
         raise SysError(E.EINVAL, "nothing to write")
     k.engine.write(p.pid, ids)
     return len(ids)
+
+
+def sys_close(k: Kernel, c: Caller, pid):
+    """End a process's open stdin: the rest of its prompt is appended and it starts generating."""
+    k.engine.close(_proc(k, c, pid).pid)
 
 
 def sys_wait(k: Kernel, c: Caller, pid, timeout=None):
@@ -448,6 +466,7 @@ TABLE: dict[int, Entry] = {
     Sys.DETOKENIZE: _entry(sys_detokenize),
     Sys.MODELS: _entry(sys_models),
     Sys.SHUTDOWN: _entry(sys_shutdown, mutates=True),
+    Sys.CLOSE: _entry(sys_close, mutates=True),
 }
 assert set(TABLE) == set(Sys), "every syscall number has exactly one handler"
 

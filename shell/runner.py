@@ -6,10 +6,11 @@ is never inside a read when the user presses Ctrl-C or Ctrl-Z: a read interrupte
 side would lose the text the kernel already handed over. The reader is the only one that calls
 read() and wait() for its processes, so every process the shell starts is reaped by it.
 
-Pipes: `run A | run B` streams A's text, as it is produced, into the buffer that becomes B's
-input; B is spawned when A ends, with its prompt words followed by A's text. (The ABI has no
-"open stdin" for a non-session process, so B cannot start prefilling before A's end; see the
-issue note.) A stage that ends by a signal or an error ends the pipeline with its status.
+Pipes: `run A | run B` spawns B at once with its prompt open (spawn stdin=True): its words and a
+blank line. A's text is written into B's stdin a line at a time as A produces it, so B prefills
+while A generates; when A ends, close_stdin() starts B's answer. B's prompt is thus the same text
+as `run "B words\n\nA's text"`, tokenized a line at a time. A stage that ends by a signal or an
+error ends the pipeline with its status, and the stages after it are ended.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 from llmos.kernel import abi
 from llmos.shell.jobs import STOPPED, Job, JobTable
-from llmos.shell.streams import TERMINAL, Capture, CommandError, Stream
+from llmos.shell.streams import TERMINAL, CommandError, Stream
 
 
 def exit_status(st: dict) -> int:
@@ -51,19 +52,59 @@ class ProcessSpec:
     raw: bool = False                           # the prompt is raw text, not a chat message
     session: bool = False
 
-    def prompt(self, stdin: str | None = None):
-        """The spawn prompt: the words, then a blank line and the input text (a pipe or `<`)."""
+    def prompt(self, stdin: str | None = None, open_input: bool = False):
+        """The spawn prompt: the words, then a blank line and the input text (a pipe or `<`).
+        open_input: the input is still to come (written to the process as it arrives)."""
         body = "\n\n".join(x for x in (self.words, stdin) if x)
-        if not body.strip():
+        if open_input:
+            body = self.words + "\n\n" if self.words else ""
+        elif not body.strip():
             raise CommandError("missing prompt (type it after the command, or pipe or `<` text in)", 2)
         if self.raw:
             return body
         system = [{"role": "system", "content": self.system}] if self.system else []
         return system + [{"role": "user", "content": body}]
 
-    def spawn(self, client, stdin: str | None = None) -> int:
-        return client.spawn(self.prompt(stdin), self.params or None, nice=self.nice,
-                            session=self.session, command=self.command)
+    def spawn(self, client, stdin: str | None = None, open_input: bool = False) -> int:
+        prompt = self.prompt(stdin, open_input)
+        if open_input and self.raw and not prompt:
+            raise CommandError("missing prompt (a raw pipe stage needs its own words)", 2)
+        return client.spawn(prompt, self.params or None, nice=self.nice, session=self.session,
+                            command=self.command, stdin=open_input)
+
+
+class PipeWriter(Stream):
+    """A pipe between two processes: the writer's text goes into the reader's open stdin a line
+    at a time (line-buffered, as a Unix pipe to a terminal program); close() sends the rest and
+    ends the input. If the reader is gone, the writer gets SIGTERM (as SIGPIPE would)."""
+
+    def __init__(self, client, writer: int, reader: int):
+        self.client, self.writer, self.reader = client, writer, reader
+        self._buf, self.broken = "", False
+
+    def write(self, text: str) -> None:
+        self._buf += text
+        while (cut := self._buf.find("\n") + 1):
+            self._send(self._buf[:cut])
+            self._buf = self._buf[cut:]
+
+    def _send(self, text: str) -> None:
+        if self.broken or not text:
+            return
+        try:
+            self.client.write(self.reader, text)
+        except OSError:
+            self.broken = True
+            try:
+                self.client.kill(self.writer, abi.SIGTERM)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._send(self._buf)
+        self._buf = ""
+        if not self.broken:
+            self.client.close_stdin(self.reader)
 
 
 def warn(message: str) -> None:
@@ -108,28 +149,42 @@ class Runner(threading.Thread):
             self.jobs.finish(self.job, status)
 
     def _stages(self, client) -> int:
-        job, text = self.job, None
-        for k, spec in enumerate(self.stages):
-            if k == 0:
-                pid = job.pids[0]
-            else:
-                if job.interrupted:
-                    return 128 + signal.SIGINT
-                try:
-                    pid = spec.spawn(client, text)
-                except OSError as e:
-                    raise CommandError(error_text(e)) from None
-                job.pids.append(pid)
-                job.live.add(pid)
-                if job.state == STOPPED:            # stopped while this stage was being started
-                    client.kill(pid, abi.SIGSTOP)
-            sink = self.out if k == len(self.stages) - 1 else Capture()
+        """Every later stage starts now with its input open; each stage's text streams into the
+        next one's stdin while it is generated, so the reader prefills as the writer writes."""
+        job = self.job
+        pids = [job.pids[0]]
+        for spec in self.stages[1:]:
+            try:
+                pid = spec.spawn(client, open_input=True)
+            except OSError as e:
+                self._end(client, pids[1:])
+                raise CommandError(error_text(e)) from None
+            pids.append(pid)
+            job.pids.append(pid)
+            job.live.add(pid)
+            if job.state == STOPPED:                # stopped while this stage was being started
+                client.kill(pid, abi.SIGSTOP)
+        for k, pid in enumerate(pids):
+            last = k == len(pids) - 1
+            sink = self.out if last else PipeWriter(client, pid, pids[k + 1])
             st = drain(client, pid, sink)
             job.live.discard(pid)
             if st.get("reason") == "error":
                 warn(f"run: process {pid} failed: {st.get('message')}")
             status = exit_status(st)
             if status:
+                self._end(client, pids[k + 1:])
                 return status
-            text = sink.text if isinstance(sink, Capture) else None
+            if not last:
+                sink.close()
         return 0
+
+    def _end(self, client, pids: list[int]) -> None:
+        """A stage failed: the stages after it end too (their input will never be complete)."""
+        for pid in pids:
+            try:
+                client.kill(pid, abi.SIGTERM)
+                client.wait(pid)
+            except OSError:
+                pass
+            self.job.live.discard(pid)

@@ -414,3 +414,32 @@ def test_eos_ends_a_process_and_a_sessions_turn(model):
     assert p.exit.reason == "eos" and p.output_ids == ref[:end + 1]
     assert p.channel.read() == model.tokenizer.decode(ref[:end])
     assert s.state is S.SLEEPING and s.output_ids == ref[:end + 1] and s.tokens[-1] == 2
+
+
+def test_open_stdin_fed_in_pieces_equals_the_whole_prompt(model):
+    e = engine(model)
+    whole = prompt(5, 45)
+    ref = e.spawn(whole, greedy(12))
+    e.run_until_idle()
+    p = e.spawn(whole[:10], greedy(12), stdin=True, stdin_tail=whole[40:])
+    e.run_until_idle()
+    assert p.state is S.SLEEPING and p.computed == 10 and not p.output_ids   # prefilled, no output
+    e.write(p.pid, whole[10:25])
+    e.run_until_idle()
+    assert p.state is S.SLEEPING and p.computed == 25
+    e.write(p.pid, whole[25:40])
+    e.close(p.pid)                       # queued behind the write: runs when that one is prefilled
+    e.run_until_idle()
+    assert p.output_ids == ref.output_ids and p.exit.reason == "length"
+    q = e.spawn(whole[:20], greedy(12), stdin=True)      # no tail: close recomputes the last token
+    e.step()
+    e.write(q.pid, whole[20:])
+    e.close(q.pid)
+    e.run_until_idle()
+    assert q.output_ids == ref.output_ids
+    with pytest.raises(KernelError) as ei:
+        e.close(q.pid)
+    assert ei.value.errno == errno.EINVAL
+    with pytest.raises(KernelError) as ei:
+        e.write(ref.pid, [5])
+    assert ei.value.errno == errno.EINVAL

@@ -42,7 +42,8 @@ def kernel():
     model = tinymodel.build_tiny_model(tmp / f"{MODEL}.gguf", context_length=8192)
     env = _env(tmp / "rt", tmp / "home")
     started = subprocess.run([sys.executable, "-m", "llmos.kernel.main", "serve", "--daemon", "--model",
-                              str(model), "--kv-blocks", "2048"], env=env, capture_output=True, text=True,
+                              str(model), "--kv-blocks", "2048",
+                              "--dtype", "fp32"], env=env, capture_output=True, text=True,
                              timeout=180)
     assert started.returncode == 0, started.stderr
     saved = {k: os.environ.get(k) for k in ("LLMOS_RUNTIME_DIR", "LLMOS_HOME")}
@@ -287,7 +288,15 @@ def test_exit_warns_about_jobs_then_ends_them(sh, k, kernel):
 
 def test_pipe_streams_the_first_answer_into_the_second(sh, k, tmp_path):
     first = greedy(k, "list three fruits", 8)
-    want = greedy(k, "translate into French:\n\n" + first, 8)
+    # the second process is spawned with its input open and fed the first one's lines as they come
+    # (fp32 kernel: results do not depend on what else shares the batch)
+    pid = k.spawn([{"role": "user", "content": "translate into French:\n\n"}], {"max_tokens": 8},
+                  stdin=True)
+    for line in first.splitlines(keepends=True):
+        k.write(pid, line)
+    k.close_stdin(pid)
+    want = "".join(k.stream(pid))
+    k.wait(pid)
     sh.command('run -n 8 "list three fruits" | run -n 8 "translate into French:" > fr.txt')
     assert (tmp_path / "fr.txt").read_text() == want
     sh.command('echo "list three fruits" | run -n 8 > from_echo.txt')   # a builtin's text in

@@ -198,6 +198,28 @@ def test_write_to_a_non_session_or_dead_process(k):
     assert err_of(k.write, s, "more") == errno.EPIPE
 
 
+
+def test_open_stdin_streams_a_prompt_in(k):
+    """spawn(stdin=True) prefills as text is written; close_stdin starts the answer; a chat
+    prompt fed as token ids in pieces answers exactly as the whole prompt does."""
+    ids = k.tokenize("one two three four five six", add_bos=True)
+    whole = k.spawn(ids, max_tokens=6, ignore_eos=True)
+    want = "".join(k.stream(whole))
+    k.wait(whole)
+    pid = k.spawn(ids, max_tokens=6, ignore_eos=True, stdin=True)
+    wait_until(lambda: k.stat(pid)["state"] == "SLEEPING")
+    assert k.stat(pid)["tokens"] == 0                       # prefilled, nothing generated
+    chat = k.spawn([{"role": "user", "content": "tell me"}], max_tokens=3, stdin=True)
+    k.write(chat, " more")
+    k.close_stdin(chat)
+    assert k.wait(chat)["reason"] in ("length", "eos")
+    assert err_of(k.close_stdin, chat) == errno.ESRCH       # reaped
+    assert err_of(k.write, pid, 7) == errno.EINVAL          # text or messages only
+    k.close_stdin(pid)                                      # no tail: the last token restarts it
+    assert "".join(k.stream(pid)) == want
+    assert err_of(k.close_stdin, pid) == errno.EINVAL       # already closed
+    k.wait(pid)
+
 # ---- ownership, signals, nice, fork ------------------------------------------------------------
 
 def test_other_owners_get_eperm(k, srv):

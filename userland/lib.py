@@ -108,12 +108,12 @@ def _raise(err: int, value) -> None:
     raise abi.error(err, value if isinstance(value, str) else repr(value))
 
 
-def _spawn_args(prompt, params, nice, session, detached, command, sampling) -> list:
+def _spawn_args(prompt, params, nice, session, detached, command, sampling, stdin=False) -> list:
     p = dict(params or {}, **sampling)
     if isinstance(p.get("stop"), tuple):
         p["stop"] = list(p["stop"])
     opts = {k: v for k, v in (("nice", nice), ("session", session), ("detached", detached),
-                               ("command", command)) if v}
+                               ("command", command), ("stdin", stdin)) if v}
     return [prompt, p or None, opts or None]
 
 
@@ -125,14 +125,20 @@ class _Stubs:
         return self.syscall(Sys.NULL)
 
     def spawn(self, prompt, params: dict | None = None, *, nice: int = 0, session: bool = False,
-              detached: bool = False, command: str = "", **sampling):
+              detached: bool = False, command: str = "", stdin: bool = False, **sampling):
         """Start a process on prompt (str, or [{"role", "content"}, ...]); returns its pid.
-        Sampling parameters come as params={...} or keywords (max_tokens=, temperature=, seed=...)."""
-        return self.syscall(Sys.SPAWN, *_spawn_args(prompt, params, nice, session, detached, command, sampling))
+        Sampling parameters come as params={...} or keywords (max_tokens=, temperature=, seed=...).
+        stdin=True keeps the prompt open: write() appends to it, close_stdin() starts the generation."""
+        return self.syscall(Sys.SPAWN, *_spawn_args(prompt, params, nice, session, detached, command,
+                                                    sampling, stdin))
 
     def write(self, pid: int, data):
         """Append a turn to a session: raw text, or chat message(s); returns tokens queued."""
         return self.syscall(Sys.WRITE, pid, data)
+
+    def close_stdin(self, pid: int):
+        """End an open stdin (syscall close): the process starts generating."""
+        return self.syscall(Sys.CLOSE, pid)
 
     def kill(self, pid: int, sig: int | str = abi.SIGTERM):
         """Send a signal (number or name: INT, TERM, KILL, STOP, CONT)."""
