@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
+import abc
 import threading
 
 # Control characters other than newline and tab: model output is untrusted text, and an escape
@@ -26,9 +27,12 @@ class CommandError(Exception):
         self.message, self.status = message, status
 
 
-class Stream:
+class Stream(abc.ABC):
+    """Where a job's text goes."""
+
+    @abc.abstractmethod
     def write(self, text: str) -> None:
-        raise NotImplementedError
+        """Take text; never blocks on the kernel."""
 
     def close(self) -> None:
         pass
