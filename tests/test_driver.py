@@ -16,11 +16,6 @@ from llmos.drivers.llama import LlamaModel, SeqInput
 BLOCK = 4
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_path):
-    return LlamaModel.load(tiny_model_path, dtype="fp32", device="cpu")
-
-
 def dense_reference(path: str, ids: list[int]) -> torch.Tensor:
     """Logits of every position, computed the plain way straight from the GGUF tensors: no paging,
     no weight repacking, interleaved-pair RoPE exactly as llama.cpp applies it to GGUF weights."""

@@ -17,11 +17,6 @@ from kernelkit import greedy, make_engine, prompt
 S = ProcState
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_path):
-    return LlamaModel.load(tiny_model_path, dtype="fp32", device="cpu")
-
-
 def engine(model, **cfg):
     return make_engine(model, 128, **cfg)
 

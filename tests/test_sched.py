@@ -9,7 +9,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from llmos.drivers.llama import LlamaModel
 from llmos.drivers.sampler import SamplingParams
 from llmos.kernel.engine import Engine, KernelError
 from llmos.kernel.param import KernelConfig
@@ -18,11 +17,6 @@ from kernelkit import greedy, make_engine, prompt
 from llmos.kernel.sched import WEIGHTS, weight
 
 S = ProcState
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_path):
-    return LlamaModel.load(tiny_model_path, dtype="fp32", device="cpu")
 
 
 def engine(model, **cfg):
