@@ -204,12 +204,18 @@ def test_background_job_jobs_and_wait(sh, k, tmp_path):
     assert sh.command("jobs") == "" and k.ps() == []
 
 
-def test_ctrl_z_stops_the_job_and_fg_continues_it(sh, k, tmp_path):
-    sh.line(f"run {LONG} story > fg.txt")
+def start_then_ctrl_z(sh, k, redirect: str) -> int:
+    """Run a long generation in the foreground, stop it with Ctrl-Z; returns its pid."""
+    sh.line(f"run {LONG} story > {redirect}")
     pid = newest_pid(k)
     wait_state(k, pid, "RUNNING")
     sh.keys("C-z")
-    sh.wait_for(rf"\[1\]\+\s+Stopped\s+run {LONG} story > fg.txt")
+    sh.wait_for(rf"\[1\]\+\s+Stopped\s+run {LONG} story > {re.escape(redirect)}")
+    return pid
+
+
+def test_ctrl_z_stops_the_job_and_fg_continues_it(sh, k, tmp_path):
+    pid = start_then_ctrl_z(sh, k, "fg.txt")
     sh.wait_for(PROMPT)
     tokens = wait_state(k, pid, "STOPPED")["tokens"]
     time.sleep(0.5)
@@ -271,11 +277,7 @@ def test_nice_renice_and_fork(sh, k, tmp_path):
 
 
 def test_exit_warns_about_jobs_then_ends_them(sh, k, kernel):
-    sh.line(f"run {LONG} story > /dev/null")
-    pid = newest_pid(k)
-    wait_state(k, pid, "RUNNING")
-    sh.keys("C-z")
-    sh.wait_for(r"\[1\]\+\s+Stopped")
+    start_then_ctrl_z(sh, k, "/dev/null")
     assert sh.command("exit") == "There are stopped jobs."
     sh.line("exit")
     deadline = time.monotonic() + 20
