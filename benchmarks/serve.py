@@ -15,6 +15,7 @@ checks), with the step's tokens supplied by the benchmark instead of a forward p
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import statistics
@@ -188,6 +189,7 @@ def main(argv: list[str]) -> int:
         return 0
 
     engine = Engine(model, config)
+    gc.freeze()     # as the kernel's boot does (kernel/main.py): model and pool out of full GC passes
     ids = prompts(args.num_procs, args.input_len, model.tokenizer.vocab_size, args.seed, args.shared_prefix)
     res = {**head, "num_procs": args.num_procs, "input_len": args.input_len,
            "output_len": args.output_len, "kernel": run_workload(engine, ids, args.output_len)}

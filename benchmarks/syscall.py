@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -222,6 +223,7 @@ def serve_compare(args) -> dict:
     model = LlamaModel.load(str(resolve(args.model, pull_missing=True)), dtype=args.dtype, device=args.device)
     kw = {k: v for k, v in (("num_blocks", args.kv_blocks), ("max_step_tokens", args.max_step_tokens)) if v}
     engine = Engine(model, KernelConfig(**kw).validate())
+    gc.freeze()     # as the kernel's boot does (kernel/main.py)
     ids = prompts(args.num_procs, args.input_len, model.tokenizer.vocab_size, args.seed)
     # Stepped from a worker thread, as the kernel steps it: on CPU, torch here ran several times
     # slower when the same loop ran on the main thread (see the module docstring).

@@ -22,7 +22,6 @@ Mutators raise KernelError(errno, message) for bad requests; the syscall layer s
 from __future__ import annotations
 
 import errno
-import gc
 import signal as _signal
 import time
 from dataclasses import dataclass, field, replace
@@ -33,7 +32,7 @@ from ..drivers.llama import SeqInput
 from ..drivers.sampler import SamplingParams, StopMatcher, sample
 from .kvcache import KVCache
 from .param import NICE_MAX, NICE_MIN, KernelConfig
-from .proc import (ExitStatus, Process, ProcState, ProcTable, cont, exit_, sleep, stop, wake)
+from .proc import (INIT, ExitStatus, Process, ProcState, ProcTable, cont, exit_, sleep, stop, wake)
 from .sched import Scheduler
 
 SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGKILL, _signal.SIGSTOP, _signal.SIGCONT)
@@ -76,7 +75,7 @@ class StepResult:
 
 
 class Engine:
-    def __init__(self, model, config: KernelConfig | None = None):
+    def __init__(self, model, config: KernelConfig | None = None, on_wake=None):
         self.model, self.config = model, (config or KernelConfig()).validate()
         self.tokenizer = model.tokenizer
         cfg = self.config
@@ -87,11 +86,10 @@ class Engine:
         self.sched = Scheduler(cfg, self.kv, self.procs)
         pool_tokens = self.storage.num_blocks * cfg.block_size
         self.max_context = min(model.config.context_length, cfg.max_context or pool_tokens, pool_tokens)
-        self.on_wake = None                       # callable(Process): new output or state change
+        self.on_wake = on_wake                    # callable(Process): new output or state change
         self._in_flight = False
         self._dead: list[Process] = []            # exited; blocks freed at the end of the step
         self.counters = dict(steps=0, tokens=0, prefill_tokens=0, busy_s=0.0)
-        gc.freeze()     # model and pool live for the boot: keep them out of full GC passes (p99)
 
     def _pool_blocks(self) -> int:
         cfg, model = self.config, self.model
@@ -126,7 +124,8 @@ class Engine:
 
     def spawn(self, prompt_ids, params: SamplingParams | None = None, *, owner: str = "", nice: int = 0,
               session: bool = False, detached: bool = False, command: str = "", ppid: int = 0,
-              stdin: bool = False, stdin_tail: list[int] | None = None) -> Process:
+              stdin: bool = False, stdin_tail: list[int] | None = None,
+              holder: int | None = None) -> Process:
         """A new process generating after prompt_ids. EINVAL, E2BIG (prompt too long), EAGAIN.
         stdin: the prompt stays open — write() appends to it (prefilled as it arrives) and close()
         appends stdin_tail (e.g. the chat template's end of the user turn) and starts generating."""
@@ -143,7 +142,7 @@ class Engine:
         if self.procs.full():
             raise KernelError(errno.EAGAIN, f"process table full ({self.procs.max_procs})")
         p = Process(self.procs.new_pid(), ids, params, ppid=ppid, owner=owner, command=command,
-                    session=session, detached=detached, nice=nice)
+                    session=session, detached=detached, nice=nice, holder=holder)
         self._new_turn(p)
         p.stdin_open = p.feeding = stdin
         p.stdin_tail = list(stdin_tail or [])
@@ -217,7 +216,7 @@ class Engine:
         p = self._get(pid)
         self.sched.renice(p, self._check_nice(nice))
 
-    def fork(self, pid: int) -> Process:
+    def fork(self, pid: int, holder: int | None = None) -> Process:
         """A child continuing from p's exact state (tokens, KV shared copy-on-write, the
         detokenizer and stop-string state of the turn) with its own seed."""
         p = self._get(pid)
@@ -229,7 +228,8 @@ class Engine:
         p.forks += 1                              # the child's seed: (parent seed, nth fork)
         seed = None if p.seed is None else position_seed(p.seed, -p.forks)
         c = Process(cpid, p.prompt_ids, replace(p.params, seed=seed), ppid=p.pid, owner=p.owner,
-                    command=p.command, session=p.session, detached=p.detached, nice=p.nice)
+                    command=p.command, session=p.session, detached=p.detached, nice=p.nice,
+                    holder=holder)
         c.tokens, c.output_ids = list(p.tokens), list(p.output_ids)
         c.pending_input = [(list(t), feed) for t, feed in p.pending_input]
         c.stdin_open, c.stdin_tail, c.feeding = p.stdin_open, list(p.stdin_tail), p.feeding
@@ -250,6 +250,21 @@ class Engine:
         else:
             self.sched.enqueue(c)
         return c
+
+    def orphan(self, holder: int) -> int:
+        """The holder (a session) is gone: its processes go to init (reparent), which reaps each
+        one once it is a zombie; live non-detached ones get SIGKILL. Returns how many it killed."""
+        killed = 0
+        for p in self.procs.all():
+            if p.holder != holder or holder == INIT:
+                continue
+            p.holder = INIT
+            if p.alive and not p.detached:
+                self._exit(p, ExitStatus("signal", signal=int(_signal.SIGKILL)))
+                killed += 1
+            elif not p.alive and p not in self._dead:
+                self.procs.remove(p.pid)
+        return killed
 
     def reap(self, pid: int) -> Process:
         """Remove a ZOMBIE from the table and return it (its exit status is p.exit)."""
@@ -320,7 +335,7 @@ class Engine:
     def _reclaim(self) -> None:
         for p in self._dead:
             self.kv.free(p.pid)
-            if p.detached and self.procs.get(p.pid) is p:
+            if p.holder == INIT and self.procs.get(p.pid) is p:     # init reaps its orphans
                 self.procs.remove(p.pid)
         self._dead.clear()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -91,6 +92,7 @@ def serve(args, rt: Path) -> int:
     from .param import KernelConfig
     from .server import Server
     from .syscalls import Kernel
+    from .waitq import WaitQueues
 
     t0 = time.monotonic()
     try:
@@ -107,7 +109,9 @@ def serve(args, rt: Path) -> int:
         log.info("boot: driver  %s (%s, %d layers, hidden %d, context %d) on %s/%s, %.1f s", path.name,
                  c.arch, c.n_layers, c.hidden_size, c.context_length, model.device, str(model.dtype)[6:],
                  time.monotonic() - t0)
-        engine = Engine(model, config)
+        waits = WaitQueues()
+        engine = Engine(model, config, on_wake=waits.wake)
+        gc.freeze()     # model and pool live for the boot: keep them out of full GC passes (p99)
         kv = engine.kv.stats()
         log.info("boot: KV pool %d blocks x %d tokens, %.1f MiB", kv["total"], kv["block_size"],
                  kv["total"] * kv["bytes_per_block"] / 2**20)
@@ -121,8 +125,8 @@ def serve(args, rt: Path) -> int:
             "dtype": str(model.dtype).replace("torch.", ""), "config": config.as_dict(),
             "model_config": dataclasses.asdict(model.config), "max_context": engine.max_context,
             "endpoints": endpoints, "runtime_dir": str(rt)}
-    kernel = Kernel(engine=engine, model=model, token=token, info=info)
-    server = Server(kernel, endpoints, lease_s=args.lease)
+    kernel = Kernel(engine=engine, model=model, token=token, waits=waits, lease_s=args.lease, info=info)
+    server = Server(kernel, endpoints)
     try:
         server.bind()
     except Exception as e:

@@ -13,7 +13,8 @@ State diagram (each arrow is made by exactly one function below, called by the m
     stop (engine, SIGSTOP): NEW/READY/RUNNING/SLEEPING ──▶ STOPPED
     cont (engine, SIGCONT): STOPPED ──▶ READY (or SLEEPING if it was sleeping with no input)
     exit (engine: stop condition, signal, error): any live state ──▶ ZOMBIE
-    reap (engine, ProcTable.remove): ZOMBIE ──▶ gone (pids are never reused within a boot)
+    reap (ProcTable.remove): ZOMBIE ──▶ gone (pids are never reused within a boot); by wait(), or
+        by init (the kernel's reaper) at once for the processes it holds (see Process.holder)
 
 RUNNING means "holds a place in the batch"; a running process whose turn was skipped in a step
 (token budget, fairness) stays RUNNING. READY may still hold its KV (resident or swapped) or none
@@ -39,6 +40,7 @@ class ProcState(enum.Enum):
 
 
 LIVE = frozenset(s for s in ProcState if s is not ProcState.ZOMBIE)
+INIT = 0        # Process.holder of orphans: the kernel's reaper reaps them as soon as they exit
 
 
 @dataclass
@@ -115,6 +117,8 @@ class Process:
     __slots__ = (
         # identity: set at spawn, never changed
         "pid", "ppid", "owner", "command", "session", "detached", "params",
+        # who reaps it: the session that spawned/forked it, INIT, or None (the engine's caller)
+        "holder",
         # accounting and output: engine
         "stats", "channel", "exit",
         # tokens: engine (commit, write); read by sched and kvcache
@@ -127,8 +131,10 @@ class Process:
     )
 
     def __init__(self, pid: int, prompt_ids: list[int], params, *, ppid: int = 0, owner: str = "",
-                 command: str = "", session: bool = False, detached: bool = False, nice: int = 0):
+                 command: str = "", session: bool = False, detached: bool = False, nice: int = 0,
+                 holder: int | None = None):
         self.pid, self.ppid, self.owner, self.command = pid, ppid, owner, command
+        self.holder = holder
         self.session, self.detached, self.params = session, detached, params
         now = time.monotonic()
         self.stats = ProcStats(arrival=now)

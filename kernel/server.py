@@ -1,5 +1,6 @@
-"""The kernel's front door: a ZeroMQ ROUTER on the event loop, sessions, leases, wait channels,
-and the engine loop that keeps stepping while syscalls are answered.
+"""The kernel's front door: the transport (a ZeroMQ ROUTER on the event loop), dispatch of
+syscalls through THE table, and the engine loop that keeps stepping while syscalls are answered.
+Blocking calls park in kernel/waitq.py; vanished connections end through kernel/lease.py.
 
 Design rules:
   - One thread owns the engine and the socket: the event loop. A forward step is the only work
@@ -9,23 +10,19 @@ Design rules:
     and drained until EAGAIN (ZeroMQ's fd is edge-triggered, so any send done outside a drain
     re-arms one with _kick). Bad input never raises out of _on_message: every frame is answered
     with a value or an errno, or - when even the req_id is unreadable - a nil-id notice.
-  - Wait channels: a Block from a handler parks (session, req_id) on waiters[pid]; the engine's
-    on_wake(proc) marks the pid and, after the current commit or mutator has returned, each
-    parked call re-polls. No polling loops, no lost wake-ups (a wake-up is a re-poll, and a stale
-    one finds NOT_READY and parks again); every park has a timer (ETIMEDOUT).
-  - Leases: a session is a ZeroMQ routing id that said hello. Liveness comes from the transport:
+  - Sessions: a session is a ZeroMQ routing id that said hello. Liveness comes from the transport:
     the socket monitor reports a disconnect (ZMTP heartbeats turn a dead TCP peer into one too),
     and the server confirms it by sending a nil-id notice with ROUTER_MANDATORY (EHOSTUNREACH ==
     gone); a failed reply is the same proof, and quiet sessions are probed every sweep_s. A lost
     session ends at once (its routing id is forgotten, so a peer reusing it must say hello again;
-    its parked calls are dropped); lease_s later its non-detached processes get SIGKILL and,
-    like every orphan, are reaped once they are zombies. Detached processes live on (nohup).
+    its parked calls are dropped) and its lease starts (kernel/lease.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno as E
+import itertools
 import logging
 import signal
 import time
@@ -37,8 +34,9 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import abi
 from .abi import Sys
+from .lease import Leases
 from .proc import ProcState
-from .syscalls import NOT_READY, TABLE, Block, Caller, Kernel, KernelError, usage
+from .syscalls import SHUTDOWN, TABLE, Block, Caller, Kernel, KernelError, usage
 
 log = logging.getLogger("llmos.kernel")
 
@@ -47,36 +45,27 @@ DRAIN_BATCH = 256                            # messages per drain before yieldin
 
 
 class Session(Caller):
-    """A connection after hello: its routing id, transport fd, liveness and parked calls."""
+    """A connection after hello: its routing id, transport fd and liveness."""
 
-    def __init__(self, ident: bytes, fd: int | None):
-        super().__init__()
+    def __init__(self, ident: bytes, fd: int | None, sid: int):
+        super().__init__(sid=sid)
         self.ident, self.fd = ident, fd
         self.last_seen = time.monotonic()
-        self.parked: set[Parked] = set()
-
-
-class Parked:
-    __slots__ = ("sess", "req_id", "block", "timer")
-
-    def __init__(self, sess: Session, req_id: int, block: Block):
-        self.sess, self.req_id, self.block, self.timer = sess, req_id, block, None
+        self.warned = False                 # a bad-input notice was logged for it already
 
 
 class Server:
     """bind() (at boot), then `await serve()` on the loop until shutdown()."""
 
-    def __init__(self, kernel: Kernel, endpoints: list[str], *, lease_s: float = 3.0,
-                 heartbeat_s: float = 2.0, sweep_s: float = 30.0):
+    def __init__(self, kernel: Kernel, endpoints: list[str], *, heartbeat_s: float = 2.0,
+                 sweep_s: float = 30.0):
         self.k, self.endpoints = kernel, list(endpoints)
-        self.lease_s, self.heartbeat_s, self.sweep_s = lease_s, heartbeat_s, sweep_s
-        kernel.lease_s = lease_s
-        kernel.request_shutdown = self.shutdown
+        self.heartbeat_s, self.sweep_s = heartbeat_s, sweep_s
+        self.waits = kernel.waits
+        self.leases = Leases(kernel.engine, kernel.lease_s, self._wake_engine)
         self.sessions: dict[bytes, Session] = {}
-        self.waiters: dict[int, list[Parked]] = {}
-        self.orphans: set[int] = set()          # killed when their session's lease ended: reap
-        self._woken: set[int] = set()
-        self._deliver_scheduled = self._kick_scheduled = self._in_drain = False
+        self._sids = itertools.count(1)         # session ids; 0 is init (proc.INIT)
+        self._kick_scheduled = self._in_drain = False
         self._stopping = False
         self.crashed: BaseException | None = None     # what killed the engine loop, if anything
         self.ctx = self.sock = self.mon = self.loop = None
@@ -106,11 +95,8 @@ class Server:
         self._work, self._stopped = asyncio.Event(), self.loop.create_future()
         self.loop.add_reader(self.sock.getsockopt(zmq.FD), self._on_readable)
         self.loop.add_reader(self.mon.getsockopt(zmq.FD), self._on_monitor)
-        engine = self.k.engine
-        if engine is not None:
-            engine.on_wake = self._on_wake
         tasks = [asyncio.ensure_future(self._sweep())]
-        if engine is not None:
+        if self.k.engine is not None:
             tasks.append(asyncio.ensure_future(self._engine_loop()))
             tasks[-1].add_done_callback(self._engine_done)
         self._kick()
@@ -122,6 +108,7 @@ class Server:
         finally:
             for t in tasks:
                 t.cancel()
+            self.leases.cancel_all()
             self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
             self.loop.remove_reader(self.mon.getsockopt(zmq.FD))
             self.sock.disable_monitor()
@@ -141,12 +128,15 @@ class Server:
         if engine is not None:
             for p in list(engine.procs.all()):
                 if p.state is not ProcState.ZOMBIE:
-                    self._guard(engine.signal, p.pid, signal.SIGTERM)
+                    _guard(engine.signal, p.pid, signal.SIGTERM)
             self._work.set()
             await asyncio.wait([t for t in tasks[1:]], timeout=30)
-            self._deliver()
-        for parked in [p for ps in self.waiters.values() for p in ps]:
-            self._finish(parked, E.ESHUTDOWN, "the kernel is shutting down")
+            self.waits.deliver()
+        self.waits.answer_all(E.ESHUTDOWN, "the kernel is shutting down")
+
+    def _wake_engine(self) -> None:
+        if self._work is not None:
+            self._work.set()
 
     # ---- the socket --------------------------------------------------------------------
     def _kick(self) -> None:
@@ -202,6 +192,14 @@ class Server:
                 self._kick()
         return True
 
+    @staticmethod
+    def _srcfd(frame) -> int | None:
+        try:
+            return frame.get(zmq.SRCFD)
+        except Exception:
+            return None
+
+    # ---- dispatch ----------------------------------------------------------------------
     def _on_message(self, head, frames: list) -> None:
         """frames: [routing id, body frames...] (bodies as bytes)."""
         ident = head.bytes
@@ -220,6 +218,9 @@ class Server:
         try:
             req_id, sysno, args = abi.decode_request(frames[1])
         except abi.ProtocolError as e:
+            if e.errno == E.EINVAL and sess is not None and not sess.warned:
+                sess.warned = True          # once per connection: a client bug, not a kernel one
+                log.info("session %d (%s): %s", sess.sid, sess.user, e.message)
             self._send(ident, e.req_id, e.errno, e.message)
             return
         entry = TABLE.get(sysno)
@@ -231,7 +232,7 @@ class Server:
             if sysno != Sys.HELLO:
                 self._send(ident, req_id, E.EACCES, "call hello(token, user) first")
                 return
-            caller = Session(ident, self._srcfd(head))
+            caller = Session(ident, self._srcfd(head), next(self._sids))
         if not entry.min_args <= len(args) <= entry.max_args:
             self._send(ident, req_id, E.EINVAL, f"{usage(sysno)} takes {entry.min_args}..{entry.max_args} "
                                                 f"arguments, got {len(args)}")
@@ -250,78 +251,20 @@ class Server:
                                              f"{type(e).__name__}: {e}"[:300])
             return
         finally:
-            if entry.mutates and self._work is not None:
-                self._work.set()
+            if entry.mutates:
+                self._wake_engine()
         if sess is None:
             self.sessions[ident] = caller
-            log.info("session %s: hello from %s (%s)", ident.hex(), caller.user, caller.client or "-")
+            log.info("session %d %s: hello from %s (%s)", caller.sid, ident.hex(), caller.user,
+                     caller.client or "-")
         if isinstance(result, Block):
-            self._park(caller, req_id, result)
+            self.waits.park(result, caller,
+                            lambda err, value, i=ident, r=req_id: self._send(i, r, err, value))
+        elif result is SHUTDOWN:
+            self._send(ident, req_id, 0, None)
+            self.shutdown()
         else:
             self._send(ident, req_id, 0, result)
-
-    @staticmethod
-    def _srcfd(frame) -> int | None:
-        try:
-            return frame.get(zmq.SRCFD)
-        except Exception:
-            return None
-
-    # ---- wait channels -----------------------------------------------------------------
-    def _park(self, sess: Session, req_id: int, block: Block) -> None:
-        p = Parked(sess, req_id, block)
-        p.timer = self.loop.call_later(block.timeout, self._timed_out, p)
-        self.waiters.setdefault(block.pid, []).append(p)
-        sess.parked.add(p)
-
-    def _unpark(self, p: Parked) -> None:
-        ws = self.waiters.get(p.block.pid)
-        if ws is not None and p in ws:
-            ws.remove(p)
-            if not ws:
-                del self.waiters[p.block.pid]
-        p.timer.cancel()
-        p.sess.parked.discard(p)
-
-    def _finish(self, p: Parked, err: int, value) -> None:
-        self._unpark(p)
-        self._send(p.sess.ident, p.req_id, err, value)
-
-    def _repoll(self, p: Parked) -> bool:
-        """Poll a parked call; answer it and return True when it is done."""
-        try:
-            v = p.block.poll()
-        except KernelError as e:
-            self._finish(p, e.errno, e.message)
-            return True
-        except Exception as e:
-            log.error("poll failed:\n%s", traceback.format_exc())
-            self._finish(p, E.EIO, f"kernel bug: {type(e).__name__}: {e}"[:300])
-            return True
-        if v is NOT_READY:
-            return False
-        self._finish(p, 0, v)
-        return True
-
-    def _timed_out(self, p: Parked) -> None:
-        if not self._repoll(p):
-            self._finish(p, E.ETIMEDOUT, f"no answer within {p.block.timeout:g} s")
-
-    def _on_wake(self, proc) -> None:
-        """engine.on_wake: called inside commit/mutators; re-polls after they return."""
-        self._woken.add(proc.pid)
-        if not self._deliver_scheduled:
-            self._deliver_scheduled = True
-            self.loop.call_soon(self._deliver)
-
-    def _deliver(self) -> None:
-        self._deliver_scheduled = False
-        woken, self._woken = self._woken, set()
-        for pid in woken:
-            for p in list(self.waiters.get(pid, ())):
-                self._repoll(p)
-        if self.orphans and woken & self.orphans:
-            self._reap_orphans()
 
     # ---- the engine loop ---------------------------------------------------------------
     async def _engine_loop(self) -> None:
@@ -347,7 +290,7 @@ class Server:
                      "".join(traceback.format_exception(self.crashed)))
         self.shutdown()
 
-    # ---- leases ------------------------------------------------------------------------
+    # ---- liveness ----------------------------------------------------------------------
     def _on_monitor(self) -> None:
         while True:
             try:
@@ -371,59 +314,19 @@ class Server:
         if self.sessions.get(sess.ident) is not sess:
             return
         del self.sessions[sess.ident]
-        for p in list(sess.parked):
-            self._unpark(p)
-        log.info("session %s (%s) lost; its processes end in %g s", sess.ident.hex(), sess.user, self.lease_s)
-        self.loop.call_later(self.lease_s, self.end_lease, sess)
-
-    def end_lease(self, sess: Session) -> None:
-        """The lease is over: SIGKILL the session's live non-detached processes, reap its zombies."""
-        engine = self.k.engine
-        if engine is None:
-            return
-        killed = 0
-        for pid in sess.pids:
-            proc = engine.procs.get(pid)
-            if proc is None or proc.detached:      # detached: lives on, reaped by the engine at exit
-                continue
-            if proc.state is not ProcState.ZOMBIE:
-                self._guard(engine.signal, pid, signal.SIGKILL)
-                killed += 1
-            self.orphans.add(pid)
-        log.info("session %s (%s) ended: %d processes killed", sess.ident.hex(), sess.user, killed)
-        self._reap_orphans()
-        self._work.set()
-
-    def _reap_orphans(self) -> None:
-        """Reap the zombies nobody will wait for (unless someone is waiting right now)."""
-        engine = self.k.engine
-        for pid in list(self.orphans):
-            proc = engine.procs.get(pid)
-            if proc is None:
-                self.orphans.discard(pid)
-            elif proc.state is ProcState.ZOMBIE and pid not in self.waiters:
-                self._guard(engine.reap, pid)
-                self.orphans.discard(pid)
+        self.waits.drop(sess)
+        self.leases.lost(sess)
 
     async def _sweep(self) -> None:
-        """Slow fallback: probe quiet sessions, reap orphans, prune the sessions' pid sets."""
-        tick = min(1.0, self.lease_s / 2)
-        last_probe = time.monotonic()
+        """Slow fallback: probe the sessions that have been quiet for sweep_s."""
         while True:
-            await asyncio.sleep(tick)
+            await asyncio.sleep(self.sweep_s)
             now = time.monotonic()
-            if now - last_probe >= self.sweep_s:
-                last_probe = now
-                self._probe([s for s in self.sessions.values() if now - s.last_seen >= self.sweep_s])
-                if self.k.engine is not None:       # forget pids the engine reaped by itself
-                    for s in self.sessions.values():
-                        s.pids = {pid for pid in s.pids if self.k.engine.procs.get(pid) is not None}
-            if self.orphans and self.k.engine is not None:
-                self._reap_orphans()
+            self._probe([s for s in self.sessions.values() if now - s.last_seen >= self.sweep_s])
 
-    @staticmethod
-    def _guard(fn, *args) -> None:
-        try:
-            fn(*args)
-        except KernelError as e:
-            log.info("%s%s: %s", fn.__name__, args, e.message)
+
+def _guard(fn, *args) -> None:
+    try:
+        fn(*args)
+    except KernelError as e:
+        log.info("%s%s: %s", fn.__name__, args, e.message)

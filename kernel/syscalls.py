@@ -43,10 +43,11 @@ class Caller:
     user: str = ""                              # owner recorded on the processes it spawns
     client: str = ""                            # free-form program name, for ps and logs
     authed: bool = False                        # hello succeeded
-    pids: set[int] = field(default_factory=set)  # processes it spawned/forked (its lease)
+    sid: int = 0                                # session id: Process.holder of what it spawns
 
 
 NOT_READY = object()
+SHUTDOWN = object()          # sys_shutdown's result: the server answers, then stops
 
 
 @dataclass(eq=False)
@@ -63,10 +64,10 @@ class Kernel:
     engine: object                   # kernel.engine.Engine
     model: object                    # drivers.llama.LlamaModel (tokenizer, config, path)
     token: str                       # the hello secret
-    lease_s: float = 3.0
+    waits: object = None             # kernel.waitq.WaitQueues (the engine's on_wake is its wake)
+    lease_s: float = 3.0             # how long a vanished client's processes outlive it
     info: dict = field(default_factory=dict)   # static uname fields from boot (model, dtype...)
     boot_time: float = field(default_factory=time.monotonic)
-    request_shutdown: Callable[[], None] = lambda: None
 
 
 # ---- argument checks ---------------------------------------------------------------------
@@ -252,8 +253,7 @@ def sys_spawn(k: Kernel, c: Caller, prompt, params=None, opts=None):
         ids, tail = _encode(k, head, add_bos=None), _encode(k, after, add_bos=False)
     p = k.engine.spawn(ids, sp, owner=c.user, nice=nice, session=session, detached=detached,
                        command=command or " ".join(text.split())[:40], stdin=stdin,
-                       stdin_tail=tail)
-    c.pids.add(p.pid)
+                       stdin_tail=tail, holder=c.sid)
     return p.pid
 
 
@@ -315,9 +315,8 @@ def sys_wait(k: Kernel, c: Caller, pid, timeout=None):
     def poll():
         if p.state is not ProcState.ZOMBIE:
             return NOT_READY
-        if k.engine.procs.get(p.pid) is p:       # (a detached process is reaped by the engine)
+        if k.engine.procs.get(p.pid) is p:       # (init may have reaped an orphan already)
             k.engine.reap(p.pid)
-        c.pids.discard(p.pid)
         return {"pid": p.pid, **_exit(p), "tokens": len(p.output_ids)}
 
     v = poll()
@@ -341,9 +340,7 @@ def sys_nice(k: Kernel, c: Caller, pid, nice):
 def sys_fork(k: Kernel, c: Caller, pid):
     """Copy a process (its KV shared copy-on-write); the child belongs to the caller."""
     p = _proc(k, c, pid)
-    child = k.engine.fork(p.pid)
-    c.pids.add(child.pid)
-    return child.pid
+    return k.engine.fork(p.pid, holder=c.sid).pid
 
 
 def sys_ps(k: Kernel, c: Caller):
@@ -430,7 +427,7 @@ def sys_models(k: Kernel, c: Caller):
 
 def sys_shutdown(k: Kernel, c: Caller):
     """Stop the kernel: processes get SIGTERM, parked calls are answered, then it exits."""
-    k.request_shutdown()
+    return SHUTDOWN
 
 
 # ---- THE table -----------------------------------------------------------------------------

@@ -7,11 +7,11 @@ from llmos.kernel.engine import Engine
 from llmos.kernel.param import KernelConfig
 
 
-def make_engine(model, default_blocks: int, **cfg) -> Engine:
+def make_engine(model, default_blocks: int, on_wake=None, **cfg) -> Engine:
     """An engine on `model` that checks the KV invariants after every step."""
     cfg.setdefault("num_blocks", default_blocks)
     cfg.setdefault("check_invariants", True)
-    return Engine(model, KernelConfig(**cfg))
+    return Engine(model, KernelConfig(**cfg), on_wake=on_wake)
 
 
 def greedy(n, **kw) -> SamplingParams:

@@ -11,7 +11,7 @@ from llmos.drivers.llama import LlamaModel
 from llmos.drivers.sampler import SamplingParams
 from llmos.kernel.engine import Engine, KernelError
 from llmos.kernel.param import KernelConfig
-from llmos.kernel.proc import ProcState
+from llmos.kernel.proc import INIT, ProcState
 from kernelkit import greedy, make_engine, prompt
 
 S = ProcState
@@ -291,11 +291,34 @@ def test_a_failing_process_exits_with_error_and_others_continue(tiny_model_path,
     assert good.exit.reason == "length" and good.output_ids == solo(model, prompt(110), 6)
 
 
-def test_detached_processes_are_reaped_on_exit(model):
+def test_inits_processes_are_reaped_on_exit(model):
+    """What init holds (orphans, detached ones included) is reaped when it exits; what a live
+    holder holds stays a zombie with its status and unread output until reaped."""
     e = engine(model)
-    p = e.spawn(prompt(120), greedy(2), detached=True)
+    p = e.spawn(prompt(120), greedy(2), detached=True, holder=INIT)
+    kept = e.spawn(prompt(120), greedy(2), detached=True, holder=7)
     e.run_until_idle()
     assert p.exit.reason == "length" and e.procs.get(p.pid) is None
+    assert e.procs.get(kept.pid) is kept and kept.channel.pending and kept.exit.reason == "length"
+    assert e.orphan(7) == 0 and e.procs.get(kept.pid) is None
+
+
+def test_orphans_are_killed_unless_detached_and_reaped_when_they_exit(model):
+    e = engine(model)
+    a = e.spawn(prompt(123), greedy(50), holder=3)
+    d = e.spawn(prompt(124), greedy(3), holder=3, detached=True)
+    z = e.spawn([1, 2], greedy(1), holder=3)
+    other = e.spawn(prompt(125), greedy(3), holder=4)
+    while z.alive:
+        e.step()
+    assert e.orphan(3) == 1 and a.exit.signal == signal.SIGKILL
+    assert e.procs.get(a.pid) is None and e.procs.get(z.pid) is None       # zombies: reaped now
+    assert d.alive and d.holder == INIT
+    e.run_until_idle()
+    assert e.procs.get(d.pid) is None and d.exit.reason == "length"
+    assert e.procs.get(other.pid) is other and not other.alive             # another holder's
+    e.reap(other.pid)
+    assert len(e.procs) == 0 and e.kv.stats()["used"] == 0
 
 
 def test_on_wake_sees_output_and_exit(model):

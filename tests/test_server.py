@@ -27,18 +27,21 @@ from llmos.kernel import abi
 from llmos.kernel.abi import Sys
 from llmos.kernel.server import Server
 from llmos.kernel.syscalls import Kernel
+from llmos.kernel.waitq import WaitQueues
 from llmos.userland import lib
 
 
 class ServerThread:
     """A Server on its own uvloop thread, in a fresh runtime dir (also set as LLMOS_RUNTIME_DIR)."""
 
-    def __init__(self, engine=None, model=None, lease_s: float = 0.3, extra=(), **kw):
+    def __init__(self, engine=None, model=None, waits=None, lease_s: float = 0.3, extra=(), **kw):
+        """engine: built with on_wake=waits.wake (kernelkit.make_kernel_parts)."""
         self.rt = abi.ensure_runtime_dir(Path(tempfile.mkdtemp(prefix="llmos-t-")))
         self.token = abi.write_token(self.rt)
         self.endpoint = abi.ipc_endpoint(abi.socket_path(self.rt))
-        self.kernel = Kernel(engine=engine, model=model, token=self.token, info={"model": "tiny"})
-        self.server = Server(self.kernel, [self.endpoint, *extra], lease_s=lease_s, **kw)
+        self.kernel = Kernel(engine=engine, model=model, token=self.token, waits=waits or WaitQueues(),
+                             lease_s=lease_s, info={"model": "tiny"})
+        self.server = Server(self.kernel, [self.endpoint, *extra], **kw)
         self.server.bind()
         self.thread = threading.Thread(target=lambda: uvloop.run(self.server.serve()), daemon=True)
 
@@ -254,7 +257,7 @@ def test_a_lost_sessions_routing_id_must_say_hello_again(srv):
 
 def test_a_live_idle_client_keeps_its_session(srv):
     with lib.Client(client="idle") as c:
-        time.sleep(srv.server.lease_s * 3)
+        time.sleep(srv.kernel.lease_s * 3)
         assert len(srv.server.sessions) == 1
         assert c.null() is None
 

@@ -18,18 +18,17 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from llmos.kernel import abi
 from llmos.kernel.abi import Sys
+from llmos.kernel.waitq import WaitQueues
 from llmos.userland import lib
+from kernelkit import make_engine
 from test_server import Raw, ServerThread, wait_until
 
 
 @pytest.fixture(scope="module")
-def srv(tiny_model_path):
-    from llmos.drivers.llama import LlamaModel
-    from llmos.kernel.engine import Engine
-    from llmos.kernel.param import KernelConfig
-    model = LlamaModel.load(str(tiny_model_path), dtype="fp32", device="cpu")
-    engine = Engine(model, KernelConfig(num_blocks=128, block_size=4, check_invariants=True))
-    with ServerThread(engine, model, lease_s=0.3) as s:
+def srv(model):
+    waits = WaitQueues()
+    engine = make_engine(model, 128, block_size=4, on_wake=waits.wake)
+    with ServerThread(engine, model, waits, lease_s=0.3) as s:
         yield s
 
 
@@ -44,7 +43,7 @@ def _cleanup(srv):
 def _reap_all(srv) -> bool:
     eng = srv.kernel.engine
     for p in eng.procs.all():
-        if not p.alive and p.pid not in srv.server.waiters:
+        if not p.alive and p.pid not in srv.kernel.waits:
             eng.reap(p.pid)
     return len(eng.procs) == 0 and eng.kv.stats()["used"] == 0 and not eng._in_flight
 
