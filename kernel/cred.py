@@ -169,13 +169,24 @@ class Authenticator(ThreadAuthenticator):
         return "curve:" + self.keys[zmq.utils.z85.encode(client_public_key)]
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
-        if len(msg) >= 6 and msg[5] == b"NULL":
-            cred = peer_address_cred(msg[3].decode("utf-8", "replace"))
-            if cred is None:            # NULL over TCP: no identity at all
-                self.denied += 1
-                log.warning("audit: unauthenticated TCP peer %s refused (CURVE required)", msg[3][:64])
-                self._send_zap_reply(msg[1], b"400", b"CURVE required")
-            else:
-                self._send_zap_reply(msg[1], b"200", b"OK", "ipc:%d:%d:%d" % cred)
+        if len(msg) < 6:
+            await super().handle_zap_message(msg)
             return
-        await super().handle_zap_message(msg)
+        cred = peer_address_cred(msg[3].decode("utf-8", "replace"))
+        if cred is not None:            # a local peer: the OS vouches for it, whatever the mechanism
+            self._send_zap_reply(msg[1], b"200", b"OK", "ipc:%d:%d:%d" % cred)
+        elif msg[5] == b"NULL":         # NULL over TCP: no identity at all
+            self.denied += 1
+            log.warning("audit: unauthenticated TCP peer %s refused (CURVE required)",
+                        msg[3][:64].decode("utf-8", "replace"))
+            self._send_zap_reply(msg[1], b"400", b"CURVE required")
+        else:
+            await super().handle_zap_message(msg)
+
+
+def new_kernel_keys(directory: Path) -> Path:
+    """Create the kernel's CURVE certificate (kernel.key public, kernel.key_secret mode 0600)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    public, secret = zmq.auth.create_certificates(str(directory), "kernel")
+    os.chmod(secret, 0o600)
+    return Path(secret)
