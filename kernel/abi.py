@@ -72,6 +72,8 @@ class Sys(enum.IntEnum):
     MODELS = 15      # ()                                    -> [{"name", "path", "loaded"}, ...]
     SHUTDOWN = 16    # ()                                    -> None; the kernel then stops
     CLOSE = 17       # (pid)                                 -> None; end an open stdin: generate now
+    EMBED = 19       # ([text, ...])                         -> [[float] * dim, ...] unit vectors, one per text
+                     #  (the encoder model, drivers/bert.py: $LLMOS_EMBED_MODEL, default minilm)
 
 
 # Signals keep their (Linux) Unix numbers and meaning on the wire on every platform.
@@ -92,6 +94,8 @@ MAX_TEXT_CHARS = 1 << 20         # E2BIG: prompt / write / tokenize text (tokens
 MAX_MESSAGES = 1024              # E2BIG: chat messages in one spawn
 MAX_TOKEN_IDS = 1 << 20          # E2BIG: detokenize input
 MAX_NAME_CHARS = 256             # EINVAL: user, client, command names
+MAX_EMBED_TEXTS = 64             # E2BIG: texts in one embed call (EINVAL: none)
+MAX_EMBED_CHARS = 1 << 14        # E2BIG: one embed text (the encoder reads at most 256 tokens)
 MAX_PARK_S = 60.0                # a blocking call parks at most this long (ETIMEDOUT; clients loop)
 MAX_REQ_ID = (1 << 63) - 1
 NICE_MIN, NICE_MAX = -20, 19

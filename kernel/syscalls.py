@@ -14,16 +14,19 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno as E
 import hmac
 import inspect
+import itertools
 import math
 import os
 import platform
 import signal as _signal
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Callable
 
 from . import abi
@@ -68,6 +71,7 @@ class Kernel:
     lease_s: float = 3.0             # how long a vanished client's processes outlive it
     info: dict = field(default_factory=dict)   # static uname fields from boot (model, dtype...)
     boot_time: float = field(default_factory=time.monotonic)
+    embedder: object = None          # drivers.bert.EncoderService, made by the first embed call
 
 
 # ---- argument checks ---------------------------------------------------------------------
@@ -430,6 +434,37 @@ def sys_shutdown(k: Kernel, c: Caller):
     return SHUTDOWN
 
 
+_embed_jobs = itertools.count(1)
+
+
+def sys_embed(k: Kernel, c: Caller, texts):
+    """Unit vectors of texts from the encoder model ($LLMOS_EMBED_MODEL, default minilm), loaded
+    on first use. The encoder runs in a thread of its own (drivers/bert.py EncoderService); the
+    call parks on a wait channel of its own, numbered below 0 apart from every pid, until then."""
+    if type(texts) is not list or not texts:
+        raise SysError(E.EINVAL, "texts must be a non-empty list of str")
+    if len(texts) > abi.MAX_EMBED_TEXTS:
+        raise SysError(E.E2BIG, f"{len(texts)} texts exceed {abi.MAX_EMBED_TEXTS} per call")
+    for t in texts:
+        _str(t, "text", abi.MAX_EMBED_CHARS)
+    if k.embedder is None:
+        from llmos.drivers.bert import EncoderService
+        k.embedder = EncoderService(os.environ.get("LLMOS_EMBED_MODEL") or "minilm")
+    job, channel = k.embedder.submit(texts), SimpleNamespace(pid=-next(_embed_jobs))
+    loop = asyncio.get_running_loop()
+    job.add_done_callback(lambda _: loop.call_soon_threadsafe(k.waits.wake, channel))
+
+    def poll():
+        if not job.done():
+            return NOT_READY
+        try:
+            return job.result().tolist()
+        except OSError as e:            # ENOENT: not pulled; ENOEXEC: unloadable model files
+            raise SysError(e.errno, e.strerror) from None
+
+    return Block(channel.pid, poll, abi.MAX_PARK_S)
+
+
 # ---- THE table -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -464,6 +499,7 @@ TABLE: dict[int, Entry] = {
     Sys.MODELS: _entry(sys_models),
     Sys.SHUTDOWN: _entry(sys_shutdown, mutates=True),
     Sys.CLOSE: _entry(sys_close, mutates=True),
+    Sys.EMBED: _entry(sys_embed),
 }
 assert set(TABLE) == set(Sys), "every syscall number has exactly one handler"
 

@@ -180,6 +180,11 @@ class _Stubs:
         """The loaded model and the cached ones."""
         return self.syscall(Sys.MODELS)
 
+    def embed(self, texts: list[str]):
+        """Unit vectors (lists of floats) of texts, by the kernel's encoder model; at most
+        abi.MAX_EMBED_TEXTS texts of abi.MAX_EMBED_CHARS chars each per call."""
+        return self.syscall(Sys.EMBED, list(texts))
+
     def shutdown(self):
         """Stop the kernel (its processes get SIGTERM)."""
         return self.syscall(Sys.SHUTDOWN)
@@ -429,3 +434,4 @@ null, spawn, read, write, wait, kill, nice, fork, ps, stat, meminfo, uname, toke
     models, shutdown, stream = (_bind(n) for n in (
         "null", "spawn", "read", "write", "wait", "kill", "nice", "fork", "ps", "stat", "meminfo",
         "uname", "tokenize", "detokenize", "models", "shutdown", "stream"))
+embed = _bind("embed")
