@@ -33,6 +33,11 @@ class KVStorage:
         self.k[:, dst].copy_(self.k[:, src])
         self.v[:, dst].copy_(self.v[:, src])
 
+    def fill_block(self, block: int, value: float) -> None:
+        """Overwrite every layer's K and V of a block with value (debug: poison freed blocks)."""
+        self.k[:, block].fill_(value)
+        self.v[:, block].fill_(value)
+
     def swap_out(self, block_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return a host copy of these blocks (pinned when the pool is on a GPU); bit-exact."""
         idx = torch.tensor(block_ids, dtype=torch.long, device=self.device)

@@ -19,6 +19,10 @@ they are) and `swap_in` puts them back into fresh blocks, bit-exact.
 Check/act pairs: `blocks_needed`/`append`, `can_swap_out`/`swap_out`, `can_swap_in`/`swap_in`;
 the act raises RuntimeError (a kernel bug) where the check would have said no.
 All methods run on the engine's owner thread, never while a forward is using the storage.
+
+Debug builds (junk_on_free, on when the engine checks invariants): a block that goes back to the
+free list, or is evicted from the cache, is filled with JUNK, a large finite value, so that a
+forward reading a slot it does not own changes the tokens (the solo-equality tests catch it).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ import hashlib
 from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+
+
+JUNK = 3.0e4        # finite in fp16/bf16/fp32; swamps any attention score or value it meets
 
 
 def block_digest(parent: bytes, tokens) -> bytes:
@@ -44,8 +51,10 @@ class Table:
 
 
 class KVCache:
-    def __init__(self, storage, *, prefix_cache: bool = True, swap_blocks: int = 0):
+    def __init__(self, storage, *, prefix_cache: bool = True, swap_blocks: int = 0,
+                 junk_on_free: bool = False):
         self.storage = storage
+        self.junk_on_free = junk_on_free
         self.block_size: int = storage.block_size
         self.num_blocks: int = storage.num_blocks
         self.prefix_cache = prefix_cache
@@ -74,6 +83,8 @@ class KVCache:
             del self.by_digest[digest]
             self.key[b] = None
             self.counters["evictions"] += 1
+            if self.junk_on_free:
+                self.storage.fill_block(b, JUNK)
         else:
             raise RuntimeError("kvcache: allocation with no free or cached block (check first)")
         self.ref[b] = 1
@@ -88,6 +99,8 @@ class KVCache:
                 self.cached[b] = None
             else:
                 self.free_list.append(b)
+                if self.junk_on_free:
+                    self.storage.fill_block(b, JUNK)
 
     def _acquire(self, b: int) -> None:
         if self.ref[b] == 0:

@@ -8,9 +8,9 @@ names the field, so a bad command line fails before anything is allocated.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
-NICE_MIN, NICE_MAX = -20, 19
 PREEMPT_MODES = ("auto", "swap", "recompute")
 
 
@@ -32,7 +32,9 @@ class KernelConfig:
     # --- processes (kernel/proc.py, kernel/engine.py) ---
     max_procs: int = 4096             # live + zombie processes in the table
     max_context: int | None = None    # None: the model's context length (capped by the pool)
-    check_invariants: bool = False    # run KVCache.check_invariants() after every step (tests)
+    # debug builds: check the KV allocator's and the scheduler's invariants after every step and
+    # poison freed KV blocks; on when $LLMOS_DEBUG=1 (tests/conftest.py sets it)
+    check_invariants: bool = field(default_factory=lambda: os.environ.get("LLMOS_DEBUG") == "1")
 
     def validate(self) -> "KernelConfig":
         def need(ok: bool, field: str, what: str) -> None:

@@ -123,7 +123,7 @@ class Process:
         "stats", "channel", "exit",
         # tokens: engine (commit, write); read by sched and kvcache
         "prompt_ids", "output_ids", "logprobs", "tokens", "computed", "turn_start", "turn_tokens",
-        "pending_input", "stdin_open", "stdin_tail", "feeding", "decoder", "matcher", "generator",
+        "pending_input", "stdin_open", "stdin_tail", "feeding", "output", "generator",
         "seed", "forks",
         # scheduling: sched (nice via renice)
         "state", "nice", "weight", "vruntime", "deadline", "epoch", "was_sleeping",
@@ -151,7 +151,8 @@ class Process:
         self.stdin_open = False                      # spawned with stdin: write() feeds the prompt
         self.stdin_tail: list[int] = []              # appended by close() before generating
         self.feeding = False                         # this turn only prefills input (no sampling)
-        self.decoder = self.matcher = self.generator = None
+        self.output = None                           # drivers.output.TurnOutput of this turn
+        self.generator = None                        # torch.Generator when seeded
         self.seed = getattr(params, "seed", None)
         self.forks = 0                               # children forked so far (their seeds)
         self.state = ProcState.NEW

@@ -281,6 +281,24 @@ class Scheduler:
         if blocks and seconds > 0:
             self.swap_s_per_block = 0.8 * self.swap_s_per_block + 0.2 * seconds / blocks
 
+    def check_invariants(self) -> None:
+        """Raise AssertionError unless the queues and the process states agree: RUNNING iff in
+        running, READY iff in ready, NEW iff in arrivals; the batch within max_running; only live
+        processes hold KV; no process has computed more tokens than it has (debug/test builds)."""
+        assert len(self.running) <= self.config.max_running, "batch over max_running"
+        queued = (self.running, self.ready, self.arrivals)
+        for q, state in zip(queued, (ProcState.RUNNING, ProcState.READY, ProcState.NEW)):
+            for pid, p in q.items():
+                assert self.procs.get(pid) is p and p.state is state, f"{p} queued as {state.name}"
+        assert sum(map(len, queued)) == len(set().union(*queued)), "a process is in two queues"
+        for p in self.procs:
+            assert p.computed <= len(p.tokens), f"{p} computed {p.computed} > {len(p.tokens)} tokens"
+            assert p.state not in (ProcState.RUNNING, ProcState.READY, ProcState.NEW) or \
+                any(p.pid in q for q in queued), f"{p} is runnable but in no queue"
+        for pid in self.kv.tables:
+            p = self.procs.get(pid)
+            assert p is not None and p.alive, f"pid {pid} holds KV after exit"
+
     def stats(self) -> dict:
         return dict(running=len(self.running), ready=len(self.ready) + len(self.arrivals),
                     vclock=self.V, swap_s_per_block=self.swap_s_per_block,

@@ -10,10 +10,13 @@ smollm2_metadata  its GGUF metadata.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+os.environ["LLMOS_DEBUG"] = "1"     # engines (in kernels started by tests too) check invariants
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tinymodel  # noqa: E402

@@ -45,7 +45,7 @@ def _reap_all(srv) -> bool:
     for p in eng.procs.all():
         if not p.alive and p.pid not in srv.kernel.waits:
             eng.reap(p.pid)
-    return len(eng.procs) == 0 and eng.kv.stats()["used"] == 0 and not eng._in_flight
+    return len(eng.procs) == 0 and eng.kv.stats()["used"] == 0 and not eng.in_flight
 
 
 @pytest.fixture(autouse=True)
@@ -236,6 +236,8 @@ def test_other_owners_get_eperm(k, srv):
 def test_signals_and_nice(k):
     pid = k.spawn("go", max_tokens=400, ignore_eos=True)
     assert err_of(k.syscall, Sys.KILL, pid, 1) == errno.EINVAL
+    assert err_of(k.syscall, Sys.KILL, pid, 7) == errno.EINVAL
+    assert err_of(k.nice, pid, 20) == errno.EINVAL
     assert err_of(k.syscall, Sys.KILL, pid, "TERM") == errno.EINVAL
     assert err_of(k.nice, pid, -21) == errno.EINVAL
     k.nice(pid, 10)

@@ -1,0 +1,107 @@
+"""The model runner: a batch (what to compute this step) → sampled tokens.
+
+Contract:
+  - run(batch) is pure compute: the model's forward over the batch's sequences (reading and
+    writing only the KV slots their block tables name), then batched sampling of the rows that
+    want logits. It touches nothing but the batch, the model and the KV storage, so the kernel
+    may run it in a worker thread while its own thread changes processes.
+  - Seeded sampling draws with a generator re-seeded per position (position_seed), so a dropped
+    result, a preemption or a fork never shifts the random stream: same seed, same tokens.
+  - A failing forward is isolated: the batch is re-run one sequence at a time and only the
+    sequences that still fail get an error (BatchResult.errors); the others get their tokens.
+  - mask(logits, params) is where per-sequence logit masks (grammars, structured output) apply to
+    the batch's rows before sampling; there are none yet, so it returns the logits unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .llama import SeqInput
+from .sampler import SamplingParams, sample
+
+
+def position_seed(seed: int, position: int) -> int:
+    """splitmix64 of (seed, position): the seed of the draw for the token at `position`."""
+    z = (seed + 0x9E3779B97F4A7C15 * (position + 1)) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+@dataclass
+class Batch:
+    seqs: list[SeqInput] = field(default_factory=list)
+    params: list[SamplingParams] = field(default_factory=list)   # one per seq with want_logits
+    generators: list = field(default_factory=list)               # torch.Generator or None, same rows
+    seeds: list[int | None] = field(default_factory=list)        # the draw's seed, same rows
+
+    def add(self, seq: SeqInput, params: SamplingParams | None = None, generator=None,
+            seed: int | None = None) -> None:
+        """One sequence; params (and generator, seed) only when seq.want_logits."""
+        self.seqs.append(seq)
+        if seq.want_logits:
+            self.params.append(params)
+            self.generators.append(generator)
+            self.seeds.append(seed)
+
+
+@dataclass
+class BatchResult:
+    tokens: list[int | None]                     # per seq: the sampled token, or None
+    logprobs: list[float | None]
+    errors: dict[int, str] = field(default_factory=dict)    # seq index -> message
+    seconds: float = 0.0
+
+
+class ModelRunner:
+    def __init__(self, model, storage):
+        self.model, self.storage = model, storage
+
+    def new_generator(self) -> torch.Generator:
+        """A generator for a seeded process (seeded per draw by run)."""
+        return torch.Generator(device=self.model.device)
+
+    def run(self, batch: Batch) -> BatchResult:
+        t0 = time.perf_counter()
+        try:
+            tokens, logprobs = self._run(batch.seqs, batch.params, batch.generators, batch.seeds)
+            result = BatchResult(tokens, logprobs)
+        except Exception as e:              # isolate the failing sequences, one at a time
+            n = len(batch.seqs)
+            result = BatchResult([None] * n, [None] * n)
+            row = 0
+            for i, seq in enumerate(batch.seqs):
+                sl = slice(row, row + seq.want_logits)
+                row += seq.want_logits
+                try:
+                    t, lp = self._run([seq], batch.params[sl], batch.generators[sl], batch.seeds[sl])
+                    result.tokens[i], result.logprobs[i] = t[0], lp[0]
+                except Exception as e1:
+                    result.errors[i] = f"{type(e1).__name__}: {e1}" if n > 1 else f"{type(e).__name__}: {e}"
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def mask(self, logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+        """The hook for per-row logit masks (grammars) before sampling: none yet."""
+        return logits
+
+    def _run(self, seqs, params, generators, seeds):
+        logits = self.model.forward(seqs, self.storage)
+        for g, s in zip(generators, seeds):
+            if s is not None:
+                g.manual_seed(s)
+        res = sample(self.mask(logits, params), params, generators) if params else None
+        out_t, out_lp, row = [], [], 0
+        for seq in seqs:
+            if seq.want_logits:
+                out_t.append(res.tokens[row])
+                out_lp.append(res.logprobs[row] if res.logprobs else None)
+                row += 1
+            else:
+                out_t.append(None)
+                out_lp.append(None)
+        return out_t, out_lp
