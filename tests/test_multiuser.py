@@ -244,3 +244,23 @@ def test_routing_ids_start_at_a_secret_each_boot():
     ids = {subprocess.run([sys.executable, "-c", FIRST_ID], capture_output=True, text=True,
                           timeout=60, check=True).stdout.strip() for _ in range(2)}
     assert len(ids) == 2 and "006b8b4567" not in ids, ids
+
+
+def _run_and_cached(prompt):
+    """Run prompt to the end; how many of its tokens came from the prefix cache."""
+    with lib.Client() as k:
+        pid = k.spawn(prompt, {"max_tokens": 2, "ignore_eos": True})
+        cached = None
+        while cached is None or k.stat(pid)["state"] != "ZOMBIE":
+            cached = k.stat(pid)["stats"]["cached"]
+            time.sleep(0.02)
+        cached = k.stat(pid)["stats"]["cached"]
+        k.wait(pid)
+        return cached
+
+
+def test_the_prefix_cache_is_not_an_oracle_between_users(srv):
+    secret = "the launch code is " + " ".join(f"w{i}" for i in range(40))
+    assert run_as(ALICE, _run_and_cached, secret) == 0
+    assert run_as(ALICE, _run_and_cached, secret) > 0          # alice's own repeat hits her cache
+    assert run_as(BOB, _run_and_cached, secret) == 0            # bob's right guess learns nothing
