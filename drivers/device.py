@@ -67,6 +67,23 @@ def memory_info(device: torch.device) -> dict:
     return info
 
 
+def gpus() -> list[dict]:
+    """Memory of each GPU as NVML reports it (all processes); [] without NVML or a GPU."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            m = pynvml.nvmlDeviceGetMemoryInfo(h)
+            name = pynvml.nvmlDeviceGetName(h)
+            out.append({"index": i, "name": name.decode() if isinstance(name, bytes) else str(name),
+                        "total": m.total, "used": m.used, "free": m.free})
+        return out
+    except Exception:           # no driver, no library, no device: nothing to report
+        return []
+
+
 def kv_blocks_that_fit(bytes_per_block: int, fraction: float, device: torch.device) -> int:
     """How many KV blocks fit in `fraction` of the device's free memory (at least 1)."""
     if not 0 < fraction <= 1:

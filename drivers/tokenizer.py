@@ -18,6 +18,11 @@ raw text for special tokens) and decodes UTF-8 with replacement, so decode(), st
 split of the ids agree. With a sentencepiece dummy prefix (tokenizer.ggml.add_space_prefix) one
 space is added at the start and after each special token on encode and removed at the same places
 on decode, so decode(encode(s)) == s. skip_special drops control tokens only.
+
+Chat: render_chat renders messages with the file's template; render_open and render_turn cut a
+rendering where a prompt stays open or where a new turn follows an earlier one (template surgery
+with sentinel characters, so that it works for any template). Over 300 lines: two vocabulary
+backends, the streaming decoder and the chat template are one noun, the model's tokenizer.
 """
 from __future__ import annotations
 
@@ -274,6 +279,36 @@ class Tokenizer:
             raise ValueError(f"chat template failed: {e}") from None
         except (TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
             raise ValueError(f"chat template failed: {type(e).__name__}: {e}") from None
+
+    def render_open(self, messages: list[dict]) -> tuple[str, str]:
+        """The prompt for messages split where the last message's content ends, as (head, tail):
+        text written later continues that content, and tail closes it. ValueError if the
+        template cannot keep a prompt open."""
+        marked = list(messages[:-1]) + [dict(messages[-1], content=messages[-1]["content"] + "\x00")]
+        head, sep, tail = self.render_chat(marked, add_generation_prompt=True).partition("\x00")
+        if not sep:
+            raise ValueError("this model's chat template cannot keep a prompt open")
+        return head, tail
+
+    def render_turn(self, messages: list[dict], after_stop: bool) -> str:
+        """The text of a new turn (messages, then the generation prompt) that follows a context
+        ending with an assistant turn; after_stop: that turn ended on an end-of-turn token, which
+        is then already in the context. ValueError if the template cannot append a turn."""
+        base = [{"role": "user", "content": "\x00"}, {"role": "assistant", "content": "\x01"}]
+        head = self.render_chat(base, add_generation_prompt=False)
+        full = self.render_chat(base + list(messages), add_generation_prompt=True)
+        if not full.startswith(head) or "\x01" not in head:
+            raise ValueError("this model's chat template cannot append a turn to a session")
+        # What the template puts after an assistant message (ChatML: "<|im_end|>\n"). When the turn
+        # ended on an end-of-turn token, only what follows that token is missing; a turn cut short
+        # (max_tokens, SIGINT) needs the whole closing text.
+        tail = head[head.index("\x01") + 1:]
+        if after_stop:
+            ends = [(i, len(s)) for s in {self.token_text(s) for s in self.stop_ids} if (i := tail.find(s)) >= 0]
+            if ends:
+                i, n = min(ends)
+                tail = tail[i + n:]
+        return tail + full[len(head):]
 
 
 def _chat_environment():

@@ -127,7 +127,16 @@ def unpack(frame: bytes):
 
 
 def encode_request(req_id: int, sysno: int, *args) -> bytes:
-    return pack([req_id, int(sysno), *args])
+    """The request frame. ValueError (naming the encoding) for text that is not valid Unicode,
+    e.g. bytes of another encoding read with errors='surrogateescape'."""
+    try:
+        return pack([req_id, int(sysno), *args])
+    except UnicodeEncodeError as e:
+        bad = e.object[e.start:e.end]
+        raw = bad.encode("utf-8", "surrogateescape") if all(0xDC80 <= ord(c) <= 0xDCFF for c in bad) else b""
+        what = f"byte 0x{raw[0]:02x}" if raw else f"character {bad[:1]!r}"
+        raise ValueError(f"text is not UTF-8 ({what} at position {e.start}): llmos text is UTF-8; "
+                         f"convert the input first (e.g. iconv -f LATIN1 -t UTF-8)") from None
 
 
 def decode_request(frame: bytes) -> tuple[int, int, list]:
@@ -135,10 +144,15 @@ def decode_request(frame: bytes) -> tuple[int, int, list]:
 
     The sysno is checked against the table by the kernel (ENOSYS there), not here, so that an
     old client and a newer kernel agree on framing regardless of which calls exist."""
-    if len(frame) > MAX_FRAME_BYTES:
-        raise ProtocolError(_errno.E2BIG, f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+    if len(frame) > MAX_FRAME_BYTES:      # answered with the id from the frame's first bytes
+        raise ProtocolError(_errno.E2BIG, f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}",
+                            request_id(frame))
     try:
         msg = unpack(frame)
+    except UnicodeDecodeError as e:
+        raise ProtocolError(_errno.EPROTO, f"a string in the request is not valid UTF-8 (byte "
+                                           f"0x{e.object[e.start]:02x}): text on the wire is UTF-8",
+                            request_id(frame))
     except Exception as e:  # msgpack raises ValueError subclasses, TypeError, RecursionError...
         raise ProtocolError(_errno.EPROTO, f"undecodable frame: {type(e).__name__}: {e}"[:200])
     if not isinstance(msg, list) or len(msg) < 2:
@@ -152,6 +166,20 @@ def decode_request(frame: bytes) -> tuple[int, int, list]:
     if len(msg) - 2 > MAX_ARGS:
         raise ProtocolError(_errno.E2BIG, f"{len(msg) - 2} arguments exceed {MAX_ARGS}", req_id)
     return req_id, sysno, msg[2:]
+
+
+def request_id(frame: bytes) -> int | None:
+    """The req_id of a frame that cannot be decoded whole, read from its first bytes (None if
+    they do not start a request)."""
+    try:
+        u = msgpack.Unpacker(raw=False, strict_map_key=True, ext_hook=_no_ext, timestamp=0)
+        u.feed(frame[:32])
+        if u.read_array_header() < 2:
+            return None
+        rid = u.unpack()
+    except Exception:
+        return None
+    return rid if type(rid) is int and 0 <= rid <= MAX_REQ_ID else None
 
 
 def encode_reply(req_id: int | None, err: int, value) -> bytes:

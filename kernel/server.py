@@ -218,9 +218,6 @@ class Server:
         try:
             req_id, sysno, args = abi.decode_request(frames[1])
         except abi.ProtocolError as e:
-            if e.errno == E.EINVAL and sess is not None and not sess.warned:
-                sess.warned = True          # once per connection: a client bug, not a kernel one
-                log.info("session %d (%s): %s", sess.sid, sess.user, e.message)
             self._send(ident, e.req_id, e.errno, e.message)
             return
         entry = TABLE.get(sysno)
@@ -244,6 +241,13 @@ class Server:
             result = entry.fn(self.k, caller, *args)
         except KernelError as e:
             self._send(ident, req_id, e.errno, e.message)
+            return
+        except RecursionError:      # arguments nested past the stack: the client's bug, not ours
+            msg = f"{Sys(sysno).name.lower()}: arguments nested too deeply"
+            if sess is not None and not sess.warned:
+                sess.warned = True      # logged once per connection, never a traceback per frame
+                log.info("session %d (%s): %s", sess.sid, sess.user, msg)
+            self._send(ident, req_id, E.EINVAL, msg)
             return
         except Exception as e:
             log.error("syscall %s failed:\n%s", Sys(sysno).name, traceback.format_exc())

@@ -23,7 +23,6 @@ import itertools
 import math
 import os
 import platform
-import signal as _signal
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -31,7 +30,7 @@ from typing import Callable
 
 from . import abi
 from .abi import Sys
-from .engine import KernelError
+from .procops import KernelError
 from .proc import ProcState
 
 
@@ -129,6 +128,12 @@ def _dict(x, name: str, allowed) -> dict:
     return x
 
 
+def _not_bytes(x, name: str) -> None:
+    if type(x) is bytes:
+        raise SysError(E.EINVAL, f"{name} is bytes (msgpack bin): text is sent as a UTF-8 str; "
+                                 f"decode it from its encoding first")
+
+
 def _messages(x) -> list[dict]:
     msgs = x if type(x) is list else [x]
     if not msgs or len(msgs) > abi.MAX_MESSAGES:
@@ -174,36 +179,18 @@ def _encode(k: Kernel, text: str, *, add_bos) -> list[int]:
 
 
 def _render(k: Kernel, msgs: list[dict], *, after=None, open_end: bool = False):
-    """Chat text for msgs: a whole prompt; or (open_end) that prompt split where the last
-    message's content ends, as (head, tail), so text written later continues that content; or
-    (after=process) the text of a new turn that follows that process's last assistant turn."""
+    """Chat text for msgs (drivers/tokenizer.py): a whole prompt; or (open_end) that prompt as
+    (head, tail) split where the last message's content ends; or (after=process) a new turn that
+    follows that process's last assistant turn."""
     tok = k.model.tokenizer
     try:
         if open_end:
-            marked = msgs[:-1] + [dict(msgs[-1], content=msgs[-1]["content"] + "\x00")]
-            head, sep, tail = tok.render_chat(marked, add_generation_prompt=True).partition("\x00")
-            if not sep:
-                raise SysError(E.EINVAL, "this model's chat template cannot keep a prompt open")
-            return head, tail
+            return tok.render_open(msgs)
         if after is None:
             return tok.render_chat(msgs, add_generation_prompt=True)
-        base = [{"role": "user", "content": "\x00"}, {"role": "assistant", "content": "\x01"}]
-        head = tok.render_chat(base, add_generation_prompt=False)
-        full = tok.render_chat(base + msgs, add_generation_prompt=True)
+        return tok.render_turn(msgs, after_stop=bool(after.tokens) and after.tokens[-1] in tok.stop_ids)
     except ValueError as e:
         raise SysError(E.EINVAL, str(e)) from None
-    if not full.startswith(head) or "\x01" not in head:
-        raise SysError(E.EINVAL, "this model's chat template cannot append a turn to a session")
-    # What the template puts after an assistant message (ChatML: "<|im_end|>\n"). When the turn
-    # ended on an end-of-turn token, that token is already in the context: only what follows it
-    # is missing. A turn cut short (max_tokens, SIGINT) needs the whole closing text.
-    tail = head[head.index("\x01") + 1:]
-    if after.tokens and after.tokens[-1] in tok.stop_ids:
-        ends = [(i, len(t)) for t in {tok.token_text(s) for s in tok.stop_ids} if (i := tail.find(t)) >= 0]
-        if ends:
-            i, n = min(ends)
-            tail = tail[i + n:]
-    return tail + full[len(head):]
 
 
 def _exit(p) -> dict | None:
@@ -255,6 +242,8 @@ def sys_spawn(k: Kernel, c: Caller, prompt, params=None, opts=None):
     if stdin and text == "chat":        # written text continues the last message's content
         head, after = _render(k, _messages(prompt), open_end=True)
         ids, tail = _encode(k, head, add_bos=None), _encode(k, after, add_bos=False)
+    if not ids:
+        raise SysError(E.EINVAL, "the prompt encodes to no tokens")
     p = k.engine.spawn(ids, sp, owner=c.user, nice=nice, session=session, detached=detached,
                        command=command or " ".join(text.split())[:40], stdin=stdin,
                        stdin_tail=tail, holder=c.sid)
@@ -263,6 +252,7 @@ def sys_spawn(k: Kernel, c: Caller, prompt, params=None, opts=None):
 
 def _prompt_ids(k: Kernel, prompt) -> tuple[list[int], str]:
     """(token ids, a short description) of a spawn prompt: text, chat messages or token ids."""
+    _not_bytes(prompt, "prompt")
     if type(prompt) is str:
         text = _str(prompt, "prompt", abi.MAX_TEXT_CHARS)
         if not text:
@@ -296,6 +286,7 @@ def sys_read(k: Kernel, c: Caller, pid, timeout=None):
 def sys_write(k: Kernel, c: Caller, pid, data):
     """Append a turn to a session's input: raw text, or chat message(s) rendered as a new turn."""
     p = _proc(k, c, pid)
+    _not_bytes(data, "text")
     if type(data) is str:
         text = _str(data, "text", abi.MAX_TEXT_CHARS)
     else:
@@ -332,7 +323,7 @@ def sys_kill(k: Kernel, c: Caller, pid, sig=abi.SIGTERM):
     p = _proc(k, c, pid)
     if type(sig) is not int or sig not in abi.SIGNAL_NAMES:
         raise SysError(E.EINVAL, f"unsupported signal {sig!r}"[:80])
-    k.engine.signal(p.pid, _signal.Signals[abi.SIGNAL_NAMES[sig]])
+    k.engine.signal(p.pid, sig)
 
 
 def sys_nice(k: Kernel, c: Caller, pid, nice):
@@ -366,28 +357,12 @@ def sys_stat(k: Kernel, c: Caller, pid):
 def sys_meminfo(k: Kernel, c: Caller):
     """KV pool and swap, engine and scheduler counters, host memory (psutil), GPUs (pynvml)."""
     import psutil
+    from llmos.drivers.device import gpus
     vm, me = psutil.virtual_memory(), psutil.Process()
     st = k.engine.stats()
     return {"kv": st.pop("kv"), "sched": st.pop("sched"), "engine": st,
             "host": {"total": vm.total, "available": vm.available, "kernel_rss": me.memory_info().rss},
-            "gpu": _gpus()}
-
-
-def _gpus() -> list[dict]:
-    """Memory of each GPU as NVML reports it; [] without NVML (or a GPU)."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        out = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            m = pynvml.nvmlDeviceGetMemoryInfo(h)
-            name = pynvml.nvmlDeviceGetName(h)
-            out.append({"index": i, "name": name.decode() if isinstance(name, bytes) else str(name),
-                        "total": m.total, "used": m.used, "free": m.free})
-        return out
-    except Exception:           # no driver, no library, no device: nothing to report
-        return []
+            "gpu": gpus()}
 
 
 def sys_uname(k: Kernel, c: Caller):

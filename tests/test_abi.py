@@ -150,3 +150,19 @@ def test_endpoints(tmp_path):
     assert abi.kernel_endpoint(tmp_path, env={"LLMOS_KERNEL": "tcp://h:1"}) == "tcp://h:1"
     with pytest.raises(ValueError, match="LLMOS_RUNTIME_DIR"):
         abi.ipc_endpoint(tmp_path / ("x" * 120))
+
+
+def test_an_oversize_or_non_utf8_frame_keeps_its_request_id():
+    big = abi.encode_request(77, Sys.SPAWN, "x" * abi.MAX_FRAME_BYTES)
+    bad = b"\x93\x4e\x02\xa3ab\xe9"                     # [78, 2, "ab\xe9"]: latin-1 bytes in a str
+    for frame, rid, err, words in ((big, 77, errno.E2BIG, "exceeds"), (bad, 78, errno.EPROTO, "UTF-8")):
+        with pytest.raises(ProtocolError) as ei:
+            abi.decode_request(frame)
+        assert (ei.value.req_id, ei.value.errno) == (rid, err) and words in ei.value.message
+    assert abi.request_id(b"\xc1" * 40) is None and abi.request_id(msgpack.packb([-1, 0])) is None
+
+
+def test_text_that_is_not_utf8_is_named_as_such_by_the_client_side_encoder():
+    latin1 = "caf\xe9 au lait".encode("latin-1").decode("utf-8", "surrogateescape")
+    with pytest.raises(ValueError, match=r"not UTF-8 \(byte 0xe9 at position 3\)"):
+        abi.encode_request(1, Sys.SPAWN, latin1)

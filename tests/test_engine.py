@@ -475,3 +475,33 @@ def test_open_stdin_fed_in_pieces_equals_the_whole_prompt(model):
     with pytest.raises(KernelError) as ei:
         e.write(ref.pid, [5])
     assert ei.value.errno == errno.EINVAL
+
+
+def test_a_forked_child_of_a_stopped_process_runs_its_queued_input(model):
+    """Input queued while a process was stopped (close of its stdin, a write to its session) is
+    its child's too: the child takes it at once instead of sleeping forever on it."""
+    e = engine(model)
+    whole = prompt(6, 30)
+    ref = e.spawn(whole, greedy(6))
+    p = e.spawn(whole[:20], greedy(6), stdin=True, stdin_tail=whole[20:])
+    s = e.spawn(whole[:20], greedy(6), session=True)
+    e.run_until_idle()
+    assert p.state is s.state is S.SLEEPING
+    e.signal(p.pid, signal.SIGSTOP)
+    e.signal(s.pid, signal.SIGSTOP)
+    e.close(p.pid)
+    e.write(s.pid, [7, 8])
+    pc, sc = e.fork(p.pid), e.fork(s.pid)
+    e.run_until_idle()
+    assert pc.output_ids == ref.output_ids and pc.exit.reason == "length"
+    assert len(sc.output_ids) == 12 and sc.state is S.SLEEPING and not sc.pending_input
+    assert p.state is s.state is S.STOPPED and p.pending_input and s.pending_input
+    e.signal(p.pid, signal.SIGCONT)
+    e.signal(s.pid, signal.SIGCONT)
+    e.run_until_idle()
+    assert p.output_ids == ref.output_ids and s.output_ids == sc.output_ids
+    for q in (p, s, pc, sc):
+        e.signal(q.pid, signal.SIGKILL)
+    for q in (ref, p, s, pc, sc):
+        e.reap(q.pid)
+    assert e.kv.stats()["used"] == 0

@@ -151,7 +151,8 @@ def test_every_kind_of_bad_frame(raw):
         ([abi.encode_request(16, Sys.NULL), b"extra"], (16, errno.EPROTO)),     # multi-frame
         ([b"", abi.encode_request(17, Sys.NULL)], (None, errno.EPROTO)),        # REQ-style envelope
         ([abi.encode_request(18, Sys.NULL, *range(abi.MAX_ARGS + 1))], (18, errno.E2BIG)),
-        ([abi.encode_request(19, Sys.HELLO, "x" * (abi.MAX_FRAME_BYTES + 1))], (None, errno.E2BIG)),
+        ([abi.encode_request(19, Sys.HELLO, "x" * (abi.MAX_FRAME_BYTES + 1))], (19, errno.E2BIG)),  # id from the prefix
+        ([b"\x93\x14\x00\xa1\xff"], (20, errno.EPROTO)),                          # a str that is not UTF-8
     ]
     for frames, want in cases:
         raw.send(*frames)

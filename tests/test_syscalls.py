@@ -367,3 +367,57 @@ def test_fuzz_every_syscall_gets_an_errno_and_leaks_nothing(srv, data):
     srv.call(_cleanup, srv)
     wait_until(lambda: srv.call(_reap_all, srv), what="reaped")
     assert srv.server.crashed is None
+
+
+# ---- defects found by the adversarial probe (issue 9) ----------------------------------------------
+
+def test_a_forked_child_of_a_stopped_process_runs_its_queued_input(k):
+    pid = k.spawn([{"role": "user", "content": "count"}], max_tokens=4, ignore_eos=True, stdin=True)
+    wait_until(lambda: k.stat(pid)["state"] == "SLEEPING")
+    k.kill(pid, "STOP")
+    k.close_stdin(pid)
+    child = k.fork(pid)
+    assert k.wait(child, 10)["tokens"] == 4                    # it ran: no timeout
+    k.kill(pid, "CONT")
+    assert k.wait(pid, 10)["tokens"] == 4
+
+
+def test_a_frame_over_the_limit_is_answered_with_its_request_id(srv):
+    r = Raw(srv.endpoint)
+    try:
+        assert r.call(1, Sys.HELLO, srv.token, "alice")[1] == 0
+        rid, err, msg = r.call(5, Sys.SPAWN, "x" * abi.MAX_FRAME_BYTES)
+        assert (rid, err) == (5, errno.E2BIG) and "exceeds" in msg
+    finally:
+        r.close()
+
+
+def test_deeply_nested_arguments_are_einval_and_logged_once(k, srv, caplog):
+    pid = k.spawn("x", max_tokens=400, ignore_eos=True)
+    deep = 0
+    for _ in range(1000):
+        deep = [deep]
+    r = Raw(srv.endpoint)
+    try:
+        assert r.call(1, Sys.HELLO, srv.token, "alice")[1] == 0
+        with caplog.at_level("INFO", logger="llmos.kernel"):
+            for i, args in enumerate([(pid, deep), (pid, deep), (pid, {"x": deep}), (deep,)]):
+                no = (Sys.KILL, Sys.READ, Sys.WAIT, Sys.FORK)[i]
+                rid, err, msg = r.call(10 + i, no, *args)
+                assert (rid, err) == (10 + i, errno.EINVAL), msg
+            assert r.call(20, Sys.SPAWN, "x", {"stop": deep})[1] == errno.EINVAL
+        noted = [rec for rec in caplog.records if "nested" in rec.getMessage() or rec.exc_text]
+        assert len(noted) <= 1 and not any("Traceback" in rec.getMessage() for rec in caplog.records)
+        assert k.stat(pid)["state"] != "ZOMBIE"
+    finally:
+        r.close()
+
+
+def test_a_prompt_that_is_not_utf8_is_named_as_such(k):
+    latin1 = "caf\xe9".encode("latin-1")
+    with pytest.raises(OSError) as ei:
+        k.spawn(latin1.decode("utf-8", "surrogateescape"))
+    assert ei.value.errno == errno.EINVAL and "not UTF-8 (byte 0xe9" in ei.value.strerror
+    with pytest.raises(OSError) as ei:
+        k.syscall(Sys.SPAWN, latin1)
+    assert ei.value.errno == errno.EINVAL and "UTF-8" in ei.value.strerror
