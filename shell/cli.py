@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run":     ("llmos.userland.bin.run",      "run a prompt as a process and stream its answer"),
     "ps":      ("llmos.userland.bin.ps",       "list processes"),
     "kill":    ("llmos.userland.bin.kill",     "send a signal to a process"),
+    "index":   ("llmos.userland.bin.index",    "the retrieval index: add, ls, rm, search"),
+    "ask":     ("llmos.userland.bin.ask",      "answer a question from the index, citing file:line"),
     "sh":      ("llmos.shell.sh",              "the interactive shell (also: llmos with no command)"),
 }
 
