@@ -145,3 +145,25 @@ def test_citations_are_rewritten_while_streaming():
     pieces = ["Rivers [", "1] flow", "; see [2", "] and [3] and [", "x] [1"]
     out = "".join(c.feed(p) for p in pieces) + c.flush()
     assert out == "Rivers [a.txt:3] flow; see [/elsewhere/b.md:10] and [3] and [x] [1"
+
+
+def test_main_writes_to_the_io_it_is_given(corpus, monkeypatch):
+    """How the shell runs them: main(argv, io) with io.out / io.err, in the shell's process."""
+    import io as _io
+    from types import SimpleNamespace
+
+    from llmos.userland.bin import ask as ask_cmd, index as index_cmd
+    env, d = corpus
+    llmos("index", "add", ".", env=env, cwd=d)
+    for key in ("LLMOS_RUNTIME_DIR", "LLMOS_HOME", "LLMOS_EMBED_MODEL"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.chdir(d)
+
+    def io():
+        return SimpleNamespace(out=_io.StringIO(), err=_io.StringIO())
+    a, b, c = io(), io(), io()
+    assert index_cmd.main(["index", "search", "-k", "1", "beta is a short file about mountains"], a) == 0
+    assert a.out.getvalue().split()[1] == "notes/beta.md:1-3" and not a.err.getvalue()
+    assert index_cmd.main(["index", "rm", "nope"], b) == 1 and "nope: not in the index" in b.err.getvalue()
+    assert ask_cmd.main(["ask", "-k", "1", "--max-tokens", "4", "beta is a short file about mountains"], c) == 0
+    assert "\nSources:\n  [1] notes/beta.md:1-3" in c.out.getvalue()

@@ -7,6 +7,8 @@ embed syscall and stores them. It is incremental: a file whose content hash is u
 skipped, a changed one is re-chunked, and indexed files under an added directory that are gone from
 disk are dropped. A progress bar (on a terminal) counts the chunks embedded.
 Exit status: 0 on success, 1 when a path is missing or a call fails, 2 on bad usage.
+`main(argv, io)` also runs inside the shell: io (userland/program.py's IO, or anything with
+`out` and `err` that have write()) takes the output instead of stdout / stderr.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ EMBED_TIMEOUT_S = abi.MAX_PARK_S + 10     # an embed call may take the kernel's 
 SKIP_DIRS = {"__pycache__", "node_modules"}
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="llmos index", description="the retrieval index for llmos ask")
+SUMMARY = "the retrieval index: add, ls, rm, search"
+
+
+def parser(name: str = "index") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=f"llmos {name}", description="the retrieval index for llmos ask")
     sub = ap.add_subparsers(dest="cmd", required=True)
     add = sub.add_parser("add", help="index files and directories (incremental)")
     add.add_argument("paths", nargs="+")
@@ -41,26 +46,32 @@ def main(argv: list[str]) -> int:
     search = sub.add_parser("search", help="the chunks most similar to a query")
     search.add_argument("query", nargs="+")
     search.add_argument("-k", type=int, default=5, help="how many (default 5)")
-    args = ap.parse_args(argv[1:])
+    return ap
+
+
+def main(argv: list[str], io=None) -> int:
+    out, err = (io.out, io.err) if io is not None else (sys.stdout, sys.stderr)
+    ap = parser(argv[0])
+    try:
+        args = ap.parse_args(argv[1:])
+        if args.cmd == "add" and not 64 <= args.max_chars <= abi.MAX_EMBED_CHARS:
+            ap.error(f"--max-chars must be in [64, {abi.MAX_EMBED_CHARS}]")
+        if args.cmd == "rm" and bool(args.paths) == args.all:
+            ap.error("give PATH... or --all")
+        if args.cmd == "search" and not 1 <= args.k <= 100:
+            ap.error("-k must be in [1, 100]")
+    except SystemExit as e:                     # argparse has printed the usage or the help
+        return int(e.code or 0)
     try:
         if args.cmd == "add":
-            if not 64 <= args.max_chars <= abi.MAX_EMBED_CHARS:
-                ap.error(f"--max-chars must be in [64, {abi.MAX_EMBED_CHARS}]")
-            return add_paths(args.paths, args.max_chars)
+            return add_paths(args.paths, args.max_chars, out, err)
         if args.cmd == "ls":
-            return list_files(args.path)
+            return list_files(args.path, out)
         if args.cmd == "rm":
-            if bool(args.paths) == args.all:
-                ap.error("give PATH... or --all")
-            return remove(args.paths, args.all)
-        if not 1 <= args.k <= 100:
-            ap.error("-k must be in [1, 100]")
-        return search_index(" ".join(args.query), args.k)
-    except OSError as e:
-        print(f"llmos index: {e.strerror or e}", file=sys.stderr)
-        return 1
-    except ValueError as e:
-        print(f"llmos index: {e}", file=sys.stderr)
+            return remove(args.paths, args.all, out, err)
+        return search_index(" ".join(args.query), args.k, out)
+    except (OSError, ValueError) as e:
+        err.write(f"llmos index: {getattr(e, 'strerror', None) or e}\n")
         return 1
 
 
@@ -95,10 +106,10 @@ def read_text(path: Path) -> tuple[bytes, str] | None:
         return None
 
 
-def add_paths(paths: list[str], max_chars: int) -> int:
+def add_paths(paths: list[str], max_chars: int, out, err) -> int:
     missing = [p for p in paths if not os.path.exists(p)]
     for p in missing:
-        print(f"llmos index: {p}: No such file or directory", file=sys.stderr)
+        err.write(f"llmos index: {p}: No such file or directory\n")
     roots = [Path(p).resolve() for p in paths if p not in missing]
     with lib.Client(client="llmos-index", call_timeout=EMBED_TIMEOUT_S) as k, Index(writable=True) as ix:
         todo, seen, unchanged, skipped = [], set(), 0, 0
@@ -122,8 +133,8 @@ def add_paths(paths: list[str], max_chars: int) -> int:
                 if e.path not in seen and not os.path.exists(e.path)]
         ix.remove(gone)
         n_chunks = embed_and_store(k, ix, todo)
-    print(f"indexed {len(todo)} files ({n_chunks} chunks), {unchanged} unchanged, {skipped} skipped "
-          f"(binary or too large), {len(gone)} removed")
+    out.write(f"indexed {len(todo)} files ({n_chunks} chunks), {unchanged} unchanged, {skipped} skipped "
+              f"(binary or too large), {len(gone)} removed\n")
     return 1 if missing else 0
 
 
@@ -179,34 +190,34 @@ class _progress:
 
 # ---- ls, rm, search ------------------------------------------------------------------------
 
-def list_files(path: str | None) -> int:
+def list_files(path: str | None, out) -> int:
     with Index() as ix:
         entries = ix.files(str(Path(path).resolve()) if path else None)
     for e in entries:
-        print(f"{e.chunks:6d} chunks {e.lines:7d} lines {e.size:10d} bytes  {shown(e.path)}")
+        out.write(f"{e.chunks:6d} chunks {e.lines:7d} lines {e.size:10d} bytes  {shown(e.path)}\n")
     return 0
 
 
-def remove(paths: list[str], everything: bool) -> int:
+def remove(paths: list[str], everything: bool, out, err) -> int:
     with Index(writable=True) as ix:
         if everything:
-            print(f"removed {ix.clear()} files")
+            out.write(f"removed {ix.clear()} files\n")
             return 0
         status, targets = 0, []
         for p in paths:
             under = [e.path for e in ix.files(str(Path(p).resolve()))]
             if not under:
-                print(f"llmos index: {p}: not in the index", file=sys.stderr)
+                err.write(f"llmos index: {p}: not in the index\n")
                 status = 1
             targets += under
-        print(f"removed {ix.remove(targets)} files")
+        out.write(f"removed {ix.remove(targets)} files\n")
     return status
 
 
-def search_index(query: str, k: int) -> int:
+def search_index(query: str, k: int, out) -> int:
     with Index() as ix, lib.Client(client="llmos-index", call_timeout=EMBED_TIMEOUT_S) as kern:
         hits = ix.search(kern.embed([query])[0], k)
     for h in hits:
         first = h.text.strip().splitlines()[0] if h.text.strip() else ""
-        print(f"{h.score:.3f}  {shown(h.path)}:{h.start}-{h.end}  {first[:80]}")
+        out.write(f"{h.score:.3f}  {shown(h.path)}:{h.start}-{h.end}  {first[:80]}\n")
     return 0
