@@ -1,12 +1,11 @@
-"""Boot the kernel (xv6: main.c): `llmos serve` and `llmos stop`.
+"""Boot the kernel (xv6: main.c): `llmos serve` in the foreground.
 
 Boot order, one log line per step:
     config → driver (the model) → KV pool → engine → server (bind, token, pid file) → loop
 
-`llmos serve` runs in the foreground and logs to stderr. `llmos serve --daemon` starts the same
-command as a detached child (log: <runtime dir>/kernel.log) and returns once the kernel answers
-hello, or fails with the log's last lines. `llmos stop` asks the kernel to shut down (its
-processes get SIGTERM, parked calls are answered) and waits for the process to exit.
+`llmos serve` runs in the foreground and logs to stderr. Starting it in the background
+(`llmos serve --daemon`) and stopping it (`llmos stop`) are a userland program:
+userland/bin/daemon.py.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import gc
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,18 +40,13 @@ def _parser() -> argparse.ArgumentParser:
                     "LLMOS_KERNEL=tcp://HOST:PORT LLMOS_TOKEN=<the token file's content>)")
     ap.add_argument("--lease", type=float, default=3.0, metavar="S",
                     help="seconds a vanished client's processes outlive it (default 3)")
-    ap.add_argument("--daemon", action="store_true", help="run in the background; return once ready")
-    ap.add_argument("--ready-timeout", type=float, default=300.0, metavar="S",
-                    help="--daemon: how long to wait for the kernel to answer (default 300)")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
     return ap
 
 
 def main(argv: list[str]) -> int:
-    """argv[0] is 'serve' or 'stop' (shell/cli.py dispatches both names here)."""
+    """argv[0] is 'serve'."""
     cmd, rest = (argv[0], argv[1:]) if argv else ("serve", [])
-    if cmd == "stop":
-        return stop(rest)
     if cmd != "serve":
         print(f"llmos: kernel.main cannot run {cmd!r}", file=sys.stderr)
         return 2
@@ -66,8 +59,6 @@ def main(argv: list[str]) -> int:
         print(f"llmos serve: a kernel is already running (pid {running}); stop it with: llmos stop",
               file=sys.stderr)
         return 1
-    if args.daemon:
-        return _daemonize(rest, rt, args)
     return serve(args, rt)
 
 
@@ -175,70 +166,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _daemonize(rest: list[str], rt: Path, args) -> int:
-    from llmos.userland.lib import Client
-    argv, timeout = [a for a in rest if a != "--daemon"], args.ready_timeout
-    endpoint = abi.ipc_endpoint(Path(args.socket)) if args.socket else None
-    logf = abi.log_path(rt)
-    env = dict(os.environ, LLMOS_RUNTIME_DIR=str(rt))
-    with open(logf, "ab") as out:
-        child = subprocess.Popen([sys.executable, "-m", "llmos.kernel.main", "serve", *argv], env=env,
-                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            tail = logf.read_text(errors="replace").splitlines()[-8:]
-            print(f"llmos serve: the kernel exited with status {child.returncode} during boot; "
-                  f"log {logf}:\n  " + "\n  ".join(tail), file=sys.stderr)
-            return 1
-        if abi.pid_path(rt).exists():
-            try:
-                with Client(endpoint, connect_timeout=1.0, client="llmos-serve") as c:
-                    info = c.uname()
-                print(f"llmos: kernel running (pid {child.pid}), model {info.get('model')}, "
-                      f"socket {c.endpoint}, log {logf}")
-                return 0
-            except OSError:
-                pass
-        time.sleep(0.1)
-    child.terminate()
-    print(f"llmos serve: the kernel did not answer within {timeout:g} s (log: {logf})", file=sys.stderr)
-    return 1
-
-
-def stop(argv: list[str]) -> int:
-    """`llmos stop [--timeout S]`: shut the kernel down and wait for it to exit."""
-    ap = argparse.ArgumentParser(prog="llmos stop", description="stop the running llmos kernel")
-    ap.add_argument("--timeout", type=float, default=30.0, metavar="S")
-    args = ap.parse_args(argv)
-    from llmos.userland.lib import Client
-    rt = abi.runtime_dir()
-    pid = _running_pid(rt)
-    try:
-        with Client(connect_timeout=2.0, client="llmos-stop") as c:
-            pid = c.info.get("kernel_pid", pid)
-            c.shutdown()
-    except OSError as e:
-        if pid is None:
-            print(f"llmos stop: {e}", file=sys.stderr)
-            return 1
-        print(f"llmos stop: the kernel (pid {pid}) does not answer ({e}); sending SIGTERM", file=sys.stderr)
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + args.timeout
-    while pid is not None and time.monotonic() < deadline:
-        if not _alive(pid):
-            print(f"llmos: kernel (pid {pid}) stopped")
-            return 0
-        time.sleep(0.05)
-    if pid is not None:
-        print(f"llmos stop: the kernel (pid {pid}) is still running after {args.timeout:g} s", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(["serve", *sys.argv[1:]] if len(sys.argv) < 2 or sys.argv[1] not in ("serve", "stop")
+    sys.exit(main(["serve", *sys.argv[1:]] if len(sys.argv) < 2 or sys.argv[1] != "serve"
                   else sys.argv[1:]))

@@ -18,10 +18,10 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
-from llmos.kernel import abi
 from llmos.shell.parse import NICE_MAX, NICE_MIN, Command
-from llmos.shell.runner import ProcessSpec
-from llmos.shell.streams import CommandError, Stream
+from llmos.shell.streams import TERMINAL, CommandError, Stream
+from llmos.userland import program
+from llmos.userland.bin import run as run_cmd
 
 
 class ShellExit(Exception):
@@ -32,27 +32,7 @@ class ShellExit(Exception):
         self.status = status
 
 
-class _Help(Exception):
-    """-h/--help was given: the text was printed; the command succeeds."""
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse that raises CommandError (status 2) instead of exiting the shell."""
-
-    def __init__(self, name: str, summary: str, usage: str | None = None):
-        super().__init__(prog=name, description=summary, usage=usage, add_help=True,
-                         exit_on_error=False, allow_abbrev=False)
-
-    def error(self, message: str):
-        raise CommandError(f"{message} (help {self.prog} shows the usage)", 2)
-
-    def exit(self, status: int = 0, message: str | None = None):
-        if message:
-            raise CommandError(message.strip(), status or 2)
-        raise _Help()
-
-    def print_help(self, file=None):
-        self._help_out.write(self.format_help())
+ArgParser = program.ArgParser           # one parser class for the shell's and the CLI's commands
 
 
 @dataclass
@@ -80,19 +60,17 @@ class Builtin:
     raw_args: bool = False                   # the handler reads cmd.argv itself (kill -STOP 42)
 
     def parse(self, argv: list[str], out: Stream) -> argparse.Namespace | None:
-        """Parse argv (without the name); None when -h was answered."""
-        self.parser._help_out = out
+        """Parse argv (without the name); None when -h was answered. Raises CommandError."""
+        self.parser.help_out = out
         if self.raw_args:
             if argv[:1] in (["-h"], ["--help"]):
                 out.write(self.parser.format_help())
                 return None
             return argparse.Namespace()
         try:
-            return self.parser.parse_intermixed_args(argv)
-        except _Help:
-            return None
-        except argparse.ArgumentError as e:
-            self.parser.error(str(e))
+            return self.parser.read(argv)
+        except program.UsageError as e:
+            raise CommandError(f"{e} (help {self.name} shows the usage)", 2) from None
 
 
 BUILTINS: dict[str, Builtin] = {}
@@ -110,42 +88,49 @@ def builtin(name: str, summary: str, *, usage: str | None = None, takes_ids: boo
 
 
 # --- the two commands that start processes (run as jobs by the shell) ---------------------------
+# Their options are userland/bin/run.py's, the same as `llmos run`'s.
 
-def _sampling(p: ArgParser) -> None:
-    p.add_argument("-n", "--max-tokens", type=int, metavar="N", help="most tokens to generate")
-    p.add_argument("-t", "--temperature", type=float, metavar="T", help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, metavar="K")
-    p.add_argument("--top-p", type=float, metavar="P")
-    p.add_argument("-s", "--seed", type=int, metavar="S")
-    p.add_argument("--stop", action="append", metavar="TEXT", help="stop at this text (repeatable)")
-    p.add_argument("--ignore-eos", action="store_true", help="generate until --max-tokens")
-    p.add_argument("--system", metavar="TEXT", help="a system message before the prompt")
-    p.add_argument("--nice", type=int, default=0, metavar="N", help=f"{NICE_MIN} (favoured) .. {NICE_MAX}")
-
-
-def _run_options(p: ArgParser) -> None:
-    _sampling(p)
-    p.add_argument("--raw", action="store_true", help="send the prompt as raw text, no chat template")
-    p.add_argument("prompt", nargs="*", help="the prompt; piped or `<` text follows it")
-
-
-builtin("run", "run a prompt as a process and stream its answer", options=_run_options)(None)
+builtin("run", run_cmd.SUMMARY, options=run_cmd.options)(None)
 builtin("chat", "a multi-turn session process (its KV stays resident); /exit leaves",
-        options=_sampling)(None)
+        options=run_cmd.sampling_options)(None)
 
 
-def process_spec(cmd: Command, args: argparse.Namespace, session: bool) -> ProcessSpec:
+def process_spec(cmd: Command, args: argparse.Namespace, session: bool) -> run_cmd.ProcessSpec:
     """The ProcessSpec for a parsed `run`/`chat` command (nice prefix over --nice)."""
-    nice = cmd.nice if cmd.nice is not None else args.nice
-    if not NICE_MIN <= nice <= NICE_MAX:
-        raise CommandError(f"--nice {nice} is out of range ({NICE_MIN}..{NICE_MAX})", 2)
-    params = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
-                                ("top_k", args.top_k), ("top_p", args.top_p), ("seed", args.seed),
-                                ("stop", args.stop), ("ignore_eos", args.ignore_eos or None))
-              if v is not None}
-    shown = "".join(c if c.isprintable() else " " for c in str(Command(cmd.argv)))[:abi.MAX_NAME_CHARS]
-    return ProcessSpec(" ".join(getattr(args, "prompt", [])), shown, params, args.system, nice,
-                       getattr(args, "raw", False), session)
+    try:
+        return run_cmd.spec(args, str(Command(cmd.argv)), cmd.nice, session)
+    except program.UsageError as e:
+        raise CommandError(str(e), 2) from None
+
+
+# --- commands that are userland programs (userland/bin): the shell lends them its output and
+# its connection, after turning job specs (%1) into pids -------------------------------------------
+
+class _Warn:
+    def write(self, text: str) -> None:
+        TERMINAL.end_line()
+        import sys
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+
+def program_io(inv: "Invocation") -> program.IO:
+    """The IO a userland program gets inside the shell."""
+    return program.IO(inv.cmd.name, out=inv.out, err=_Warn(), client=lambda: inv.sh.client,
+                      lost=inv.sh.link.drop, hint=f"help {inv.cmd.name} shows the usage")
+
+
+def userland_program(module, *, takes_ids: bool = False, expand=None) -> None:
+    """Register module (userland/bin/NAME.py) as the builtin NAME; expand(inv, words) may
+    rewrite its arguments (job specs → pids) first."""
+    name = module.__name__.rsplit(".", 1)[1]
+
+    def fn(inv: Invocation) -> int:
+        words = list(inv.cmd.argv[1:])
+        if expand is not None:
+            words = expand(inv, words)
+        return module.main([name, *words], program_io(inv))
+    BUILTINS[name] = Builtin(name, module.SUMMARY, module.parser(name), fn, takes_ids, raw_args=True)
 
 
 # --- the rest of the table, in the order `help` lists it -----------------------------------------

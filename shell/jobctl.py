@@ -9,11 +9,15 @@ Errors read as the Unix tools' do: `kill: (42) - No such process`, `fg: %3: no s
 from __future__ import annotations
 
 from llmos.kernel import abi
+from llmos.shell import builtins
 from llmos.shell.builtins import ArgParser, Invocation, builtin
 from llmos.shell.jobs import RUNNING, STOPPED, JobError
 from llmos.shell.parse import NICE_MAX, NICE_MIN, JobSpec, ParseError, parse_target
-from llmos.shell.runner import error_text, exit_status
 from llmos.shell.streams import TERMINAL, CommandError, output_for
+from llmos.userland import program
+from llmos.userland.bin import kill as kill_cmd
+from llmos.userland.bin.run import exit_status
+from llmos.userland.program import error_text
 
 
 def job_of(inv: Invocation, spec: str | None):
@@ -120,40 +124,26 @@ def targets(inv: Invocation, words: list[str]):
             inv.error(str(e))
 
 
-@builtin("kill", "send a signal to processes or jobs (default TERM)",
-         usage="kill [-s SIG | -SIG] ID...  |  kill -l", takes_ids=True, raw_args=True,
-         options=lambda p: p.add_argument("ids", nargs="*", metavar="ID"))
 def kill(inv: Invocation) -> int:
-    words, sig = list(inv.cmd.argv[1:]), abi.SIGTERM
-    if words[:1] == ["-l"]:
-        inv.out.write(" ".join(f"{n}) SIG{s}" for s, n in abi.SIGNALS.items()) + "\n")
+    """userland/bin/kill.py's parsing and sending, with job specs and the job table's states."""
+    io = builtins.program_io(inv)
+    try:
+        sig, words = kill_cmd.parse(list(inv.cmd.argv[1:]))
+    except program.UsageError as e:
+        raise CommandError(str(e), 2) from None
+    if sig is None:
+        inv.out.write(kill_cmd.signal_list())
         return 0
-    if words[:1] == ["-s"]:
-        if len(words) < 2:
-            raise CommandError("-s: option requires an argument (usage: kill -s SIG ID...)", 2)
-        spec, words = words[1], words[2:]
-    elif words and words[0].startswith("-") and words[0] != "--":
-        spec, words = words[0][1:], words[1:]
-    else:
-        spec = None
-    if spec is not None:
-        try:
-            sig = abi.parse_signal(spec)
-        except ValueError:
-            raise CommandError(f"{spec}: invalid signal specification (kill -l lists them)", 2) from None
-    words = words[1:] if words[:1] == ["--"] else words
-    if not words:
-        raise CommandError("usage: kill [-s SIG | -SIG] ID...  |  kill -l", 2)
     for word, pids, job in targets(inv, words):
-        for pid in pids:
-            try:
-                inv.sh.client.kill(pid, sig)
-            except OSError as e:
-                inv.error(error_text(e, pid))
+        kill_cmd.send(io, sig, pids)
         if job is not None and sig in (abi.SIGSTOP, abi.SIGCONT):
             inv.sh.jobs.mark(job, STOPPED if sig == abi.SIGSTOP else RUNNING,
                              background=True if sig == abi.SIGCONT else None)
-    return inv.status
+    return io.status or inv.status
+
+
+builtins.BUILTINS["kill"] = builtins.Builtin("kill", kill_cmd.SUMMARY + " or jobs", kill_cmd.parser("kill"),
+                                             kill, takes_ids=True, raw_args=True)
 
 
 @builtin("renice", "change the nice value of running processes or jobs",

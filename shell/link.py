@@ -10,7 +10,6 @@ $LLMOS_MODEL if given, else the kernel's default model), says so on stderr, and 
 from __future__ import annotations
 
 import errno
-import subprocess
 import sys
 
 from llmos.shell.runner import warn
@@ -60,15 +59,14 @@ class KernelLink:
             self._client = None
 
     def start_kernel(self) -> None:
+        """`llmos serve --daemon` (userland/bin/daemon.py), its boot log shown on a terminal (a first
+        model download shows its progress); ConnectionRefusedError when it fails."""
+        from llmos.userland.bin import daemon
         what = self.model or "the default model"
         warn(f"llmos: no kernel is running; starting one in the background on {what}")
-        argv = [sys.executable, "-m", "llmos.kernel.main", "serve", "--daemon"]
-        done = subprocess.run(argv + (["--model", self.model] if self.model else []),
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if done.returncode != 0:
-            why = (done.stderr.strip().splitlines() or [f"status {done.returncode}"])[-1]
-            raise ConnectionRefusedError(errno.ECONNREFUSED, f"could not start a kernel: {why}")
-        warn(done.stdout.strip())
+        sys.stdout.flush()
+        if daemon.start(["--model", self.model] if self.model else [], ready_to=sys.stderr) != 0:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "could not start a kernel (see above)")
 
     def own_processes(self) -> list[dict]:
         """This user's processes (for completion); [] when the kernel cannot be asked."""

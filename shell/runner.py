@@ -1,5 +1,5 @@
-"""Running `run` pipelines: what a process is asked to do (ProcessSpec) and the thread that moves
-a job's text (Runner).
+"""Running `run` pipelines: the thread that moves a job's text (Runner). What a process is asked
+to do (ProcessSpec) is userland/bin/run.py's, shared with `llmos run`.
 
 Every job gets its own reader thread with its own kernel connection, so the shell's main thread
 is never inside a read when the user presses Ctrl-C or Ctrl-Z: a read interrupted on the client
@@ -15,62 +15,14 @@ error ends the pipeline with its status, and the stages after it are ended.
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
-from dataclasses import dataclass, field
 
 from llmos.kernel import abi
 from llmos.shell.jobs import STOPPED, Job, JobTable
 from llmos.shell.streams import TERMINAL, CommandError, Stream
-
-
-def exit_status(st: dict) -> int:
-    """A wait() result as a shell status: 0 for a normal end, 128+N for signal N, 1 for an error."""
-    if st.get("reason") == "signal":
-        return 128 + (st.get("signal") or signal.SIGTERM)
-    return 1 if st.get("reason") == "error" else 0
-
-
-def error_text(e: OSError, pid: int | None = None) -> str:
-    """An OSError from a syscall in a shell's words: `(42) - No such process` for a pid."""
-    if pid is not None and isinstance(e, ProcessLookupError):
-        return f"({pid}) - No such process"
-    if pid is not None and isinstance(e, PermissionError) and "belongs to" in str(e.strerror):
-        return f"({pid}) - Operation not permitted"
-    return str(e.strerror or e)
-
-
-@dataclass
-class ProcessSpec:
-    """A `run` or `chat` command, resolved: the prompt words and how to sample."""
-    words: str                                  # the prompt typed on the command line (may be '')
-    command: str                                # shown by ps
-    params: dict = field(default_factory=dict)  # SamplingParams fields
-    system: str | None = None
-    nice: int = 0
-    raw: bool = False                           # the prompt is raw text, not a chat message
-    session: bool = False
-
-    def prompt(self, stdin: str | None = None, open_input: bool = False):
-        """The spawn prompt: the words, then a blank line and the input text (a pipe or `<`).
-        open_input: the input is still to come (written to the process as it arrives)."""
-        body = "\n\n".join(x for x in (self.words, stdin) if x)
-        if open_input:
-            body = self.words + "\n\n" if self.words else ""
-        elif not body.strip():
-            raise CommandError("missing prompt (type it after the command, or pipe or `<` text in)", 2)
-        if self.raw:
-            return body
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        return system + [{"role": "user", "content": body}]
-
-    def spawn(self, client, stdin: str | None = None, open_input: bool = False) -> int:
-        prompt = self.prompt(stdin, open_input)
-        if open_input and self.raw and not prompt:
-            raise CommandError("missing prompt (a raw pipe stage needs its own words)", 2)
-        return client.spawn(prompt, self.params or None, nice=self.nice, session=self.session,
-                            command=self.command, stdin=open_input)
+from llmos.userland.bin.run import ProcessSpec, exit_status  # noqa: F401  (chat, sh use them from here)
+from llmos.userland.program import UsageError, error_text
 
 
 class PipeWriter(Stream):
@@ -138,6 +90,9 @@ class Runner(threading.Thread):
         except CommandError as e:
             warn(f"run: {e.message}")
             status = e.status
+        except UsageError as e:
+            warn(f"run: {e}")
+            status = 2
         except OSError as e:
             warn(f"llmos: job {self.job.id}: {error_text(e)}")
         finally:

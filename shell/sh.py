@@ -7,7 +7,8 @@
 Files: parse.py (grammar) → sh.py (this: run pipelines, own the foreground) with builtins.py
 (the command table; jobctl.py, monitor.py register into it), jobs.py (job table), runner.py /
 chat.py (the threads that move text), streams.py (terminal, files, pipes), link.py (the kernel
-connection, autostart), lines.py (prompt and scripts), complete.py, views.py, top.py.
+connection, autostart), lines.py (prompt and scripts), complete.py, top.py; the commands that are also `llmos CMD`
+(run, ps, kill, stat, free, uname, models) are userland/bin programs.
 
 Design: every command is a builtin; `run` and `chat` start kernel processes, which the shell
 tracks as jobs. Text moves on reader threads (runner.py, chat.py) with their
@@ -42,6 +43,7 @@ from llmos.shell.parse import Command, ParseError, Pipeline, parse
 from llmos.shell.runner import ProcessSpec, Runner, error_text, warn
 from llmos.shell.streams import TERMINAL, Capture, CommandError, output_for, read_file
 from llmos.userland import lib
+from llmos.userland.program import UsageError
 
 STOPPED_STATUS = 128 + signal.SIGTSTP
 
@@ -105,6 +107,9 @@ class Shell:
         except CommandError as e:
             self.warn(f"{name}: {e.message}")
             return e.status
+        except UsageError as e:
+            self.warn(f"{name}: {e}")
+            return 2
         except KeyboardInterrupt:
             TERMINAL.write("\n")
             return 130

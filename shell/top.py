@@ -21,7 +21,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from llmos.shell import views
+from llmos.userland.bin import free, ps
+from llmos.userland.program import size, uptime
 from llmos.shell.streams import TERMINAL, Stream
 
 QUIT_KEYS = ("q", "Q")
@@ -34,7 +35,7 @@ class Top:
 
     def frame(self):
         """One screenful (a rich renderable) from fresh ps/meminfo/uname calls."""
-        procs, mem, info = views.processes(self.client), self.client.meminfo(), self.client.uname()
+        procs, mem, info = ps.processes(self.client), self.client.meminfo(), self.client.uname()
         now, tokens = time.monotonic(), {p["pid"]: p["tokens"] for p in procs}
         speeds, total = {}, 0.0
         if self._last is not None:
@@ -50,24 +51,24 @@ class Top:
         for p in procs:
             states[p["state"]] = states.get(p["state"], 0) + 1
         head = [
-            f"llmos top - up {views.uptime(info.get('uptime_s', 0))}, model {info.get('model', '?')} on "
+            f"llmos top - up {uptime(info.get('uptime_s', 0))}, model {info.get('model', '?')} on "
             f"{info.get('device', '?')}, {len(procs)} processes: "
             + (", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "none"),
-            f"KV: {views.kv_usage(kv)}, {kv['cached']} cached, {kv['free']} free; slots in use "
+            f"KV: {free.kv_usage(kv)}, {kv['cached']} cached, {kv['free']} free; slots in use "
             f"{100 * kv['slot_utilisation']:.0f}%; prefix hits {100 * kv['prefix_hit_rate']:.1f}%",
             f"Swap: {kv['swapped']}/{kv['swap_capacity']} blocks (out {kv.get('swapped_out', 0)}, "
-            f"in {kv.get('swapped_in', 0)}); host {views.size(mem['host']['available'])} free"
-            + "".join(f"; gpu{g['index']} {views.size(g['free'])} free" for g in mem.get("gpu", [])),
+            f"in {kv.get('swapped_in', 0)}); host {size(mem['host']['available'])} free"
+            + "".join(f"; gpu{g['index']} {size(g['free'])} free" for g in mem.get("gpu", [])),
             f"Throughput: {total:.1f} tok/s; preemptions {sum(p['preemptions'] for p in procs)}, "
             f"swaps {sum(p['swaps'] for p in procs)}",
         ]
-        rows = [views.ps_row(p, speeds.get(p["pid"]) if speeds else None) for p in procs]
+        rows = [ps.ps_row(p, speeds.get(p["pid"]) if speeds else None) for p in procs]
         table = Table(box=None, pad_edge=False, header_style="reverse", expand=True)
-        for i, col in enumerate(views.PS_COLUMNS):     # every column whole; COMMAND takes the rest
-            last = i == len(views.PS_COLUMNS) - 1
-            table.add_column(col, justify="right" if col in views._RIGHT else "left", no_wrap=True,
+        for i, col in enumerate(ps.COLUMNS):     # every column whole; COMMAND takes the rest
+            last = i == len(ps.COLUMNS) - 1
+            table.add_column(col, justify="right" if col in ps.RIGHT else "left", no_wrap=True,
                              overflow="ellipsis", ratio=1 if last else None,
-                             min_width=None if last else max(len(r[i]) for r in [views.PS_COLUMNS, *rows]))
+                             min_width=None if last else max(len(r[i]) for r in [ps.COLUMNS, *rows]))
         for r in rows:
             table.add_row(*r)
         return Group(*(Text(line) for line in head), Text(""), table)

@@ -41,7 +41,7 @@ def kernel():
     tmp = Path(tempfile.mkdtemp(prefix="llmos-sh-", dir="/tmp"))   # short: AF_UNIX path limit
     model = tinymodel.build_tiny_model(tmp / f"{MODEL}.gguf", context_length=8192)
     env = _env(tmp / "rt", tmp / "home")
-    started = subprocess.run([sys.executable, "-m", "llmos.kernel.main", "serve", "--daemon", "--model",
+    started = subprocess.run([sys.executable, "-m", "llmos.shell.cli", "serve", "--daemon", "--model",
                               str(model), "--kv-blocks", "2048",
                               "--dtype", "fp32"], env=env, capture_output=True, text=True,
                              timeout=180)
@@ -51,7 +51,7 @@ def kernel():
     try:
         yield {"env": env, "tmp": tmp, "model": str(model)}
     finally:
-        subprocess.run([sys.executable, "-m", "llmos.kernel.main", "stop"], env=env, capture_output=True,
+        subprocess.run([sys.executable, "-m", "llmos.shell.cli", "stop"], env=env, capture_output=True,
                        timeout=60)
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -406,7 +406,7 @@ def test_starts_a_kernel_when_none_is_running(kernel, tmp_path):
         r = llmos(env, "--no-start", "-c", "uname")          # now it is running: no second start
         assert r.returncode == 0 and "starting one" not in r.stderr
     finally:
-        subprocess.run([sys.executable, "-m", "llmos.kernel.main", "stop"], env=env, capture_output=True,
+        subprocess.run([sys.executable, "-m", "llmos.shell.cli", "stop"], env=env, capture_output=True,
                        timeout=60)
         shutil.rmtree(rt, ignore_errors=True)
     r = llmos(env, "--no-start", "-c", "uname")

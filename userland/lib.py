@@ -14,7 +14,14 @@ PermissionError (EPERM/EACCES), TimeoutError (ETIMEDOUT), ...; no kernel running
 ConnectionRefusedError whose message names ``llmos serve --daemon``.
 
 Blocking calls (read, wait) block in the kernel; the kernel parks a call at most abi.MAX_PARK_S,
-so a call without a timeout is re-issued here until it is answered.
+so a call without a timeout is re-issued here until it is answered. That loop is written once
+(``_blocking_plan``, a generator of calls) and driven by both clients.
+
+A dead kernel is noticed within ~2 s, not after a call's timeout: every connection heartbeats
+(ZMTP PING every HEARTBEAT_S, dropped after DEAD_AFTER_S without an answer) and watches its socket
+monitor; a waiting call looks at it every POLL_S. Once the connection is lost every call on the
+client raises ConnectionResetError (ECONNRESET) naming ``llmos serve --daemon``. A request larger
+than the kernel's frame limit (abi.MAX_FRAME_BYTES) fails at once with E2BIG, before it is sent.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ from llmos.kernel.abi import Sys
 START_HINT = "start one with: llmos serve --daemon"
 CALL_TIMEOUT_S = 30.0        # the longest a non-blocking call may take before the kernel is presumed gone
 CONNECT_TIMEOUT_S = 5.0      # hello must be answered within this
+HEARTBEAT_S = 0.5            # ZMTP PING interval on every connection
+DEAD_AFTER_S = 2.0           # no traffic for this long after a PING: the connection is dropped
+POLL_S = 0.5                 # a waiting call checks for a lost connection this often
 
 
 class KernelNotAnswering(TimeoutError):
@@ -46,6 +56,11 @@ class KernelNotAnswering(TimeoutError):
 def _silent(no: int, timeout: float) -> KernelNotAnswering:
     return KernelNotAnswering(E.ETIMEDOUT, f"the kernel did not answer {Sys(no).name.lower()} "
                                            f"within {timeout:g} s (is it still running?)")
+
+
+def _gone(endpoint: str) -> ConnectionResetError:
+    return ConnectionResetError(E.ECONNRESET, f"lost the connection to the kernel at {endpoint} (it stopped "
+                                              f"or died); {START_HINT}")
 
 
 def _no_kernel(endpoint: str, why: str) -> ConnectionRefusedError:
@@ -85,23 +100,37 @@ def _check_listening(endpoint: str) -> None:
         probe.close()
 
 
-def _dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def _dealer(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
+    """A connected DEALER and its monitor socket (which reports the connection's loss)."""
     # No ZMQ_IMMEDIATE: with it, a reply that arrives just before the kernel closes the
     # connection (shutdown) can be discarded together with the pipe before it is read.
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.MAXMSGSIZE, abi.HARD_FRAME_BYTES)
+    s.setsockopt(zmq.HEARTBEAT_IVL, int(HEARTBEAT_S * 1000))
+    s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(DEAD_AFTER_S * 1000))
+    monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     s.connect(endpoint)
-    return s
+    return s, monitor
+
+
+def _lost(monitor: zmq.Socket) -> bool:
+    """True once the monitor has reported the connection's loss (never blocks)."""
+    return bool(monitor.poll(0))
 
 
 def _encode(rid: int, no: int, args) -> bytes:
-    """The request frame; arguments msgpack cannot carry are EINVAL before anything is sent."""
+    """The request frame; arguments msgpack cannot carry are EINVAL, and a frame over the kernel's
+    limit is E2BIG, before anything is sent."""
+    name = Sys(no).name.lower() if no in Sys._value2member_map_ else str(no)
     try:
-        return abi.encode_request(rid, no, *args)
+        frame = abi.encode_request(rid, no, *args)
     except (TypeError, ValueError, OverflowError) as e:
-        raise OSError(E.EINVAL, f"{Sys(no).name.lower() if no in Sys._value2member_map_ else no}: "
-                                f"arguments cannot be encoded: {e}") from None
+        raise OSError(E.EINVAL, f"{name}: arguments cannot be encoded: {e}") from None
+    if len(frame) > abi.MAX_FRAME_BYTES:
+        raise OSError(E.E2BIG, f"{name}: request of {len(frame)} bytes exceeds the kernel's frame limit "
+                               f"of {abi.MAX_FRAME_BYTES} bytes ({abi.MAX_FRAME_BYTES >> 20} MiB)")
+    return frame
 
 
 def _raise(err: int, value) -> None:
@@ -189,6 +218,35 @@ class _Stubs:
         """Stop the kernel (its processes get SIGTERM)."""
         return self.syscall(Sys.SHUTDOWN)
 
+    def read(self, pid: int, timeout: float | None = None) -> dict:
+        """Block until pid has output, ends a turn or exits: {"text", "eof", "turn_end"}."""
+        return self._drive(_blocking_plan(Sys.READ, pid, timeout, self.call_timeout))
+
+    def wait(self, pid: int, timeout: float | None = None) -> dict:
+        """Block until pid exits; reap it and return its exit status."""
+        return self._drive(_blocking_plan(Sys.WAIT, pid, timeout, self.call_timeout))
+
+
+def _blocking_plan(no: int, pid: int, timeout: float | None, call_timeout: float):
+    """read/wait as a generator of calls, shared by both clients: it yields (no, args, timeout)
+    and is sent each call's value (or thrown its error). The kernel parks each try at most
+    MAX_PARK_S; the plan re-issues it until the caller's timeout has passed."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = abi.MAX_PARK_S if end is None else max(0.0, min(end - time.monotonic(), abi.MAX_PARK_S))
+        try:
+            return (yield no, (pid, left), left + call_timeout)
+        except KernelNotAnswering:
+            raise
+        except TimeoutError:
+            if end is not None and time.monotonic() >= end:
+                raise
+
+
+def _ends_stream(r: dict) -> bool:
+    """A read() reply after which stream() stops: the turn ended or the process exited."""
+    return r["eof"] or r["turn_end"]
+
 
 class Client(_Stubs):
     """A blocking connection to the kernel. Not thread-safe: one per thread."""
@@ -199,7 +257,8 @@ class Client(_Stubs):
         self.call_timeout = call_timeout
         self._ids = itertools.count(1)
         self._rcvtimeo = -1
-        self._sock = _dealer(zmq.Context.instance(), self.endpoint)
+        self._sock, self._monitor = _dealer(zmq.Context.instance(), self.endpoint)
+        self._gone = False
         try:
             self.info = self._call(Sys.HELLO, (token, user or getpass.getuser(), client or _prog()),
                                    connect_timeout, connecting=True)
@@ -212,11 +271,13 @@ class Client(_Stubs):
         return self._call(no, args, self.call_timeout)
 
     def _call(self, no: int, args, timeout: float, connecting: bool = False):
+        if self._gone:
+            raise _gone(self.endpoint)
         rid = next(self._ids)
         sock = self._sock
         sock.send(_encode(rid, no, args))
         deadline = time.monotonic() + timeout
-        wait_ms = int(timeout * 1000)
+        wait_ms = int(min(timeout, POLL_S) * 1000)
         while True:
             if wait_ms != self._rcvtimeo:       # a blocking recv with a timeout: no extra poll
                 sock.setsockopt(zmq.RCVTIMEO, max(1, wait_ms))
@@ -224,38 +285,38 @@ class Client(_Stubs):
             try:
                 frame = sock.recv()
             except zmq.Again:
+                frame = None
+            if frame is not None:
+                got, err, value = abi.decode_reply(frame)
+                if got == rid:
+                    if err:
+                        _raise(err, value)
+                    return value
+            elif _lost(self._monitor):          # every POLL_S: is the connection still there?
+                self._gone = True
                 if connecting:
-                    raise _no_kernel(self.endpoint, f"no answer to hello within {timeout:g} s") from None
-                raise _silent(no, timeout) from None
-            got, err, value = abi.decode_reply(frame)
-            if got == rid:
-                if err:
-                    _raise(err, value)
-                return value
-            wait_ms = int((deadline - time.monotonic()) * 1000)     # a stale reply or a notice
-            if wait_ms <= 0:
+                    raise _no_kernel(self.endpoint, "it closed the connection")
+                raise _gone(self.endpoint)
+            left = deadline - time.monotonic()   # a stale reply, a notice, or a POLL_S tick
+            if left <= 0:
+                if connecting:
+                    raise _no_kernel(self.endpoint, f"no answer to hello within {timeout:g} s")
                 raise _silent(no, timeout)
+            wait_ms = int(min(left, POLL_S) * 1000)
 
-    def _blocking(self, no: int, pid: int, timeout: float | None):
-        """read/wait: the kernel parks each try at most MAX_PARK_S; loop until the caller's timeout."""
-        end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = abi.MAX_PARK_S if end is None else max(0.0, min(end - time.monotonic(), abi.MAX_PARK_S))
-            try:
-                return self._call(no, (pid, left), left + self.call_timeout)
-            except KernelNotAnswering:
-                raise
-            except TimeoutError:
-                if end is not None and time.monotonic() >= end:
-                    raise
-
-    def read(self, pid: int, timeout: float | None = None) -> dict:
-        """Block until pid has output, ends a turn or exits: {"text", "eof", "turn_end"}."""
-        return self._blocking(Sys.READ, pid, timeout)
-
-    def wait(self, pid: int, timeout: float | None = None) -> dict:
-        """Block until pid exits; reap it and return its exit status."""
-        return self._blocking(Sys.WAIT, pid, timeout)
+    def _drive(self, plan):
+        """Run a call plan (_blocking_plan) to its value, one blocking call at a time."""
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    value = self._call(*step)
+                except OSError as e:
+                    step = plan.throw(e)
+                else:
+                    step = plan.send(value)
+        except StopIteration as done:
+            return done.value
 
     def stream(self, pid: int, timeout: float | None = None):
         """Iterate over pid's text chunks until its turn ends or it exits."""
@@ -263,13 +324,14 @@ class Client(_Stubs):
             r = self.read(pid, timeout)
             if r["text"]:
                 yield r["text"]
-            if r["eof"] or r["turn_end"]:
+            if _ends_stream(r):
                 return
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
+        for s in (self._sock, self._monitor):
+            if s is not None:
+                s.close(0)
+        self._sock = self._monitor = None
 
     def __enter__(self):
         return self
@@ -288,7 +350,9 @@ class AsyncClient(_Stubs):
     def __init__(self):
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
-        self._sock = self._reader = None
+        self._sock = self._monitor = None
+        self._tasks: list[asyncio.Task] = []
+        self._gone = False
         self.call_timeout = CALL_TIMEOUT_S
 
     @classmethod
@@ -299,12 +363,12 @@ class AsyncClient(_Stubs):
         self = cls()
         self.endpoint, token = _target(endpoint, token)
         self.call_timeout = call_timeout
-        self._sock = _dealer(zmq.asyncio.Context.instance(), self.endpoint)
-        self._reader = asyncio.ensure_future(self._read_replies())
+        self._sock, self._monitor = _dealer(zmq.asyncio.Context.instance(), self.endpoint)
+        self._tasks = [asyncio.ensure_future(self._read_replies()), asyncio.ensure_future(self._watch())]
         try:
             self.info = await self._timed(Sys.HELLO, (token, user or getpass.getuser(), client or _prog()),
                                           connect_timeout)
-        except KernelNotAnswering:
+        except (KernelNotAnswering, ConnectionResetError):
             await self.close()
             raise _no_kernel(self.endpoint, f"no answer to hello within {connect_timeout:g} s") from None
         except BaseException:
@@ -323,7 +387,17 @@ class AsyncClient(_Stubs):
             if fut is not None and not fut.done():
                 fut.set_result((err, value))
 
+    async def _watch(self) -> None:
+        """The connection was lost: fail every call in flight, and every later one."""
+        await self._monitor.recv_multipart()
+        self._gone = True
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(_gone(self.endpoint))
+
     async def _call(self, no: int, args):
+        if self._gone:
+            raise _gone(self.endpoint)
         rid = next(self._ids)
         fut = self._pending[rid] = asyncio.get_running_loop().create_future()
         try:
@@ -347,26 +421,19 @@ class AsyncClient(_Stubs):
                 raise _silent(no, timeout) from None
             raise
 
-    async def _blocking(self, no: int, pid: int, timeout: float | None):
-        loop = asyncio.get_running_loop()
-        end = None if timeout is None else loop.time() + timeout
-        while True:
-            left = abi.MAX_PARK_S if end is None else max(0.0, min(end - loop.time(), abi.MAX_PARK_S))
-            try:
-                return await self._timed(no, (pid, left), left + self.call_timeout)
-            except KernelNotAnswering:
-                raise
-            except TimeoutError:
-                if end is not None and loop.time() >= end:
-                    raise
-
-    async def read(self, pid: int, timeout: float | None = None) -> dict:
-        """Block until pid has output, ends a turn or exits: {"text", "eof", "turn_end"}."""
-        return await self._blocking(Sys.READ, pid, timeout)
-
-    async def wait(self, pid: int, timeout: float | None = None) -> dict:
-        """Block until pid exits; reap it and return its exit status."""
-        return await self._blocking(Sys.WAIT, pid, timeout)
+    async def _drive(self, plan):
+        """Run a call plan (_blocking_plan) to its value, awaiting each call."""
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    value = await self._timed(*step)
+                except OSError as e:
+                    step = plan.throw(e)
+                else:
+                    step = plan.send(value)
+        except StopIteration as done:
+            return done.value
 
     async def stream(self, pid: int, timeout: float | None = None):
         """Async-iterate over pid's text chunks until its turn ends or it exits."""
@@ -374,16 +441,17 @@ class AsyncClient(_Stubs):
             r = await self.read(pid, timeout)
             if r["text"]:
                 yield r["text"]
-            if r["eof"] or r["turn_end"]:
+            if _ends_stream(r):
                 return
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            self._reader = None
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        for s in (self._sock, self._monitor):
+            if s is not None:
+                s.close(0)
+        self._sock = self._monitor = None
 
     async def __aenter__(self):
         return self
@@ -430,8 +498,7 @@ def _bind(name: str):
     return stub
 
 
-null, spawn, read, write, wait, kill, nice, fork, ps, stat, meminfo, uname, tokenize, detokenize, \
-    models, shutdown, stream = (_bind(n) for n in (
-        "null", "spawn", "read", "write", "wait", "kill", "nice", "fork", "ps", "stat", "meminfo",
-        "uname", "tokenize", "detokenize", "models", "shutdown", "stream"))
-embed = _bind("embed")
+# The exports, from one place: every call the clients have is also a module-level function.
+CALLS = tuple(name for name in vars(_Stubs) if not name.startswith("_")) + ("stream",)
+globals().update({name: _bind(name) for name in CALLS})
+__all__ = ["Client", "AsyncClient", "KernelNotAnswering", "connect", "disconnect", "syscall", *CALLS]

@@ -1,47 +1,89 @@
-"""`llmos kill [-STOP|-CONT|-INT|-TERM|-KILL|-N|-s SIG] PID...` and `llmos kill -l`.
+"""`kill [-s SIG | -SIG] PID...` and `kill -l`: send a signal (default TERM), as kill(1) does.
 
-Sends a signal (default TERM) to each process, like kill(1). Exit status 1 if any failed.
+The CLI's `llmos kill` and the shell's `kill` (which first turns job specs like %1 into pids and
+then records STOP/CONT in its job table). `-l` lists the signals as bash does: ` 2) SIGINT ...`.
+Exit status 1 if any process could not be signalled, 2 for a usage error.
 """
 
 from __future__ import annotations
 
-import sys
-
 from llmos.kernel import abi
-from llmos.userland import lib
+from llmos.userland import program
 
-USAGE = "usage: llmos kill [-STOP|-CONT|-INT|-TERM|-KILL|-s SIG] PID...   |   llmos kill -l"
+SUMMARY = "send a signal to processes (default TERM)"
+USAGE = "kill [-s SIG | -SIG] PID...  |  kill -l"
 
 
-def main(argv: list[str]) -> int:
-    args, sig, pids = argv[1:], abi.SIGTERM, []
-    try:
-        while args and args[0].startswith("-") and args[0] != "--":
-            opt = args.pop(0)
-            if opt in ("-h", "--help"):
-                print(USAGE)
-                return 0
-            if opt == "-l":
-                print(" ".join(f"{n}={name[3:]}" for n, name in sorted(abi.SIGNAL_NAMES.items())))
-                return 0
-            sig = abi.parse_signal(args.pop(0) if opt == "-s" and args else opt)
-        pids = [int(a) for a in args if a != "--"]
-    except ValueError as e:
-        print(f"llmos kill: {e}\n{USAGE}", file=sys.stderr)
-        return 2
-    if not pids:
-        print(USAGE, file=sys.stderr)
-        return 2
-    status = 0
-    try:
-        with lib.Client(client="llmos-kill") as k:
-            for pid in pids:
-                try:
-                    k.kill(pid, sig)
-                except OSError as e:
-                    print(f"llmos kill: ({pid}) - {e.strerror}", file=sys.stderr)
-                    status = 1
-    except OSError as e:
-        print(f"llmos kill: {e.strerror or e}", file=sys.stderr)
-        return 1
-    return status
+def parser(prog: str = "kill") -> program.ArgParser:
+    """For help and completion only: kill reads its words itself (-STOP is not an option)."""
+    p = program.ArgParser(prog, SUMMARY, usage=USAGE.replace("kill", prog))
+    p.add_argument("ids", nargs="*", metavar="PID")
+    return p
+
+
+def signal_list() -> str:
+    return " ".join(f"{n:2d}) SIG{s}" for s, n in sorted(abi.SIGNALS.items(), key=lambda kv: kv[1])) + "\n"
+
+
+def parse(words: list[str]) -> tuple[int | None, list[str]]:
+    """(signal, target words) from kill's arguments; (None, []) for -l. Raises UsageError."""
+    if words[:1] in (["-h"], ["--help"]):
+        raise program.UsageError(f"usage: {USAGE}")
+    if words[:1] == ["-l"]:
+        return None, []
+    if words[:1] == ["-s"]:
+        if len(words) < 2:
+            raise program.UsageError(f"-s: option requires an argument (usage: {USAGE})")
+        spec, words = words[1], words[2:]
+    elif words and words[0].startswith("-") and words[0] != "--":
+        spec, words = words[0][1:], words[1:]
+    else:
+        spec = None
+    sig = abi.SIGTERM
+    if spec is not None:
+        try:
+            sig = abi.parse_signal(spec)
+        except ValueError as e:
+            raise program.UsageError(f"{spec}: invalid signal specification: {e}") from None
+    words = words[1:] if words[:1] == ["--"] else words
+    if not words:
+        raise program.UsageError(f"usage: {USAGE}")
+    return sig, words
+
+
+def pid_of(word: str) -> int:
+    if word.isascii() and word.isdigit() and int(word) > 0:
+        return int(word)
+    raise program.UsageError(f"{word}: arguments must be process or job IDs")
+
+
+def send(io: program.IO, sig: int, pids: list[int]) -> None:
+    """Signal each pid; each failure is reported (`kill: (42) - No such process`) and counted."""
+    for pid in pids:
+        try:
+            io.client.kill(pid, sig)
+        except OSError as e:
+            io.error(program.error_text(e, pid))
+
+
+def main(argv: list[str], io: program.IO | None = None) -> int:
+    io = io or program.IO("llmos kill")
+    return program.run(["kill"], io, parser(io.prog), lambda _, io: _kill(list(argv[1:]), io))
+
+
+def _kill(words: list[str], io: program.IO) -> int:
+    if words[:1] in (["-h"], ["--help"]):
+        io.write(parser(io.prog).format_help())
+        return 0
+    sig, words = parse(words)
+    if sig is None:
+        io.write(signal_list())
+        return 0
+    pids = []
+    for word in words:
+        try:
+            pids.append(pid_of(word))
+        except program.UsageError as e:
+            io.error(str(e))
+    send(io, sig, pids)
+    return io.status

@@ -1,51 +1,87 @@
-"""`llmos ps [--json]`: every process in the kernel, one row each."""
+"""`ps [--json] [PID...]`: the kernel's processes, one row each (the CLI's and the shell's).
+
+Columns: PID PPID USER STATE NI PROMPT (prompt tokens) OUT (tokens generated) KV (blocks held)
+TOK/S (decode speed, time spent stopped not counted) AGE COMMAND. Plain text, every column whole
+(a pipe or a file gets the same table as a terminal); `--json` prints the ps() records, each with
+its tok_s, for scripts. `top` shows the same rows (ps_row).
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+from llmos.userland import program
 
-from llmos.userland import lib
-
-COLUMNS = ("PID", "PPID", "USER", "STATE", "NI", "PROMPT", "TOKENS", "BLOCKS", "AGE", "COMMAND")
+SUMMARY = "list the kernel's processes"
+COLUMNS = ("PID", "PPID", "USER", "STATE", "NI", "PROMPT", "OUT", "KV", "TOK/S", "AGE", "COMMAND")
+RIGHT = frozenset({"PID", "PPID", "NI", "PROMPT", "OUT", "KV", "TOK/S", "AGE"})
 
 
-def rows(procs: list[dict]) -> list[tuple[str, ...]]:
-    out = []
-    for p in sorted(procs, key=lambda p: p["pid"]):
-        state = p["state"] + ("/swap" if p.get("swapped") else "") + ("+d" if p.get("detached") else "")
-        if p["state"] == "ZOMBIE" and p.get("exit"):
-            state += f" ({p['exit']['reason']})"
-        out.append((str(p["pid"]), str(p["ppid"]), p["owner"], state, str(p["nice"]), str(p["prompt_tokens"]),
-                    str(p["tokens"]), str(p["blocks"]), _age(p["age_s"]), p["command"]))
-    return out
+def options(p: program.ArgParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the process records as JSON")
+    p.add_argument("pids", nargs="*", type=int, metavar="PID", help="only these processes")
 
 
-def _age(s: float) -> str:
+def decode_speed(stats: dict) -> float:
+    """Tokens per second between the first and the last token, not counting time spent STOPPED."""
+    first, last, n = stats.get("first_token_at"), stats.get("last_token_at"), stats.get("tokens", 0)
+    if not first or not last or last <= first or n < 2:
+        return 0.0
+    span = last - first
+    active = span - stats.get("state_time", {}).get("STOPPED", 0.0)
+    return (n - 1) / (active if active > 0 else span)
+
+
+def processes(client) -> list[dict]:
+    """ps() sorted by pid, plus each process's decode speed (tok_s) and preemptions from stat()."""
+    procs = sorted(client.ps(), key=lambda p: p["pid"])
+    for p in procs:
+        try:
+            st = client.stat(p["pid"])["stats"]
+        except ProcessLookupError:            # reaped between ps and stat
+            st = {}
+        p["tok_s"] = round(decode_speed(st), 3)
+        p["preemptions"], p["swaps"] = st.get("preemptions", 0), st.get("swaps", 0)
+    return procs
+
+
+def state_of(p: dict) -> str:
+    state = p["state"] + ("/swap" if p.get("swapped") else "") + ("+d" if p.get("detached") else "")
+    if p["state"] == "ZOMBIE" and p.get("exit"):
+        state += f"({p['exit']['reason']})"
+    return state
+
+
+def age(s: float) -> str:
     return f"{s:.1f}s" if s < 60 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="llmos ps", description="list the kernel's processes")
-    ap.add_argument("--json", action="store_true", help="print the raw ps() result as JSON")
-    args = ap.parse_args(argv[1:])
-    try:
-        with lib.Client(client="llmos-ps") as k:
-            procs = k.ps()
-    except OSError as e:
-        print(f"llmos ps: {e.strerror or e}", file=sys.stderr)
-        return 1
+def ps_row(p: dict, tok_s: float | None = None) -> tuple[str, ...]:
+    speed = p.get("tok_s", 0.0) if tok_s is None else tok_s
+    return (str(p["pid"]), str(p["ppid"]), p["owner"], state_of(p), str(p["nice"]),
+            str(p["prompt_tokens"]), str(p["tokens"]), str(p["blocks"]), f"{speed:.1f}",
+            age(p.get("age_s", 0.0)), p["command"].replace("\n", " "))
+
+
+def ps_text(procs: list[dict]) -> str:
+    return program.table(COLUMNS, [ps_row(p) for p in procs], RIGHT)
+
+
+def main(argv: list[str], io: program.IO | None = None) -> int:
+    io = io or program.IO("llmos ps")
+    return program.run(argv, io, parser(io.prog), _ps)
+
+
+def parser(prog: str = "ps") -> program.ArgParser:
+    p = program.ArgParser(prog, SUMMARY, usage=f"{prog} [--json] [PID...]")
+    options(p)
+    return p
+
+
+def _ps(args, io: program.IO) -> int:
+    procs = processes(io.client)
+    if args.pids:
+        procs = [p for p in procs if p["pid"] in set(args.pids)]
     if args.json:
-        print(json.dumps(procs, indent=1))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for i, col in enumerate(COLUMNS):
-        table.add_column(col, justify="right" if i in (0, 1, 4, 5, 6, 7, 8) else "left",
-                         overflow="ellipsis", no_wrap=True)
-    for r in rows(procs):
-        table.add_row(*r)
-    Console().print(table)
-    return 0
+        io.json(procs)
+    else:
+        io.write(ps_text(procs))
+    return 0 if procs or not args.pids else 1
