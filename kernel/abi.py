@@ -32,6 +32,7 @@ turns into the matching subclass)
     EAGAIN  process table full                            EPIPE   write to an exited session
     EALREADY  hello again as another user                 ESHUTDOWN  the kernel is stopping
     EIO     the kernel failed internally (a bug: the message says what)
+    ENOEXEC a checkpoint for another model/format         EIO     also: a damaged checkpoint file
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ class Sys(enum.IntEnum):
     CLOSE = 17       # (pid)                                 -> None; end an open stdin: generate now
     EMBED = 19       # ([text, ...])                         -> [[float] * dim, ...] unit vectors, one per text
                      #  (the encoder model, drivers/bert.py: $LLMOS_EMBED_MODEL, default minilm)
+    CHECKPOINT = 21  # (pid, path?)                          -> {path, name, pid, tokens, kv_tokens, bytes}: the
+                     #  process's whole state to $LLMOS_HOME/checkpoints/<owner>/<name>.ckpt (kernel/checkpoint.py);
+                     #  path: a bare name, or an absolute path (admins); it keeps running
+    RESTORE = 22     # (path, opts?: {detached})             -> pid of a new process continuing exactly where the
+                     #  checkpoint was. ENOENT none; ENOEXEC not a checkpoint, newer format, other layout or
+                     #  model; EIO damaged (checksum); EPERM another owner's (unless admin)
 
 
 # Signals keep their (Linux) Unix numbers and meaning on the wire on every platform.

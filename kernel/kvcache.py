@@ -271,6 +271,20 @@ class KVCache:
         self.counters["swapped_out"] += len(ids)
         return len(ids)
 
+    def adopt(self, pid: int, handle, tokens: int, namespace: bytes = b"") -> bool:
+        """Give pid (no table yet) the KV of a swap_out()-shaped host handle holding its first
+        `tokens` slots, as if swapped out: the scheduler swaps it in through the allocator, and
+        its full blocks join the prefix cache at the next commit. False (nothing changed) when
+        the swap pool has no room (a restored checkpoint then recomputes)."""
+        n = handle[0].shape[1]
+        if pid in self.tables:
+            raise RuntimeError(f"kvcache: adopt into pid {pid} which already has a table")
+        if n * self.block_size < tokens or self.swap_used + n > self.swap_capacity:
+            return False
+        self.tables[pid] = Table([], tokens, 0, namespace, (handle, list(range(n))))
+        self.swap_used += n
+        return True
+
     def can_swap_in(self, pid: int) -> bool:
         t = self.tables.get(pid)
         return bool(t and t.swapped) and len(t.swapped[1]) <= self.available()

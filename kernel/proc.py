@@ -242,6 +242,14 @@ class ProcTable:
         pid, self._next_pid = self._next_pid, self._next_pid + 1
         return pid
 
+    def claim(self, pid: int) -> int:
+        """Hand out this pid, unused in this boot (a session restored at boot keeps its pid);
+        new_pid() counts on from above it."""
+        if pid < 1 or pid in self._procs:
+            raise RuntimeError(f"proc table: pid {pid} cannot be claimed")
+        self._next_pid = max(self._next_pid, pid + 1)
+        return pid
+
     def full(self) -> bool:
         return len(self._procs) >= self.max_procs
 

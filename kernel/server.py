@@ -63,6 +63,7 @@ class Server:
         self.heartbeat_s, self.sweep_s = heartbeat_s, sweep_s
         self.waits = kernel.waits
         self.leases = Leases(kernel.engine, kernel.lease_s, self._wake_engine)
+        kernel.wake_engine = self._wake_engine     # for work a handler adds later (a restore)
         self.sessions: dict[bytes, Session] = {}
         self._sids = itertools.count(1)         # session ids; 0 is init (proc.INIT)
         self._kick_scheduled = self._in_drain = False
@@ -125,6 +126,8 @@ class Server:
         """SIGTERM every process, let the in-flight step finish, answer every parked call."""
         self._stopping = True
         engine = self.k.engine
+        if engine is not None and self.k.checkpoints is not None and self.k.checkpoints.sessions:
+            self.k.checkpoints.save_sessions()       # sessions outlive the kernel (kernel/hibernate.py)
         if engine is not None:
             for p in list(engine.procs.all()):
                 if p.state is not ProcState.ZOMBIE:

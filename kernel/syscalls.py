@@ -71,6 +71,8 @@ class Kernel:
     info: dict = field(default_factory=dict)   # static uname fields from boot (model, dtype...)
     boot_time: float = field(default_factory=time.monotonic)
     embedder: object = None          # drivers.bert.EncoderService, made by the first embed call
+    checkpoints: object = None       # kernel.hibernate.Checkpoints (boot, or the first checkpoint call)
+    wake_engine: object = None       # callable: the server's engine loop has work (set by the server)
 
 
 # ---- argument checks ---------------------------------------------------------------------
@@ -440,6 +442,51 @@ def sys_embed(k: Kernel, c: Caller, texts):
     return Block(channel.pid, poll, abi.MAX_PARK_S)
 
 
+_ckpt_jobs = itertools.count(1)
+
+
+def _park_job(k: Kernel, job, finish=lambda v: v) -> Block:
+    """Park until a worker-thread job is done, on a wait channel of its own (below every pid and
+    every embed channel); then answer finish(its value) or its KernelError."""
+    channel = SimpleNamespace(pid=-(1 << 40) - next(_ckpt_jobs))
+    loop = asyncio.get_running_loop()
+    job.add_done_callback(lambda _: loop.call_soon_threadsafe(k.waits.wake, channel))
+    done = []
+
+    def poll():
+        if not job.done():
+            return NOT_READY
+        if not done:
+            done.append(finish(job.result()))
+        return done[0]
+
+    return Block(channel.pid, poll, abi.MAX_PARK_S)
+
+
+def sys_checkpoint(k: Kernel, c: Caller, pid, path=None):
+    """Write the process's whole state to a checkpoint file (kernel/checkpoint.py); it runs on."""
+    from .hibernate import service
+    p, svc = _proc(k, c, pid), service(k)
+    dest = svc.resolve(c.user, c.admin, path, default=f"{p.pid}-{svc.boot_id}")
+    return _park_job(k, svc.checkpoint(p, dest))
+
+
+def sys_restore(k: Kernel, c: Caller, path, opts=None):
+    """A new process from a checkpoint file, continuing exactly where it was (its owner or an admin)."""
+    from .hibernate import service
+    o = _dict(opts, "opts", {"detached"})
+    detached = _bool(o["detached"], "detached") if "detached" in o else None
+    svc = service(k)
+    src = svc.resolve(c.user, c.admin, path)
+
+    def install(loaded):
+        pid = svc.restore(loaded, c.user, c.admin, c.sid, detached).pid
+        if k.wake_engine is not None:
+            k.wake_engine()
+        return pid
+    return _park_job(k, svc.load(src), install)
+
+
 # ---- THE table -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -475,6 +522,8 @@ TABLE: dict[int, Entry] = {
     Sys.SHUTDOWN: _entry(sys_shutdown, mutates=True),
     Sys.CLOSE: _entry(sys_close, mutates=True),
     Sys.EMBED: _entry(sys_embed),
+    Sys.CHECKPOINT: _entry(sys_checkpoint),
+    Sys.RESTORE: _entry(sys_restore, mutates=True),
 }
 assert set(TABLE) == set(Sys), "every syscall number has exactly one handler"
 

@@ -214,6 +214,16 @@ class _Stubs:
         abi.MAX_EMBED_TEXTS texts of abi.MAX_EMBED_CHARS chars each per call."""
         return self.syscall(Sys.EMBED, list(texts))
 
+    def checkpoint(self, pid: int, path: str | None = None):
+        """Write pid's whole state to a checkpoint file (a bare name in $LLMOS_HOME/checkpoints/
+        <owner>/, or an absolute path for admins; default <pid>-<boot>); it keeps running.
+        Returns {path, name, pid, tokens, kv_tokens, bytes}."""
+        return self.syscall(Sys.CHECKPOINT, pid, path)
+
+    def restore(self, path: str, *, detached: bool | None = None):
+        """A new process continuing exactly where the checkpoint was; returns its pid."""
+        return self.syscall(Sys.RESTORE, path, None if detached is None else {"detached": detached})
+
     def shutdown(self):
         """Stop the kernel (its processes get SIGTERM)."""
         return self.syscall(Sys.SHUTDOWN)
