@@ -9,9 +9,11 @@ Design rules
   * Blocks are taken, copied, swapped and freed only in schedule() (allocation, copy-on-write,
     swap, eviction) and commit() (prefix registration, freeing): never while a forward may use
     them. A process that exits during execute keeps its blocks until commit's end.
-  * A step's result for a process is applied only if the process is still RUNNING in the same
-    epoch as when the plan was made (curio's identity check): preempted, stopped, interrupted or
-    killed processes have their results dropped, and their KV slots past `computed` are stale.
+  * A step's result for a process is applied only if the process is in the same epoch as when
+    the plan was made (curio's identity check). Every transition out of RUNNING bumps the epoch
+    (kernel/proc.py) and only schedule() puts a process back, so the same epoch means it has been
+    RUNNING throughout: stopped, interrupted or killed processes have their results dropped, and
+    their KV slots past `computed` are stale.
   * Errors in one process (a failing forward for its sequence, a detokenizer error) become its
     exit status ("error"); the engine carries on with the others.
   * With config.check_invariants (tests, debug) every commit checks the KV allocator's and the
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 from ..drivers.llama import SeqInput
 from ..drivers.runner import Batch, BatchResult, ModelRunner, position_seed
 from .kvcache import KVCache
+from .ledger import Ledger
+from .limits import Limits
 from .param import KernelConfig
 from .proc import ExitStatus, Process, ProcState, ProcTable
 from .procops import KernelError, ProcOps
@@ -44,8 +48,10 @@ class StepPlan(Batch):
 
 
 class Engine:
-    def __init__(self, model, config: KernelConfig | None = None, on_wake=None):
+    def __init__(self, model, config: KernelConfig | None = None, on_wake=None, limits: Limits | None = None):
+        """limits: per-user and per-group limits (kernel/limits.py); the scheduler throttles by them."""
         self.model, self.config = model, (config or KernelConfig()).validate()
+        self.limits = limits or Limits()
         self.tokenizer = model.tokenizer
         cfg = self.config
         self.storage = model.new_kv(self._pool_blocks(), cfg.block_size)
@@ -53,12 +59,13 @@ class Engine:
                           swap_blocks=cfg.swap_bytes // self.storage.bytes_per_block,
                           junk_on_free=cfg.check_invariants)
         self.procs = ProcTable(cfg.max_procs)
-        self.sched = Scheduler(cfg, self.kv, self.procs)
+        self.sched = Scheduler(cfg, self.kv, self.procs, self.limits)
         self.runner = ModelRunner(model, self.storage)
         pool_tokens = self.storage.num_blocks * cfg.block_size
         self.max_context = min(model.config.context_length, cfg.max_context or pool_tokens, pool_tokens)
+        self.ledger = Ledger()                    # per-user totals of exited processes (COUNTERS)
         self.ops = ProcOps(self.procs, self.sched, self.kv, self.tokenizer, self.max_context,
-                           on_wake=on_wake)
+                           on_wake=on_wake, on_exit=self.ledger.exited)
         o = self.ops                              # the process operations, as the engine's
         self.spawn, self.write, self.close, self.signal = o.spawn, o.write, o.close, o.signal
         self.renice, self.fork, self.orphan, self.reap = o.renice, o.fork, o.orphan, o.reap
@@ -120,8 +127,8 @@ class Engine:
         touched, ops = [], self.ops
         try:
             for i, (p, epoch, n) in enumerate(plan.entries):
-                if p.epoch != epoch or p.state is not ProcState.RUNNING:
-                    self.kv.truncate(p.pid, p.computed)         # stale: preempted or killed meanwhile
+                if p.epoch != epoch:        # it left RUNNING meanwhile: stopped, interrupted, killed
+                    self.kv.truncate(p.pid, p.computed)         # its result is stale: drop it
                     continue
                 touched.append(p)
                 if i in result.errors:

@@ -40,6 +40,13 @@ def block_digest(parent: bytes, tokens) -> bytes:
     return hashlib.blake2b(parent + array("q", tokens).tobytes(), digest_size=16).digest()
 
 
+def owner_namespace(owner: str) -> bytes:
+    """The root of an owner's digest chains: cached blocks are shared only between processes of
+    one owner, so the cache cannot tell anyone whether another user sent a prompt (a hit is
+    visible in stat's `cached` and in time to first token)."""
+    return hashlib.blake2b(b"owner\0" + owner.encode(), digest_size=16).digest()
+
+
 @dataclass(eq=False)
 class Table:
     """One process's block table. tokens: slots covered by the last append (≥ computed)."""
@@ -123,12 +130,14 @@ class KVCache:
         t = self.tables.get(pid)
         return bool(t and t.swapped)
 
-    def match_prefix(self, pid: int, tokens: list[int]) -> int:
+    def match_prefix(self, pid: int, tokens: list[int], namespace: bytes = b"") -> int:
         """Attach cached blocks holding a prefix of `tokens` to pid's empty table; returns how
-        many tokens they cover (whole blocks, always leaving at least one token to compute)."""
+        many tokens they cover (whole blocks, always leaving at least one token to compute).
+        namespace roots the table's digest chain (owner_namespace): hits stay within it."""
         t = self.table(pid)
         if t.blocks or t.swapped:
             raise RuntimeError(f"kvcache: match_prefix on pid {pid} whose table is not empty")
+        t.digest = namespace
         bs = self.block_size
         n_full = (len(tokens) - 1) // bs if tokens else 0
         self.counters["prefix_queried"] += n_full * bs

@@ -30,6 +30,7 @@ from __future__ import annotations
 import heapq
 import time
 
+from .kvcache import owner_namespace
 from .proc import Process, ProcState, admit, dispatch, preempt
 
 # Linux kernel/sched/core.c sched_prio_to_weight: nice -20 .. 19 (each step about 1.25x).
@@ -46,8 +47,10 @@ def weight(nice: int) -> int:
 
 
 class Scheduler:
-    def __init__(self, config, kv, procs):
-        self.config, self.kv, self.procs = config, kv, procs
+    def __init__(self, config, kv, procs, limits=None):
+        """limits (kernel/limits.py): a user over its tokens_per_min does not run until under it."""
+        self.config, self.kv, self.procs, self.limits = config, kv, procs, limits
+        self.held: set[str] = set()               # owners throttled this step
         self.slice = config.slice_tokens
         self.running: dict[int, Process] = {}     # pid -> process holding a place in the batch
         self.ready: dict[int, Process] = {}       # pid -> runnable, not in the batch
@@ -82,6 +85,8 @@ class Scheduler:
     def charge(self, p: Process, tokens: int) -> None:
         """p generated `tokens` tokens: advance its virtual time (and deadline when due)."""
         p.vruntime += tokens * NICE_0 / p.weight
+        if self.limits is not None:
+            self.limits.note_tokens(p.owner, tokens)
         if p.vruntime >= p.deadline:
             p.deadline = p.vruntime + self.slice * NICE_0 / p.weight
 
@@ -105,10 +110,19 @@ class Scheduler:
         if not self.running and not self.ready:
             return []
         self.counters["steps"] += 1
+        self._hold_throttled()
         self._clock()
         if self.ready:
             self._fill_batch()
         return self._build()
+
+    def _hold_throttled(self) -> None:
+        """The owners over a token-rate limit this step: their processes keep their places but
+        run no tokens, and none of theirs is admitted to the batch."""
+        self.held = set()
+        if self.limits is not None and self.limits.has_rates():
+            owners = {p.owner for g in (self.running, self.ready) for p in g.values()}
+            self.held = {o for o in owners if self.limits.throttled(o)}
 
     def _clock(self) -> None:
         ws = wv = 0.0
@@ -131,6 +145,8 @@ class Scheduler:
         k = min(len(self.ready), max(free, 0) + 4)
         promised = sum(map(self._need, self.running.values()))   # what the batch will grow into
         for c in heapq.nsmallest(k, self.ready.values(), key=self._rank):
+            if c.owner in self.held:
+                continue
             if free > 0:
                 if not self._fits(c, promised):
                     break
@@ -184,8 +200,8 @@ class Scheduler:
         for p in decodes + prefills:
             if budget <= 0:
                 break
-            if p.state is not ProcState.RUNNING:
-                continue                         # evicted by one ahead of it in this step
+            if p.state is not ProcState.RUNNING or p.owner in self.held:
+                continue                         # evicted by one ahead of it, or throttled
             n = self._memory_for(p, budget, planned)
             if n:
                 plan.append((p, n))
@@ -210,7 +226,7 @@ class Scheduler:
             return n
         # starting (fresh, recomputing or swapped out): only lower priorities yield memory
         if p.computed == 0 and t is None:
-            hit = kv.match_prefix(pid, p.tokens)
+            hit = kv.match_prefix(pid, p.tokens, owner_namespace(p.owner))
             p.computed, p.stats.cached = hit, p.stats.cached + hit
         if kv.is_swapped(pid):
             n_blocks = len(kv.tables[pid].swapped[1])
