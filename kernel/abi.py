@@ -73,6 +73,9 @@ class Sys(enum.IntEnum):
     MODELS = 15      # ()                                    -> [{"name", "path", "loaded"}, ...]
     SHUTDOWN = 16    # ()                                    -> None; the kernel then stops
     CLOSE = 17       # (pid)                                 -> None; end an open stdin: generate now
+    COUNTERS = 18    # (blocks?=False)                       -> {users: {user: {running, waiting, prompt_tokens,
+                     #  generation_tokens, ..., ttft/itl/e2e histograms}}, buckets, kv, prefix_cache,
+                     #  preemptions, engine[, blocks: {held: {pid: [ids]}, cached, swapped}]} (kernel/ledger.py)
     EMBED = 19       # ([text, ...])                         -> [[float] * dim, ...] unit vectors, one per text
                      #  (the encoder model, drivers/bert.py: $LLMOS_EMBED_MODEL, default minilm)
     CHECKPOINT = 21  # (pid, path?)                          -> {path, name, pid, tokens, kv_tokens, bytes}: the

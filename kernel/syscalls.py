@@ -411,6 +411,12 @@ def sys_shutdown(k: Kernel, c: Caller):
     return SHUTDOWN
 
 
+
+def sys_counters(k: Kernel, c: Caller, blocks=False):
+    """The kernel's counters for monitoring, per user (kernel/ledger.py); with blocks, the KV map."""
+    return k.engine.ledger.snapshot(k.engine, _bool(blocks, "blocks"))
+
+
 _embed_jobs = itertools.count(1)
 
 
@@ -521,6 +527,7 @@ TABLE: dict[int, Entry] = {
     Sys.MODELS: _entry(sys_models),
     Sys.SHUTDOWN: _entry(sys_shutdown, mutates=True),
     Sys.CLOSE: _entry(sys_close, mutates=True),
+    Sys.COUNTERS: _entry(sys_counters),
     Sys.EMBED: _entry(sys_embed),
     Sys.CHECKPOINT: _entry(sys_checkpoint),
     Sys.RESTORE: _entry(sys_restore, mutates=True),
