@@ -137,6 +137,9 @@ def overhead(model, running: int, input_len: int, steps: int, config_kw: dict) -
 
 
 def main(argv: list[str]) -> int:
+    if "--via" in argv:                 # `--via http`: through the gateway, next to the ABI (benchmarks/http.py)
+        from .http import main as via
+        return via(argv)
     ap = argparse.ArgumentParser(prog="llmos bench serve", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model name or .gguf path (default: smollm2)")
     ap.add_argument("-n", "--num-procs", type=int, default=64)

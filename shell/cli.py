@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "uname":   ("llmos.userland.bin.uname",    "the kernel: version, model, device"),
     "index":   ("llmos.userland.bin.index",    "the retrieval index: add, ls, rm, search"),
     "ask":     ("llmos.userland.bin.ask",      "answer a question from the index, citing file:line"),
+    "gateway": ("llmos.userland.bin.gateway",  "OpenAI/Ollama HTTP, /metrics and the dashboard"),
     "sh":      ("llmos.shell.sh",              "the interactive shell (also: llmos with no command)"),
 }
 

@@ -24,10 +24,11 @@ def test_abi_is_pure_python():
 
 def test_syscall_numbers_are_frozen():
     # Released numbers never change; new calls are appended.
-    assert [(s.name, s.value) for s in Sys][:18] == [
+    assert [(s.name, s.value) for s in Sys][:19] == [
         ("NULL", 0), ("HELLO", 1), ("SPAWN", 2), ("READ", 3), ("WRITE", 4), ("WAIT", 5), ("KILL", 6),
         ("NICE", 7), ("FORK", 8), ("PS", 9), ("STAT", 10), ("MEMINFO", 11), ("UNAME", 12),
-        ("TOKENIZE", 13), ("DETOKENIZE", 14), ("MODELS", 15), ("SHUTDOWN", 16), ("CLOSE", 17)]
+        ("TOKENIZE", 13), ("DETOKENIZE", 14), ("MODELS", 15), ("SHUTDOWN", 16), ("CLOSE", 17),
+        ("COUNTERS", 18)]
 
 
 def test_signals_keep_unix_numbers():
