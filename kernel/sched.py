@@ -8,6 +8,11 @@ Design rules
     asks for slices of `slice_tokens` tokens and its virtual deadline is vruntime + slice*1024/weight.
     The virtual clock V is the weight-averaged vruntime of the runnable processes; a process is
     eligible when vruntime <= V. Arrivals and wake-ups are placed at V (no credit for sleeping).
+  * Fair share between users first (CFS group scheduling, flattened): every user with runnable
+    processes has the weight of one nice-0 process, split among its processes by their nice
+    weights (_clock sets p.weight each step). So when the batch is contended, a user with one
+    process and a user with thirty get equal shares of the tokens; nice orders a user's own.
+    When everyone fits, nobody is held back (work-conserving).
   * The batch (max_running places): free places go to the READY processes with the earliest
     eligible deadlines. When it is full, an eligible READY process takes the place of the worst
     running one (highest nice, then latest deadline) if it has a lower nice (priority preemption)
@@ -125,9 +130,14 @@ class Scheduler:
             self.held = {o for o in owners if self.limits.throttled(o)}
 
     def _clock(self) -> None:
+        per_owner: dict[str, int] = {}
+        for group in (self.running, self.ready):
+            for p in group.values():
+                per_owner[p.owner] = per_owner.get(p.owner, 0) + weight(p.nice)
         ws = wv = 0.0
         for group in (self.running, self.ready):
             for p in group.values():
+                p.weight = NICE_0 * weight(p.nice) / per_owner[p.owner]     # the user's share, split
                 ws += p.weight
                 wv += p.weight * p.vruntime
         if ws:
