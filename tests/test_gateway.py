@@ -134,10 +134,13 @@ def test_disconnect_mid_stream_kills_the_process(oa, k):
 
 
 def test_disconnect_while_collecting_kills_the_process(url, k):
+    user = getpass.getuser()
+    before = k.syscall(Sys.COUNTERS)["users"][user]["finished"].get("signal", 0)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(url + "/v1/completions", json={"model": "tiny-llama", "prompt": "a", "max_tokens": 400,
+        httpx.post(url + "/v1/completions", json={"model": "tiny-llama", "prompt": "a", "max_tokens": 1000,
                                                    "ignore_eos": True}, timeout=0.3)
     assert settle(k) == [] and k.meminfo()["kv"]["used"] == 0
+    assert k.syscall(Sys.COUNTERS)["users"][user]["finished"].get("signal", 0) == before + 1   # killed
 
 
 def test_tokenize_detokenize(url, k):
