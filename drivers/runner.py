@@ -9,8 +9,8 @@ Contract:
     result, a preemption or a fork never shifts the random stream: same seed, same tokens.
   - A failing forward is isolated: the batch is re-run one sequence at a time and only the
     sequences that still fail get an error (BatchResult.errors); the others get their tokens.
-  - mask(logits, params) is where per-sequence logit masks (grammars, structured output) apply to
-    the batch's rows before sampling; there are none yet, so it returns the logits unchanged.
+  - mask(logits, masks) applies per-row grammar masks (drivers/grammar.py bitmasks, filled for
+    the whole batch by the engine before execute) to the rows that have one, before sampling.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .grammar import apply_masks
 from .llama import SeqInput
 from .sampler import SamplingParams, sample
 
@@ -38,6 +39,7 @@ class Batch:
     params: list[SamplingParams] = field(default_factory=list)   # one per seq with want_logits
     generators: list = field(default_factory=list)               # torch.Generator or None, same rows
     seeds: list[int | None] = field(default_factory=list)        # the draw's seed, same rows
+    masks: list = field(default_factory=list)                    # grammar bitmask [W] or None, same rows
 
     def add(self, seq: SeqInput, params: SamplingParams | None = None, generator=None,
             seed: int | None = None) -> None:
@@ -47,6 +49,7 @@ class Batch:
             self.params.append(params)
             self.generators.append(generator)
             self.seeds.append(seed)
+            self.masks.append(None)
 
 
 @dataclass
@@ -68,7 +71,8 @@ class ModelRunner:
     def run(self, batch: Batch) -> BatchResult:
         t0 = time.perf_counter()
         try:
-            tokens, logprobs = self._run(batch.seqs, batch.params, batch.generators, batch.seeds)
+            tokens, logprobs = self._run(batch.seqs, batch.params, batch.generators, batch.seeds,
+                                         batch.masks)
             result = BatchResult(tokens, logprobs)
         except Exception as e:              # isolate the failing sequences, one at a time
             n = len(batch.seqs)
@@ -78,23 +82,24 @@ class ModelRunner:
                 sl = slice(row, row + seq.want_logits)
                 row += seq.want_logits
                 try:
-                    t, lp = self._run([seq], batch.params[sl], batch.generators[sl], batch.seeds[sl])
+                    t, lp = self._run([seq], batch.params[sl], batch.generators[sl], batch.seeds[sl],
+                                      batch.masks[sl])
                     result.tokens[i], result.logprobs[i] = t[0], lp[0]
                 except Exception as e1:
                     result.errors[i] = f"{type(e1).__name__}: {e1}" if n > 1 else f"{type(e).__name__}: {e}"
         result.seconds = time.perf_counter() - t0
         return result
 
-    def mask(self, logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-        """The hook for per-row logit masks (grammars) before sampling: none yet."""
-        return logits
+    def mask(self, logits: torch.Tensor, masks: list) -> torch.Tensor:
+        """Per-row grammar masks before sampling: forbidden tokens' logits become -inf."""
+        return apply_masks(logits, masks) if any(m is not None for m in masks) else logits
 
-    def _run(self, seqs, params, generators, seeds):
+    def _run(self, seqs, params, generators, seeds, masks):
         logits = self.model.forward(seqs, self.storage)
         for g, s in zip(generators, seeds):
             if s is not None:
                 g.manual_seed(s)
-        res = sample(self.mask(logits, params), params, generators) if params else None
+        res = sample(self.mask(logits, masks), params, generators) if params else None
         out_t, out_lp, row = [], [], 0
         for seq in seqs:
             if seq.want_logits:

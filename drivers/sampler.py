@@ -46,6 +46,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()      # stop strings; the text is cut before the first one
     logprobs: bool = False          # report log p(chosen token) under the unmodified logits
     ignore_eos: bool = False        # keep generating after eos / end-of-turn tokens
+    constraint: object = None       # drivers.grammar.Constraint: every turn's output matches it
+                                    # (wire keys json_schema, regex, grammar, choice)
 
     @property
     def greedy(self) -> bool:
@@ -75,6 +77,12 @@ class SamplingParams:
         for name in ("logprobs", "ignore_eos"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.constraint is not None:
+            from .grammar import Constraint
+            if not isinstance(self.constraint, Constraint):
+                raise ValueError("constraint must be a drivers.grammar.Constraint")
+            if self.stop or self.ignore_eos:     # the grammar decides where the output ends
+                raise ValueError(f"{self.constraint.kind} cannot be combined with stop or ignore_eos")
         return self
 
     @classmethod
@@ -83,11 +91,17 @@ class SamplingParams:
         ``stop`` may be a list or a single string."""
         if not isinstance(d, Mapping):
             raise ValueError(f"sampling parameters must be a map, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        from .grammar import KINDS, Constraint
+        known = {f.name for f in dataclasses.fields(cls)} - {"constraint"} | set(KINDS)
         for key in d:
             if key not in known:
                 raise ValueError(f"unknown sampling parameter {key!r} (known: {', '.join(sorted(known))})")
         kw = dict(d)
+        kinds = [k for k in KINDS if k in kw]
+        if len(kinds) > 1:
+            raise ValueError(f"at most one of {', '.join(KINDS)}, got {', '.join(kinds)}")
+        if kinds:
+            kw["constraint"] = Constraint.from_wire(kinds[0], kw.pop(kinds[0]))
         if isinstance(kw.get("stop"), str):
             kw["stop"] = (kw["stop"],)
         elif isinstance(kw.get("stop"), list):

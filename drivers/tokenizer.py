@@ -243,6 +243,10 @@ class Tokenizer:
         """The vocabulary entry of one id as stored in the file (e.g. 'Ġworld', '▁the', '<0x0A>')."""
         return self._tokens[self._check(token_id)]
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one id decodes to in mid-text (grammar engines match these)."""
+        return self._pieces[self._check(token_id)]
+
     def is_special(self, token_id: int) -> bool:
         """True for control and user-defined tokens (the ones special=True matches as one id)."""
         return self._types[self._check(token_id)] in SPECIAL_TYPES

@@ -55,13 +55,15 @@ class Sys(enum.IntEnum):
     NULL = 0         # ()                                    -> None (round-trip benchmark)
     HELLO = 1        # (token, user?, client?)               -> {abi, kernel_pid, user, lease_s, ...}
     SPAWN = 2        # (prompt: str | [{role, content}] | [token ids], params?: {SamplingParams fields},
-                     #  opts?: {nice, session, detached, command, stdin})  -> pid
+                     #  opts?: {nice, session, detached, command, stdin, pgid})  -> pid
+                     #  params may hold one grammar: json_schema | regex | grammar (Lark/GBNF) | choice
+                     #  pgid: join that process group (the caller's); default: a new group (pgid = pid)
                      #  stdin: the prompt stays open; write() appends to it, close() starts generating
     READ = 3         # (pid, timeout_s?)                     -> {"text", "eof", "turn_end"}
     WRITE = 4        # (pid, text | {role, content} | [{role, content}]) -> number of tokens queued
                      #  (to an open stdin: text appended to the prompt, prefilled as it arrives)
     WAIT = 5         # (pid, timeout_s?)                     -> exit status dict (reaps the process)
-    KILL = 6         # (pid, sig?=SIGTERM)                   -> None
+    KILL = 6         # (pid, sig?=SIGTERM)                   -> None; pid < 0: the process group -pid
     NICE = 7         # (pid, nice: -20..19)                  -> None
     FORK = 8         # (pid)                                 -> child pid (copy-on-write KV)
     PS = 9           # ()                                    -> [process summary dict, ...]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ..drivers.grammar import fill_masks
 from ..drivers.llama import SeqInput
 from ..drivers.runner import Batch, BatchResult, ModelRunner, position_seed
 from .kvcache import KVCache
@@ -100,7 +101,7 @@ class Engine:
         work = self.sched.schedule()
         if not work:
             return None
-        plan = StepPlan()
+        plan, constrained = StepPlan(), []
         for p, n in work:
             start = p.computed
             want = start + n == len(p.tokens) and not p.feeding
@@ -115,6 +116,12 @@ class Engine:
             if p.seed is not None and p.generator is None:
                 p.generator = self.runner.new_generator()
             plan.add(seq, p.params, p.generator, None if p.seed is None else position_seed(p.seed, start + n))
+            if p.matcher is not None:
+                constrained.append((len(plan.masks) - 1, p.matcher))
+        if constrained:         # grammar masks of the whole batch at once, on this thread (the
+            masks = fill_masks([m for _, m in constrained])     # matchers are the owner's)
+            for (row, _), mask in zip(constrained, masks):
+                plan.masks[row] = mask
         self.ops.in_flight = True
         return plan
 
@@ -141,6 +148,8 @@ class Engine:
                         p.stats.prefilled += n
                     if result.tokens[i] is not None:
                         self._deliver(p, result.tokens[i], result.logprobs[i])
+                        if p.matcher is not None:
+                            self._force(p, epoch)
                     elif p.feeding and p.computed == len(p.tokens):
                         ops.end_feed(p)
                 except Exception as e:
@@ -159,7 +168,18 @@ class Engine:
             self.sched.check_invariants()
         return touched
 
+    def _force(self, p: Process, epoch: int) -> None:
+        """Feed the tokens the grammar allows as the only continuation, without sampling (they
+        are computed with the next step, as a chunk)."""
+        for tok in p.matcher.forced():
+            if p.epoch != epoch or p.state is not ProcState.RUNNING or p.matcher is None:
+                return                                  # the turn ended
+            self._deliver(p, tok, 0.0)
+
     def _deliver(self, p: Process, tok: int, logprob: float | None) -> None:
+        if p.matcher is not None and not p.matcher.consume(tok):    # a mask makes this impossible
+            self.ops.exit(p, ExitStatus("error", message=f"grammar rejected token {tok}: {p.matcher.error}"))
+            return
         now = time.monotonic()
         p.tokens.append(tok)
         p.output_ids.append(tok)
@@ -176,6 +196,8 @@ class Engine:
         text, reason = p.output.push(tok)
         p.channel.put(text)
         full = len(p.tokens) >= self.max_context
+        if reason is None and p.matcher is not None and p.matcher.stopped:
+            reason = "eos"                      # the grammar is complete and allows nothing more
         if reason is None and (p.turn_tokens >= p.params.max_tokens or full):
             reason = "length"
         if reason is None:

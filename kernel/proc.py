@@ -117,6 +117,11 @@ class Process:
     __slots__ = (
         # identity: set at spawn, never changed
         "pid", "ppid", "owner", "command", "session", "detached", "params",
+        # process group (Unix pgid): its own pid, or a group it joined at spawn; fork inherits it
+        "pgid",
+        # constrained decoding (drivers/grammar.py): the compiled grammar (from params) and this
+        # turn's matcher state; engine (commit) and procops (new turn, fork) only
+        "grammar", "matcher",
         # who reaps it: the session that spawned/forked it, INIT, or None (the engine's caller)
         "holder",
         # accounting and output: engine
@@ -132,8 +137,10 @@ class Process:
 
     def __init__(self, pid: int, prompt_ids: list[int], params, *, ppid: int = 0, owner: str = "",
                  command: str = "", session: bool = False, detached: bool = False, nice: int = 0,
-                 holder: int | None = None):
+                 holder: int | None = None, pgid: int | None = None):
         self.pid, self.ppid, self.owner, self.command = pid, ppid, owner, command
+        self.pgid = pid if pgid is None else pgid
+        self.grammar = self.matcher = None
         self.holder = holder
         self.session, self.detached, self.params = session, detached, params
         now = time.monotonic()

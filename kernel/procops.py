@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 from dataclasses import replace
 
+from ..drivers.grammar import GrammarCompiler, GrammarError
 from ..drivers.output import TurnOutput
 from ..drivers.runner import position_seed
 from ..drivers.sampler import SamplingParams
@@ -43,6 +44,7 @@ class ProcOps:
         self.on_exit = on_exit                    # callable(Process): it just became a ZOMBIE
         self.in_flight = False                    # a step is computing: blocks may not be freed
         self._dead: list[Process] = []            # exited; blocks freed at the end of the step
+        self.grammars = GrammarCompiler(tokenizer)  # constraints -> compiled grammars (cached)
 
     def get(self, pid: int) -> Process:
         p = self.procs.get(pid)
@@ -58,11 +60,13 @@ class ProcOps:
     def spawn(self, prompt_ids, params: SamplingParams | None = None, *, owner: str = "", nice: int = 0,
               session: bool = False, detached: bool = False, command: str = "", ppid: int = 0,
               stdin: bool = False, stdin_tail: list[int] | None = None,
-              holder: int | None = None) -> Process:
+              holder: int | None = None, pgid: int | None = None) -> Process:
         """A new process generating after prompt_ids. E2BIG (prompt too long), EAGAIN (table full).
         stdin: the prompt stays open — write() appends to it (prefilled as it arrives) and close()
         appends stdin_tail (e.g. the chat template's end of the user turn) and starts generating.
-        holder: the session that will reap it (None: the caller of this method; INIT: init)."""
+        holder: the session that will reap it (None: the caller of this method; INIT: init).
+        pgid: the process group it joins (None: a new group, its own pid). A grammar in params
+        (params.constraint) that does not compile is EINVAL naming the problem."""
         self._assert_ids(prompt_ids)
         params = params or SamplingParams()
         assert params.validate() is params and abi.NICE_MIN <= nice <= abi.NICE_MAX
@@ -71,8 +75,16 @@ class ProcOps:
                                            f"tokens, the context)")
         if self.procs.full():
             raise KernelError(errno.EAGAIN, f"process table full ({self.procs.max_procs})")
+        grammar = None
+        if params.constraint is not None:
+            try:
+                grammar = self.grammars.compile(params.constraint)
+            except GrammarError as e:
+                raise KernelError(errno.EINVAL, f"{e}"[:400]) from None
         p = Process(self.procs.new_pid(), list(prompt_ids), params, ppid=ppid, owner=owner,
-                    command=command, session=session, detached=detached, nice=nice, holder=holder)
+                    command=command, session=session, detached=detached, nice=nice, holder=holder,
+                    pgid=pgid)
+        p.grammar = grammar
         self.new_turn(p)
         p.stdin_open = p.feeding = stdin
         p.stdin_tail = list(stdin_tail or [])
@@ -148,7 +160,8 @@ class ProcOps:
     def fork(self, pid: int, holder: int | None = None) -> Process:
         """A child continuing from p's exact state (tokens, KV shared copy-on-write, queued input,
         the detokenizer and stop-string state of the turn) with its own seed. The child of a
-        stopped process is not stopped: it runs (or sleeps, or takes its queued input) as p would."""
+        stopped process is not stopped: it runs (or sleeps, or takes its queued input) as p would.
+        It joins p's process group and copies p's grammar matcher state."""
         p = self.get(pid)
         if not p.alive:
             raise KernelError(errno.ESRCH, f"process {pid} has exited")
@@ -159,7 +172,8 @@ class ProcOps:
         seed = None if p.seed is None else position_seed(p.seed, -p.forks)
         c = Process(cpid, p.prompt_ids, replace(p.params, seed=seed), ppid=p.pid, owner=p.owner,
                     command=p.command, session=p.session, detached=p.detached, nice=p.nice,
-                    holder=holder)
+                    holder=holder, pgid=p.pgid)
+        c.grammar = p.grammar
         c.tokens, c.output_ids = list(p.tokens), list(p.output_ids)
         c.pending_input = [(list(t), feed) for t, feed in p.pending_input]
         c.stdin_open, c.stdin_tail, c.feeding = p.stdin_open, list(p.stdin_tail), p.feeding
@@ -169,6 +183,7 @@ class ProcOps:
         self.new_turn(c)
         c.turn_start, c.turn_tokens = p.turn_start, p.turn_tokens
         c.output.replay(c.tokens[c.turn_start:])  # the same held-back text as p
+        c.matcher = p.matcher.copy() if p.matcher is not None else None
         self.procs.add(c)
         if p.state is ProcState.SLEEPING or (p.state is ProcState.STOPPED and p.was_sleeping):
             sleep(c)
@@ -177,6 +192,10 @@ class ProcOps:
         else:
             self.sched.enqueue(c)
         return c
+
+    def group(self, pgid: int) -> list[Process]:
+        """The processes of a process group (zombies included), oldest first."""
+        return [p for p in self.procs.all() if p.pgid == pgid]
 
     def orphan(self, holder: int) -> int:
         """The holder (a session) is gone: its processes go to init (reparent), which reaps each
@@ -205,6 +224,7 @@ class ProcOps:
     def new_turn(self, p: Process) -> None:
         p.turn_start, p.turn_tokens = len(p.tokens), 0
         p.output = TurnOutput(self.tokenizer, p.params.stop, p.params.ignore_eos)
+        p.matcher = p.grammar.matcher() if p.grammar is not None else None   # each turn: from the start
 
     def next_turn(self, p: Process) -> None:
         """A sleeping process takes its next queued input and becomes READY (or exits with

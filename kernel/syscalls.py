@@ -204,7 +204,7 @@ def _exit(p) -> dict | None:
 
 def _summary(k: Kernel, p) -> dict:
     st = p.stats
-    return {"pid": p.pid, "ppid": p.ppid, "owner": p.owner, "command": p.command,
+    return {"pid": p.pid, "ppid": p.ppid, "pgid": p.pgid, "owner": p.owner, "command": p.command,
             "state": p.state.name, "nice": p.nice, "session": p.session, "detached": p.detached,
             "prompt_tokens": len(p.prompt_ids), "tokens": len(p.output_ids),
             "blocks": k.engine.kv.holds(p.pid), "swapped": k.engine.kv.is_swapped(p.pid),
@@ -233,7 +233,7 @@ def sys_hello(k: Kernel, c: Caller, token, user="anonymous", client=""):
 def sys_spawn(k: Kernel, c: Caller, prompt, params=None, opts=None):
     """Start a process generating after prompt: raw text, chat messages (rendered by the model's
     template) or token ids."""
-    o = _dict(opts, "opts", {"nice", "session", "detached", "command", "stdin"})
+    o = _dict(opts, "opts", {"nice", "session", "detached", "command", "stdin", "pgid"})
     nice = _int(o.get("nice", 0), "nice", abi.NICE_MIN, abi.NICE_MAX)
     session, detached = _bool(o.get("session", False), "session"), _bool(o.get("detached", False), "detached")
     command = _name(o.get("command", ""), "command")
@@ -248,8 +248,21 @@ def sys_spawn(k: Kernel, c: Caller, prompt, params=None, opts=None):
         raise SysError(E.EINVAL, "the prompt encodes to no tokens")
     p = k.engine.spawn(ids, sp, owner=c.user, nice=nice, session=session, detached=detached,
                        command=command or " ".join(text.split())[:40], stdin=stdin,
-                       stdin_tail=tail, holder=c.sid)
+                       stdin_tail=tail, holder=c.sid, pgid=_join_group(k, c, o.get("pgid")))
     return p.pid
+
+
+def _join_group(k: Kernel, c: Caller, pgid) -> int | None:
+    """A process group a new process may join: one with a live member of the caller's (setpgid)."""
+    if pgid is None:
+        return None
+    pgid = _pid(pgid)
+    members = [p for p in k.engine.ops.group(pgid) if p.alive]
+    if not members:
+        raise SysError(E.ESRCH, f"no process group {pgid}")
+    if not c.admin and any(p.owner != c.user for p in members):
+        raise SysError(E.EPERM, f"process group {pgid} belongs to another owner")
+    return pgid
 
 
 def _prompt_ids(k: Kernel, prompt) -> tuple[list[int], str]:
@@ -321,11 +334,22 @@ def sys_wait(k: Kernel, c: Caller, pid, timeout=None):
 
 
 def sys_kill(k: Kernel, c: Caller, pid, sig=abi.SIGTERM):
-    """Send a signal: INT ends the current turn, TERM/KILL end the process, STOP/CONT suspend/resume."""
-    p = _proc(k, c, pid)
+    """Send a signal: INT ends the current turn, TERM/KILL end the process, STOP/CONT suspend/resume.
+    A negative pid signals the process group -pid (every member the caller may signal; ESRCH
+    when there is no such group, EPERM when it may signal none of them)."""
     if type(sig) is not int or sig not in abi.SIGNAL_NAMES:
         raise SysError(E.EINVAL, f"unsupported signal {sig!r}"[:80])
-    k.engine.signal(p.pid, sig)
+    if type(pid) is int and pid < 0:
+        members = k.engine.ops.group(_pid(-pid))
+        if not members:
+            raise SysError(E.ESRCH, f"no process group {-pid}")
+        mine = [p for p in members if c.admin or p.owner == c.user]
+        if not mine:
+            raise SysError(E.EPERM, f"process group {-pid} belongs to {members[0].owner!r}, not {c.user!r}")
+        for p in mine:
+            k.engine.signal(p.pid, sig)
+        return None
+    k.engine.signal(_proc(k, c, pid).pid, sig)
 
 
 def sys_nice(k: Kernel, c: Caller, pid, nice):
