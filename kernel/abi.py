@@ -83,9 +83,10 @@ class Sys(enum.IntEnum):
     CHECKPOINT = 21  # (pid, path?)                          -> {path, name, pid, tokens, kv_tokens, bytes}: the
                      #  process's whole state to $LLMOS_HOME/checkpoints/<owner>/<name>.ckpt (kernel/checkpoint.py);
                      #  path: a bare name, or an absolute path (admins); it keeps running
-    RESTORE = 22     # (path, opts?: {detached})             -> pid of a new process continuing exactly where the
-                     #  checkpoint was. ENOENT none; ENOEXEC not a checkpoint, newer format, other layout or
-                     #  model; EIO damaged (checksum); EPERM another owner's (unless admin)
+    RESTORE = 22     # (path, opts?: {detached, remove})     -> pid of a new process continuing exactly where the
+                     #  checkpoint was (remove: then delete the file). ENOENT none; ENOEXEC not a checkpoint,
+                     #  newer format, other layout or model; EIO damaged (checksum); EPERM another owner's
+                     #  (unless admin)
 
 
 # Signals keep their (Linux) Unix numbers and meaning on the wire on every platform.

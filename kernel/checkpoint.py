@@ -16,7 +16,8 @@ File format (version 1; all integers little-endian):
                         fields), forks, state, was_sleeping, prompt_ids, output_ids, logprobs,
                         tokens, turn_start, turn_tokens, pending_input [[ids, feed]], stdin_open,
                         stdin_tail, feeding, output [[unread text, ends_turn]], stats},
-              grammar: None (reserved: the grammar matcher's state, once grammars exist)}
+              grammar: None (reserved for matcher state that cannot be replayed; today the
+                       constraint travels in params and the matcher is rebuilt by replay)}
 
 The KV is stored per position, not per block, so a checkpoint restores into any block size and
 (converted) any KV dtype: the layout version names what a position's K/V is (after RoPE, per
@@ -47,7 +48,8 @@ import os
 import struct
 import time
 from collections import deque
-from dataclasses import asdict
+import json
+from dataclasses import fields
 from pathlib import Path
 
 import msgpack
@@ -102,7 +104,7 @@ def snapshot(engine, p: Process, kv: bool = True) -> tuple[dict, torch.Tensor | 
     proc = {
         "pid": p.pid, "owner": p.owner, "command": p.command, "session": p.session,
         "detached": p.detached, "nice": p.nice,
-        "params": {f: (list(x) if isinstance(x, tuple) else x) for f, x in asdict(p.params).items()},
+        "params": params_dict(p.params),
         "forks": p.forks, "state": p.state.name, "was_sleeping": p.was_sleeping,
         "prompt_ids": list(p.prompt_ids), "output_ids": list(p.output_ids), "logprobs": list(p.logprobs),
         "tokens": list(p.tokens), "computed": n, "turn_start": p.turn_start, "turn_tokens": p.turn_tokens,
@@ -112,6 +114,20 @@ def snapshot(engine, p: Process, kv: bool = True) -> tuple[dict, torch.Tensor | 
         "stats": {"tokens": st.tokens, "prefilled": st.prefilled, "cached": st.cached},
     }
     return proc, k, v
+
+
+def params_dict(params) -> dict:
+    """SamplingParams as the wire map SamplingParams.from_dict reads back (a grammar constraint
+    as its wire key: json_schema, regex, grammar or choice)."""
+    out = {}
+    for f in fields(params):
+        x = getattr(params, f.name)
+        if f.name == "constraint":
+            if x is not None:
+                out[x.kind] = json.loads(x.text) if x.kind in ("json_schema", "choice") else x.text
+        else:
+            out[f.name] = list(x) if isinstance(x, tuple) else x
+    return out
 
 
 def _read_kv(kv, pid: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,9 +184,18 @@ def install(engine, proc: dict, k: torch.Tensor | None, v: torch.Tensor | None, 
     p.stdin_open, p.stdin_tail, p.feeding = proc["stdin_open"], list(proc["stdin_tail"]), proc["feeding"]
     for key, value in proc["stats"].items():
         setattr(p.stats, key, value)
+    if getattr(params, "constraint", None) is not None:            # grammars (drivers/grammar.py)
+        try:
+            p.grammar = ops.grammars.compile(params.constraint)
+        except ValueError as e:
+            raise KernelError(E.ENOEXEC, f"checkpoint's grammar: {e}"[:300]) from None
     ops.new_turn(p)
     p.turn_start, p.turn_tokens = proc["turn_start"], proc["turn_tokens"]
-    p.output.replay(p.tokens[p.turn_start:])            # the same held-back text and stop state
+    turn = p.tokens[p.turn_start:]
+    p.output.replay(turn)                                # the same held-back text and stop state
+    if getattr(p, "matcher", None) is not None:          # the grammar matcher: replayed likewise
+        for tok in turn:
+            p.matcher.consume(tok)
     p.channel._segments = deque([[t, e] for t, e in proc["output"]] or [["", False]])
     if k is not None and k.shape[1]:                    # else (or no swap room): recompute
         handle = (_blocks(k, kv.storage), _blocks(v, kv.storage))

@@ -85,8 +85,11 @@ class Checkpoints:
     # ---- checkpoint and restore -------------------------------------------------------------
     def checkpoint(self, p: Process, path: Path, kv: bool = True) -> Future:
         """Snapshot p now; encode and write in the worker. The future's value:
-        {path, name, tokens, kv_tokens, bytes}."""
+        {path, name, tokens, kv_tokens, bytes}. kv=False: a conversation journal, without KV and
+        without unread output (its text is in the tokens; the client may read it before a crash)."""
         proc, k, v = ck.snapshot(self.engine, p, kv)
+        if not kv:
+            proc["output"] = []
         return self.pool.submit(self._write, proc, k, v, path)
 
     def _write(self, proc, k, v, path: Path) -> dict:
@@ -147,18 +150,25 @@ class Checkpoints:
 
     def boot(self) -> list[int]:
         """Restore every saved session with its old pid (held by init); returns their pids."""
-        pids = []
-        for path in sorted(self.dir.glob(f"*/{SESSION_PREFIX}*{SUFFIX}")):
-            try:
-                pid = int(path.stem[len(SESSION_PREFIX):])
-                loaded = self.load(path).result()
-                p = self.restore(loaded, "", True, INIT, detached=True, pid=pid)
-                self._journaled[p.pid] = (len(p.tokens), len(p.pending_input), p.state is ProcState.SLEEPING)
-                pids.append(p.pid)
-            except (KernelError, ValueError, RuntimeError) as e:
-                log.error("boot: session %s not restored: %s; kept as %s.bad", path.name, e, path.name)
-                path.rename(path.with_name(path.name + ".bad"))
+        pids, ops = [], self.engine.ops
+        wake, ops.on_wake = ops.on_wake, None          # no event loop yet: nobody is waiting
+        try:
+            for path in sorted(self.dir.glob(f"*/{SESSION_PREFIX}*{SUFFIX}")):
+                self._boot_one(path, pids)
+        finally:
+            ops.on_wake = wake
         return pids
+
+    def _boot_one(self, path: Path, pids: list[int]) -> None:
+        try:
+            pid = int(path.stem[len(SESSION_PREFIX):])
+            loaded = self.load(path).result()
+            p = self.restore(loaded, "", True, INIT, detached=True, pid=pid)
+            self._journaled[p.pid] = (len(p.tokens), len(p.pending_input), p.state is ProcState.SLEEPING)
+            pids.append(p.pid)
+        except (KernelError, ValueError, RuntimeError) as e:
+            log.error("boot: session %s not restored: %s; kept as %s.bad", path.name, e, path.name)
+            path.rename(path.with_name(path.name + ".bad"))
 
 
 def _log_failure(fut: Future) -> None:

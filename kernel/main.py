@@ -117,6 +117,11 @@ def serve(args, rt: Path) -> int:
             "model_config": dataclasses.asdict(model.config), "max_context": engine.max_context,
             "endpoints": endpoints, "runtime_dir": str(rt)}
     kernel = Kernel(engine=engine, model=model, token=token, waits=waits, lease_s=args.lease, info=info)
+    from .hibernate import Checkpoints          # sessions outlive the kernel: restore the saved ones
+    kernel.checkpoints = Checkpoints(engine, str(path), sessions=True)
+    restored = kernel.checkpoints.boot()
+    log.info("sessions: %d restored from %s%s", len(restored), kernel.checkpoints.dir,
+             f" (pids {', '.join(map(str, restored))})" if restored else "")
     server = Server(kernel, endpoints)
     try:
         server.bind()

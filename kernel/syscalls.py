@@ -504,13 +504,16 @@ def sys_checkpoint(k: Kernel, c: Caller, pid, path=None):
 def sys_restore(k: Kernel, c: Caller, path, opts=None):
     """A new process from a checkpoint file, continuing exactly where it was (its owner or an admin)."""
     from .hibernate import service
-    o = _dict(opts, "opts", {"detached"})
+    o = _dict(opts, "opts", {"detached", "remove"})
     detached = _bool(o["detached"], "detached") if "detached" in o else None
+    remove = _bool(o.get("remove", False), "remove")
     svc = service(k)
     src = svc.resolve(c.user, c.admin, path)
 
     def install(loaded):
         pid = svc.restore(loaded, c.user, c.admin, c.sid, detached).pid
+        if remove:                      # hibernated: the process is back, its file is not needed
+            svc.pool.submit(src.unlink, missing_ok=True)
         if k.wake_engine is not None:
             k.wake_engine()
         return pid

@@ -25,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index":   ("llmos.userland.bin.index",    "the retrieval index: add, ls, rm, search"),
     "ask":     ("llmos.userland.bin.ask",      "answer a question from the index, citing file:line"),
     "gateway": ("llmos.userland.bin.gateway",  "OpenAI/Ollama HTTP, /metrics and the dashboard"),
+    "checkpoint": ("llmos.userland.bin.checkpoint", "save a process's state to a file (it keeps running)"),
+    "hibernate": ("llmos.userland.bin.hibernate", "stop, checkpoint and free processes"),
+    "restore": ("llmos.userland.bin.restore",  "bring checkpointed processes back; -l lists them"),
     "sh":      ("llmos.shell.sh",              "the interactive shell (also: llmos with no command)"),
 }
 

@@ -8,6 +8,7 @@ from llmos.shell.jobctl import job_of
 from llmos.shell.parse import JobSpec, ParseError, parse_target
 from llmos.shell.streams import CommandError
 from llmos.userland.bin import free, models, ps, stat, uname
+from llmos.userland.bin import checkpoint, hibernate, restore
 
 
 def job_pids(inv: Invocation, words: list[str]) -> list[str]:
@@ -44,3 +45,6 @@ userland_program(stat, takes_ids=True, expand=job_pids)
 userland_program(free)
 userland_program(uname)
 userland_program(models)
+userland_program(checkpoint, takes_ids=True, expand=job_pids)
+userland_program(hibernate, takes_ids=True, expand=job_pids)
+userland_program(restore)

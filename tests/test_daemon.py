@@ -33,7 +33,7 @@ def rt():
 
 @pytest.fixture(scope="module")
 def env(rt):
-    return dict(os.environ, LLMOS_RUNTIME_DIR=str(rt), PYTHONUNBUFFERED="1")
+    return dict(os.environ, LLMOS_RUNTIME_DIR=str(rt), LLMOS_HOME=str(rt / "home"), PYTHONUNBUFFERED="1")
 
 
 @pytest.fixture(scope="module")

@@ -220,9 +220,11 @@ class _Stubs:
         Returns {path, name, pid, tokens, kv_tokens, bytes}."""
         return self.syscall(Sys.CHECKPOINT, pid, path)
 
-    def restore(self, path: str, *, detached: bool | None = None):
-        """A new process continuing exactly where the checkpoint was; returns its pid."""
-        return self.syscall(Sys.RESTORE, path, None if detached is None else {"detached": detached})
+    def restore(self, path: str, *, detached: bool | None = None, remove: bool = False):
+        """A new process continuing exactly where the checkpoint was; returns its pid.
+        detached: override the checkpoint's flag; remove: delete the file once restored."""
+        opts = ({} if detached is None else {"detached": detached}) | ({"remove": True} if remove else {})
+        return self.syscall(Sys.RESTORE, path, opts or None)
 
     def shutdown(self):
         """Stop the kernel (its processes get SIGTERM)."""

@@ -17,6 +17,7 @@ RIGHT = frozenset({"PID", "PPID", "NI", "PROMPT", "OUT", "KV", "TOK/S", "AGE"})
 
 def options(p: program.ArgParser) -> None:
     p.add_argument("--json", action="store_true", help="print the process records as JSON")
+    p.add_argument("-a", "--all", action="store_true", help="also hibernated processes (checkpoint files)")
     p.add_argument("pids", nargs="*", type=int, metavar="PID", help="only these processes")
 
 
@@ -71,7 +72,7 @@ def main(argv: list[str], io: program.IO | None = None) -> int:
 
 
 def parser(prog: str = "ps") -> program.ArgParser:
-    p = program.ArgParser(prog, SUMMARY, usage=f"{prog} [--json] [PID...]")
+    p = program.ArgParser(prog, SUMMARY, usage=f"{prog} [-a] [--json] [PID...]")
     options(p)
     return p
 
@@ -80,6 +81,9 @@ def _ps(args, io: program.IO) -> int:
     procs = processes(io.client)
     if args.pids:
         procs = [p for p in procs if p["pid"] in set(args.pids)]
+    if args.all:                                  # hibernated: checkpoint files (restore -l)
+        from llmos.userland.bin import restore
+        procs += [restore.as_ps(r) for r in restore.hibernated()]
     if args.json:
         io.json(procs)
     else:
