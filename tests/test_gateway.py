@@ -47,6 +47,11 @@ def greedy(k, prompt, n: int) -> str:
     return text
 
 
+def killed(k) -> int:
+    """How many of this user's processes have exited by a signal (the kernel's counters)."""
+    return k.syscall(Sys.COUNTERS)["users"].get(getpass.getuser(), {}).get("finished", {}).get("signal", 0)
+
+
 def test_models_and_health(oa, url):
     assert [m.id for m in oa.models.list()] == ["tiny-llama"]
     assert oa.models.retrieve("tiny-llama").owned_by == "llmos"
@@ -120,8 +125,7 @@ def test_n_choices_fork_one_prefill(oa, k):
 
 
 def test_disconnect_mid_stream_kills_the_process(oa, k):
-    user = getpass.getuser()
-    before = k.syscall(Sys.COUNTERS)["users"][user]["finished"].get("signal", 0)
+    before = killed(k)
     stream = oa.completions.create(model="tiny-llama", prompt="tell a long story", max_tokens=400,
                                    temperature=0, stream=True, extra_body={"ignore_eos": True})
     it = iter(stream)
@@ -130,17 +134,16 @@ def test_disconnect_mid_stream_kills_the_process(oa, k):
     stream.close()
     assert settle(k) == []
     assert k.meminfo()["kv"]["used"] == 0
-    assert k.syscall(Sys.COUNTERS)["users"][user]["finished"].get("signal", 0) == before + 1
+    assert killed(k) == before + 1
 
 
 def test_disconnect_while_collecting_kills_the_process(url, k):
-    user = getpass.getuser()
-    before = k.syscall(Sys.COUNTERS)["users"][user]["finished"].get("signal", 0)
+    before = killed(k)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + "/v1/completions", json={"model": "tiny-llama", "prompt": "a", "max_tokens": 1000,
                                                    "ignore_eos": True}, timeout=0.3)
     assert settle(k) == [] and k.meminfo()["kv"]["used"] == 0
-    assert k.syscall(Sys.COUNTERS)["users"][user]["finished"].get("signal", 0) == before + 1   # killed
+    assert killed(k) == before + 1
 
 
 def test_tokenize_detokenize(url, k):
@@ -177,6 +180,8 @@ def test_errors_from_the_kernel_and_the_transport(url, oa):
     r = httpx.post(url + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     r = httpx.post(url + "/v1/completions", content=b" " * (5 << 20))
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/completions", content=(b" " * (1 << 20) for _ in range(5)))     # chunked
     assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
     assert httpx.get(url + "/v1/nothing").status_code == 404
     with pytest.raises(openai.NotFoundError) as e:
