@@ -9,6 +9,7 @@ BENCHMARKS = {
     "forward": ("llmos.benchmarks.forward", "decode-step speed of the driver per dtype and batch"),
     "serve":   ("llmos.benchmarks.serve",   "serving throughput and latency (in-process or through the ABI)"),
     "syscall": ("llmos.benchmarks.syscall", "syscall round-trip latency next to a raw pyzmq echo"),
+    "checkpoint": ("llmos.benchmarks.checkpoint", "checkpoint/restore time and size vs re-prefilling"),
 }
 
 
