@@ -41,7 +41,11 @@ def serve(rest: list[str]) -> int:
     kernel_args += ["--socket", ours.socket] if ours.socket else []
     if ours.http:
         from .gateway import beside_kernel
-        beside_kernel(ours.http, abi.ensure_runtime_dir() / "gateway.log")
+        try:
+            beside_kernel(ours.http, abi.ensure_runtime_dir() / "gateway.log")
+        except ValueError as e:
+            print(f"llmos serve: {e}", file=sys.stderr)
+            return 2
     if not ours.daemon:
         if any(a in ("-h", "--help") for a in kernel_args):
             print(HELP, end="")

@@ -15,10 +15,10 @@ import argparse
 import sys
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"--listen wants HOST:PORT, got {text!r}")
+        raise ValueError(f"{flag} wants HOST:PORT, got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -105,7 +105,7 @@ def beside_kernel(listen: str, log_path) -> "subprocess.Popen":
     waits for the kernel to answer, serves, and exits with it. Output goes to log_path."""
     import os
     import subprocess
-    parse_listen(listen)                                  # ValueError now, not in the background
+    parse_listen(listen, "--http")                        # ValueError now, not in the background
     with open(log_path, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "llmos.userland.bin.gateway", "--listen", listen,
                                  "--wait-kernel", "300", "--exit-with-kernel"], stdin=subprocess.DEVNULL,
