@@ -39,10 +39,11 @@ def serve(rest: list[str]) -> int:
     ap.add_argument("--http", metavar="HOST:PORT")     # also start `llmos gateway` beside the kernel
     ours, kernel_args = ap.parse_known_args(rest)
     kernel_args += ["--socket", ours.socket] if ours.socket else []
+    gateway = None
     if ours.http:
         from .gateway import beside_kernel
         try:
-            beside_kernel(ours.http, abi.ensure_runtime_dir() / "gateway.log")
+            gateway = beside_kernel(ours.http, abi.ensure_runtime_dir() / "gateway.log")
         except ValueError as e:
             print(f"llmos serve: {e}", file=sys.stderr)
             return 2
@@ -51,7 +52,10 @@ def serve(rest: list[str]) -> int:
             print(HELP, end="")
         sys.stdout.flush()
         os.execv(sys.executable, KERNEL + kernel_args)
-    return start(kernel_args, ours.ready_timeout, ours.socket)
+    status = start(kernel_args, ours.ready_timeout, ours.socket)
+    if status and gateway is not None:
+        gateway.terminate()                 # no kernel came up for it
+    return status
 
 
 HELP = """llmos serve --daemon [--ready-timeout S] [kernel options]: start the kernel in the background and
