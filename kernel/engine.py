@@ -159,7 +159,7 @@ class Engine:
             c["steps"] += 1
             c["busy_s"] += result.seconds
             c["prefill_tokens"] += plan.prefill_tokens
-            self.sched.observe(plan.prefill_tokens, result.seconds)
+            self.sched.observe(plan.prefill_tokens, result.seconds, sum(n for _, _, n in plan.entries))
         finally:
             ops.in_flight = False
             ops.reclaim()
