@@ -133,8 +133,6 @@ class Process:
         # scheduling: sched (nice via renice)
         "state", "nice", "weight", "vruntime", "deadline", "epoch", "was_sleeping",
         "_since",
-        # latency goal (kernel/latency.py): set at spawn or by the LATENCY syscall; sched reads it
-        "latency_ms",
     )
 
     def __init__(self, pid: int, prompt_ids: list[int], params, *, ppid: int = 0, owner: str = "",
@@ -170,7 +168,6 @@ class Process:
         self.epoch = 0
         self.was_sleeping = False                    # STOPPED from SLEEPING: cont goes back there
         self._since = now
-        self.latency_ms: float | None = None         # time-per-token target (None: from nice)
 
     def __repr__(self) -> str:
         return f"<Process {self.pid} {self.state.name} nice={self.nice} {len(self.tokens)} tokens>"
@@ -259,12 +256,6 @@ class ProcTable:
             raise RuntimeError(f"proc table: pid {pid} cannot be claimed")
         self._next_pid = max(self._next_pid, pid + 1)
         return pid
-
-    def count_from(self, pid: int) -> int:
-        """new_pid() hands out nothing below pid (a boot goes on from the last one's numbers);
-        returns the next pid it will hand out."""
-        self._next_pid = max(self._next_pid, pid)
-        return self._next_pid
 
     def full(self) -> bool:
         return len(self._procs) >= self.max_procs

@@ -139,28 +139,53 @@ def test_uname_meminfo(k):
     assert k.meminfo()["kv"]["total"] == 128
 
 
+# Parks read(sess) and wait(busy) on one connection; a null call behind them on the same
+# connection is answered only after the kernel has handled (parked) both.
+PARKER = """
+import getpass
+import zmq
+from llmos.kernel import abi
+s = zmq.Context().socket(zmq.DEALER)
+s.connect(abi.kernel_endpoint())
+s.send(abi.encode_request(1, abi.Sys.HELLO, abi.read_token(), getpass.getuser(), "parker"))
+while (hello := abi.decode_reply(s.recv()))[0] != 1:
+    pass
+assert hello[1] == 0, hello
+for rid, no, pid in ((2, abi.Sys.READ, {sess}), (3, abi.Sys.WAIT, {busy}), (4, abi.Sys.NULL, None)):
+    s.send(abi.encode_request(rid, no, *([] if pid is None else [pid, 30])))
+got = {{}}
+while len(got) < 3:
+    rid, err, value = abi.decode_reply(s.recv())
+    if rid is not None:                     # (nil-id frames are liveness notices)
+        got[rid] = [rid, err, value]
+    if rid == 4:
+        print("parked", flush=True)
+print(repr(got[2]))
+print(repr(got[3]))
+"""
+
+
 def test_stop_answers_parked_calls_and_cleans_up(daemon, rt, env, k):
     """Last test in this module: stopping with a parked read and a running process."""
     sess = k.spawn([{"role": "user", "content": "hi"}], max_tokens=3, session=True)
     "".join(k.stream(sess))                              # its turn is over: it sleeps
     busy = k.spawn("long", max_tokens=400, ignore_eos=True)
-    reader = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from llmos.userland import lib\n"
-        f"k = lib.Client(); print('parked', flush=True); print(k.read({sess}))")],
-        env=env, stdout=subprocess.PIPE, text=True)
-    assert reader.stdout.readline().strip() == "parked"
-    time.sleep(0.2)
+    reader = subprocess.Popen([sys.executable, "-c", PARKER.format(sess=sess, busy=busy)],
+                              env=env, stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "parked"    # the kernel has both calls parked
     r = llmos("stop", env=env)
     assert r.returncode == 0 and "stopped" in r.stdout, r.stderr
     out, _ = reader.communicate(timeout=10)
-    assert "'eof': True" in out                           # the parked read got its answer
+    read, wait = (eval(line) for line in out.splitlines())
+    assert read == [2, 0, {"text": "", "eof": True, "turn_end": False}]   # the read got its answer
+    assert wait == [3, 0, {"pid": busy, "reason": "signal", "signal": signal.SIGTERM, "message": "",
+                           "tokens": wait[2]["tokens"]}]                   # busy got SIGTERM
     assert not any(p.exists() for p in (abi.pid_path(rt), abi.token_path(rt), abi.socket_path(rt)))
     assert "stopped" in abi.log_path(rt).read_text()
     with pytest.raises(ConnectionRefusedError, match="llmos serve --daemon"):
         lib.Client()
     ps = llmos("ps", env=env)
     assert ps.returncode == 1 and "llmos serve --daemon" in ps.stderr
-    assert busy
 
 
 def test_boot_failures_are_reported(tmp_path, tiny_model_path):

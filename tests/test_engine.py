@@ -505,3 +505,18 @@ def test_a_forked_child_of_a_stopped_process_runs_its_queued_input(model):
     for q in (ref, p, s, pc, sc):
         e.reap(q.pid)
     assert e.kv.stats()["used"] == 0
+
+
+def test_sigint_to_a_session_flushes_the_text_held_back(model):
+    """Text the output processor holds back (a possible start of a stop string) is delivered when
+    SIGINT ends the turn, not lost with the turn's state."""
+    e = engine(model)
+    ref = solo(model, prompt(130), 12)
+    text = model.tokenizer.decode(ref[:6])
+    assert len(text) >= 3
+    s = e.spawn(prompt(130), greedy(12, stop=(text[-3:] + "\x01",)), session=True)
+    while len(s.output_ids) < 6:
+        e.step()
+    assert s.output_ids == ref[:6] and s.channel.pending != text   # the last 3 chars held back
+    e.signal(s.pid, signal.SIGINT)
+    assert s.channel.read() == text and s.state is S.SLEEPING

@@ -71,11 +71,15 @@ def test_prefix_hit_always_leaves_a_token_to_compute():
 
 
 def test_digest_collision_is_caught_by_token_comparison(monkeypatch):
+    """Every block digests to the same value, so the lookup finds the registered block for other
+    tokens: only the comparison of the tokens themselves keeps it from being shared."""
+    monkeypatch.setattr(kvcache, "block_digest", lambda parent, tokens: b"collide")
     kv = make()
     fill(kv, 1, [1, 2, 3, 4, 5])
     kv.free(1)
-    monkeypatch.setattr(kvcache, "block_digest", lambda parent, tokens: b"collide")
+    assert kv.stats()["cached"] == 1                       # registered under the colliding digest
     assert kv.match_prefix(2, [9, 9, 9, 9, 9]) == 0
+    assert kv.match_prefix(3, [1, 2, 3, 4, 9]) == 4        # the same tokens still hit
     kv.check_invariants()
 
 

@@ -239,3 +239,34 @@ def test_state_machine(model):
     run_state_machine_as_test(EngineMachine, settings=settings(
         max_examples=50, stateful_step_count=40, deadline=None,
         suppress_health_check=list(HealthCheck)))
+
+
+def test_admission_reserves_the_growth_of_the_running(model):
+    """Two processes whose contexts cannot grow side by side in the pool are not admitted
+    together (each would fit alone at admission): the second waits, nobody is preempted."""
+    e = engine(model, num_blocks=8, slice_tokens=64)
+    a = e.spawn(prompt(1, 20), greedy(60))         # 20 + 64 tokens: 6 blocks reserved
+    e.step()
+    b = e.spawn(prompt(2, 20), greedy(60))         # 2 blocks now, 6 with its slice
+    e.run_until_idle()
+    assert a.stats.preemptions == b.stats.preemptions == 0
+    assert b.stats.first_token_at >= a.stats.last_token_at
+    assert a.output_ids == solo(model, prompt(1, 20), 60) and b.output_ids == solo(model, prompt(2, 20), 60)
+
+
+def test_a_starting_process_evicts_only_lower_priorities(model):
+    """A newcomer may take memory from running processes of a higher nice only (strict), not from
+    an equal-nice one that merely ranks later: here the nice-0 runner has run far ahead in
+    virtual time of the nice -10 one that sets the clock, so the newcomer ranks before it."""
+    e = engine(model, num_blocks=14, slice_tokens=4, max_running=3)
+    heavy = e.spawn(prompt(1, 20), greedy(300), nice=-10)
+    light = e.spawn(prompt(2, 20), greedy(300))
+    for _ in range(40):
+        e.step()
+    late = e.spawn(prompt(3, 120), greedy(4))       # needs 8 blocks; fewer are free
+    e.step()
+    assert e.sched._badness(late) < e.sched._badness(light)     # the premise: late ranks first
+    for _ in range(30):
+        e.step()
+    assert light.stats.preemptions == heavy.stats.preemptions == 0 and not late.output_ids
+    assert late.stats.preemptions == 0           # never admitted only to give its place back

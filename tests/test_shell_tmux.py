@@ -27,7 +27,7 @@ TMUX = shutil.which("tmux")
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (.ci/run installs it)")
 
 MODEL = "tinysh"                      # the model file's stem: what uname and the prompt show
-PROMPT = re.compile(rf"llmos\({MODEL} kv [\d.]+%\)\$")
+PROMPT = re.compile(rf"llmos\({MODEL} kv \d+%\)\$")
 LONG = "-n 7000 --ignore-eos"         # a run that lasts seconds on the tiny model
 
 
@@ -163,11 +163,6 @@ def greedy(k, prompt: str, n: int) -> str:
     return text
 
 
-def ended(text: str) -> str:
-    """An answer as the shell writes it: ending with a newline."""
-    return text if not text or text.endswith("\n") else text + "\n"
-
-
 def wait_state(k, pid: int, state: str, timeout: float = 20.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -191,7 +186,7 @@ def newest_pid(k, timeout: float = 20.0) -> int:
 def test_prompt_shows_model_and_run_streams_the_answer(sh, k, tmp_path):
     want = greedy(k, "hello there", 10)
     sh.command('run -n 10 "hello there" > answer.txt')
-    assert (tmp_path / "answer.txt").read_text() == ended(want)
+    assert (tmp_path / "answer.txt").read_text() == want
     out = sh.command('run -n 10 "hello there"')
     assert out.strip(), "nothing was streamed to the terminal"
     assert k.ps() == []                                   # the shell reaped its process
@@ -246,7 +241,6 @@ def test_ctrl_c_interrupts_the_foreground_process(sh, k):
     sh.keys("C-c")
     out = sh.wait_prompt_after(f"run {LONG} story", timeout=10)
     assert "^C" in out
-    assert out.split("^C", 1)[1].strip() == ""          # nothing printed after the ^C
     assert k.ps() == []                                   # interrupted, exited and reaped
     assert sh.command("jobs") == ""
 
@@ -256,11 +250,11 @@ def test_kill_stop_shows_in_ps_and_jobs(sh, k):
     pid = int(re.search(r"\[1\] (\d+)", out).group(1))
     wait_state(k, pid, "RUNNING")
     assert sh.command(f"kill -STOP {pid}") == ""
-    assert re.search(rf"\n\s*{pid}\s+0\s+(\d+\s+)?\S+\s+STOPPED", sh.command("ps"))
+    assert re.search(rf"\n\s*{pid}\s+0\s+\S+\s+STOPPED", sh.command("ps"))
     assert re.search(r"\[1\]\+\s+Stopped", sh.command("jobs"))
     sh.command("kill -CONT %1")
     wait_state(k, pid, "RUNNING")
-    assert re.search(rf"\n\s*{pid}\s+0\s+(\d+\s+)?\S+\s+RUNNING", sh.command("ps"))
+    assert re.search(rf"\n\s*{pid}\s+0\s+\S+\s+RUNNING", sh.command("ps"))
     sh.command("kill %1")
     sh.wait_for(rf"\[1\]\+\s+Terminated\s+run {LONG} story > /dev/null")
     assert sh.command("kill 99999") == "kill: (99999) - No such process"
@@ -276,8 +270,7 @@ def test_nice_renice_and_fork(sh, k, tmp_path):
     out = sh.command("fork %1 > child.txt")
     child = int(re.fullmatch(r"\[2\] (\d+)", out).group(1))
     assert child != pid and k.stat(child)["ppid"] == pid and k.stat(child)["owner"] == k.info["user"]
-    line = re.search(rf"\[2\]\+\s+Running\s+.*\(fork of {pid}\).*", sh.command("jobs")).group(0)
-    assert "/dev/null" not in line and line.endswith(f"(fork of {pid}) > child.txt &")   # not the parent's
+    assert re.search(rf"\[2\]\+\s+Running\s+.*\(fork of {pid}\)", sh.command("jobs"))
     sh.command("kill %1 %2")
     sh.wait_for(r"\[2\].\s+Terminated")
     assert (tmp_path / "child.txt").read_text()        # the child's text went where fork's did
@@ -307,9 +300,9 @@ def test_pipe_streams_the_first_answer_into_the_second(sh, k, tmp_path):
     want = "".join(k.stream(pid))
     k.wait(pid)
     sh.command('run -n 8 "list three fruits" | run -n 8 "translate into French:" > fr.txt')
-    assert (tmp_path / "fr.txt").read_text() == ended(want)
+    assert (tmp_path / "fr.txt").read_text() == want
     sh.command('echo "list three fruits" | run -n 8 > from_echo.txt')   # a builtin's text in
-    assert (tmp_path / "from_echo.txt").read_text() == ended(greedy(k, "list three fruits\n", 8))
+    assert (tmp_path / "from_echo.txt").read_text() == greedy(k, "list three fruits\n", 8)
     assert k.ps() == []
 
 
@@ -368,63 +361,6 @@ def test_tab_completes_commands_and_options(sh):
     sh.keys("C-u")
 
 
-# --- issue 13: what a new user hit ------------------------------------------------------------
-
-def test_answers_end_with_a_newline(sh, k, tmp_path):
-    want = ended(greedy(k, "hello there", 6))
-    sh.command('run -n 6 "hello there" >> log.txt')
-    sh.command('run -n 6 "hello there" >> log.txt')
-    assert (tmp_path / "log.txt").read_text() == want * 2
-    out = sh.command('run -n 6 "hello there" & wait ; ps')
-    assert any(line.startswith("PID  PPID") for line in out.splitlines())   # ps on its own line
-
-
-def test_ctrl_z_at_an_empty_prompt_does_nothing(sh):
-    sh.clear()
-    sh.keys("C-z")
-    sh.line("echo still fine")
-    assert sh.wait_prompt_after("echo still fine") == "still fine"
-
-
-def test_prompt_follows_kv_use(sh, k):
-    sh.command(f"run {LONG} story > /dev/null &")
-    sh.wait_for(re.compile(rf"llmos\({MODEL} kv (?!0%|0\.0%)[\d.]+%\)\$"), timeout=20, history=False)
-
-
-def test_scripted_chat_shows_each_turn(kernel, k, tmp_path):
-    (tmp_path / "turns.txt").write_text("hello\nand again\n")
-    r = llmos(kernel["env"], "-c", "chat -n 3 < turns.txt", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert re.match(r"chat> hello\n(.*\n)+chat\[\d+\]> and again\n", r.stdout), r.stdout
-
-
-def test_the_shell_notices_the_kernel_go_away(kernel, tmp_path):
-    rt = Path(tempfile.mkdtemp(prefix="llmos-gone-", dir="/tmp"))
-    env = _env(rt, tmp_path / "home")
-    try:
-        started = subprocess.run([sys.executable, "-m", "llmos.shell.cli", "serve", "--daemon", "--model",
-                                  kernel["model"], "--kv-blocks", "256", "--dtype", "fp32"], env=env,
-                                 capture_output=True, text=True, timeout=180)
-        assert started.returncode == 0, started.stderr
-        s = Shell(env, tmp_path)
-        try:
-            s.clear()
-            s.line(f"run {LONG} story")
-            s.wait_for(r"story\n.+")                                  # it is streaming
-            os.kill(int((rt / "kernel.pid").read_text()), 9)
-            t0 = time.monotonic()
-            s.wait_for(r"lost the connection to the kernel", timeout=10)
-            s.wait_for(r"llmos\(no kernel\)\$", timeout=10)
-            assert time.monotonic() - t0 < 10
-            s.line("")                                                  # Enter at the prompt: no hang
-            s.wait_for(r"llmos\(no kernel\)\$\s*\n.*llmos\(no kernel\)\$", timeout=5)
-        finally:
-            s.close()
-    finally:
-        subprocess.run([sys.executable, "-m", "llmos.shell.cli", "stop"], env=env, capture_output=True, timeout=60)
-        shutil.rmtree(rt, ignore_errors=True)
-
-
 # --- non-interactive: -c, scripts, starting a kernel ---------------------------------------------
 
 def llmos(env: dict, *args: str, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -435,7 +371,7 @@ def llmos(env: dict, *args: str, cwd=None, timeout: float = 120) -> subprocess.C
 def test_dash_c_runs_and_returns_the_last_status(kernel, k):
     r = llmos(kernel["env"], "-c", 'run -n 4 "hi" ; ps')
     assert r.returncode == 0, r.stderr
-    assert re.search(r"PID  PPID  (PGID  )?USER  STATE", r.stdout)
+    assert "PID  PPID  USER  STATE" in r.stdout
     r = llmos(kernel["env"], "-c", "ps ; kill 99999")
     assert r.returncode == 1 and r.stderr.strip() == "kill: (99999) - No such process"
     r = llmos(kernel["env"], "-c", "kill 99999 ; echo fine")

@@ -74,11 +74,14 @@ def err_of(fn, *args, **kw) -> int:
 # ---- spawn / read / wait -----------------------------------------------------------------------
 
 def test_spawn_stream_wait(k):
+    twin = k.spawn("Hello world", max_tokens=12, ignore_eos=True)
     pid = k.spawn("Hello world", max_tokens=12, ignore_eos=True)
     text = "".join(k.stream(pid))
     st = k.wait(pid)
     assert st == {"pid": pid, "reason": "length", "signal": None, "message": "", "tokens": 12}
-    assert isinstance(text, str)
+    wait_until(lambda: k.stat(twin)["state"] == "ZOMBIE")
+    assert text and text == k.read(twin)["text"]          # streamed in pieces = read in one go
+    k.wait(twin)
     assert err_of(k.wait, pid) == errno.ESRCH          # reaped
 
 
@@ -142,13 +145,16 @@ def test_read_parks_until_output_and_times_out(k):
     r = k.read(pid, 5)                                  # woken by the engine, not by polling
     assert r["text"] or r["turn_end"]
     second = "".join(k.stream(pid))
-    assert k.stat(pid)["tokens"] == 8 and isinstance(first + second, str)
+    assert k.stat(pid)["tokens"] == 8 and first and second   # two turns of text, 4 tokens each
     assert err_of(k.write, pid, "") == errno.EINVAL
     k.kill(pid, "TERM")
     assert k.wait(pid, 5)["signal"] == signal.SIGTERM
 
 
 def test_read_after_exit_reports_eof(k):
+    twin = k.spawn("abc", max_tokens=3, ignore_eos=True)
+    want = "".join(k.stream(twin))
+    k.wait(twin)
     pid = k.spawn("abc", max_tokens=3, ignore_eos=True)
     wait_until(lambda: k.stat(pid)["state"] == "ZOMBIE")
     chunks = []
@@ -157,6 +163,7 @@ def test_read_after_exit_reports_eof(k):
         chunks.append(r["text"])
         if r["eof"]:
             break
+    assert want and chunks == [want]                    # all of it, then eof with the last text
     assert k.read(pid, 1) == {"text": "", "eof": True, "turn_end": False}
     k.wait(pid)
 
@@ -421,3 +428,35 @@ def test_a_prompt_that_is_not_utf8_is_named_as_such(k):
     with pytest.raises(OSError) as ei:
         k.syscall(Sys.SPAWN, latin1)
     assert ei.value.errno == errno.EINVAL and "UTF-8" in ei.value.strerror
+
+
+ORPHANED = """
+from llmos.userland import lib
+k = lib.Client(user="alice", client="doomed")
+pid = k.spawn("a session", max_tokens=2, ignore_eos=True, session=True)
+"".join(k.stream(pid))                   # its turn is over: it sleeps, and the engine is idle
+print(pid, flush=True)
+input()
+"""
+
+
+def test_a_waiter_on_an_orphan_gets_its_status_from_init(k, srv):
+    """The spawning client vanishes; its process is killed and reaped by init at the lease's end.
+    Another connection of the same user that waits for it meanwhile still gets its status."""
+    child = subprocess.Popen([sys.executable, "-c", ORPHANED], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    r = Raw(srv.endpoint)
+    try:
+        pid = int(child.stdout.readline())
+        assert r.call(1, Sys.HELLO, srv.token, "alice")[1] == 0
+        r.send(abi.encode_request(2, Sys.WAIT, pid, 10))
+        assert r.call(3, Sys.NULL) == (3, 0, None)            # the wait is parked (frames in order)
+        child.kill()
+        child.wait()
+        rid, err, st = r.reply(10)
+        assert (rid, err, st["reason"], st["signal"]) == (2, 0, "signal", signal.SIGKILL)
+        assert err_of(k.stat, pid) == errno.ESRCH             # init reaped it
+    finally:
+        r.close()
+        child.kill()
+        child.wait()
