@@ -80,6 +80,8 @@ class Sys(enum.IntEnum):
                      #  preemptions, engine[, blocks: {held: {pid: [ids]}, cached, swapped}]} (kernel/ledger.py)
     EMBED = 19       # ([text, ...])                         -> [[float] * dim, ...] unit vectors, one per text
                      #  (the encoder model, drivers/bert.py: $LLMOS_EMBED_MODEL, default minilm)
+    LIMITS = 20      # (scope?, {limit: int | nil}?)          -> {rules: {scope: {limit: n}}, usage: {user: {...}}};
+                     #  with changes (admins): set scope's limits (kernel/limits.py) -> its rule
     CHECKPOINT = 21  # (pid, path?)                          -> {path, name, pid, tokens, kv_tokens, bytes}: the
                      #  process's whole state to $LLMOS_HOME/checkpoints/<owner>/<name>.ckpt (kernel/checkpoint.py);
                      #  path: a bare name, or an absolute path (admins); it keeps running
@@ -87,6 +89,9 @@ class Sys(enum.IntEnum):
                      #  checkpoint was (remove: then delete the file). ENOENT none; ENOEXEC not a checkpoint,
                      #  newer format, other layout or model; EIO damaged (checksum); EPERM another owner's
                      #  (unless admin)
+    LATENCY = 25     # (pid, ms | nil)                       -> None; the time-per-token target the scheduler sizes
+                     #  steps for while it runs (kernel/latency.py); nil: derived from nice. EPERM: needs the
+                     #  privilege a nice below 0 needs
 
 
 # Signals keep their (Linux) Unix numbers and meaning on the wire on every platform.
@@ -107,7 +112,8 @@ MAX_TEXT_CHARS = 1 << 20         # E2BIG: prompt / write / tokenize text (tokens
 MAX_MESSAGES = 1024              # E2BIG: chat messages in one spawn
 MAX_TOKEN_IDS = 1 << 20          # E2BIG: detokenize input
 MAX_NAME_CHARS = 256             # EINVAL: user, client, command names
-MAX_EMBED_TEXTS = 64             # E2BIG: texts in one embed call (EINVAL: none)
+MAX_EMBED_TEXTS = 32             # E2BIG: texts in one embed call (EINVAL: none); 32 x 256 tokens
+                                 # take seconds, well inside a client's call timeout
 MAX_EMBED_CHARS = 1 << 14        # E2BIG: one embed text (the encoder reads at most 256 tokens)
 MAX_PARK_S = 60.0                # a blocking call parks at most this long (ETIMEDOUT; clients loop)
 MAX_REQ_ID = (1 << 63) - 1
