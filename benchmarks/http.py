@@ -47,6 +47,8 @@ async def serve_http(url: str, n: int, input_len: int, output_len: int, seed: in
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
                     chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        raise RuntimeError(f"request {i}: {chunk['error']['message']}")
                     now = time.perf_counter()
                     if chunk["choices"] and chunk["choices"][0]["text"]:
                         if last is not None:
@@ -119,7 +121,10 @@ def main(argv: list[str]) -> int:
                     rounds.append({"abi": a, "http": h, "ratio": h["output_throughput"] / a["output_throughput"]})
             finally:
                 proc.terminate()
-                proc.wait(10)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
     except (RuntimeError, OSError) as e:
         print(f"llmos bench serve --via http: {e}", file=sys.stderr)
         return 1
