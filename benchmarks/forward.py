@@ -1,22 +1,30 @@
-"""`llmos bench forward`: decode-step time of the driver, per dtype and batch size.
+"""`llmos bench forward`: the driver's decode and prefill speed, per dtype and batch size,
+optionally next to llama.cpp on the same GGUF with the same threads (`--vs llama.cpp`).
 
-Each of B sequences holds `--context` tokens in the paged KV pool and brings one new token; one
-step is one ``LlamaModel.forward``. Printed next to each batch-1 figure is the machine's bound:
-weight bytes one step streams ÷ memory bandwidth measured in the same run (a large tensor copy).
+Decode: each of B sequences holds `--context` tokens in the paged KV pool and brings one new
+token; one step is one ``LlamaModel.forward``. Prefill: one fresh sequence of `--prefill` tokens.
+Printed next to batch 1 is the machine's bound: weight bytes one step streams ÷ memory bandwidth
+measured in the same run (a large tensor copy). `--count-ops` counts the torch ops of one decode
+step (a TorchDispatchMode counter) and the quantized-kernel calls. The header names the CPU, its
+features (drivers/cpu.py) and the kernel code path (drivers/quant.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..drivers.catalog import DEFAULT_MODEL, resolve
+from ..drivers.cpu import cpu_features, isa_summary
 from ..drivers.gguf import ModelFileError
 from ..drivers.llama import LlamaModel, SeqInput
+from ..drivers.quant import kernel_isa
 
 
 def memory_bandwidth(nbytes: int = 1 << 29, repeats: int = 5) -> float:
@@ -31,6 +39,11 @@ def memory_bandwidth(nbytes: int = 1 << 29, repeats: int = 5) -> float:
     return 2 * nbytes / best
 
 
+def _sync(model: LlamaModel) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def decode_step_seconds(model: LlamaModel, batch: int, context: int, steps: int,
                         block_size: int = 16) -> float:
     """Median seconds of one decode step of `batch` sequences at `context` tokens."""
@@ -42,20 +55,70 @@ def decode_step_seconds(model: LlamaModel, batch: int, context: int, steps: int,
         seqs = [SeqInput([1 + (i + step) % 100], context + step, tables[i]) for i in range(batch)]
         t = time.perf_counter()
         model.forward(seqs, kv)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(model)
         times.append(time.perf_counter() - t)
     return statistics.median(times[2:])
+
+
+def prefill_seconds(model: LlamaModel, n: int, repeats: int = 3, block_size: int = 16) -> float:
+    """Best seconds of prefilling one fresh sequence of n tokens."""
+    blocks = -(-n // block_size)
+    kv = model.new_kv(blocks + 1, block_size)
+    seq = SeqInput([1 + i % 100 for i in range(n)], 0, list(range(1, blocks + 1)))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model.forward([seq], kv)
+        _sync(model)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts aten ops dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(model: LlamaModel, context: int = 32) -> tuple[int, int]:
+    """(torch ops, quantized-kernel calls) of one batch-1 decode step."""
+    from ..drivers import quant
+    lib = quant.kernels()
+    calls = collections.Counter()
+    originals = {}
+    if lib is not None:
+        for name in ("llmos_qmatmul", "llmos_rope", "llmos_dequant_rows"):
+            fn = getattr(lib, name)
+            originals[name] = fn
+            setattr(lib, name, lambda *a, _fn=fn, _n=name: (calls.update([_n]), _fn(*a))[1])
+    kv = model.new_kv(-(-(context + 2) // 16) + 1, 16)
+    seq = SeqInput([5], context, list(range(1, -(-(context + 2) // 16) + 1)))
+    try:
+        with OpCounter() as counter:
+            model.forward([seq], kv)
+    finally:
+        for name, fn in originals.items():
+            setattr(lib, name, fn)
+    return sum(counter.ops.values()), sum(calls.values())
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="llmos bench forward", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--batch", default="1,8,64,256", help="comma-separated batch sizes")
+    ap.add_argument("--batch", default="1,64", help="comma-separated decode batch sizes")
     ap.add_argument("--context", type=int, default=256, help="tokens already in each sequence's KV")
-    ap.add_argument("--dtype", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    ap.add_argument("--prefill", type=int, default=512, help="prefill length (0: skip)")
+    ap.add_argument("--dtype", default="auto,fp32", help="comma-separated: auto (quantized), fp32, bf16")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--vs", choices=("llama.cpp",), help="also run llama.cpp on the same file")
+    ap.add_argument("--count-ops", action="store_true", help="count torch ops per decode step")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args(argv[1:])
     try:
@@ -64,24 +127,52 @@ def main(argv: list[str]) -> int:
     except (ModelFileError, ValueError) as e:
         print(f"llmos bench forward: {e}")
         return 1
+    threads = torch.get_num_threads()
     bandwidth = memory_bandwidth()
+    say = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
+    say(f"cpu {cpu_features()['model']} ({isa_summary()})  kernels {kernel_isa()}  threads {threads}")
+    say(f"model {path.name}  context {args.context}  memory bandwidth {bandwidth / 1e9:.1f} GB/s")
+    say(f"{'engine':<10} {'figure':<12} {'ms':>9} {'tok/s':>9} {'bound tok/s':>12}")
     results = []
-    if not args.json:
-        print(f"model {path.name}  context {args.context}  threads {torch.get_num_threads()}  "
-              f"memory bandwidth {bandwidth / 1e9:.1f} GB/s")
-        print(f"{'dtype':<6} {'batch':>5} {'ms/step':>9} {'tok/s':>9} {'bound tok/s':>12}")
+
+    def record(engine, figure, sec, tokens, bound=None):
+        results.append({"engine": engine, "figure": figure, "ms": sec * 1e3,
+                        "tokens_per_s": tokens / sec, "bound_tokens_per_s": bound})
+        say(f"{engine:<10} {figure:<12} {sec * 1e3:>9.2f} {tokens / sec:>9.1f} "
+            f"{'' if bound is None else f'{bound:12.1f}'}")
+
     for dtype in args.dtype.split(","):
         model = LlamaModel.load(str(path), dtype=dtype, device=args.device)
+        engine = "llmos-q" if model.quantized else f"llmos-{dtype}"
+        say(f"# {engine}: {model.weight_format()}, weights {model.weight_bytes() / 1e6:.1f} MB")
+        if args.count_ops:
+            ops, calls = count_ops(model)
+            results.append({"engine": engine, "torch_ops_per_decode_step": ops, "kernel_calls": calls})
+            say(f"# {engine}: one batch-1 decode step = {ops} torch ops + {calls} kernel calls")
         for b in batches:
             sec = decode_step_seconds(model, b, args.context, args.steps)
-            bound = bandwidth / model.decode_weight_bytes(b) if b == 1 else None
-            results.append({"dtype": dtype, "batch": b, "ms_per_step": sec * 1e3,
-                            "tokens_per_s": b / sec, "bound_tokens_per_s": bound})
-            if not args.json:
-                print(f"{dtype:<6} {b:>5} {sec * 1e3:>9.2f} {b / sec:>9.1f} "
-                      f"{'' if bound is None else f'{bound:12.1f}'}", flush=True)
+            record(engine, f"decode b{b}", sec, b,
+                   bandwidth / model.decode_weight_bytes(b) if b == 1 else None)
+        if args.prefill:
+            record(engine, f"prefill {args.prefill}", prefill_seconds(model, args.prefill), args.prefill)
         del model
+    if args.vs:
+        from .llamacpp import LlamaCpp
+        llm = LlamaCpp(str(path), threads, n_ctx=max(args.prefill, args.context + max(batches) * (args.steps + 4)) + 64)
+        for b in batches:
+            tok_s = llm.decode_tok_s(b, args.context, args.steps)
+            record("llama.cpp", f"decode b{b}", b / tok_s, b)
+        if args.prefill:
+            record("llama.cpp", f"prefill {args.prefill}", args.prefill / llm.prefill_tok_s(args.prefill), args.prefill)
+        llm.close()
+        say("ratios (llmos / llama.cpp, tok/s):")
+        base = {r["figure"]: r["tokens_per_s"] for r in results if r.get("engine") == "llama.cpp"}
+        for r in results:
+            if r.get("engine", "").startswith("llmos") and r.get("figure") in base:
+                r["vs_llama_cpp"] = r["tokens_per_s"] / base[r["figure"]]
+                say(f"  {r['engine']:<10} {r['figure']:<12} {r['vs_llama_cpp']:.2f}x")
     if args.json:
-        print(json.dumps({"model": path.name, "context": args.context, "device": args.device,
+        print(json.dumps({"model": path.name, "context": args.context, "threads": threads,
+                          "cpu": cpu_features(), "kernels": kernel_isa(),
                           "memory_bandwidth": bandwidth, "results": results}))
     return 0

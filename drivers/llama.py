@@ -3,7 +3,10 @@
 ``forward`` takes a flat batch of sequences, each bringing some new tokens (a prefill chunk or one
 decode token) at some position, with its block table; it writes the new K/V into the pool, attends
 through the block tables (drivers/attention.py) and returns logits only for the sequences that
-asked for them. Weights are dequantised from GGUF once at load time into fp32 or bf16.
+asked for them. By default (dtype 'auto' on a CPU) GGUF-quantized matrices stay quantized and run
+in drivers/quant.py's kernels, RMSNorm and SwiGLU fused into the matmul calls and the residual
+adds done in place; 'fp32'/'bf16' dequantise them once (fp32 is the exact reference path).
+Q/K/V and gate/up are fused into one matrix each.
 
 GGUF stores Q and K rows permuted for interleaved-pair RoPE; they are permuted back at load time so
 that RoPE here is the cheaper rotate-half form.
@@ -11,6 +14,7 @@ that RoPE here is the cheaper rotate-half form.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -18,11 +22,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import psutil
+from gguf import GGMLQuantizationType
+
+from .arch import ARCHS, model_class
 from .attention import build_metadata, paged_attention
 from .device import pick_device, pick_dtype
-from .gguf import GGUFModelFile, ModelConfig
+from .gguf import GGUFModelFile, ModelConfig, ModelFileError
 from .kvstore import KVStorage
 from .linear import Linear
+from .quant import KERNEL_TYPES, QLinear, has_kernel, kernel_isa, kernels, rope_
+
+log = logging.getLogger("llmos.drivers")
 
 
 @dataclass
@@ -41,20 +52,23 @@ def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 class Layer:
-    __slots__ = ("attn_norm", "wqkv", "wo", "ffn_norm", "w_gate_up", "w_down")
+    __slots__ = ("attn_norm", "wqkv", "wo", "ffn_norm", "w_gate_up", "w_down",
+                 "bqkv", "extra")     # q/k/v biases (qwen2) or None; drivers/arch.py extra norms
 
 
 class LlamaModel:
-    """Weights on one device, in one dtype. forward() is pure compute: safe in a worker thread
-    as long as nobody else touches the KV pool during it."""
+    """Weights on one device. forward() is pure compute: safe in a worker thread as long as nobody
+    else touches the KV pool during it. ``quantized``: matrices stay in their GGUF quant types and
+    run in drivers/quant.py's kernels (activations and KV in fp32); otherwise they were dequantised
+    once into ``dtype``."""
 
-    def __init__(self, config: ModelConfig, layers: list[Layer], embed: torch.Tensor,
-                 out_norm: torch.Tensor, lm_head: torch.Tensor, dtype: torch.dtype,
-                 device: torch.device, tokenizer=None, path: str = "", weight_bytes: int = 0):
+    def __init__(self, config: ModelConfig, layers: list[Layer], embed, out_norm: torch.Tensor,
+                 lm_head, dtype: torch.dtype, device: torch.device, tokenizer=None, path: str = "",
+                 quantized: bool = False):
         self.config, self.layers, self.embed = config, layers, embed
         self.out_norm, self.lm_head = out_norm, lm_head
         self.dtype, self.device, self.tokenizer, self.path = dtype, device, tokenizer, path
-        self.weight_bytes = weight_bytes
+        self.quantized = quantized
         half = config.head_dim // 2
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, half, dtype=torch.float64) / half))
         angles = torch.outer(torch.arange(config.context_length, dtype=torch.float64), inv_freq)
@@ -65,43 +79,71 @@ class LlamaModel:
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str, dtype: str = "auto", device: str = "auto",
-             progress: bool = False, int8_decode: bool = True) -> "LlamaModel":
-        """Load a GGUF file. Raises ModelFileError (one line) before anything is half-built.
+             progress: bool = False, int8_decode: bool = True,
+             memory_available: int | None = None) -> "LlamaModel":
+        """Load a GGUF file. Raises ModelFileError (one line) before anything is half-built, also
+        when the weights would not fit in `memory_available` bytes (default: what the host has).
+        dtype 'auto' on a CPU keeps quantized weights quantized (drivers/quant.py) when the
+        kernels build; 'fp32' / 'bf16' dequantise every matrix once (fp32 is the exact reference).
         int8_decode: in bf16 on CPU, also keep int8 weights for small batches (drivers/linear.py)."""
         gf = GGUFModelFile(path)
         from .tokenizer import Tokenizer
         tokenizer = Tokenizer.from_metadata(gf.metadata, path=gf.path)
         dev = pick_device(device)
-        dt = pick_dtype(dtype, dev)
+        quantized = dtype == "auto" and dev.type == "cpu" and kernels() is not None
+        dt = torch.float32 if quantized else pick_dtype(dtype, dev)
         c = gf.config
+        spec = ARCHS[c.arch]
+        cls = model_class(c.arch) if cls is LlamaModel else cls     # gemma3: drivers/gemma3.py
+        need = resident_weight_bytes(gf, quantized, dt)
+        if dev.type == "cpu":
+            avail = psutil.virtual_memory().available if memory_available is None else memory_available
+            if need > avail:
+                raise ModelFileError(gf.path, f"too big for this machine: its weights need "
+                                              f"{_size(need)} in memory, {_size(avail)} available")
 
-        def t(name: str) -> torch.Tensor:
-            return torch.from_numpy(gf.tensor(name))
+        def norm(name: str) -> torch.Tensor:
+            return torch.from_numpy(gf.tensor(name)).to(dev, torch.float32).contiguous()
 
-        def put(x: torch.Tensor, keep_fp32: bool = False) -> torch.Tensor:
-            return x.to(dev, torch.float32 if keep_fp32 else dt).contiguous()
-
-        def linear(x: torch.Tensor) -> Linear:
-            return Linear(put(x), int8=int8_decode)
+        def linear(names: list[str], heads: list[int | None]):
+            """One linear over the row-concatenation of `names` (q/k rows un-permuted)."""
+            if quantized and all(has_kernel(gf.tensor_type(n)) for n in names):
+                copy = len(names) > 1 or any(heads)
+                parts: list[tuple[int, np.ndarray]] = []
+                for n, h in zip(names, heads):
+                    qtype, data = gf.raw(n, copy=copy)
+                    data = _unpermute(data, h) if h else data
+                    if parts and parts[-1][0] == qtype:          # same type: one fused block
+                        parts[-1] = (qtype, np.concatenate([parts[-1][1], data]))
+                    else:
+                        parts.append((qtype, data))
+                return QLinear(parts, int(gf.info(names[0]).shape[0]))
+            ws = [_unpermute(gf.tensor(n), h) if h else gf.tensor(n) for n, h in zip(names, heads)]
+            if quantized and any(gf.tensor_type(n) != GGMLQuantizationType.F32 for n in names):
+                log.info("%s: %s has no quantized kernel; dequantised once to fp32", gf.path,
+                         "/".join(sorted({GGMLQuantizationType(gf.tensor_type(n)).name for n in names})))
+            w = torch.from_numpy(np.concatenate(ws) if len(ws) > 1 else ws[0])
+            return Linear(w.to(dev, dt).contiguous(), int8=int8_decode and not quantized)
 
         from .progress import steps
         layers = []
-        for i in steps(range(c.n_layers), "dequantising", progress):
+        for i in steps(range(c.n_layers), "loading" if quantized else "dequantising", progress):
             p = f"blk.{i}."
             layer = Layer()
-            layer.attn_norm = put(t(p + "attn_norm.weight"), keep_fp32=True)
-            q = _unpermute(gf.tensor(p + "attn_q.weight"), c.n_heads)
-            k = _unpermute(gf.tensor(p + "attn_k.weight"), c.n_kv_heads)
-            layer.wqkv = linear(torch.from_numpy(np.concatenate([q, k, gf.tensor(p + "attn_v.weight")])))
-            layer.wo = linear(t(p + "attn_output.weight"))
-            layer.ffn_norm = put(t(p + "ffn_norm.weight"), keep_fp32=True)
-            layer.w_gate_up = linear(torch.cat([t(p + "ffn_gate.weight"), t(p + "ffn_up.weight")]))
-            layer.w_down = linear(t(p + "ffn_down.weight"))
+            layer.attn_norm = norm(p + "attn_norm.weight")
+            layer.wqkv = linear([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"],
+                                [c.n_heads, c.n_kv_heads, None] if spec.rope_interleaved else [None] * 3)
+            layer.wo = linear([p + "attn_output.weight"], [None])
+            layer.ffn_norm = norm(p + "ffn_norm.weight")
+            layer.w_gate_up = linear([p + "ffn_gate.weight", p + "ffn_up.weight"], [None, None])
+            layer.w_down = linear([p + "ffn_down.weight"], [None])
+            layer.bqkv = torch.cat([norm(p + f"attn_{x}.bias") for x in "qkv"]) if spec.qkv_bias else None
+            layer.extra = {n: norm(p + n + ".weight") for n in spec.extra_norms}
             layers.append(layer)
-        embed = put(t("token_embd.weight"))
-        lm_head = Linear(embed if c.tied_embeddings else put(t("output.weight")), int8=int8_decode)
-        return cls(c, layers, embed, put(t("output_norm.weight"), keep_fp32=True), lm_head, dt, dev,
-                   tokenizer, gf.path, gf.tensor_bytes())
+        embed = linear(["token_embd.weight"], [None])
+        lm_head = embed if c.tied_embeddings else linear(["output.weight"], [None])
+        return cls(c, layers, embed, norm("output_norm.weight"), lm_head, dt, dev, tokenizer,
+                   gf.path, quantized)
 
     def new_kv(self, num_blocks: int, block_size: int) -> KVStorage:
         c = self.config
@@ -113,8 +155,26 @@ class LlamaModel:
         return 2 * c.n_layers * c.n_kv_heads * c.head_dim * torch.finfo(self.dtype).bits // 8
 
     # ---- compute -----------------------------------------------------------------------------
-    def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), w, self.config.rms_eps).to(self.dtype)
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """fp32 rows of the embedding table (the residual stream's start)."""
+        if isinstance(self.embed, QLinear):
+            return self.embed.rows(ids)
+        return self.embed.weight[ids].float()
+
+    def _rope_qk(self, qkv: torch.Tensor, positions: torch.Tensor, cos_sin):
+        """q [T, H, D], k [T, KVH, D] from the fused projection, rotated (rotate-half RoPE).
+        cos_sin: this step's (cos, sin) rows for the torch path (None on the quantized path)."""
+        c = self.config
+        T, H, KVH, D = qkv.shape[0], c.n_heads, c.n_kv_heads, c.head_dim
+        if cos_sin is None:                                  # fp32, in place, one C call
+            rope_(qkv, H + KVH, D, positions, self._cos, self._sin)
+            qk = qkv[:, :(H + KVH) * D].view(T, H + KVH, D)
+        else:
+            cos, sin = cos_sin
+            qk = qkv[:, :(H + KVH) * D].view(T, H + KVH, D).float()     # q and k at once
+            half = D // 2
+            qk = (qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin).to(self.dtype)
+        return qk[:, :H], qk[:, H:]
 
     @torch.inference_mode()
     def forward(self, seqs: list[SeqInput], kv: KVStorage) -> torch.Tensor:
@@ -138,39 +198,62 @@ class LlamaModel:
         want = torch.tensor([last_row[i] for i, s in enumerate(seqs) if s.want_logits],
                             dtype=torch.long, device=dev)
         positions = torch.tensor(pos, dtype=torch.long, device=dev)
-        cos = self._cos[positions].unsqueeze(1)
-        sin = self._sin[positions].unsqueeze(1)
-        x = self.embed[torch.tensor(ids, dtype=torch.long, device=dev)].float()  # residual stream: fp32
-        T, H, KVH, D = len(ids), c.n_heads, c.n_kv_heads, c.head_dim
-        half = D // 2
+        cos_sin = None if self.quantized else (self._cos[positions].unsqueeze(1),
+                                               self._sin[positions].unsqueeze(1))
+        x = self._embed(torch.tensor(ids, dtype=torch.long, device=dev))  # residual stream: fp32
+        T, H, KVH, D, eps = len(ids), c.n_heads, c.n_kv_heads, c.head_dim, c.rms_eps
         for li, layer in enumerate(self.layers):
-            h = self._norm(x, layer.attn_norm)
-            qkv = layer.wqkv(h)
-            qk = qkv[:, :(H + KVH) * D].view(T, H + KVH, D).float()     # RoPE on q and k at once
-            qk = (qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin).to(self.dtype)
-            q, k = qk[:, :H], qk[:, H:]
+            qkv = layer.wqkv(x, norm=layer.attn_norm, eps=eps)
+            if layer.bqkv is not None:
+                qkv += layer.bqkv
+            q, k = self._rope_qk(qkv, positions, cos_sin)
             v = qkv[:, (H + KVH) * D:].view(T, KVH, D)
             k_cache, v_cache = kv.k[li], kv.v[li]
             k_cache.view(-1, KVH, D).index_copy_(0, meta.slots, k)
             v_cache.view(-1, KVH, D).index_copy_(0, meta.slots, v)
-            attn = paged_attention(q, k_cache, v_cache, meta, self._scale)
-            x = x + layer.wo(attn).float()
-            h = self._norm(x, layer.ffn_norm)
-            gate, up = layer.w_gate_up(h).chunk(2, dim=-1)
-            x = x + layer.w_down(F.silu(gate) * up).float()
+            layer.wo(paged_attention(q, k_cache, v_cache, meta, self._scale), out=x)   # x += ...
+            layer.w_down(layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps), swiglu=True, out=x)
         if want.numel() == 0:
             return torch.empty(0, c.vocab_size, device=dev)
-        x = self._norm(x.index_select(0, want), self.out_norm)
-        return self.lm_head(x).float()
+        return self.lm_head(x.index_select(0, want), norm=self.out_norm, eps=eps).float()
+
+    def _linears(self) -> list:
+        mats = [self.embed] + [getattr(l, n) for l in self.layers
+                               for n in ("wqkv", "wo", "w_gate_up", "w_down")]
+        return mats if self.lm_head is self.embed else mats + [self.lm_head]
+
+    def weight_bytes(self) -> int:
+        """Bytes the weights occupy in memory (quantized bytes as stored, float copies, norms)."""
+        norms = sum(t.numel() * 4 for l in self.layers for t in (l.attn_norm, l.ffn_norm))
+        return sum(m.nbytes() for m in self._linears()) + norms + self.out_norm.numel() * 4
 
     def decode_weight_bytes(self, rows: int = 1) -> int:
         """Weight bytes one forward of `rows` tokens streams from memory (the bandwidth bound)."""
-        from .linear import INT8_MAX_ROWS
-        total = 0
-        for lin in [self.lm_head] + [getattr(l, n) for l in self.layers
-                                     for n in ("wqkv", "wo", "w_gate_up", "w_down")]:
-            if lin.w8 is not None and rows <= INT8_MAX_ROWS:
-                total += lin.w8.numel() + lin.scales.numel() * lin.scales.element_size()
-            else:
-                total += lin.weight.numel() * lin.weight.element_size()
-        return total
+        mats = [self.lm_head] + [getattr(l, n) for l in self.layers
+                                 for n in ("wqkv", "wo", "w_gate_up", "w_down")]
+        return sum(m.stream_bytes(rows) for m in mats)
+
+    def weight_format(self) -> str:
+        """What the matmuls run on, e.g. 'Q4_1+Q8_0 on avx2 kernels' or 'fp32'."""
+        if not self.quantized:
+            return str(self.dtype).replace("torch.", "")
+        types = sorted({KERNEL_TYPES[q] for m in self._linears() if isinstance(m, QLinear)
+                        for q, _ in m.parts})
+        return f"{'+'.join(types)} on {kernel_isa()} kernels"
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def resident_weight_bytes(gf: GGUFModelFile, quantized: bool, dtype: torch.dtype) -> int:
+    """Bytes the weights of `gf` will take in memory when loaded this way (checked before loading)."""
+    total = 0
+    for name in gf.tensor_names:
+        t = gf.info(name)
+        if quantized and len(t.shape) > 1 and has_kernel(int(t.tensor_type)):
+            total += int(t.n_bytes)
+        else:
+            elem = 4 if (quantized or len(t.shape) == 1) else torch.finfo(dtype).bits // 8
+            total += int(t.n_elements) * elem
+    return total

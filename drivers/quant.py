@@ -1,0 +1,178 @@
+"""Matmuls on GGUF-quantized weights, kept as the file stores them (memory-mapped where possible).
+
+The kernels are C++ (drivers/quant_kernels.cpp): built with the system compiler on first use for
+this CPU (``-march=native``: AVX2, AVX-VNNI or AVX512-VNNI code paths, picked by the compiler from
+what drivers/cpu.py reports) into ``$LLMOS_HOME/kernels/``, keyed by source, compiler and CPU
+flags, and loaded with ctypes. Why not a library: torch's ``_weight_int8pack_mm`` /
+``_weight_int4pack_mm_for_cpu`` were slower than fp32 on an AVX2 EPYC and do not read GGML block
+layouts; llama.cpp's Python bindings are not a kernel library. When no compiler is found or the
+build fails, ``kernels()`` returns None (logged once) and the driver dequantises to fp32.
+
+``QLinear`` is y = f(x) @ W.T where W is one or more row-blocks (fused QKV, gate/up), each in a
+quant type the kernel knows, f an optional SwiGLU and/or RMSNorm done in the same C call, and the
+result optionally added into a residual stream in place. ``Linear`` has the same call
+signature on a float tensor (drivers/linear.py's Linear: the fp32 path, and the fallback for
+types without a kernel, dequantised once).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cpu import cpu_features, isa_summary
+
+log = logging.getLogger("llmos.drivers")
+
+SOURCE = Path(__file__).with_name("quant_kernels.cpp")
+KERNEL_TYPES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
+_p = ctypes.c_void_p
+_i = ctypes.c_int64
+
+
+def _cache_dir() -> Path:
+    from .catalog import home
+    return home() / "kernels"
+
+
+def _build(compiler: str, out: Path) -> None:
+    """Compile SOURCE into the shared library `out` (atomic rename; safe against a concurrent build)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        so = Path(tmp) / out.name
+        cmd = [compiler, "-O3", "-march=native", "-ffp-contract=off", "-std=c++17", "-pthread",
+               "-shared", "-fPIC", str(SOURCE), "-o", str(so)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: {res.stderr.strip()[-800:]}")
+        os.replace(so, out)
+
+
+@functools.cache
+def kernels() -> ctypes.CDLL | None:
+    """The compiled kernel library for this CPU, or None (logged) when it cannot be built."""
+    if os.environ.get("LLMOS_QUANT", "") == "off":
+        log.info("quantized kernels disabled by LLMOS_QUANT=off")
+        return None
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler:
+        log.warning("no C++ compiler found: quantized weights are dequantised to fp32")
+        return None
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+        key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + isa_summary().encode()
+                             + cpu_features()["model"].encode()).hexdigest()[:16]
+        lib_path = _cache_dir() / f"quant-{key}.so"
+        if not lib_path.exists():
+            log.info("building quantized kernels for %s (%s) into %s",
+                     cpu_features()["model"], isa_summary(), lib_path)
+            _build(compiler, lib_path)
+        lib = ctypes.CDLL(str(lib_path))
+    except Exception as e:  # compiler missing pieces, read-only cache, bad toolchain...
+        log.warning("quantized kernels unavailable (%s): quantized weights are dequantised to fp32",
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
+    lib.llmos_quant_isa.restype = ctypes.c_char_p
+    lib.llmos_qmatmul.argtypes = [ctypes.c_int, _p, _i, _i, _i, _p, _i, _i, _p, _i, ctypes.c_int,
+                                  ctypes.c_int, _p, ctypes.c_float]
+    lib.llmos_dequant_rows.argtypes = [ctypes.c_int, _p, _i, _i, _p, _i, _p]
+    lib.llmos_rope.argtypes = [_p, _i, _i, _i, _i, _p, _p, _p]
+    lib.llmos_rope.restype = None
+    lib.llmos_quant_set_threads(torch.get_num_threads())
+    return lib
+
+
+def kernel_isa() -> str:
+    """Which code path the built kernels use ('avx2', 'avx-vnni', 'avx512-vnni', 'scalar'), or
+    'none (dequantised fp32)' when they could not be built."""
+    lib = kernels()
+    return lib.llmos_quant_isa().decode() if lib is not None else "none (dequantised fp32)"
+
+
+def has_kernel(qtype: int) -> bool:
+    return int(qtype) in KERNEL_TYPES and kernels() is not None
+
+
+class QLinear:
+    """y = f(x) @ W.T with W the row-concatenation of `parts`: (qtype, uint8 array [rows, row_bytes])
+    in kernel types. Arrays may be np.memmap views of the model file. Immutable; thread-safe."""
+
+    __slots__ = ("parts", "in_features", "out_features", "_lib")
+
+    def __init__(self, parts: list[tuple[int, np.ndarray]], in_features: int):
+        self._lib = kernels()
+        if self._lib is None:
+            raise RuntimeError("quantized kernels are not available")
+        for qtype, data in parts:
+            if int(qtype) not in KERNEL_TYPES:
+                raise ValueError(f"no quantized kernel for GGML type {int(qtype)}")
+            if data.dtype != np.uint8 or data.ndim != 2 or not data.flags.c_contiguous:
+                raise ValueError("quantized rows must be a C-contiguous uint8 [rows, row_bytes] array")
+        self.parts = [(int(q), d) for q, d in parts]
+        self.in_features = in_features
+        self.out_features = sum(d.shape[0] for _, d in parts)
+
+    def __call__(self, x: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0,
+                 swiglu: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x: fp32 [T, K] ([T, 2K] with swiglu). out given: out += result in place, returned."""
+        if x.dtype != torch.float32:
+            x = x.float()
+        if not x.is_contiguous():
+            x = x.contiguous()
+        T = x.shape[0]
+        if x.shape[1] != self.in_features * (2 if swiglu else 1):
+            raise ValueError(f"input has {x.shape[1]} features, weight expects {self.in_features}")
+        add = out is not None
+        if out is None:
+            out = torch.empty(T, self.out_features, dtype=torch.float32)
+        elif out.dtype != torch.float32 or not out.is_contiguous() or out.shape != (T, self.out_features):
+            raise ValueError("out must be a contiguous fp32 tensor of the output's shape")
+        if T == 0:
+            return out
+        nw = 0 if norm is None else norm.data_ptr()
+        col = 0
+        for qtype, data in self.parts:
+            rc = self._lib.llmos_qmatmul(qtype, data.ctypes.data, data.shape[0], self.in_features,
+                                         data.shape[1], x.data_ptr(), T, x.shape[1],
+                                         out.data_ptr() + 4 * col, self.out_features, int(add),
+                                         int(swiglu), nw, eps)
+            if rc != 0:
+                raise ValueError(f"quantized matmul failed ({rc}): type {qtype}, K {self.in_features}")
+            col += data.shape[0]
+        return out
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Dequantised rows `ids` of W as fp32 [len(ids), K] (embedding lookup)."""
+        qtype, data = self.parts[0]
+        ids = ids.to(torch.int64).contiguous()
+        if len(self.parts) != 1 or (ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= data.shape[0])):
+            raise ValueError("row lookup needs one part and ids inside it")
+        out = torch.empty(ids.numel(), self.in_features, dtype=torch.float32)
+        self._lib.llmos_dequant_rows(qtype, data.ctypes.data, self.in_features, data.shape[1],
+                                     ids.data_ptr(), ids.numel(), out.data_ptr())
+        return out
+
+    def nbytes(self) -> int:
+        return sum(d.nbytes for _, d in self.parts)
+
+    def stream_bytes(self, rows: int) -> int:
+        """Weight bytes one product reads (all of them, whatever the number of rows)."""
+        return self.nbytes()
+
+
+def rope_(qkv: torch.Tensor, n_heads: int, head_dim: int, positions: torch.Tensor,
+          cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotate-half RoPE in place on the first n_heads heads of each row of fp32 qkv [T, *]."""
+    assert qkv.dtype == torch.float32 and qkv.is_contiguous() and positions.dtype == torch.int64
+    kernels().llmos_rope(qkv.data_ptr(), qkv.shape[0], qkv.shape[1], n_heads, head_dim,
+                         positions.data_ptr(), cos.data_ptr(), sin.data_ptr())
