@@ -29,6 +29,9 @@ DOCS = {
 }
 
 
+BETA = "# Beta\n\nbeta is a short file about mountains"      # notes/beta.md's one chunk, verbatim
+
+
 def llmos(*args, env, cwd, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llmos.shell.cli", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
@@ -95,7 +98,7 @@ def test_search_finds_a_chunk_by_its_own_text_at_its_lines(corpus):
     first = r.stdout.splitlines()[0].split()
     assert first[0] == "1.000" and first[1] == "notes/alpha.txt:1-4", r.stdout
     assert len(r.stdout.splitlines()) == 3
-    r = llmos("index", "search", "beta is a short file about mountains", env=env, cwd=d)
+    r = llmos("index", "search", BETA, env=env, cwd=d)
     assert r.stdout.split()[1] == "notes/beta.md:1-3"
 
 
@@ -120,7 +123,7 @@ def test_rm(corpus):
 def test_ask_streams_an_answer_and_cites_the_retrieved_chunks(corpus):
     env, d = corpus
     llmos("index", "add", ".", env=env, cwd=d)
-    r = llmos("ask", "-k", "2", "--max-tokens", "8", "beta is a short file about mountains", env=env, cwd=d)
+    r = llmos("ask", "-k", "2", "--max-tokens", "8", BETA, env=env, cwd=d)
     assert r.returncode == 0, r.stderr
     answer, sources = r.stdout.split("\nSources:\n")
     lines = sources.splitlines()
@@ -162,8 +165,8 @@ def test_main_writes_to_the_io_it_is_given(corpus, monkeypatch):
     def io():
         return SimpleNamespace(out=_io.StringIO(), err=_io.StringIO())
     a, b, c = io(), io(), io()
-    assert index_cmd.main(["index", "search", "-k", "1", "beta is a short file about mountains"], a) == 0
+    assert index_cmd.main(["index", "search", "-k", "1", BETA], a) == 0
     assert a.out.getvalue().split()[1] == "notes/beta.md:1-3" and not a.err.getvalue()
     assert index_cmd.main(["index", "rm", "nope"], b) == 1 and "nope: not in the index" in b.err.getvalue()
-    assert ask_cmd.main(["ask", "-k", "1", "--max-tokens", "4", "beta is a short file about mountains"], c) == 0
+    assert ask_cmd.main(["ask", "-k", "1", "--max-tokens", "4", BETA], c) == 0
     assert "\nSources:\n  [1] notes/beta.md:1-3" in c.out.getvalue()
