@@ -12,12 +12,15 @@ the worker is done (as sys_embed does).
 
 Sessions outlive the kernel (sessions=True, as `llmos serve` boots it):
   * as a session's turn ends, or input is queued to it, its conversation (the whole process
-    without KV: tokens, turns, unread output) is written to <owner>/session-<pid>.ckpt in the
+    without KV and unread output: tokens, turns, queued input) is written to <owner>/session-<pid>.ckpt in the
     worker (in order, atomically), so a SIGKILLed kernel loses nothing the user typed or saw;
   * at shutdown (before processes are signalled) every live session is checkpointed with its KV;
   * at boot every session file is restored with its old pid (KV swapped in, or re-prefilled when
     the file has none), held by init; its owner reattaches by that pid. A session that exits has
     its file removed. A file that cannot be restored is renamed *.bad and logged.
+  * pids are unambiguous across restarts: <checkpoints>/next-pid holds where the next boot's pids
+    start. A boot writes its start + PID_RESERVE there at once (so after a crash the next boot
+    starts above anything this one can have handed out) and its real next pid at shutdown.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ log = logging.getLogger("llmos.kernel")
 
 SUFFIX = ".ckpt"
 SESSION_PREFIX = "session-"
+PID_RESERVE = 1 << 20        # pids a boot may hand out before a crash could make one ambiguous
 
 
 class Checkpoints:
@@ -138,6 +142,7 @@ class Checkpoints:
         (synchronously; the worker's queued journal writes go first). Returns how many."""
         self.closing = True
         self.pool.submit(lambda: None).result()
+        self._write_next_pid(self.engine.procs.count_from(1))
         saved = 0
         for p in self.engine.procs.all():
             if p.session and p.alive:
@@ -157,7 +162,18 @@ class Checkpoints:
                 self._boot_one(path, pids)
         finally:
             ops.on_wake = wake
+        try:
+            start = int((self.dir / "next-pid").read_text())
+        except (OSError, ValueError):
+            start = 1
+        self._write_next_pid(self.engine.procs.count_from(start) + PID_RESERVE)
         return pids
+
+    def _write_next_pid(self, pid: int) -> None:
+        try:
+            ck.write(self.dir / "next-pid", f"{pid}\n".encode())
+        except KernelError as e:
+            log.error("pids may repeat after a restart: %s", e.message)
 
     def _boot_one(self, path: Path, pids: list[int]) -> None:
         try:

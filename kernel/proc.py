@@ -257,6 +257,12 @@ class ProcTable:
         self._next_pid = max(self._next_pid, pid + 1)
         return pid
 
+    def count_from(self, pid: int) -> int:
+        """new_pid() hands out nothing below pid (a boot goes on from the last one's numbers);
+        returns the next pid it will hand out."""
+        self._next_pid = max(self._next_pid, pid)
+        return self._next_pid
+
     def full(self) -> bool:
         return len(self._procs) >= self.max_procs
 
