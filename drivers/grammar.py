@@ -50,7 +50,7 @@ class GrammarError(ValueError):
 @dataclass(frozen=True)
 class Constraint:
     kind: str                        # one of KINDS
-    text: str                        # the schema as canonical JSON, the regex, the grammar text,
+    text: str                        # the schema as compact JSON, the regex, the grammar text,
                                      # or the choices as a JSON list
 
     @classmethod
@@ -64,7 +64,7 @@ class Constraint:
                     raise GrammarError(f"json_schema is not valid JSON: {e}") from None
             if not isinstance(value, (dict, bool)):
                 raise GrammarError(f"json_schema must be a map (a JSON schema), not {type(value).__name__}")
-            text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+            text = json.dumps(value, separators=(",", ":"))   # key order kept: it is the output's
         elif kind in ("regex", "grammar"):
             if not isinstance(value, str) or not value:
                 raise GrammarError(f"{kind} must be a non-empty string")

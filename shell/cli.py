@@ -28,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "checkpoint": ("llmos.userland.bin.checkpoint", "save a process's state to a file (it keeps running)"),
     "hibernate": ("llmos.userland.bin.hibernate", "stop, checkpoint and free processes"),
     "restore": ("llmos.userland.bin.restore",  "bring checkpointed processes back; -l lists them"),
+    "agent":   ("llmos.userland.bin.agent",    "answer a question with tools (calculator, files, search)"),
+    "summarize": ("llmos.userland.bin.summarize", "summarise a file (map-reduce over forked processes)"),
+    "translate": ("llmos.userland.bin.translate", "translate text (a forked process per paragraph)"),
     "sh":      ("llmos.shell.sh",              "the interactive shell (also: llmos with no command)"),
 }
 

@@ -134,7 +134,12 @@ def kill(inv: Invocation) -> int:
     if sig is None:
         inv.out.write(kill_cmd.signal_list())
         return 0
-    for word, pids, job in targets(inv, words):
+    for word in [w for w in words if w.startswith("-")]:         # -PGID: a process group
+        try:
+            kill_cmd.send(io, sig, [kill_cmd.pid_of(word)])
+        except program.UsageError as e:
+            inv.error(str(e))
+    for word, pids, job in targets(inv, [w for w in words if not w.startswith("-")]):
         kill_cmd.send(io, sig, pids)
         if job is not None and sig in (abi.SIGSTOP, abi.SIGCONT):
             inv.sh.jobs.mark(job, STOPPED if sig == abi.SIGSTOP else RUNNING,

@@ -218,9 +218,15 @@ def test_bad_grammars_are_einval_naming_the_problem(model, wire, words):
     assert len(e.procs) == 0
 
 
-def test_constraint_is_canonical_and_hashable():
+def test_constraint_is_compact_hashable_and_keeps_the_property_order(model):
     a = Constraint.from_wire("json_schema", {"b": 1, "a": {"type": "string"}})
-    b = Constraint.from_wire("json_schema", '{"a": {"type": "string"}, "b": 1}')
-    assert a == b and hash(a) == hash(b)
+    b = Constraint.from_wire("json_schema", '{"b": 1,  "a": {"type": "string"}}')
+    assert a == b and hash(a) == hash(b) and a.text == '{"b":1,"a":{"type":"string"}}'
+    schema = {"type": "object", "required": ["zeta", "alpha"], "additionalProperties": False,
+              "properties": {"zeta": {"enum": ["z"]}, "alpha": {"enum": ["a"]}}}
+    e = engine(model)
+    p = e.spawn(prompt(1), params(json_schema=schema))
+    e.run_until_idle()
+    assert text(model, p) == '{"zeta":"z","alpha":"a"}'         # the schema's order, not sorted
     with pytest.raises(GrammarError, match="unknown grammar kind"):
         Constraint.from_wire("xml", "<a/>")

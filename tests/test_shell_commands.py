@@ -86,7 +86,7 @@ def test_ps_kill_models_same_output_in_cli_and_shell(kernel, k):
     assert cli.returncode == shell.returncode == 0
     strip_age = [[line.split()[:9] for line in out.stdout.splitlines()] for out in (cli, shell)]
     assert strip_age[0] == strip_age[1]                                 # same columns, same rows
-    assert cli.stdout.split()[:11] == ["PID", "PPID", "USER", "STATE", "NI", "PROMPT", "OUT", "KV", "TOK/S",
+    assert cli.stdout.split()[:12] == ["PID", "PPID", "PGID", "USER", "STATE", "NI", "PROMPT", "OUT", "KV", "TOK/S",
                                        "AGE", "COMMAND"]
     assert llmos(kernel, "kill", "-l").stdout == llmos(kernel, "-c", "kill -l").stdout == \
         " 2) SIGINT  9) SIGKILL 15) SIGTERM 18) SIGCONT 19) SIGSTOP\n"

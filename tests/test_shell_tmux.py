@@ -371,7 +371,7 @@ def llmos(env: dict, *args: str, cwd=None, timeout: float = 120) -> subprocess.C
 def test_dash_c_runs_and_returns_the_last_status(kernel, k):
     r = llmos(kernel["env"], "-c", 'run -n 4 "hi" ; ps')
     assert r.returncode == 0, r.stderr
-    assert "PID  PPID  USER  STATE" in r.stdout
+    assert "PID  PPID  PGID  USER  STATE" in r.stdout
     r = llmos(kernel["env"], "-c", "ps ; kill 99999")
     assert r.returncode == 1 and r.stderr.strip() == "kill: (99999) - No such process"
     r = llmos(kernel["env"], "-c", "kill 99999 ; echo fine")

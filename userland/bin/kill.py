@@ -1,4 +1,5 @@
 """`kill [-s SIG | -SIG] PID...` and `kill -l`: send a signal (default TERM), as kill(1) does.
+A PID of -N names the process group N (`kill -STOP -12` pauses a whole agent).
 
 The CLI's `llmos kill` and the shell's `kill` (which first turns job specs like %1 into pids and
 then records STOP/CONT in its job table). `-l` lists the signals as bash does: ` 2) SIGINT ...`.
@@ -52,7 +53,9 @@ def parse(words: list[str]) -> tuple[int | None, list[str]]:
 
 
 def pid_of(word: str) -> int:
-    if word.isascii() and word.isdigit() and int(word) > 0:
+    """A pid, or -PGID (a process group, as kill(2) takes it)."""
+    digits = word[1:] if word.startswith("-") else word
+    if digits.isascii() and digits.isdigit() and int(digits) > 0:
         return int(word)
     raise program.UsageError(f"{word}: arguments must be process or job IDs")
 

@@ -1,6 +1,6 @@
 """`ps [--json] [PID...]`: the kernel's processes, one row each (the CLI's and the shell's).
 
-Columns: PID PPID USER STATE NI PROMPT (prompt tokens) OUT (tokens generated) KV (blocks held)
+Columns: PID PPID PGID (process group) USER STATE NI PROMPT (prompt tokens) OUT (tokens generated) KV (blocks held)
 TOK/S (decode speed, time spent stopped not counted) AGE COMMAND. Plain text, every column whole
 (a pipe or a file gets the same table as a terminal); `--json` prints the ps() records, each with
 its tok_s, for scripts. `top` shows the same rows (ps_row).
@@ -11,8 +11,8 @@ from __future__ import annotations
 from llmos.userland import program
 
 SUMMARY = "list the kernel's processes"
-COLUMNS = ("PID", "PPID", "USER", "STATE", "NI", "PROMPT", "OUT", "KV", "TOK/S", "AGE", "COMMAND")
-RIGHT = frozenset({"PID", "PPID", "NI", "PROMPT", "OUT", "KV", "TOK/S", "AGE"})
+COLUMNS = ("PID", "PPID", "PGID", "USER", "STATE", "NI", "PROMPT", "OUT", "KV", "TOK/S", "AGE", "COMMAND")
+RIGHT = frozenset({"PID", "PPID", "PGID", "NI", "PROMPT", "OUT", "KV", "TOK/S", "AGE"})
 
 
 def options(p: program.ArgParser) -> None:
@@ -57,7 +57,7 @@ def age(s: float) -> str:
 
 def ps_row(p: dict, tok_s: float | None = None) -> tuple[str, ...]:
     speed = p.get("tok_s", 0.0) if tok_s is None else tok_s
-    return (str(p["pid"]), str(p["ppid"]), p["owner"], state_of(p), str(p["nice"]),
+    return (str(p["pid"]), str(p["ppid"]), str(p.get("pgid", p["pid"])), p["owner"], state_of(p), str(p["nice"]),
             str(p["prompt_tokens"]), str(p["tokens"]), str(p["blocks"]), f"{speed:.1f}",
             age(p.get("age_s", 0.0)), p["command"].replace("\n", " "))
 
