@@ -81,7 +81,7 @@ def journal(env, pid) -> dict | None:
 
 def wait_journal(env, pid, out_tokens: int) -> None:
     """Until the session's file holds its last turn (out_tokens generated in all)."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while len((journal(env, pid) or {}).get("process", {}).get("output_ids", ())) != out_tokens:
         assert time.monotonic() < deadline, "the session's turn was not written"
         time.sleep(0.02)
@@ -125,7 +125,7 @@ def test_sessions_survive_stop_and_sigkill(env, tiny_model_path):
             assert second[s] == second[t]                        # exactly as if never stopped
             wait_journal(env, s, k.stat(s)["tokens"])
         busy = [k.spawn(f"story {i}", max_tokens=400, ignore_eos=True, detached=True) for i in range(20)]
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while not all(k.stat(b)["tokens"] > 0 for b in busy):
             assert time.monotonic() < deadline
             time.sleep(0.05)
