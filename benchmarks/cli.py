@@ -10,6 +10,7 @@ BENCHMARKS = {
     "serve":   ("llmos.benchmarks.serve",   "serving throughput and latency (in-process or through the ABI)"),
     "syscall": ("llmos.benchmarks.syscall", "syscall round-trip latency next to a raw pyzmq echo"),
     "checkpoint": ("llmos.benchmarks.checkpoint", "checkpoint/restore time and size vs re-prefilling"),
+    "boot":    ("llmos.benchmarks.boot",    "serve --daemon to the first token, and RSS at idle"),
 }
 
 

@@ -39,9 +39,9 @@ def prompts(n: int, length: int, vocab: int, seed: int, shared_prefix: int = 0) 
     return [prefix + [rng.randrange(lo, vocab) for _ in range(length - shared_prefix)] for _ in range(n)]
 
 
-def run_workload(engine, ids: list[list[int]], output_len: int) -> dict:
+def run_workload(engine, ids: list[list[int]], output_len: int, params=None) -> dict:
     """Spawn every prompt at once, step until all exit; per-token timestamps from commit."""
-    params = SamplingParams(max_tokens=output_len, ignore_eos=True)
+    params = params or SamplingParams(max_tokens=output_len, ignore_eos=True)
     t0 = time.perf_counter()
     procs = [engine.spawn(p, params, command="bench") for p in ids]
     last = {p.pid: None for p in procs}
@@ -137,6 +137,9 @@ def overhead(model, running: int, input_len: int, steps: int, config_kw: dict) -
 
 
 def main(argv: list[str]) -> int:
+    if "--interactive" in argv:         # a nice -10 request idle vs under load (benchmarks/interactive.py)
+        from .interactive import main as interactive
+        return interactive(argv)
     if "--via" in argv:                 # `--via http`: through the gateway, next to the ABI (benchmarks/http.py)
         from .http import main as via
         return via(argv)
@@ -159,6 +162,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--overhead-steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--grammar", choices=["json"], default=None,
+                    help="constrained vs unconstrained at batch 1 and N (benchmarks/grammar.py)")
     args = ap.parse_args(argv[1:])
 
     from ..drivers.catalog import DEFAULT_MODEL, resolve
@@ -193,6 +198,12 @@ def main(argv: list[str]) -> int:
 
     engine = Engine(model, config)
     gc.freeze()     # as the kernel's boot does (kernel/main.py): model and pool out of full GC passes
+    if args.grammar:
+        from . import grammar
+        vocab = model.tokenizer.vocab_size
+        grammar.report(grammar.compare(engine, lambda n, seed: prompts(n, args.input_len, vocab, seed),
+                                       args, run_workload), head, args.json)
+        return 0
     ids = prompts(args.num_procs, args.input_len, model.tokenizer.vocab_size, args.seed, args.shared_prefix)
     res = {**head, "num_procs": args.num_procs, "input_len": args.input_len,
            "output_len": args.output_len, "kernel": run_workload(engine, ids, args.output_len)}

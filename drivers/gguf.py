@@ -3,7 +3,8 @@
 Contract: constructing a ``GGUFModelFile`` either succeeds with a validated config (every tensor the
 architecture needs is present, of a supported type, inside the file) or raises ``ModelFileError``
 whose message is one line naming the file and what is wrong. Tensors are dequantised lazily, one at
-a time, by ``tensor(name)`` with the package's own quant routines.
+a time, by ``tensor(name)`` with the package's own quant routines, or handed out as stored by
+``raw(name)`` (the file's bytes, memory-mapped) for the quantized kernels (drivers/quant.py).
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def _field_value(field):
     return field.contents()
 
 
+def _ran_out_of_data(e: Exception) -> bool:
+    """Whether the reader's exception means it read past the end of the file: numpy's views of a
+    short memory map come out too small to reshape, index or reinterpret."""
+    text = str(e)
+    return isinstance(e, IndexError) or "cannot reshape" in text or "must be a divisor" in text
+
+
 class GGUFModelFile:
     """A parsed GGUF file. Memory-maps the file; tensors are dequantised on demand."""
 
@@ -67,6 +75,10 @@ class GGUFModelFile:
         try:
             self._reader = GGUFReader(self.path, "r")
         except Exception as e:  # the reader raises ValueError, struct/numpy errors on corrupt input
+            if _ran_out_of_data(e):
+                raise ModelFileError(self.path, f"not a readable GGUF file: truncated (the file ends at "
+                                                f"byte {os.path.getsize(self.path)}, inside the data its "
+                                                f"header describes)") from None
             raise ModelFileError(self.path, f"not a readable GGUF file ({type(e).__name__}: {e})") from None
         try:
             self.metadata = {name: _field_value(f) for name, f in self._reader.fields.items()
@@ -159,6 +171,25 @@ class GGUFModelFile:
         except Exception as e:
             raise ModelFileError(self.path, f"cannot dequantise '{name}' ({e})") from None
         return np.array(data, dtype=np.float32).reshape(shape)  # owned, writable
+
+    def info(self, name: str):
+        """The reader's record of a tensor (shape in GGUF order, tensor_type, n_bytes, n_elements)."""
+        return self._tensors[name]
+
+    def tensor_type(self, name: str) -> int:
+        """The GGML type id of a tensor (GGMLQuantizationType value)."""
+        return int(self._tensors[name].tensor_type)
+
+    def raw(self, name: str, copy: bool = False) -> tuple[int, np.ndarray]:
+        """(GGML type, the tensor as stored: uint8 [rows, bytes per row]). Without copy it is a
+        read-only view of the memory-mapped file; with copy it is read with file I/O into fresh
+        memory (so the mapped pages are never touched: no double counting in RSS)."""
+        t = self._tensors[name]
+        rows = int(np.prod([int(d) for d in t.shape[1:]], dtype=np.int64)) if len(t.shape) > 1 else 1
+        if not copy:
+            return int(t.tensor_type), np.asarray(t.data).view(np.uint8).reshape(rows, -1)
+        data = np.fromfile(self.path, dtype=np.uint8, count=int(t.n_bytes), offset=int(t.data_offset))
+        return int(t.tensor_type), data.reshape(rows, -1)
 
     def tensor_bytes(self) -> int:
         """Bytes of weight data as stored in the file (quantised)."""

@@ -40,16 +40,18 @@ class Batch:
     generators: list = field(default_factory=list)               # torch.Generator or None, same rows
     seeds: list[int | None] = field(default_factory=list)        # the draw's seed, same rows
     masks: list = field(default_factory=list)                    # grammar bitmask [W] or None, same rows
+    histories: list = field(default_factory=list)                # recent tokens (penalties) or None, same rows
 
     def add(self, seq: SeqInput, params: SamplingParams | None = None, generator=None,
-            seed: int | None = None) -> None:
-        """One sequence; params (and generator, seed) only when seq.want_logits."""
+            seed: int | None = None, history: list[int] | None = None) -> None:
+        """One sequence; params (and generator, seed, history) only when seq.want_logits."""
         self.seqs.append(seq)
         if seq.want_logits:
             self.params.append(params)
             self.generators.append(generator)
             self.seeds.append(seed)
             self.masks.append(None)
+            self.histories.append(history)
 
 
 @dataclass
@@ -72,7 +74,7 @@ class ModelRunner:
         t0 = time.perf_counter()
         try:
             tokens, logprobs = self._run(batch.seqs, batch.params, batch.generators, batch.seeds,
-                                         batch.masks)
+                                         batch.masks, batch.histories)
             result = BatchResult(tokens, logprobs)
         except Exception as e:              # isolate the failing sequences, one at a time
             n = len(batch.seqs)
@@ -83,7 +85,7 @@ class ModelRunner:
                 row += seq.want_logits
                 try:
                     t, lp = self._run([seq], batch.params[sl], batch.generators[sl], batch.seeds[sl],
-                                      batch.masks[sl])
+                                      batch.masks[sl], batch.histories[sl])
                     result.tokens[i], result.logprobs[i] = t[0], lp[0]
                 except Exception as e1:
                     result.errors[i] = f"{type(e1).__name__}: {e1}" if n > 1 else f"{type(e).__name__}: {e}"
@@ -94,12 +96,12 @@ class ModelRunner:
         """Per-row grammar masks before sampling: forbidden tokens' logits become -inf."""
         return apply_masks(logits, masks) if any(m is not None for m in masks) else logits
 
-    def _run(self, seqs, params, generators, seeds, masks):
+    def _run(self, seqs, params, generators, seeds, masks, histories):
         logits = self.model.forward(seqs, self.storage)
         for g, s in zip(generators, seeds):
             if s is not None:
                 g.manual_seed(s)
-        res = sample(self.mask(logits, masks), params, generators) if params else None
+        res = sample(self.mask(logits, masks), params, generators, histories) if params else None
         out_t, out_lp, row = [], [], 0
         for seq in seqs:
             if seq.want_logits:

@@ -3,9 +3,15 @@
 Contracts
 - ``SamplingParams`` is frozen and checked once, at spawn (``validate()`` / ``from_dict()``);
   ``sample()`` trusts it, because it runs on every decode step.
-- ``sample(logits [S, V], params, generators)`` returns one token per row. Rows with
-  temperature 0 are greedy (argmax). The others go: temperature -> top-k -> top-p (nucleus, on
-  the top-k-renormalised distribution) -> one draw with *that row's own* ``torch.Generator``.
+- ``sample(logits [S, V], params, generators, histories)`` returns one token per row. First the
+  penalties of rows that ask for them, against that row's history (its last ``penalty_last_n``
+  context tokens): repetition (a seen token's logit divided by the penalty when positive,
+  multiplied when negative, as llama.cpp and Hugging Face do), presence (minus the penalty once)
+  and frequency (minus the penalty per occurrence), as OpenAI defines them. Rows with
+  temperature 0 are then greedy (argmax): with no penalty, exact greedy. The others go:
+  temperature -> top-k -> top-p (nucleus, on the top-k-renormalised distribution) -> min-p (keep
+  tokens with at least min_p times the best one's probability) -> one draw with *that row's
+  own* ``torch.Generator``.
 - Same seed, same tokens, whatever else is in the batch: the filters are row-wise operations that
   compare exact values (a top-k/top-p cut is a value threshold, so ties never depend on the
   batch), the nucleus mass is summed in float64, and each row's draw consumes exactly V
@@ -46,12 +52,22 @@ class SamplingParams:
     stop: tuple[str, ...] = ()      # stop strings; the text is cut before the first one
     logprobs: bool = False          # report log p(chosen token) under the unmodified logits
     ignore_eos: bool = False        # keep generating after eos / end-of-turn tokens
+    repetition_penalty: float = 1.0 # 1 = off; > 1 discourages tokens of the recent context
+    presence_penalty: float = 0.0   # 0 = off; -2..2, subtracted once from seen tokens' logits
+    frequency_penalty: float = 0.0  # 0 = off; -2..2, subtracted per occurrence
+    penalty_last_n: int = 64        # how many recent context tokens the penalties look at
+    min_p: float = 0.0              # 0 = off; keep tokens with p >= min_p * p(best)
     constraint: object = None       # drivers.grammar.Constraint: every turn's output matches it
                                     # (wire keys json_schema, regex, grammar, choice)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def penalized(self) -> bool:
+        """True when a penalty needs the row's recent tokens."""
+        return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
 
     def validate(self) -> SamplingParams:
         """Raise ValueError naming the first bad field; return self when all are fine."""
@@ -63,6 +79,16 @@ class SamplingParams:
             raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if not _is_real(self.repetition_penalty) or not 0 < self.repetition_penalty <= 10:
+            raise ValueError(f"repetition_penalty must be a number in (0, 10] (1 = off), got {self.repetition_penalty!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if not _is_real(v) or not -2 <= v <= 2:
+                raise ValueError(f"{name} must be a number in [-2, 2] (0 = off), got {v!r}")
+        if not _is_int(self.penalty_last_n) or not 1 <= self.penalty_last_n <= 1 << 16:
+            raise ValueError(f"penalty_last_n must be an integer in [1, 65536], got {self.penalty_last_n!r}")
+        if not _is_real(self.min_p) or not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p must be a number in [0, 1) (0 = off), got {self.min_p!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < SEED_LIMIT):
             raise ValueError(f"seed must be None or an integer in [0, 2**63), got {self.seed!r}")
         if not isinstance(self.stop, tuple):
@@ -134,8 +160,10 @@ def make_generator(seed: int | None, device: str | torch.device = "cpu") -> torc
 
 
 def sample(logits: torch.Tensor, params: Sequence[SamplingParams],
-           generators: Sequence[torch.Generator | None]) -> SampleResult:
-    """One token per row of ``logits`` [S, V]; see the module docstring for the contract."""
+           generators: Sequence[torch.Generator | None],
+           histories: Sequence[Sequence[int] | None] | None = None) -> SampleResult:
+    """One token per row of ``logits`` [S, V]; see the module docstring for the contract.
+    histories: per row, its recent context tokens (needed by rows with penalties)."""
     if logits.dim() != 2:
         raise ValueError(f"logits must be [S, V], got shape {tuple(logits.shape)}")
     n = logits.shape[0]
@@ -143,6 +171,10 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams],
         raise ValueError(f"{n} logit rows but {len(params)} params and {len(generators)} generators")
     sampled = [i for i, p in enumerate(params) if p.temperature != 0]
     want_lp = any(p.logprobs for p in params)
+    raw = logits
+    penalized = [i for i, p in enumerate(params) if p.penalized and histories and histories[i]]
+    if penalized:
+        logits = _penalize(logits.float(), penalized, params, histories)
     tokens = logits.argmax(dim=-1)
     if sampled:
         rows = torch.tensor(sampled, device=logits.device)
@@ -150,7 +182,7 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams],
                              [generators[i] for i in sampled])
     if not want_lp:
         return SampleResult(tokens.tolist(), None)
-    lf = logits.float()
+    lf = raw.float()
     lp = lf.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(lf, dim=-1)
     return SampleResult(tokens.tolist(), lp.tolist())
 
@@ -173,12 +205,35 @@ def _draw(x: torch.Tensor, params: list[SamplingParams],
     if any(p.top_p < 1 for p in params):
         x = x.masked_fill(x < _nucleus_threshold(x, [p.top_p for p in params]), float("-inf"))
 
+    if any(p.min_p > 0 for p in params):      # the best is at 0: keep x >= log(min_p)
+        floor = torch.tensor([math.log(p.min_p) if p.min_p > 0 else float("-inf") for p in params],
+                             dtype=torch.float32, device=dev)[:, None]
+        x = x.masked_fill(x < floor, float("-inf"))
+
     # Gumbel-max: argmax(x - log E), E = -log U ~ Exp(1). U in [0, 1): U = 0 gives E = inf,
     # a token that loses, never a NaN. Each row draws exactly V uniforms from its generator.
     u = torch.empty_like(x)
     for i, g in enumerate(generators):
         u[i].uniform_(generator=g)
     return (x - u.log_().neg_().log_()).argmax(dim=-1)
+
+
+def _penalize(x: torch.Tensor, rows: list[int], params: Sequence[SamplingParams],
+              histories: Sequence[Sequence[int] | None]) -> torch.Tensor:
+    """x (a float32 copy of the logits) with each listed row's penalties applied, row by row:
+    exact per-row operations, so a row's result never depends on the rest of the batch."""
+    x = x.clone()
+    for i in rows:
+        p, recent = params[i], histories[i][-params[i].penalty_last_n:]
+        ids, counts = torch.unique(torch.tensor(recent, device=x.device), return_counts=True)
+        row = x[i]
+        seen = row[ids]
+        if p.repetition_penalty != 1:
+            r = p.repetition_penalty
+            seen = torch.where(seen > 0, seen / r, seen * r)
+        seen = seen - p.presence_penalty - p.frequency_penalty * counts.to(seen.dtype)
+        row[ids] = seen
+    return x
 
 
 NUCLEUS_PREFIX = 256  # look for the nucleus among the best 256 tokens first; a full sort if not

@@ -115,7 +115,8 @@ class Engine:
                 continue
             if p.seed is not None and p.generator is None:
                 p.generator = self.runner.new_generator()
-            plan.add(seq, p.params, p.generator, None if p.seed is None else position_seed(p.seed, start + n))
+            plan.add(seq, p.params, p.generator, None if p.seed is None else position_seed(p.seed, start + n),
+                     p.tokens[-p.params.penalty_last_n:] if p.params.penalized else None)
             if p.matcher is not None:
                 constrained.append((len(plan.masks) - 1, p.matcher))
         if constrained:         # grammar masks of the whole batch at once, on this thread (the
@@ -159,7 +160,7 @@ class Engine:
             c["steps"] += 1
             c["busy_s"] += result.seconds
             c["prefill_tokens"] += plan.prefill_tokens
-            self.sched.observe(plan.prefill_tokens, result.seconds)
+            self.sched.observe(plan.prefill_tokens, result.seconds, sum(n for _, _, n in plan.entries))
         finally:
             ops.in_flight = False
             ops.reclaim()

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from . import abi
+from .cred import CredError, load_authorized_keys, load_secret_key, new_kernel_keys
 
 log = logging.getLogger("llmos.kernel")
 
@@ -36,8 +37,16 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--block-size", type=int, help="tokens per KV block")
     ap.add_argument("--max-tokens-per-step", type=int, help="token budget of one engine step")
     ap.add_argument("--socket", help="ipc socket path (default: <runtime dir>/kernel.sock)")
-    ap.add_argument("--tcp", metavar="HOST:PORT", help="also listen on tcp://HOST:PORT (clients: "
-                    "LLMOS_KERNEL=tcp://HOST:PORT LLMOS_TOKEN=<the token file's content>)")
+    ap.add_argument("--tcp", metavar="HOST:PORT", help="also listen on tcp://HOST:PORT, CURVE-encrypted; "
+                    "clients' public keys go in <curve dir>/authorized_keys ('KEY USER [admin]' lines)")
+    ap.add_argument("--curve-dir", type=Path, help="the kernel's CURVE keys and authorized_keys "
+                    "(default: $LLMOS_HOME/curve; kernel.key_secret is made on first use)")
+    ap.add_argument("--group", help="serve the Unix users of this group too (a system-wide kernel): "
+                    "the socket and its directory become group-accessible")
+    ap.add_argument("--limits", type=Path, help="per-user/group limits, TOML (default: $LLMOS_HOME/limits.toml "
+                    "if it exists); see kernel/limits.py")
+    ap.add_argument("--admin-group", default="llmos-admin",
+                    help="members may kill, renice and shut down for anyone (default llmos-admin)")
     ap.add_argument("--lease", type=float, default=3.0, metavar="S",
                     help="seconds a vanished client's processes outlive it (default 3)")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
@@ -62,6 +71,55 @@ def main(argv: list[str]) -> int:
     return serve(args, rt)
 
 
+def _curve(args, endpoints: list[str]) -> dict | None:
+    """The kernel's CURVE keypair and authorized keys when a tcp:// endpoint is asked for. A key
+    file that cannot be trusted is logged and TCP stays closed; the local socket serves anyway."""
+    if not any(ep.startswith("tcp://") for ep in endpoints):
+        return None
+    from llmos.drivers.catalog import home
+    d = args.curve_dir or home() / "curve"
+    try:
+        secret = d / "kernel.key_secret"
+        if not secret.exists():
+            new_kernel_keys(d)
+            log.info("boot: made the kernel's CURVE keys in %s", d)
+        public, secret_key = load_secret_key(secret)
+        keys_file = d / "authorized_keys"
+        keys, admins = load_authorized_keys(keys_file) if keys_file.exists() else ({}, frozenset())
+        if not keys:
+            log.warning("boot: %s lists no client keys: no TCP client can connect", keys_file)
+    except CredError as e:
+        log.error("boot: TCP not opened: %s", e)
+        return None
+    return {"curve": (public, secret_key), "curve_keys": keys, "curve_admins": admins}
+
+
+def _limits(args):
+    """The limits table: the file's rules, or (a bad file is logged, never fatal) the defaults."""
+    from llmos.drivers.catalog import home
+    from .limits import Limits, LimitsError, load
+    path = args.limits or home() / "limits.toml"
+    if args.limits is None and not path.exists():
+        return Limits()
+    try:
+        rules = load(path)
+    except LimitsError as e:
+        log.error("boot: limits not applied, using the defaults: %s", e)
+        return Limits()
+    log.info("boot: limits  %s", "; ".join(f"{s} {r}" for s, r in rules.items()))
+    return Limits(rules)
+
+
+def _share_with_group(sock: Path, group: str) -> None:
+    """A system-wide kernel: the group's users may reach the socket (identity still from the OS)."""
+    import grp
+    gid = grp.getgrnam(group).gr_gid
+    for path, mode in ((sock.parent, 0o750), (sock, 0o660)):
+        os.chown(path, -1, gid)
+        os.chmod(path, mode)
+    log.info("boot: socket shared with group %s", group)
+
+
 def _endpoints(args, rt: Path) -> list[str]:
     eps = [abi.ipc_endpoint(Path(args.socket) if args.socket else abi.socket_path(rt))]
     if args.tcp:
@@ -81,6 +139,7 @@ def serve(args, rt: Path) -> int:
     from llmos.drivers.llama import LlamaModel
     from .engine import Engine
     from .param import KernelConfig
+    from .cred import Roles
     from .server import Server
     from .syscalls import Kernel
     from .waitq import WaitQueues
@@ -101,7 +160,7 @@ def serve(args, rt: Path) -> int:
                  c.arch, c.n_layers, c.hidden_size, c.context_length, model.device, str(model.dtype)[6:],
                  time.monotonic() - t0)
         waits = WaitQueues()
-        engine = Engine(model, config, on_wake=waits.wake)
+        engine = Engine(model, config, on_wake=waits.wake, limits=_limits(args))
         gc.freeze()     # model and pool live for the boot: keep them out of full GC passes (p99)
         kv = engine.kv.stats()
         log.info("boot: KV pool %d blocks x %d tokens, %.1f MiB", kv["total"], kv["block_size"],
@@ -122,9 +181,17 @@ def serve(args, rt: Path) -> int:
     restored = kernel.checkpoints.boot()
     log.info("sessions: %d restored from %s%s", len(restored), kernel.checkpoints.dir,
              f" (pids {', '.join(map(str, restored))})" if restored else "")
-    server = Server(kernel, endpoints)
+    curve = _curve(args, endpoints)
+    if curve is None:
+        endpoints = [ep for ep in endpoints if not ep.startswith("tcp://")]
+    server = Server(kernel, endpoints, roles=Roles(admin_group=args.admin_group),
+                    **(curve or {}))
     try:
         server.bind()
+        if args.group:
+            _share_with_group(Path(endpoints[0][6:]), args.group)
+        if curve is not None:   # local clients must speak CURVE too: they find the public key here
+            (rt / "kernel.key").write_bytes(curve["curve"][0] + b"\n")
     except Exception as e:
         log.error("boot failed: cannot bind %s: %s", ", ".join(endpoints), e)
         abi.token_path(rt).unlink(missing_ok=True)

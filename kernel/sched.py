@@ -36,6 +36,7 @@ import heapq
 import time
 
 from .kvcache import owner_namespace
+from .latency import StepModel, target_s
 from .proc import Process, ProcState, admit, dispatch, preempt
 
 # Linux kernel/sched/core.c sched_prio_to_weight: nice -20 .. 19 (each step about 1.25x).
@@ -56,6 +57,7 @@ class Scheduler:
         """limits (kernel/limits.py): a user over its tokens_per_min does not run until under it."""
         self.config, self.kv, self.procs, self.limits = config, kv, procs, limits
         self.held: set[str] = set()               # owners throttled this step
+        self.step_model = StepModel()             # step seconds vs tokens (kernel/latency.py)
         self.slice = config.slice_tokens
         self.running: dict[int, Process] = {}     # pid -> process holding a place in the batch
         self.ready: dict[int, Process] = {}       # pid -> runnable, not in the batch
@@ -95,8 +97,9 @@ class Scheduler:
         if p.vruntime >= p.deadline:
             p.deadline = p.vruntime + self.slice * NICE_0 / p.weight
 
-    def observe(self, prefill_tokens: int, seconds: float) -> None:
-        """Feed the recompute estimate with a measured step that was mostly prefill."""
+    def observe(self, prefill_tokens: int, seconds: float, tokens: int = 0) -> None:
+        """A measured step: it feeds the step-time model and (mostly prefill) the recompute estimate."""
+        self.step_model.observe(tokens, seconds)
         if prefill_tokens >= 64 and seconds > 0:
             self.prefill_s_per_token = 0.8 * self.prefill_s_per_token + 0.2 * seconds / prefill_tokens
 
@@ -199,15 +202,24 @@ class Scheduler:
 
     def _build(self) -> list[tuple[Process, int]]:
         budget = self.config.max_step_tokens
-        decodes, prefills = [], []
+        decodes, prefills, urgent = [], [], []
+        model = self.step_model if self.step_model.ready() else None
         for p in self.running.values():
-            (decodes if len(p.tokens) - p.computed == 1 else prefills).append(p)
+            target = target_s(p, model) if model is not None and p.owner not in self.held else None
+            if target is not None:
+                urgent.append((target, p.pid, p))
+            else:
+                (decodes if len(p.tokens) - p.computed == 1 else prefills).append(p)
+        if urgent:          # latency goals: serve them first, size the step to the tightest one
+            urgent.sort(key=lambda e: e[:2])
+            need = sum(len(p.tokens) - p.computed for _, _, p in urgent)
+            budget = min(budget, max(need, model.tokens_within(urgent[0][0])))
         if len(decodes) > budget:
             decodes.sort(key=self._rank)
         prefills.sort(key=self._rank)
         plan: list[tuple[Process, int]] = []
         planned: set[int] = set()
-        for p in decodes + prefills:
+        for p in [p for _, _, p in urgent] + decodes + prefills:
             if budget <= 0:
                 break
             if p.state is not ProcState.RUNNING or p.owner in self.held:

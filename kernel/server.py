@@ -16,15 +16,27 @@ Design rules:
     gone); a failed reply is the same proof, and quiet sessions are probed every sweep_s. A lost
     session ends at once (its routing id is forgotten, so a peer reusing it must say hello again;
     its parked calls are dropped) and its lease starts (kernel/lease.py).
+  - Identity (kernel/cred.py): every connection passes the ZAP handler, which names it from the
+    OS (SO_PEERCRED on ipc) or its CURVE key (TCP; no key, no connection). libzmq stamps that
+    User-Id on each of its messages; a session is bound to it, so a peer that reuses another's
+    routing id is not that session. Routing ids are the ROUTER's own (5 bytes, 0x00 + a counter
+    whose start is a secret drawn at boot): a peer that picks its own id is refused and cut off,
+    since a chosen id equal to the next generated one makes libzmq abort.
+  - Before hello a connection costs little: frames over PRE_HELLO_BYTES cut it off, a uid may
+    hold MAX_PRE_HELLO connections that have not said hello, and each has PRE_HELLO_S to say it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno as E
 import itertools
 import logging
+import secrets
 import signal
+import socket
+import struct
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +46,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import abi
 from .abi import Sys
+from .cred import ZAP_DOMAIN, Authenticator, Identity, Roles
 from .lease import Leases
 from .proc import ProcState
 from .syscalls import SHUTDOWN, TABLE, Block, Caller, Kernel, KernelError, usage
@@ -42,14 +55,60 @@ log = logging.getLogger("llmos.kernel")
 
 NOTICE = abi.encode_reply(None, 0, None)    # the liveness probe; clients ignore nil-id frames
 DRAIN_BATCH = 256                            # messages per drain before yielding to the loop
+PRE_HELLO_BYTES = 64 << 10                   # the largest frame a connection may send before hello
+PRE_HELLO_S = 10.0                           # a connection that has not said hello by then is cut
+MAX_PRE_HELLO = 32                           # connections per uid that have not said hello
+THROTTLE_RECHECK_S = 0.25                    # an idle engine with throttled users looks again
+
+
+def _unpredictable_routing_ids() -> None:
+    """libzmq starts a ROUTER's generated routing ids at rand() (the same value every boot unless
+    seeded): seed it with a secret, so no peer can pick the id the next client will get."""
+    try:
+        ctypes.CDLL(None).srand(secrets.randbits(32))
+    except (OSError, AttributeError):
+        log.warning("cannot seed libzmq's routing ids (no srand): they are predictable")
+
+
+def _generated(ident: bytes) -> bool:
+    """A routing id of the ROUTER's own making (a chosen one may only mimic it by a blind guess)."""
+    return len(ident) == 5 and ident[0] == 0
+
+
+def _peer_uid(fd: int) -> int | None:
+    """The uid at the other end of a unix-socket fd (None for TCP or on error)."""
+    try:
+        s = socket.socket(fileno=fd)
+        try:
+            if s.family != socket.AF_UNIX:
+                return None
+            return struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+        finally:
+            s.detach()
+    except OSError:
+        return None
+
+
+def _cut(fd: int | None) -> None:
+    """Close a connection from our side (libzmq sees EOF and drops the peer's pipe)."""
+    if fd is None:
+        return
+    try:
+        s = socket.socket(fileno=fd)
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        finally:
+            s.detach()
+    except OSError:
+        pass
 
 
 class Session(Caller):
-    """A connection after hello: its routing id, transport fd and liveness."""
+    """A connection after hello: its routing id, transport fd, who it is and liveness."""
 
-    def __init__(self, ident: bytes, fd: int | None, sid: int):
-        super().__init__(sid=sid)
-        self.ident, self.fd = ident, fd
+    def __init__(self, ident: bytes, fd: int | None, sid: int, user_id: str, identity: Identity | None):
+        super().__init__(sid=sid, identity=identity)
+        self.ident, self.fd, self.user_id = ident, fd, user_id
         self.last_seen = time.monotonic()
         self.warned = False                 # a bad-input notice was logged for it already
 
@@ -58,8 +117,16 @@ class Server:
     """bind() (at boot), then `await serve()` on the loop until shutdown()."""
 
     def __init__(self, kernel: Kernel, endpoints: list[str], *, heartbeat_s: float = 2.0,
-                 sweep_s: float = 30.0):
+                 sweep_s: float = 30.0, roles: Roles | None = None,
+                 curve: tuple[bytes, bytes] | None = None, curve_keys: dict[bytes, str] | None = None,
+                 curve_admins: frozenset[str] = frozenset()):
+        """curve: the kernel's CURVE keypair (public, secret), required for tcp:// endpoints;
+        curve_keys: authorized client keys -> users; curve_admins: those users that are admins."""
         self.k, self.endpoints = kernel, list(endpoints)
+        self.roles, self.curve = roles or Roles(), curve
+        self.curve_keys, self.curve_admins = dict(curve_keys or {}), curve_admins
+        self.auth: Authenticator | None = None
+        self.pre_hello: dict[int, tuple[float, int | None]] = {}   # fd -> (accepted at, uid)
         self.heartbeat_s, self.sweep_s = heartbeat_s, sweep_s
         self.waits = kernel.waits
         self.leases = Leases(kernel.engine, kernel.lease_s, self._wake_engine)
@@ -75,15 +142,25 @@ class Server:
     # ---- lifecycle ---------------------------------------------------------------------
     def bind(self) -> None:
         """Bind every endpoint (before the loop runs, so that errors surface at boot)."""
+        if any(ep.startswith("tcp://") for ep in self.endpoints) and self.curve is None:
+            raise ValueError("a tcp:// endpoint needs the kernel's CURVE keys (TCP is always encrypted)")
         self.ctx = zmq.Context()
+        self.auth = Authenticator(self.ctx, self.curve_keys)
+        self.auth.start()
+        _unpredictable_routing_ids()
         s = self.sock = self.ctx.socket(zmq.ROUTER)
+        s.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        if self.curve is not None:       # local peers then speak CURVE too (the library knows how)
+            s.curve_publickey, s.curve_secretkey = self.curve
+            s.curve_server = True
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        s.setsockopt(zmq.SNDHWM, 0)     # never drop a reply: each answers a request its peer sent
         s.setsockopt(zmq.MAXMSGSIZE, abi.HARD_FRAME_BYTES)
         s.setsockopt(zmq.LINGER, 500)
         hb = int(self.heartbeat_s * 1000)
         s.setsockopt(zmq.HEARTBEAT_IVL, hb)
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * hb)
-        self.mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.mon = s.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         for i, ep in enumerate(self.endpoints):
             s.bind(ep)
             self.endpoints[i] = s.getsockopt_string(zmq.LAST_ENDPOINT)   # tcp://host:* -> the port
@@ -115,6 +192,7 @@ class Server:
             self.sock.disable_monitor()
             self.mon.close(0)
             self.sock.close()
+            self.auth.stop()
             self.ctx.term()
 
     def shutdown(self) -> None:
@@ -188,11 +266,32 @@ class Server:
                 if sess is not None:
                     self._lost(sess)
                 return False
-            if e.errno != zmq.EAGAIN:   # EAGAIN: a peer not reading; alive, this frame is dropped
-                log.warning("send failed: %s", e)
+            if e.errno == zmq.EAGAIN:   # no HWM, so only if memory ran out: end it visibly
+                log.warning("session %s: a reply could not be queued; disconnected", ident.hex())
+                sess = self.sessions.get(ident)
+                if sess is not None:
+                    self._lost(sess)
+                    _cut(sess.fd)
+                return False
+            log.warning("send failed: %s", e)
         finally:
             if not self._in_drain:
                 self._kick()
+        return True
+
+    def _may_speak(self, head, ident: bytes, frames: list) -> bool:
+        """A connection without a session: its routing id must be ours and its frames small."""
+        if not _generated(ident):
+            log.warning("audit: a peer (%s) chose its own routing id; refused", _user_id(head))
+            self._send(ident, None, E.EPROTO, "routing ids are chosen by the kernel")
+            _cut(self._srcfd(head))
+            return False
+        if sum(len(f) for f in frames[1:]) > PRE_HELLO_BYTES:
+            log.warning("audit: a peer (%s) sent %d bytes before hello; cut off", _user_id(head),
+                        sum(len(f) for f in frames[1:]))
+            self._send(ident, None, E.E2BIG, f"frames before hello are limited to {PRE_HELLO_BYTES} bytes")
+            _cut(self._srcfd(head))
+            return False
         return True
 
     @staticmethod
@@ -205,9 +304,16 @@ class Server:
     # ---- dispatch ----------------------------------------------------------------------
     def _on_message(self, head, frames: list) -> None:
         """frames: [routing id, body frames...] (bodies as bytes)."""
-        ident = head.bytes
+        ident, user_id = head.bytes, _user_id(head)
         sess = self.sessions.get(ident)
-        if sess is not None:
+        if sess is None:
+            if not self._may_speak(head, ident, frames):
+                return
+        elif sess.user_id != user_id:        # another connection wearing this routing id
+            log.warning("audit: a peer (%s) used session %d's routing id; cut off", user_id, sess.sid)
+            _cut(self._srcfd(head))
+            return
+        else:
             sess.last_seen = time.monotonic()
         if len(frames) != 2:
             rid = None
@@ -232,7 +338,11 @@ class Server:
             if sysno != Sys.HELLO:
                 self._send(ident, req_id, E.EACCES, "call hello(token, user) first")
                 return
-            caller = Session(ident, self._srcfd(head), next(self._sids))
+            identity = self.roles.identity(user_id or "", self.curve_admins)
+            if identity is None:
+                self._send(ident, req_id, E.EACCES, "this connection has no credentials")
+                return
+            caller = Session(ident, self._srcfd(head), next(self._sids), user_id, identity)
         if not entry.min_args <= len(args) <= entry.max_args:
             self._send(ident, req_id, E.EINVAL, f"{usage(sysno)} takes {entry.min_args}..{entry.max_args} "
                                                 f"arguments, got {len(args)}")
@@ -262,6 +372,7 @@ class Server:
                 self._wake_engine()
         if sess is None:
             self.sessions[ident] = caller
+            self.pre_hello.pop(caller.fd, None)
             log.info("session %d %s: hello from %s (%s)", caller.sid, ident.hex(), caller.user,
                      caller.client or "-")
         if isinstance(result, Block):
@@ -283,7 +394,13 @@ class Server:
                     if self._stopping:
                         return
                     self._work.clear()
-                    await self._work.wait()
+                    if engine.sched.held:      # throttled by a token rate: look again soon
+                        try:
+                            await asyncio.wait_for(self._work.wait(), THROTTLE_RECHECK_S)
+                        except asyncio.TimeoutError:
+                            pass
+                    else:
+                        await self._work.wait()
                     continue
                 result = await loop.run_in_executor(pool, engine.execute, plan)
                 engine.commit(plan, result)
@@ -305,10 +422,32 @@ class Server:
             except zmq.Again:
                 return
             fd = msg["value"]
+            if msg["event"] == zmq.EVENT_ACCEPTED:
+                self._accepted(fd)
+                continue
+            self.pre_hello.pop(fd, None)
             suspects = [s for s in self.sessions.values() if s.fd in (fd, None)]
             if suspects:
                 for delay in (0.01, 0.25):   # the ROUTER drops the pipe just after the event
                     self.loop.call_later(delay, self._probe, suspects)
+
+    def _accepted(self, fd: int) -> None:
+        """A new connection: at most MAX_PRE_HELLO per uid before hello, PRE_HELLO_S to say it."""
+        if any(x.fd == fd for x in self.sessions.values()):
+            return                                  # it said hello before this event was read
+        uid = _peer_uid(fd)
+        if uid is not None and sum(1 for _, u in self.pre_hello.values() if u == uid) >= MAX_PRE_HELLO:
+            log.warning("audit: uid %d holds %d connections without hello; one more cut off", uid, MAX_PRE_HELLO)
+            _cut(fd)
+            return
+        entry = self.pre_hello[fd] = (time.monotonic(), uid)
+        self.loop.call_later(PRE_HELLO_S, self._expire, fd, entry)
+
+    def _expire(self, fd: int, entry) -> None:
+        if self.pre_hello.get(fd) is entry and not any(x.fd == fd for x in self.sessions.values()):
+            del self.pre_hello[fd]
+            log.warning("audit: a connection (uid %s) said no hello within %g s; cut off", entry[1], PRE_HELLO_S)
+            _cut(fd)
 
     def _probe(self, sessions) -> None:
         for s in sessions:
@@ -330,6 +469,14 @@ class Server:
             await asyncio.sleep(self.sweep_s)
             now = time.monotonic()
             self._probe([s for s in self.sessions.values() if now - s.last_seen >= self.sweep_s])
+
+
+def _user_id(frame) -> str | None:
+    """The User-Id the ZAP handler gave this message's connection."""
+    try:
+        return frame.get("User-Id")
+    except (zmq.ZMQError, UnicodeDecodeError):
+        return None
 
 
 def _guard(fn, *args) -> None:

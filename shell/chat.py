@@ -4,7 +4,8 @@ The session is spawned with the first turn and never exits at the end of a turn:
 its KV resident until the next turn is written, so each turn prefills only the new text. A reader
 thread (its own connection) copies every reply to the output and signals each turn's end; the
 turns come from the user at a `chat[PID]>` prompt (interactive), or from a `<` file / piped stdin
-one line per turn (scripted; then the whole conversation is an ordinary job, `&` works).
+one line per turn (scripted: each turn is echoed after the same `chat[PID]> ` label before its reply;
+then the whole conversation is an ordinary job, `&` works).
 
 Keys while chatting: Ctrl-C during a reply interrupts it (SIGINT: the session goes back to waiting
 for input); Ctrl-C at the prompt clears the line; Ctrl-Z stops the job (SIGSTOP) and returns to
@@ -121,9 +122,12 @@ class Chat:
             if self.sh.wait_fg(self.job, self.turn_done) == "stopped":
                 return 148
 
+    def _label(self) -> str:
+        return f"chat[{self.pid}]> " if self.pid else "chat> "
+
     def _ask(self):
         """One line from the user; None at end of input (Ctrl-D); SUSPEND for Ctrl-Z."""
-        label = f"chat[{self.pid}]> " if self.pid else "chat> "
+        label = self._label()
         if not self.sh.tty:
             try:
                 return input(label)
@@ -160,6 +164,7 @@ class Chat:
             for text in turns:
                 if self.job.interrupted or self.job.done.is_set():
                     break
+                self.out.write(f"{self._label()}{text}\n")     # the turn, as the prompt shows it
                 self.send(client, text)
                 self.turn_done.wait()
             self.close(client)

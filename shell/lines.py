@@ -3,7 +3,7 @@
 Interactive: a prompt_toolkit session with history in $LLMOS_HOME/history (default
 ~/.cache/llmos), tab completion (complete.py), and the prompt `llmos(MODEL kv N%)$ ` read fresh
 from the kernel each time. A line left open (a quote, a trailing `|` or `\\`) asks `> ` for more.
-Ctrl-C clears the line; Ctrl-D is `exit`; a first exit with jobs alive only warns (bash).
+Ctrl-C clears the line; Ctrl-Z does nothing; Ctrl-D is `exit`; a first exit with jobs alive only warns (bash).
 Background output is drawn above the prompt (patch_stdout) instead of through it.
 
 Scripts run as sh runs them: each complete command as soon as it is read, a syntax error ends
@@ -18,6 +18,9 @@ from llmos.shell.jobs import RUNNING, STOPPED
 from llmos.shell.parse import ParseError, parse
 from llmos.shell.runner import error_text
 from llmos.shell.streams import TERMINAL
+from llmos.userland.bin import free
+
+PROMPT_REFRESH_S = 1.0
 
 
 def run_script(sh, text: str, name: str) -> int:
@@ -48,11 +51,16 @@ def interact(sh) -> int:
     """Read and run lines until exit; return the exit status."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory
+    from prompt_toolkit.key_binding import KeyBindings
 
     from llmos.shell.complete import ShellCompleter
     sh.home.mkdir(parents=True, exist_ok=True)
-    session = PromptSession(history=FileHistory(str(sh.home / "history")),
-                            completer=ShellCompleter(sh), complete_while_typing=False)
+    keys = KeyBindings()
+    keys.add("c-z")(lambda event: None)             # Ctrl-Z at the prompt: nothing to stop (bash)
+    session = PromptSession(history=FileHistory(str(sh.home / "history")), key_bindings=keys,
+                            completer=ShellCompleter(sh), complete_while_typing=False,
+                            refresh_interval=PROMPT_REFRESH_S)
+    sh.history = session.history
     sh.jobs.on_finish = sh.job_finished            # say "[1]+ Done ..." as soon as it happens
     try:
         sh.client                                   # connect now (starting a kernel if need be)
@@ -63,7 +71,7 @@ def interact(sh) -> int:
         sh.notify_jobs()
         TERMINAL.end_line()
         try:
-            text = read_line(session, prompt_text(sh))
+            text = read_line(session, lambda: prompt_text(sh))
         except EOFError:
             TERMINAL.write("exit\n")
             text = "exit"
@@ -82,7 +90,7 @@ def interact(sh) -> int:
             return sh.leave(e.status)
 
 
-def read_line(session, label: str) -> str | None:
+def read_line(session, label) -> str | None:
     """A complete line (asking `> ` for more while it is open); None after Ctrl-C."""
     from prompt_toolkit.patch_stdout import patch_stdout
     text = ""
@@ -102,7 +110,8 @@ def read_line(session, label: str) -> str | None:
 
 
 def prompt_text(sh) -> str:
-    """`llmos(MODEL kv N%)$ `, or `llmos(no kernel)$ ` (never starts a kernel)."""
+    """`llmos(MODEL kv N%)$ `, or `llmos(no kernel)$ ` (never starts a kernel). Redrawn every
+    PROMPT_REFRESH_S, so the KV share follows running jobs; one decimal below 10 % (free.percent)."""
     client = sh.link.try_connect()
     try:
         kv = client.meminfo()["kv"] if client else None
@@ -111,5 +120,4 @@ def prompt_text(sh) -> str:
         kv = None
     if kv is None:
         return "llmos(no kernel)$ "
-    pct = 100 * kv["used"] / kv["total"] if kv["total"] else 0
-    return f"llmos({client.info.get('model') or '?'} kv {pct:.0f}%)$ "
+    return f"llmos({client.info.get('model') or '?'} kv {free.percent(kv['used'], kv['total'])})$ "

@@ -75,6 +75,38 @@ def drain(client, pid: int, out: Stream, on_turn_end=None) -> dict:
             return client.wait(pid)
 
 
+class JobOutput(Stream):
+    """The last stage's text on its way to the job's output. While the job is in the background on
+    the terminal only whole lines are written (a partial line drawn above the prompt would be
+    erased by the next redraw, or run into another command's output); nothing is written once
+    Ctrl-C was forwarded; `end` finishes the answer's last line, so `>>` appends whole lines and
+    the next output starts on a line of its own."""
+
+    def __init__(self, job: Job, out: Stream):
+        self.job, self.out, self._held, self._last = job, out, "", "\n"
+
+    def write(self, text: str) -> None:
+        if not text or self.job.interrupted:
+            return
+        self._last = text[-1]
+        text, self._held = self._held + text, ""
+        if self.out is TERMINAL and self.job.background:
+            cut = text.rfind("\n") + 1
+            text, self._held = text[:cut], text[cut:]
+        if text:
+            self.out.write(text)
+
+    def end(self) -> None:
+        if self.job.interrupted:
+            return
+        if self._held:
+            self.out.write(self._held)
+            self._held = ""
+        if self._last != "\n":
+            self.out.write("\n")
+            self._last = "\n"
+
+
 class Runner(threading.Thread):
     """Reads a `run` pipeline's processes in order; the last one's text goes to the job's output."""
 
@@ -121,8 +153,12 @@ class Runner(threading.Thread):
                 client.kill(pid, abi.SIGSTOP)
         for k, pid in enumerate(pids):
             last = k == len(pids) - 1
-            sink = self.out if last else PipeWriter(client, pid, pids[k + 1])
-            st = drain(client, pid, sink)
+            sink = JobOutput(job, self.out) if last else PipeWriter(client, pid, pids[k + 1])
+            try:
+                st = drain(client, pid, sink)
+            finally:
+                if last:
+                    sink.end()
             job.live.discard(pid)
             if st.get("reason") == "error":
                 warn(f"run: process {pid} failed: {st.get('message')}")

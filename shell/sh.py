@@ -332,6 +332,9 @@ class Shell:
     def on_signal(self, signum, frame) -> None:
         if self._fg:
             self._pending.append(signum)
+            job = self._fg_job
+            if signum == signal.SIGINT and job is not None and (job.kind != "chat" or not job.resume):
+                job.interrupted = True          # its output stops now, not when SIGINT is forwarded
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
 

@@ -154,6 +154,7 @@ def test_bad_model_files_give_one_line_errors(tmp_path, tiny_model_path):
     cases = {
         "missing.gguf": (None, "no such model file"),
         "truncated.gguf": (lambda d: d.__delitem__(slice(size - 1000, None)), "truncated"),
+        "cut-in-half.gguf": (lambda d: d.__delitem__(slice(size // 2, None)), "truncated"),
         "header.gguf": (lambda d: d.__delitem__(slice(40, None)), "not a readable GGUF"),
         "magic.gguf": (lambda d: d.__setitem__(slice(0, 4), b"NOPE"), "not a readable GGUF"),
     }
@@ -161,7 +162,8 @@ def test_bad_model_files_give_one_line_errors(tmp_path, tiny_model_path):
         path = str(tmp_path / name) if edit is None else _corrupt(tmp_path, tiny_model_path, name, edit)
         with pytest.raises(ModelFileError) as e:
             LlamaModel.load(path)
-        assert message in str(e.value) and "\n" not in str(e.value)
+        assert message in e.value.problem and "\n" not in str(e.value)
+        assert "reshape" not in e.value.problem
         assert str(e.value).startswith(path)
 
 

@@ -149,3 +149,21 @@ def test_limits_file(tmp_path):
     f.write_text('not toml [')
     with pytest.raises(LimitsError, match="limits.toml"):
         load(f)
+
+
+def test_a_latency_target_needs_privilege(srv):
+    from llmos.kernel.abi import Sys
+    with lib.Client(user=ALICE) as a:
+        pid = a.spawn("x", LONG)
+        with pytest.raises(PermissionError):
+            a.latency(pid, 50)
+        with pytest.raises(PermissionError):
+            a.syscall(Sys.SPAWN, "y", LONG, {"latency_ms": 50})
+    with lib.Client() as root:
+        with pytest.raises(OSError) as e:
+            root.latency(pid, 0)
+        assert e.value.errno == errno.EINVAL
+        root.latency(pid, 50)
+        assert srv.kernel.engine.procs.get(pid).latency_ms == 50.0
+        root.latency(pid, None)
+        assert srv.kernel.engine.procs.get(pid).latency_ms is None

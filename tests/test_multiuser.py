@@ -264,3 +264,32 @@ def test_the_prefix_cache_is_not_an_oracle_between_users(srv):
     assert run_as(ALICE, _run_and_cached, secret) == 0
     assert run_as(ALICE, _run_and_cached, secret) > 0          # alice's own repeat hits her cache
     assert run_as(BOB, _run_and_cached, secret) == 0            # bob's right guess learns nothing
+
+
+def test_a_system_wide_socket_and_a_bad_key_file_at_boot(tmp_path, caplog):
+    """--group opens the socket to a Unix group; a CURVE key file others may write keeps TCP
+    closed with one line, and the local socket serves anyway."""
+    import grp
+    import stat as st
+    from types import SimpleNamespace
+    from llmos.kernel import main
+    from unixusers import ADMIN_GROUP
+    ensure_users()
+    sock_dir = tmp_path / "rt"
+    sock_dir.mkdir(mode=0o700)
+    sock = sock_dir / "kernel.sock"
+    sock.touch(mode=0o600)
+    main._share_with_group(sock, ADMIN_GROUP)
+    gid = grp.getgrnam(ADMIN_GROUP).gr_gid
+    assert sock.stat().st_gid == gid and st.S_IMODE(sock.stat().st_mode) == 0o660
+    assert sock_dir.stat().st_gid == gid and st.S_IMODE(sock_dir.stat().st_mode) == 0o750
+    curve = tmp_path / "curve"
+    zmq.auth.create_certificates(str(curve.mkdir() or curve), "kernel")
+    os.chmod(curve / "kernel.key_secret", 0o666)
+    args = SimpleNamespace(curve_dir=curve)
+    assert main._curve(args, ["ipc:///x", "tcp://127.0.0.1:*"]) is None
+    assert "TCP not opened" in caplog.text and "writable by others" in caplog.text
+    os.chmod(curve / "kernel.key_secret", 0o600)
+    good = main._curve(args, ["ipc:///x", "tcp://127.0.0.1:*"])
+    assert good["curve"][0] and good["curve_keys"] == {}
+    assert main._curve(args, ["ipc:///x"]) is None            # no TCP asked: no CURVE

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import errno as E
-import getpass
 import itertools
 import os
 import socket
@@ -40,6 +39,7 @@ import zmq
 
 from llmos.kernel import abi
 from llmos.kernel.abi import Sys
+from llmos.userland import curve
 
 START_HINT = "start one with: llmos serve --daemon"
 CALL_TIMEOUT_S = 30.0        # the longest a non-blocking call may take before the kernel is presumed gone
@@ -78,8 +78,8 @@ def _target(endpoint: str | None, token: str | None) -> tuple[str, str]:
             token = abi.read_token(rt)
         except FileNotFoundError:
             raise _no_kernel(endpoint, f"no token file {abi.token_path(rt)}") from None
-        except PermissionError as e:
-            raise PermissionError(E.EACCES, f"cannot read the kernel token: {e}") from None
+        except PermissionError:
+            token = None        # another user's kernel: the OS names us (kernel/cred.py)
     return endpoint, token
 
 
@@ -109,6 +109,7 @@ def _dealer(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
     s.setsockopt(zmq.MAXMSGSIZE, abi.HARD_FRAME_BYTES)
     s.setsockopt(zmq.HEARTBEAT_IVL, int(HEARTBEAT_S * 1000))
     s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(DEAD_AFTER_S * 1000))
+    curve.apply(s, endpoint)                # a kernel on TCP encrypts every connection
     monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     s.connect(endpoint)
     return s, monitor
@@ -230,6 +231,15 @@ class _Stubs:
         """Stop the kernel (its processes get SIGTERM)."""
         return self.syscall(Sys.SHUTDOWN)
 
+    def latency(self, pid: int, ms: float | None):
+        """Set a process's time-per-token target in ms (None: derived from its nice)."""
+        return self.syscall(Sys.LATENCY, pid, ms)
+
+    def limits(self, scope: str | None = None, changes: dict | None = None):
+        """Limits and usage; with scope ('default', 'user:NAME', 'group:NAME') and changes
+        ({limit: n or None}), an admin sets them."""
+        return self.syscall(Sys.LIMITS, *(() if changes is None else (scope, changes)))
+
     def read(self, pid: int, timeout: float | None = None) -> dict:
         """Block until pid has output, ends a turn or exits: {"text", "eof", "turn_end"}."""
         return self._drive(_blocking_plan(Sys.READ, pid, timeout, self.call_timeout))
@@ -272,7 +282,7 @@ class Client(_Stubs):
         self._sock, self._monitor = _dealer(zmq.Context.instance(), self.endpoint)
         self._gone = False
         try:
-            self.info = self._call(Sys.HELLO, (token, user or getpass.getuser(), client or _prog()),
+            self.info = self._call(Sys.HELLO, (token, user, client or _prog()),
                                    connect_timeout, connecting=True)
         except BaseException:
             self.close()
@@ -378,7 +388,7 @@ class AsyncClient(_Stubs):
         self._sock, self._monitor = _dealer(zmq.asyncio.Context.instance(), self.endpoint)
         self._tasks = [asyncio.ensure_future(self._read_replies()), asyncio.ensure_future(self._watch())]
         try:
-            self.info = await self._timed(Sys.HELLO, (token, user or getpass.getuser(), client or _prog()),
+            self.info = await self._timed(Sys.HELLO, (token, user, client or _prog()),
                                           connect_timeout)
         except (KernelNotAnswering, ConnectionResetError):
             await self.close()

@@ -1,0 +1,179 @@
+"""The quantized matmul kernels (drivers/quant.py, quant_kernels.cpp) against gguf-py's own
+dequantisation, on random blocks of every kernel type; the model's quantized path on tiny models;
+fallbacks and refusals.
+
+Tolerances: the kernel quantizes each activation block of 32 to x ~= d * (q + r / 254) with
+d = max|x| / 127, so |x - x_hat| <= d / 508 per element. Against that same x_hat the only error
+left is fp32 rounding (tight check); against the exact fp32 product the error is bounded by
+sum_i |w_i| * d_i / 508 (loose check).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as QT
+from gguf.quants import dequantize
+
+import tinymodel
+from llmos.drivers import quant
+from llmos.drivers.gguf import ModelFileError
+from llmos.drivers.linear import Linear
+from llmos.drivers.llama import LlamaModel, SeqInput
+
+KERNEL_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.Q4_K, QT.Q5_K, QT.Q6_K]
+HALF_FIELDS = {QT.Q4_0: [0], QT.Q5_0: [0], QT.Q8_0: [0], QT.Q4_1: [0, 2], QT.Q5_1: [0, 2],
+               QT.Q4_K: [0, 2], QT.Q5_K: [0, 2], QT.Q6_K: [208]}
+
+pytestmark = pytest.mark.skipif(quant.kernels() is None, reason="no C++ compiler: kernels not built")
+
+
+def random_blocks(qtype, rows: int, k: int, seed: int = 0) -> np.ndarray:
+    """Random bytes in qtype's block layout, with sane fp16 scale fields: [rows, row_bytes]."""
+    rng = np.random.default_rng(seed)
+    elems, nbytes = GGML_QUANT_SIZES[qtype]
+    data = rng.integers(0, 256, (rows, k // elems, nbytes), dtype=np.uint8)
+    for off in HALF_FIELDS[qtype]:
+        half = rng.uniform(0.001, 0.02, (rows, k // elems)).astype(np.float16)
+        data[:, :, off:off + 2] = half.view(np.uint8).reshape(rows, k // elems, 2)
+    return data.reshape(rows, -1)
+
+
+def activation_as_kernel_sees_it(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_hat, d per element): the two-level 8-bit block quantization the kernel applies."""
+    v = x.reshape(x.shape[0], -1, 32)
+    d = v.abs().amax(-1, keepdim=True) / 127
+    inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+    t = v * inv
+    q = torch.round(t)
+    r = torch.round((t - q) * 254).clamp(-127, 127)
+    return ((q + r / 254) * d).reshape(x.shape), d.expand_as(v).reshape(x.shape)
+
+
+@pytest.mark.parametrize("qtype", KERNEL_TYPES, ids=lambda q: q.name)
+@pytest.mark.parametrize("rows,k,tokens", [(1, 256, 1), (7, 256, 3), (13, 512, 70), (33, 768, 9)])
+def test_kernel_matches_dequantised_matmul(qtype, rows, k, tokens):
+    w = random_blocks(qtype, rows, k, seed=rows * 1000 + tokens)
+    wf = torch.from_numpy(dequantize(w, qtype).reshape(rows, k).astype(np.float64))
+    x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(rows))
+    got = quant.QLinear([(qtype, w)], k)(x).double()
+    x_hat, d = activation_as_kernel_sees_it(x)
+    bound = wf.abs() @ x_hat.double().abs().T
+    assert torch.all((got - x_hat.double() @ wf.T).abs() <= 2e-6 * bound.T + 1e-6)
+    exact_bound = (wf.abs() @ (d.double() / 508).T).T
+    assert torch.all((got - x.double() @ wf.T).abs() <= exact_bound + 2e-6 * bound.T + 1e-6)
+
+
+@pytest.mark.parametrize("qtype", KERNEL_TYPES, ids=lambda q: q.name)
+def test_row_lookup_equals_gguf_dequantisation(qtype):
+    w = random_blocks(qtype, 9, 512, seed=3)
+    want = torch.from_numpy(dequantize(w, qtype).reshape(9, 512).astype(np.float32))
+    ids = torch.tensor([8, 0, 3, 3])
+    got = quant.QLinear([(qtype, w)], 512).rows(ids)
+    assert torch.allclose(got, want[ids], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q6_K, QT.Q8_0], ids=lambda q: q.name)
+def test_a_token_gets_the_same_bits_alone_or_in_any_batch(qtype):
+    w = random_blocks(qtype, 37, 512, seed=5)
+    lin = quant.QLinear([(qtype, w)], 512)
+    x = torch.randn(130, 512, generator=torch.Generator().manual_seed(9))
+    batch = lin(x)
+    for t in (0, 1, 63, 64, 129):
+        assert torch.equal(lin(x[t:t + 1]), batch[t:t + 1])
+    assert torch.equal(lin(x[5:12]), batch[5:12])
+
+
+def test_fused_parts_norm_swiglu_and_residual_add():
+    a, b = random_blocks(QT.Q4_K, 5, 256, seed=1), random_blocks(QT.Q6_K, 3, 256, seed=2)
+    fused = quant.QLinear([(QT.Q4_K, a), (QT.Q6_K, b)], 256)
+    parts = [quant.QLinear([(QT.Q4_K, a)], 256), quant.QLinear([(QT.Q6_K, b)], 256)]
+    x = torch.randn(4, 512)
+    norm = torch.rand(256) + 0.5
+    y = fused(x, norm=norm, eps=1e-5, swiglu=True)
+    gate, up = x.chunk(2, dim=-1)
+    h = torch.nn.functional.rms_norm(torch.nn.functional.silu(gate) * up, (256,), norm, 1e-5)
+    assert torch.allclose(y, torch.cat([p(h) for p in parts], 1), rtol=1e-4, atol=1e-4)
+    residual = torch.randn(4, 8)
+    expect = residual + y
+    out = fused(x, norm=norm, eps=1e-5, swiglu=True, out=residual)
+    assert out is residual and torch.allclose(out, expect, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_weights_and_inputs_are_clear_errors():
+    with pytest.raises(ValueError, match="no quantized kernel"):
+        quant.QLinear([(int(QT.F16), np.zeros((2, 64), np.uint8))], 32)
+    lin = quant.QLinear([(QT.Q4_K, random_blocks(QT.Q4_K, 2, 256))], 256)
+    with pytest.raises(ValueError, match="features"):
+        lin(torch.zeros(1, 128))
+    odd = quant.QLinear([(QT.Q4_K, random_blocks(QT.Q4_K, 2, 256))], 96)   # K not whole blocks
+    with pytest.raises(ValueError, match="quantized matmul failed"):
+        odd(torch.zeros(1, 96))
+    with pytest.raises(ValueError, match="ids inside"):
+        lin.rows(torch.tensor([2]))
+
+
+def test_rope_kernel_equals_torch_rotate_half():
+    T, heads, D = 5, 3, 16
+    x = torch.randn(T, heads * D + 7)
+    pos = torch.tensor([0, 4, 9, 1, 30])
+    ang = torch.outer(torch.arange(64, dtype=torch.float64), 1.0 / 10000 ** (torch.arange(0, D // 2) / (D // 2)))
+    cos, sin = (torch.cat([f(ang)] * 2, -1).float() for f in (torch.cos, torch.sin))
+    v = x[:, :heads * D].view(T, heads, D)
+    c, s = cos[pos].unsqueeze(1), sin[pos].unsqueeze(1)
+    want = v * c + torch.cat([-v[..., D // 2:], v[..., :D // 2]], -1) * s
+    got = x.clone()
+    quant.rope_(got, heads, D, pos, cos, sin)
+    assert torch.equal(got[:, :heads * D].view(T, heads, D), want)
+    assert torch.equal(got[:, heads * D:], x[:, heads * D:])
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_1])
+def test_quantized_model_tracks_fp32_and_keeps_weights_quantized(tmp_path, qtype):
+    path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=qtype)
+    ref, qm = LlamaModel.load(path, dtype="fp32"), LlamaModel.load(path)
+    assert qm.quantized and not ref.quantized
+    assert isinstance(qm.layers[0].wqkv, quant.QLinear) and len(qm.layers[0].wqkv.parts) == 1
+    assert qm.weight_bytes() < ref.weight_bytes() / 3
+    ids = list(range(10, 40))
+    a = ref.forward([SeqInput(ids, 0, list(range(8)))], ref.new_kv(8, 4))[0]
+    b = qm.forward([SeqInput(ids, 0, list(range(8)))], qm.new_kv(8, 4))[0]
+    assert (a - b).abs().max() < 1e-3 * a.abs().max()
+
+
+def test_quantized_model_is_batch_invariant(tmp_path):
+    path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q4_1)
+    m = LlamaModel.load(path)
+    prompts = [list(range(10, 30)), list(range(50, 57)), [7, 8, 9]]
+    kv = m.new_kv(64, 4)
+    tables = [list(range(1 + 10 * i, 11 + 10 * i)) for i in range(3)]
+    together = m.forward([SeqInput(p, 0, t) for p, t in zip(prompts, tables)], kv)
+    for i, (p, t) in enumerate(zip(prompts, tables)):
+        assert torch.equal(m.forward([SeqInput(p, 0, t)], kv)[0], together[i])
+
+
+def test_type_without_kernel_is_dequantised_once_and_logged(tmp_path, caplog):
+    path = tinymodel.build_tiny_model(tmp_path / "f16.gguf", qtype=QT.F16)
+    with caplog.at_level(logging.INFO, logger="llmos.drivers"):
+        m = LlamaModel.load(path)
+    assert m.quantized and isinstance(m.layers[0].wqkv, Linear)
+    assert "F16 has no quantized kernel; dequantised once to fp32" in caplog.text
+    ref = LlamaModel.load(path, dtype="fp32")
+    ids = list(range(3, 20))
+    a = ref.forward([SeqInput(ids, 0, [1, 2, 3, 4, 5])], ref.new_kv(8, 4))
+    b = m.forward([SeqInput(ids, 0, [1, 2, 3, 4, 5])], m.new_kv(8, 4))
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_model_bigger_than_memory_is_refused_with_sizes(tmp_path):
+    path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0)
+    with pytest.raises(ModelFileError, match=r"too big for this machine: its weights need [\d.]+ MiB "
+                                             r"in memory, 0\.0 MiB available"):
+        LlamaModel.load(path, memory_available=1000)
+    fits = LlamaModel.load(path, memory_available=10 ** 9)
+    assert fits.weight_bytes() < 10 ** 9
