@@ -36,9 +36,10 @@ class AttentionMetadata:
 
 
 def build_metadata(seq_lens: list[tuple[int, int, list[int]]], order: list[int], block_size: int,
-                   device: torch.device) -> AttentionMetadata:
+                   device: torch.device, window: int | None = None) -> AttentionMetadata:
     """seq_lens[i] = (start_pos, n_new, block_table); ``order`` lists sequence indices group by
-    group (as the flat batch is laid out). Never touches the KV pool."""
+    group (as the flat batch is laid out). window: sliding-window attention, a query at position
+    p sees keys p - window < k <= p (Gemma 3's local layers). Never touches the KV pool."""
     groups: list[AttentionGroup] = []
     slots: list[int] = []
     row, i = 0, 0
@@ -58,14 +59,15 @@ def build_metadata(seq_lens: list[tuple[int, int, list[int]]], order: list[int],
         causal = len(members) == 1 and members[0][0] == 0       # one whole prompt: plain causal
         all_keys = q_len == 1 and min(ctx_lens) == ctx           # equal-length decodes: no mask
         mask = None
-        if not (causal or all_keys):
+        cut = window is not None and ctx > window               # some key is outside a window
+        if cut or not (causal or all_keys):
             keys = torch.arange(ctx).view(1, 1, 1, ctx)
             qpos = torch.tensor([start for start, _, _ in members]).view(-1, 1, 1, 1) \
                 + torch.arange(q_len).view(1, 1, q_len, 1)
-            mask = (keys <= qpos).to(device)
+            mask = ((keys <= qpos) & (keys > qpos - window) if cut else keys <= qpos).to(device)
         groups.append(AttentionGroup(row, row + (j - i) * q_len, j - i, q_len,
                                      torch.tensor(tables, dtype=torch.long, device=device), ctx,
-                                     mask, causal and q_len > 1))
+                                     mask, causal and q_len > 1 and not cut))
         row += (j - i) * q_len
         i = j
     return AttentionMetadata(groups, torch.tensor(slots, dtype=torch.long, device=device))

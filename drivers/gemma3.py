@@ -1,0 +1,110 @@
+"""Gemma 3 on the Llama driver's weights, KV pool and paged attention.
+
+Loaded by ``LlamaModel.load`` (drivers/arch.py picks this class for ``gemma3`` files); it reuses
+the loader (fused QKV and gate/up, quantized or float) and differs in ``forward`` only:
+
+  - the embeddings are scaled by sqrt(hidden);
+  - RMSNorm weights are used as stored: llama.cpp's converter already folded Gemma's (1 + w) into
+    them (the 270M file's norms have means of 1-30, and zeros where w = -1);
+  - q and k get a per-head RMSNorm before RoPE;
+  - layers in ``Gemma3Params.global_layers`` attend to everything with RoPE base
+    ``rope.freq_base``; the others attend to the last ``sliding_window`` positions with RoPE base
+    10000 (rotate-half RoPE for both: Gemma's q/k rows are not permuted in GGUF);
+  - attention output and FFN output each pass an RMSNorm (post_attention_norm, post_ffw_norm)
+    before the residual add; the FFN is GELU(tanh)(gate) * up;
+  - the softmax scale is ``Gemma3Params.attn_scale``; the output head is the tied embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .arch import Gemma3Params
+from .attention import build_metadata, paged_attention
+from .kvstore import KVStorage
+from .llama import LlamaModel, SeqInput
+from .quant import rope_
+
+
+def _rope_tables(base: float, scale: float, head_dim: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [n, head_dim] for rotate-half RoPE with `base`; positions multiplied by `scale`."""
+    half = head_dim // 2
+    inv_freq = 1.0 / (base ** (torch.arange(0, half, dtype=torch.float64) / half))
+    angles = torch.outer(torch.arange(n, dtype=torch.float64) * scale, inv_freq)
+    cat = lambda t: torch.cat([t] * 2, -1).to(device, torch.float32).contiguous()  # noqa: E731
+    return cat(angles.cos()), cat(angles.sin())
+
+
+class Gemma3Model(LlamaModel):
+    """A LlamaModel whose layers run Gemma 3's block (see the module docstring)."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        p: Gemma3Params = config.arch_params
+        self.params = p
+        self._global = frozenset(p.global_layers)
+        n, D = config.context_length, config.head_dim
+        # Only global layers at the file's base need the parent's tables rebuilt when scaled.
+        if p.rope_global_scale != 1.0:
+            self._cos, self._sin = _rope_tables(config.rope_theta, p.rope_global_scale, D, n, self.device)
+        self._cos_local, self._sin_local = _rope_tables(p.rope_local_base, 1.0, D, n, self.device)
+        self._scale = p.attn_scale
+
+    def _qk_norm_rope(self, qkv: torch.Tensor, positions: torch.Tensor, layer, local: bool):
+        """Per-head RMSNorm of q and k, then RoPE with the layer's tables; returns q, k views."""
+        c = self.config
+        T, H, KVH, D = qkv.shape[0], c.n_heads, c.n_kv_heads, c.head_dim
+        qk = qkv[:, :(H + KVH) * D].view(T, H + KVH, D)
+        q = F.rms_norm(qk[:, :H].float(), (D,), layer.extra["attn_q_norm"], c.rms_eps)
+        k = F.rms_norm(qk[:, H:].float(), (D,), layer.extra["attn_k_norm"], c.rms_eps)
+        cos, sin = (self._cos_local, self._sin_local) if local else (self._cos, self._sin)
+        if self.quantized:                                   # fp32, in place, one C call
+            qk[:, :H], qk[:, H:] = q, k
+            rope_(qkv, H + KVH, D, positions, cos, sin)
+            return qk[:, :H], qk[:, H:]
+        both = torch.cat([q, k], 1)
+        cs, sn, half = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1), D // 2
+        both = (both * cs + torch.cat([-both[..., half:], both[..., :half]], -1) * sn).to(self.dtype)
+        return both[:, :H], both[:, H:]
+
+    @torch.inference_mode()
+    def forward(self, seqs: list[SeqInput], kv: KVStorage) -> torch.Tensor:
+        """As LlamaModel.forward (same contract), with Gemma 3's block."""
+        c, dev, p = self.config, self.device, self.params
+        for s in seqs:
+            if s.start_pos + len(s.token_ids) > c.context_length:
+                raise ValueError(f"sequence of {s.start_pos + len(s.token_ids)} tokens exceeds the "
+                                 f"model context of {c.context_length}")
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].token_ids))
+        ids, pos, last_row = [], [], {}
+        for i in order:
+            s = seqs[i]
+            ids.extend(s.token_ids)
+            pos.extend(range(s.start_pos, s.start_pos + len(s.token_ids)))
+            last_row[i] = len(ids) - 1
+        spans = [(s.start_pos, len(s.token_ids), s.block_table) for s in seqs]
+        meta = build_metadata(spans, order, kv.block_size, dev)
+        local_meta = build_metadata(spans, order, kv.block_size, dev, window=p.sliding_window)
+        want = torch.tensor([last_row[i] for i, s in enumerate(seqs) if s.want_logits],
+                            dtype=torch.long, device=dev)
+        positions = torch.tensor(pos, dtype=torch.long, device=dev)
+        x = self._embed(torch.tensor(ids, dtype=torch.long, device=dev)) * p.embed_scale
+        T, H, KVH, D, eps = len(ids), c.n_heads, c.n_kv_heads, c.head_dim, c.rms_eps
+        for li, layer in enumerate(self.layers):
+            local = li not in self._global
+            qkv = layer.wqkv(x, norm=layer.attn_norm, eps=eps)
+            q, k = self._qk_norm_rope(qkv, positions, layer, local)
+            v = qkv[:, (H + KVH) * D:].view(T, KVH, D)
+            k_cache, v_cache = kv.k[li], kv.v[li]
+            k_cache.view(-1, KVH, D).index_copy_(0, meta.slots, k.to(k_cache.dtype))
+            v_cache.view(-1, KVH, D).index_copy_(0, meta.slots, v.to(v_cache.dtype))
+            a = paged_attention(q.to(k_cache.dtype), k_cache, v_cache, local_meta if local else meta,
+                                self._scale)
+            x += F.rms_norm(layer.wo(a).float(), (c.hidden_size,), layer.extra["post_attention_norm"], eps)
+            gate, up = layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps).chunk(2, dim=-1)
+            y = layer.w_down((F.gelu(gate.float(), approximate="tanh") * up.float()).to(gate.dtype))
+            x += F.rms_norm(y.float(), (c.hidden_size,), layer.extra["post_ffw_norm"], eps)
+        if want.numel() == 0:
+            return torch.empty(0, c.vocab_size, device=dev)
+        return self.lm_head(x.index_select(0, want), norm=self.out_norm, eps=eps).float()
