@@ -1,7 +1,7 @@
 """THE table of shell commands: name → handler, argument parser and one-line help.
 
-Every command is a builtin: each runs in the shell process and turns its words into syscalls
-(there are no external programs to exec). `run` and `chat` are the two that start kernel
+Every llmos command is a builtin: each runs in the shell process and turns its words into
+syscalls; any other name is a host program (host.py). `run` and `chat` are the two that start kernel
 processes; the shell (sh.py) wraps those in jobs, pipes and redirections, and this table gives
 them their options. A handler gets an Invocation and returns an exit status; it writes its output
 to `inv.out` (the terminal, a `>` file, or the next stage of a pipe) and reports a failure by
@@ -9,12 +9,14 @@ raising CommandError (the shell prints `NAME: message`) or by `inv.error(...)` w
 The parsers here are also what `help CMD` prints and what tab completion offers.
 
 The table is filled by registration: this file holds run/chat and the shell's own commands (echo,
-help, exit); jobctl.py the job and signal commands; monitor.py ps, top, free, uname, models.
+cd, export, source, history, clear, help, exit); jobctl.py the job and signal commands; monitor.py ps, top, free, uname, models.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 from dataclasses import dataclass
 from typing import Callable
 
@@ -169,6 +171,60 @@ def help_(inv: Invocation) -> int:
          options=lambda p: p.add_argument("status", nargs="?", type=int))
 def exit_(inv: Invocation) -> int:
     raise ShellExit(inv.args.status if inv.args.status is not None else inv.sh.status)
+
+
+@builtin("cd", "change the shell's working directory (host programs and files follow it)", usage="cd [DIR]",
+         options=lambda p: p.add_argument("dir", nargs="?"))
+def cd(inv: Invocation) -> int:
+    target = os.path.expanduser(inv.args.dir or "~")
+    try:
+        os.chdir(target)
+    except OSError as e:
+        raise CommandError(f"{inv.args.dir}: {e.strerror}") from None
+    return 0
+
+
+@builtin("export", "set environment variables for the programs the shell starts",
+         usage="export [NAME=VALUE ...]", options=lambda p: p.add_argument("assignments", nargs="*"))
+def export(inv: Invocation) -> int:
+    if not inv.args.assignments:
+        inv.out.write("".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(os.environ.items())))
+        return 0
+    for word in inv.args.assignments:
+        name, eq, value = word.partition("=")
+        if not name.isidentifier():
+            inv.error(f"`{word}': not a valid identifier")
+        elif eq:
+            os.environ[name] = value
+    return inv.status
+
+
+@builtin("source", "run the commands in FILE in this shell", usage="source FILE",
+         options=lambda p: p.add_argument("file"))
+def source(inv: Invocation) -> int:
+    from llmos.shell import lines
+    from llmos.shell.streams import read_file
+    try:
+        return lines.run_lines(inv.sh, read_file(inv.args.file), f"source: {inv.args.file}")
+    except lines.SyntaxStop:
+        return 2
+
+
+@builtin("history", "the lines typed at the prompt, numbered", usage="history [N]",
+         options=lambda p: p.add_argument("n", nargs="?", type=int))
+def history(inv: Invocation) -> int:
+    from prompt_toolkit.history import FileHistory
+    past = list(reversed(list(FileHistory(str(inv.sh.home / "history")).load_history_strings())))
+    start = max(0, len(past) - inv.args.n) if inv.args.n else 0
+    inv.out.write("".join(f"{k + 1:5d}  {line}\n" for k, line in enumerate(past) if k >= start))
+    return 0
+
+
+@builtin("clear", "clear the terminal screen")
+def clear(inv: Invocation) -> int:
+    if inv.out is TERMINAL and TERMINAL.tty:
+        TERMINAL.raw("\x1b[H\x1b[2J\x1b[3J")
+    return 0
 
 
 NICE_HELP = f"""usage: nice [-n N] COMMAND ...

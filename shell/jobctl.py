@@ -12,7 +12,7 @@ from llmos.kernel import abi
 from llmos.shell import builtins
 from llmos.shell.builtins import ArgParser, Invocation, builtin
 from llmos.shell.jobs import RUNNING, STOPPED, JobError
-from llmos.shell.parse import NICE_MAX, NICE_MIN, JobSpec, ParseError, parse_target
+from llmos.shell.parse import NICE_MAX, NICE_MIN, Command, JobSpec, ParseError, parse, parse_target
 from llmos.shell.streams import TERMINAL, CommandError, output_for
 from llmos.userland import program
 from llmos.userland.bin import kill as kill_cmd
@@ -26,6 +26,15 @@ def job_of(inv: Invocation, spec: str | None):
         return inv.sh.jobs.get(spec)
     except JobError as e:
         raise CommandError(str(e) if spec else "current: no such job") from None
+
+
+def command_of(job) -> str:
+    """A job's command line without its redirections (a fork's child writes where fork says)."""
+    try:
+        p = parse(job.text)[0]
+    except (ParseError, IndexError):
+        return job.text
+    return " | ".join(str(Command(c.argv, (), c.nice)) for c in p.commands)
 
 
 def id_args(p: ArgParser, nargs: str = "*") -> None:
@@ -140,7 +149,10 @@ def kill(inv: Invocation) -> int:
         except program.UsageError as e:
             inv.error(str(e))
     for word, pids, job in targets(inv, [w for w in words if not w.startswith("-")]):
-        kill_cmd.send(io, sig, pids)
+        if job is not None and job.kind == "host":
+            inv.sh.signal_job(job, sig)         # host processes: OS signals (host.py)
+        else:
+            kill_cmd.send(io, sig, pids)
         if job is not None and sig in (abi.SIGSTOP, abi.SIGCONT):
             inv.sh.jobs.mark(job, STOPPED if sig == abi.SIGSTOP else RUNNING,
                              background=True if sig == abi.SIGCONT else None)
@@ -188,7 +200,9 @@ def fork(inv: Invocation) -> int:
             child = inv.sh.client.fork(pids[-1])
         except OSError as e:
             raise CommandError(error_text(e, pids[-1])) from None
-        text = f"{job.text if job else 'pid ' + str(pids[-1])} (fork of {pids[-1]})"
-        new = inv.sh.adopt(child, text, output_for(inv.cmd.redirect(">", ">>")))
+        redirect = inv.cmd.redirect(">", ">>")
+        text = f"{command_of(job) if job else 'pid ' + str(pids[-1])} (fork of {pids[-1]})" \
+            + (f" {redirect.op} {redirect.target}" if redirect else "")
+        new = inv.sh.adopt(child, text, output_for(redirect))
         TERMINAL.write(f"[{new.id}] {child}\n")
     return inv.status

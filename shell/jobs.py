@@ -46,7 +46,7 @@ class Job:
     id: int
     text: str                                   # the command line, as the shell shows it
     pids: list[int]                             # kernel processes, in pipeline order
-    kind: str = "run"                           # 'run' (output streamed) or 'chat' (interactive)
+    kind: str = "run"                           # 'run' (output streamed), 'chat' (interactive), 'host'
     state: str = RUNNING
     status: int | None = None                   # exit status once every process has ended
     done: threading.Event = field(default_factory=threading.Event)
@@ -55,6 +55,7 @@ class Job:
     notified: bool = False                      # a Done line was printed (or it ran in the fg)
     live: set[int] = field(default_factory=set)  # pids spawned and not yet reaped (readers update)
     interrupted: bool = False                   # SIGINT was forwarded: start no further stage
+    pgid: int = 0                               # a host job's process group (host.py)
 
     def line(self, mark: str = " ") -> str:
         state = describe_status(self.status) if self.status is not None else self.state

@@ -23,23 +23,37 @@ from llmos.userland.bin import free
 PROMPT_REFRESH_S = 1.0
 
 
+class SyntaxStop(Exception):
+    """A script's syntax error (already reported): it stops there with status 2, as in sh."""
+
+
+def run_lines(sh, text: str, name: str) -> int:
+    """Run the commands in text, each as soon as it is complete (`source` and scripts). Returns
+    the last status; a syntax error is reported and raises SyntaxStop; ShellExit passes through."""
+    lines, chunk, start = text.splitlines(keepends=True), "", 1
+    for n, line in enumerate(lines, 1):
+        chunk += line
+        try:
+            pipelines = parse(chunk)
+        except ParseError as e:
+            if e.incomplete and n < len(lines):
+                continue
+            sh.warn(f"{name}: line {start}: {e}")
+            sh.status = 2
+            raise SyntaxStop from None
+        chunk, start = "", n + 1
+        sh.run_all(pipelines)
+    return sh.status
+
+
 def run_script(sh, text: str, name: str) -> int:
     """Run the commands in text; return the shell's exit status (after ending every job)."""
-    lines, chunk, start = text.splitlines(keepends=True), "", 1
     try:
-        for n, line in enumerate(lines, 1):
-            chunk += line
-            try:
-                pipelines = parse(chunk)
-            except ParseError as e:
-                if e.incomplete and n < len(lines):
-                    continue
-                sh.warn(f"{name}: line {start}: {e}")
-                return sh.leave(2)
-            chunk, start = "", n + 1
-            sh.run_all(pipelines)
+        run_lines(sh, text, name)
         for job in [j for j in sh.jobs if j.state == RUNNING and j.live]:
             sh.wait_job(job)
+    except SyntaxStop:
+        return sh.leave(2)
     except ShellExit as e:
         return sh.leave(e.status)
     except KeyboardInterrupt:

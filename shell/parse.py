@@ -4,7 +4,7 @@
     item      := pipeline ['&']              '&' runs the pipeline as a background job
     pipeline  := command ('|' command)*      each command's output is the next one's input
     command   := ['nice' NICEOPT] (WORD | redirect)+
-    redirect  := ('<' | '>' | '>>') WORD     a file as input; output to a file (truncate / append)
+    redirect  := ('<' | '>' | '>>' | '2>' | '2>>') WORD   input from a file; output or errors to one
 
 Words follow POSIX quoting as `shlex.split` reads it (single quotes literal; inside double quotes a
 backslash escapes only '"' and '\\'; outside quotes it escapes any character), with two shell rules
@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 NICE_MIN, NICE_MAX, NICE_DEFAULT = -20, 19, 10
 OPERATORS = ("&&", "||", ">>", ";", "&", "|", "<", ">", "\n")   # longest first
 UNSUPPORTED = ("&&", "||")
-REDIRECTS = ("<", ">", ">>")
+REDIRECTS = ("<", ">", ">>", "2>", "2>>")
+STDERR_OPS = ("2>>", "2>")                                      # only at the start of a word
 
 
 class ParseError(ValueError):
@@ -40,7 +41,7 @@ class ParseError(ValueError):
 
 @dataclass(frozen=True)
 class Redirect:
-    op: str          # '<', '>' or '>>'
+    op: str          # '<', '>', '>>', '2>' or '2>>'
     target: str      # the file name, as typed (unquoted)
     pos: int = field(default=0, compare=False)   # offset of the operator in the line
 
@@ -48,7 +49,7 @@ class Redirect:
 @dataclass(frozen=True)
 class Command:
     argv: tuple[str, ...]                   # argv[0] is the command name; never empty
-    redirects: tuple[Redirect, ...] = ()    # at most one '<' and one of '>'/'>>'
+    redirects: tuple[Redirect, ...] = ()    # at most one '<', one of '>'/'>>', one of '2>'/'2>>'
     nice: int | None = None                 # from a `nice` prefix; None: not given
 
     @property
@@ -97,7 +98,7 @@ def tokenize(line: str) -> list[Token]:
         elif c == "#":                                          # a comment, to the end of line
             while i < n and line[i] != "\n":
                 i += 1
-        elif op := next((o for o in OPERATORS if line.startswith(o, i)), None):
+        elif op := next((o for o in (*STDERR_OPS, *OPERATORS) if line.startswith(o, i)), None):
             tokens.append(Token("op", op, i))
             i += len(op)
         else:
@@ -208,10 +209,12 @@ def parse(line: str) -> list[Pipeline]:
 
 
 def _redirect(op: Token, target: Token, seen: list[Redirect]) -> Redirect:
-    kind = "<" if op.text == "<" else ">"
+    def kind_of(o: str) -> str:
+        return o.rstrip(">") + ">" if o != "<" else "<"          # '<', '>' or '2>'
+    kind = kind_of(op.text)
     for r in seen:
-        if ("<" if r.op == "<" else ">") == kind:
-            what = "input" if kind == "<" else "output"
+        if kind_of(r.op) == kind:
+            what = {"<": "input", ">": "output", "2>": "error output"}[kind]
             raise ParseError(f"syntax error: {what} already redirected to {shlex.quote(r.target)}", op.pos)
     if target.text == "":
         raise ParseError(f"syntax error: `{op.text}' needs a file name, found ''", target.pos)

@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 from llmos.kernel import abi
-from llmos.shell import lines
+from llmos.shell import host, lines
 from llmos.shell.builtins import BUILTINS, ShellExit, is_process_command, process_spec, run_builtin
 from llmos.shell.chat import Chat
 from llmos.shell.jobs import RUNNING, STOPPED, Job, JobTable
@@ -123,6 +123,8 @@ class Shell:
             return 1
 
     def run_pipeline(self, p: Pipeline) -> int:
+        if host.needs_host(p, BUILTINS):
+            return self.run_host(p)
         cmds = list(p.commands)
         for c in cmds:
             if c.name not in BUILTINS:
@@ -171,6 +173,22 @@ class Shell:
             return 0
         return self.foreground(job)
 
+    def run_host(self, p: Pipeline) -> int:
+        """A pipeline with host programs (host.py): OS processes and pipes, as /bin/sh runs it."""
+        from llmos.shell.cli import COMMANDS
+        try:
+            argvs = [host.host_argv(c, COMMANDS, BUILTINS) for c in p.commands]
+            sys.stdout.flush()
+            with self.signals_deferred():
+                job = host.start(p, argvs, self.jobs)
+        except CommandError as e:
+            raise Failure(e.message, e.status) from None
+        if p.background:
+            self._pending.clear()
+            TERMINAL.write(f"[{job.id}] {job.pids[-1]}\n")
+            return 0
+        return self.foreground(job)
+
     def _output(self, cmd: Command):
         try:
             return output_for(cmd.redirect(">", ">>"))
@@ -210,13 +228,37 @@ class Shell:
         forwarded to its processes."""
         self._fg_job = job
         try:
-            if job.resume is not None:
+            if job.kind == "host":
+                status = self.foreground_host(job)
+            elif job.resume is not None:
                 status = job.resume()
             else:
                 status = STOPPED_STATUS if self.wait_fg(job, job.done) == "stopped" else job.status
         finally:
             self._fg_job = None
         return self._finish_fg(job, status)
+
+    def foreground_host(self, job: Job) -> int:
+        """A host job has the terminal (its Ctrl-C/Ctrl-Z go to it) until it ends or stops; without
+        a terminal the shell forwards the signals it gets."""
+        tty = host.give_terminal(job)
+        self._fg = True
+        try:
+            while not job.done.wait(0.05) and job.state != STOPPED:
+                while self._pending:
+                    sig = self._pending.pop(0)
+                    if sig == signal.SIGTSTP:
+                        self.jobs.mark(job, STOPPED)
+                    job.interrupted = job.interrupted or sig == signal.SIGINT
+                    host.send(job, abi.SIGSTOP if sig == signal.SIGTSTP else abi.SIGINT)
+        finally:
+            self._fg = False
+            host.take_terminal(tty)
+        if job.status is None and job.state == STOPPED:
+            self.jobs.mark(job, STOPPED, background=False)
+            TERMINAL.write("\n" + job.line(self.jobs.mark_of(job)) + "\n")
+            return STOPPED_STATUS
+        return job.status
 
     def _finish_fg(self, job: Job, status: int) -> int:
         if status == STOPPED_STATUS and job.state == STOPPED:
@@ -265,6 +307,10 @@ class Shell:
         TERMINAL.write(job.line(self.jobs.mark_of(job)) + "\n")
 
     def signal_job(self, job: Job, sig: int) -> None:
+        """Signal the job's processes (a host job's process group through host.send)."""
+        if job.kind == "host":
+            host.send(job, sig)
+            return
         for pid in sorted(job.live):
             try:
                 self.client.kill(pid, sig)
@@ -289,7 +335,7 @@ class Shell:
 
     def refresh_jobs(self) -> None:
         """Bring job states up to date with the kernel (a process stopped by someone else)."""
-        live = [j for j in self.jobs if j.live]
+        live = [j for j in self.jobs if j.live and j.kind != "host"]
         if not live:
             return
         states = {p["pid"]: p["state"] for p in self.client.ps()}
@@ -339,6 +385,29 @@ class Shell:
             raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def own_terminal():
+    """Lead a process group of our own that has the terminal, as job-control shells do: the host
+    programs of a foreground pipeline share it and get the terminal's Ctrl-C and Ctrl-Z (in a
+    process group without a parent outside it, an orphaned one, the kernel drops a terminal's
+    SIGTSTP to programs that do not catch it). The terminal goes back to its group at the end."""
+    fd = sys.stdin.fileno()
+    try:
+        before = os.tcgetpgrp(fd)
+        os.setpgid(0, 0)
+        os.tcsetpgrp(fd, os.getpgrp())
+    except OSError:
+        before = None                       # a session leader, or no terminal: stay as we are
+    try:
+        yield
+    finally:
+        if before is not None:
+            try:
+                os.tcsetpgrp(fd, before)
+            except OSError:
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """`llmos sh [-c COMMANDS | SCRIPT]` (argv[0] is the name the CLI dispatched)."""
     argv = list(sys.argv if argv is None else argv)
@@ -355,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     if interactive:
         signal.signal(signal.SIGTSTP, sh.on_signal)
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-        return lines.interact(sh)
+        with own_terminal():
+            return lines.interact(sh)
     if args.commands is not None:
         return lines.run_script(sh, args.commands, "llmos: -c")
     if args.script is None:

@@ -59,6 +59,13 @@ class Terminal(Stream):
                 return
             self.at_line_start = text.endswith("\n")
 
+    def raw(self, text: str) -> None:
+        """Write control sequences as they are (the shell's own: clear)."""
+        with self._lock:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            self.at_line_start = True
+
     def end_line(self) -> None:
         """Finish a partial line (a reply that did not end with a newline)."""
         if not self.at_line_start:

@@ -27,7 +27,7 @@ TMUX = shutil.which("tmux")
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (.ci/run installs it)")
 
 MODEL = "tinysh"                      # the model file's stem: what uname and the prompt show
-PROMPT = re.compile(rf"llmos\({MODEL} kv \d+%\)\$")
+PROMPT = re.compile(rf"llmos\({MODEL} kv [\d.]+%\)\$")
 LONG = "-n 7000 --ignore-eos"         # a run that lasts seconds on the tiny model
 
 
@@ -163,6 +163,11 @@ def greedy(k, prompt: str, n: int) -> str:
     return text
 
 
+def ended(text: str) -> str:
+    """An answer as the shell writes it: ending with a newline."""
+    return text if not text or text.endswith("\n") else text + "\n"
+
+
 def wait_state(k, pid: int, state: str, timeout: float = 20.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -186,7 +191,7 @@ def newest_pid(k, timeout: float = 20.0) -> int:
 def test_prompt_shows_model_and_run_streams_the_answer(sh, k, tmp_path):
     want = greedy(k, "hello there", 10)
     sh.command('run -n 10 "hello there" > answer.txt')
-    assert (tmp_path / "answer.txt").read_text() == want
+    assert (tmp_path / "answer.txt").read_text() == ended(want)
     out = sh.command('run -n 10 "hello there"')
     assert out.strip(), "nothing was streamed to the terminal"
     assert k.ps() == []                                   # the shell reaped its process
@@ -241,6 +246,7 @@ def test_ctrl_c_interrupts_the_foreground_process(sh, k):
     sh.keys("C-c")
     out = sh.wait_prompt_after(f"run {LONG} story", timeout=10)
     assert "^C" in out
+    assert out.split("^C", 1)[1].strip() == ""          # nothing printed after the ^C
     assert k.ps() == []                                   # interrupted, exited and reaped
     assert sh.command("jobs") == ""
 
@@ -250,11 +256,11 @@ def test_kill_stop_shows_in_ps_and_jobs(sh, k):
     pid = int(re.search(r"\[1\] (\d+)", out).group(1))
     wait_state(k, pid, "RUNNING")
     assert sh.command(f"kill -STOP {pid}") == ""
-    assert re.search(rf"\n\s*{pid}\s+0\s+\S+\s+STOPPED", sh.command("ps"))
+    assert re.search(rf"\n\s*{pid}\s+0\s+(\d+\s+)?\S+\s+STOPPED", sh.command("ps"))
     assert re.search(r"\[1\]\+\s+Stopped", sh.command("jobs"))
     sh.command("kill -CONT %1")
     wait_state(k, pid, "RUNNING")
-    assert re.search(rf"\n\s*{pid}\s+0\s+\S+\s+RUNNING", sh.command("ps"))
+    assert re.search(rf"\n\s*{pid}\s+0\s+(\d+\s+)?\S+\s+RUNNING", sh.command("ps"))
     sh.command("kill %1")
     sh.wait_for(rf"\[1\]\+\s+Terminated\s+run {LONG} story > /dev/null")
     assert sh.command("kill 99999") == "kill: (99999) - No such process"
@@ -270,7 +276,8 @@ def test_nice_renice_and_fork(sh, k, tmp_path):
     out = sh.command("fork %1 > child.txt")
     child = int(re.fullmatch(r"\[2\] (\d+)", out).group(1))
     assert child != pid and k.stat(child)["ppid"] == pid and k.stat(child)["owner"] == k.info["user"]
-    assert re.search(rf"\[2\]\+\s+Running\s+.*\(fork of {pid}\)", sh.command("jobs"))
+    line = re.search(rf"\[2\]\+\s+Running\s+.*\(fork of {pid}\).*", sh.command("jobs")).group(0)
+    assert "/dev/null" not in line and line.endswith(f"(fork of {pid}) > child.txt &")   # not the parent's
     sh.command("kill %1 %2")
     sh.wait_for(r"\[2\].\s+Terminated")
     assert (tmp_path / "child.txt").read_text()        # the child's text went where fork's did
@@ -300,9 +307,9 @@ def test_pipe_streams_the_first_answer_into_the_second(sh, k, tmp_path):
     want = "".join(k.stream(pid))
     k.wait(pid)
     sh.command('run -n 8 "list three fruits" | run -n 8 "translate into French:" > fr.txt')
-    assert (tmp_path / "fr.txt").read_text() == want
+    assert (tmp_path / "fr.txt").read_text() == ended(want)
     sh.command('echo "list three fruits" | run -n 8 > from_echo.txt')   # a builtin's text in
-    assert (tmp_path / "from_echo.txt").read_text() == greedy(k, "list three fruits\n", 8)
+    assert (tmp_path / "from_echo.txt").read_text() == ended(greedy(k, "list three fruits\n", 8))
     assert k.ps() == []
 
 
@@ -361,6 +368,63 @@ def test_tab_completes_commands_and_options(sh):
     sh.keys("C-u")
 
 
+# --- issue 13: what a new user hit ------------------------------------------------------------
+
+def test_answers_end_with_a_newline(sh, k, tmp_path):
+    want = ended(greedy(k, "hello there", 6))
+    sh.command('run -n 6 "hello there" >> log.txt')
+    sh.command('run -n 6 "hello there" >> log.txt')
+    assert (tmp_path / "log.txt").read_text() == want * 2
+    out = sh.command('run -n 6 "hello there" & wait ; ps')
+    assert any(line.startswith("PID  PPID") for line in out.splitlines())   # ps on its own line
+
+
+def test_ctrl_z_at_an_empty_prompt_does_nothing(sh):
+    sh.clear()
+    sh.keys("C-z")
+    sh.line("echo still fine")
+    assert sh.wait_prompt_after("echo still fine") == "still fine"
+
+
+def test_prompt_follows_kv_use(sh, k):
+    sh.command(f"run {LONG} story > /dev/null &")
+    sh.wait_for(re.compile(rf"llmos\({MODEL} kv (?!0%|0\.0%)[\d.]+%\)\$"), timeout=20, history=False)
+
+
+def test_scripted_chat_shows_each_turn(kernel, k, tmp_path):
+    (tmp_path / "turns.txt").write_text("hello\nand again\n")
+    r = llmos(kernel["env"], "-c", "chat -n 3 < turns.txt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert re.match(r"chat> hello\n(.*\n)+chat\[\d+\]> and again\n", r.stdout), r.stdout
+
+
+def test_the_shell_notices_the_kernel_go_away(kernel, tmp_path):
+    rt = Path(tempfile.mkdtemp(prefix="llmos-gone-", dir="/tmp"))
+    env = _env(rt, tmp_path / "home")
+    try:
+        started = subprocess.run([sys.executable, "-m", "llmos.shell.cli", "serve", "--daemon", "--model",
+                                  kernel["model"], "--kv-blocks", "256", "--dtype", "fp32"], env=env,
+                                 capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, started.stderr
+        s = Shell(env, tmp_path)
+        try:
+            s.clear()
+            s.line(f"run {LONG} story")
+            s.wait_for(r"story\n.+")                                  # it is streaming
+            os.kill(int((rt / "kernel.pid").read_text()), 9)
+            t0 = time.monotonic()
+            s.wait_for(r"lost the connection to the kernel", timeout=10)
+            s.wait_for(r"llmos\(no kernel\)\$", timeout=10)
+            assert time.monotonic() - t0 < 10
+            s.line("")                                                  # Enter at the prompt: no hang
+            s.wait_for(r"llmos\(no kernel\)\$\s*\n.*llmos\(no kernel\)\$", timeout=5)
+        finally:
+            s.close()
+    finally:
+        subprocess.run([sys.executable, "-m", "llmos.shell.cli", "stop"], env=env, capture_output=True, timeout=60)
+        shutil.rmtree(rt, ignore_errors=True)
+
+
 # --- non-interactive: -c, scripts, starting a kernel ---------------------------------------------
 
 def llmos(env: dict, *args: str, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -371,7 +435,7 @@ def llmos(env: dict, *args: str, cwd=None, timeout: float = 120) -> subprocess.C
 def test_dash_c_runs_and_returns_the_last_status(kernel, k):
     r = llmos(kernel["env"], "-c", 'run -n 4 "hi" ; ps')
     assert r.returncode == 0, r.stderr
-    assert "PID  PPID  PGID  USER  STATE" in r.stdout
+    assert re.search(r"PID  PPID  (PGID  )?USER  STATE", r.stdout)
     r = llmos(kernel["env"], "-c", "ps ; kill 99999")
     assert r.returncode == 1 and r.stderr.strip() == "kill: (99999) - No such process"
     r = llmos(kernel["env"], "-c", "kill 99999 ; echo fine")
@@ -411,3 +475,76 @@ def test_starts_a_kernel_when_none_is_running(kernel, tmp_path):
         shutil.rmtree(rt, ignore_errors=True)
     r = llmos(env, "--no-start", "-c", "uname")
     assert r.returncode == 1 and "no llmos kernel" in r.stderr
+
+
+# --- the shell is a shell: host programs, pipes and redirections mixing them, cd/export/source ----
+
+def test_host_programs_in_pipes_with_llmos_processes(kernel, k, tmp_path):
+    want = ended(greedy(k, "hello there", 6))
+    r = llmos(kernel["env"], "-c", 'run -n 6 "hello there" | tee x.txt', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want and (tmp_path / "x.txt").read_text() == want
+    (tmp_path / "notes.txt").write_text("rivers of Europe\nthe Danube\n")
+    pid = k.spawn([{"role": "user", "content": "summarise:\n\n"}], {"max_tokens": 6}, stdin=True)
+    for line in ("rivers of Europe\n", "the Danube\n"):
+        k.write(pid, line)
+    k.close_stdin(pid)
+    summary = ended("".join(k.stream(pid)))
+    k.wait(pid)
+    r = llmos(kernel["env"], "-c", 'cat notes.txt | run -n 6 "summarise:"', cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == summary, r.stderr          # streamed into its open stdin
+    assert k.ps() == []
+
+
+def test_stderr_redirection_and_exit_statuses(kernel, k, tmp_path):
+    r = llmos(kernel["env"], "-c", 'run -n 4 "hello there" 2>/dev/null', cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == ended(greedy(k, "hello there", 4))   # not the prompt "hello there 2"
+    r = llmos(kernel["env"], "-c", "run -t -1 hi 2> err.txt", cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr == ""
+    assert "temperature" in (tmp_path / "err.txt").read_text()
+    r = llmos(kernel["env"], "-c", 'sh -c "exit 3"')
+    assert r.returncode == 3
+    r = llmos(kernel["env"], "-c", "no-such-program-here ; echo after")
+    assert r.stdout == "after\n" and "no-such-program-here: command not found" in r.stderr
+    r = llmos(kernel["env"], "-c", "no-such-program-here")
+    assert r.returncode == 127
+    r = llmos(kernel["env"], "-c", "ls | jobs")
+    assert r.returncode == 2 and "builtin" in r.stderr
+
+
+def test_cd_export_source(kernel, tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "setup.llsh").write_text("export GREETING=hola\ncd sub\n")
+    r = llmos(kernel["env"], "-c", "source setup.llsh ; pwd ; sh -c 'echo $GREETING' ; echo x > here.txt",
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"{tmp_path / 'sub'}\nhola\n" and (tmp_path / "sub" / "here.txt").exists()
+    r = llmos(kernel["env"], "-c", "cd no-such-dir", cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr == "cd: no-such-dir: No such file or directory\n"
+
+
+def test_history_and_clear(sh):
+    sh.command("echo first thing")
+    sh.line("history")                          # (its own line is the last entry it lists)
+    sh.wait_for(re.compile(r"^\s*\d+  echo first thing\n\s*\d+  history$", re.M))
+    sh.line("clear")
+    sh.wait_for(re.compile(rf"\A{PROMPT.pattern}\s*\Z"), history=False)
+
+
+def test_ctrl_c_and_ctrl_z_reach_a_host_pipeline(sh, k, tmp_path):
+    sh.clear()
+    sh.line(f"run {LONG} story | cat > out.txt")
+    pid = newest_pid(k)
+    wait_state(k, pid, "RUNNING")
+    sh.keys("C-z")
+    sh.wait_for(rf"\[1\]\+\s+Stopped\s+run {LONG} story \| cat > out.txt")
+    wait_state(k, pid, "STOPPED")                       # llmos run stopped its process, then itself
+    sh.line("fg")
+    wait_state(k, pid, "RUNNING")
+    sh.keys("C-c")
+    sh.wait_prompt_after("fg", timeout=15)
+    deadline = time.monotonic() + 10
+    while k.ps():                                       # SIGINT ended it and llmos run reaped it
+        assert time.monotonic() < deadline, k.ps()
+        time.sleep(0.1)
+    assert (tmp_path / "out.txt").read_text()
