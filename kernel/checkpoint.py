@@ -38,6 +38,9 @@ a forward in flight writes only positions >= computed of the processes it runs, 
 never freed or moved while it runs, so the copy is consistent without stopping the engine.
 install() never writes the pool: it hands the KV to the allocator as a swapped-out table
 (KVCache.adopt), swapped in by the scheduler at a step boundary.
+
+(Over 300 lines: the format's writer, its reader and the process <-> file mapping stay in one
+file so the format has exactly one definition.)
 """
 
 from __future__ import annotations
