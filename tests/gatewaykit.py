@@ -36,7 +36,7 @@ def kernel(model_path: str, *extra: str, **environ: str):
                **environ)
     (rt / "home").mkdir()
     r = llmos("serve", "--daemon", "--model", model_path, "--kv-blocks", "256", "--block-size", "4",
-              "--dtype", "fp32", "--lease", "1", *extra, env=env)
+              "--dtype", "fp32", "--lease", "1", *extra, env=env, timeout=300)    # boot on a loaded box
     assert r.returncode == 0, r.stderr
     pid = int((rt / "run" / "kernel.pid").read_text())
     try:
