@@ -9,6 +9,7 @@ from llmos.shell.parse import JobSpec, ParseError, parse_target
 from llmos.shell.streams import CommandError
 from llmos.userland.bin import free, models, ps, stat, uname
 from llmos.userland.bin import checkpoint, hibernate, restore
+from llmos.userland.bin import agent, summarize, translate
 
 
 def job_pids(inv: Invocation, words: list[str]) -> list[str]:
@@ -48,3 +49,6 @@ userland_program(models)
 userland_program(checkpoint, takes_ids=True, expand=job_pids)
 userland_program(hibernate, takes_ids=True, expand=job_pids)
 userland_program(restore)
+userland_program(agent)
+userland_program(summarize)
+userland_program(translate)
