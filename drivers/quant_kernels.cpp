@@ -21,6 +21,7 @@
 #include <cstring>
 #include <vector>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -123,6 +124,11 @@ static std::mutex& call_mu = *new std::mutex;
 static std::condition_variable& wake = *new std::condition_variable;
 static int nthreads = 1;
 static bool started = false;
+// Contention guard: when the caller, its own share done, waits long for a task a preempted worker
+// holds (other processes own the cores), the next SOLO_JOBS jobs run on the caller alone.
+constexpr int64_t SOLO_JOBS = 512;
+constexpr double STRAGGLER_S = 300e-6;
+static int64_t jobs = 0, solo_until = 0;
 
 static void work(uint32_t gen) {
     for (;;) {
@@ -157,8 +163,11 @@ static void worker() {
 
 static void run(TaskFn f, void* c, int64_t count) {
     if (count <= 0) return;
-    if (nthreads <= 1 || count == 1) { for (int64_t i = 0; i < count; i++) f(c, i); return; }
     std::lock_guard<std::mutex> serial(call_mu);
+    if (nthreads <= 1 || count == 1 || ++jobs < solo_until) {
+        for (int64_t i = 0; i < count; i++) f(c, i);
+        return;
+    }
     if (!started) {
         for (int i = 1; i < nthreads; i++) std::thread(worker).detach();
         started = true;
@@ -168,10 +177,16 @@ static void run(TaskFn f, void* c, int64_t count) {
     word.store((uint64_t)gen << 32);
     if (sleepers.load() > 0) { std::lock_guard<std::mutex> lk(sleep_mu); wake.notify_all(); }
     work(gen);
-    while (done.load(std::memory_order_acquire) < count) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int spins = 0; done.load(std::memory_order_acquire) < count; spins++) {
 #if defined(__AVX2__)
         _mm_pause();
 #endif
+        if ((spins & 1023) == 1023 &&
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > STRAGGLER_S) {
+            solo_until = jobs + SOLO_JOBS;
+            while (done.load(std::memory_order_acquire) < count) std::this_thread::yield();
+        }
     }
 }
 }  // namespace pool
