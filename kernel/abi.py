@@ -1,4 +1,5 @@
 """The llmos ABI: the one contract between the kernel and userland (xv6: syscall.h).
+(Over 300 lines on purpose: the whole contract, and userland's only kernel import, in one file.)
 
 Pure Python (no torch): userland imports this module and nothing else from the kernel.
 Numbers are frozen once released; new syscalls and fields are appended, never renumbered.
@@ -80,6 +81,8 @@ class Sys(enum.IntEnum):
                      #  preemptions, engine[, blocks: {held: {pid: [ids]}, cached, swapped}]} (kernel/ledger.py)
     EMBED = 19       # ([text, ...])                         -> [[float] * dim, ...] unit vectors, one per text
                      #  (the encoder model, drivers/bert.py: $LLMOS_EMBED_MODEL, default minilm)
+    LIMITS = 20      # (scope?, {limit: int | nil}?)          -> {rules: {scope: {limit: n}}, usage: {user: {...}}};
+                     #  with changes (admins): set scope's limits (kernel/limits.py) -> its rule
     CHECKPOINT = 21  # (pid, path?)                          -> {path, name, pid, tokens, kv_tokens, bytes}: the
                      #  process's whole state to $LLMOS_HOME/checkpoints/<owner>/<name>.ckpt (kernel/checkpoint.py);
                      #  path: a bare name, or an absolute path (admins); it keeps running
@@ -87,6 +90,9 @@ class Sys(enum.IntEnum):
                      #  checkpoint was (remove: then delete the file). ENOENT none; ENOEXEC not a checkpoint,
                      #  newer format, other layout or model; EIO damaged (checksum); EPERM another owner's
                      #  (unless admin)
+    LATENCY = 25     # (pid, ms | nil)                       -> None; the time-per-token target the scheduler sizes
+                     #  steps for while it runs (kernel/latency.py); nil: derived from nice. EPERM: needs the
+                     #  privilege a nice below 0 needs
 
 
 # Signals keep their (Linux) Unix numbers and meaning on the wire on every platform.

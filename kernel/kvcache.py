@@ -1,4 +1,5 @@
 """The KV block allocator (xv6: kalloc.c): free list, refcounts, prefix cache, copy-on-write, swap.
+(Over 300 lines: every way a block changes hands is here, so that one owner keeps the refcounts.)
 
 Every physical block of the driver's KVStorage is in exactly one of three places:
   free    refcount 0, holds nothing worth keeping (a deque; popped from the left)

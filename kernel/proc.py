@@ -133,6 +133,8 @@ class Process:
         # scheduling: sched (nice via renice)
         "state", "nice", "weight", "vruntime", "deadline", "epoch", "was_sleeping",
         "_since",
+        # latency goal (kernel/latency.py): set at spawn or by the LATENCY syscall; sched reads it
+        "latency_ms",
     )
 
     def __init__(self, pid: int, prompt_ids: list[int], params, *, ppid: int = 0, owner: str = "",
@@ -168,6 +170,7 @@ class Process:
         self.epoch = 0
         self.was_sleeping = False                    # STOPPED from SLEEPING: cont goes back there
         self._since = now
+        self.latency_ms: float | None = None         # time-per-token target (None: from nice)
 
     def __repr__(self) -> str:
         return f"<Process {self.pid} {self.state.name} nice={self.nice} {len(self.tokens)} tokens>"

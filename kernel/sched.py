@@ -1,4 +1,5 @@
 """Scheduling policy: who is in the batch, how many tokens each gets this step, who is preempted.
+(Over 300 lines: one policy - placement, admission, budget, eviction - whose parts share state.)
 
 Design rules
   * Iteration-level: every step has a token budget (max_step_tokens). Decodes of running processes

@@ -1,5 +1,6 @@
 """The kernel's front door: the transport (a ZeroMQ ROUTER on the event loop), dispatch of
 syscalls through THE table, and the engine loop that keeps stepping while syscalls are answered.
+(Over 300 lines: the transport's identity and abuse limits live with the socket they guard.)
 Blocking calls park in kernel/waitq.py; vanished connections end through kernel/lease.py.
 
 Design rules:

@@ -1,4 +1,5 @@
 """The syscall handlers and THE table (xv6: syscall.c + sysproc.c).
+(Over 300 lines: one short handler per syscall next to the one table that numbers them.)
 
 Rules:
   - A handler only decodes and validates its arguments, then hands off to the engine. Every
@@ -20,6 +21,7 @@ import errno as E
 import hmac
 import inspect
 import itertools
+import logging
 import math
 import os
 import platform
@@ -32,6 +34,8 @@ from . import abi
 from .abi import Sys
 from .procops import KernelError
 from .proc import ProcState
+
+log = logging.getLogger("llmos.kernel")
 
 
 class SysError(KernelError):
@@ -46,6 +50,8 @@ class Caller:
     client: str = ""                            # free-form program name, for ps and logs
     authed: bool = False                        # hello succeeded
     sid: int = 0                                # session id: Process.holder of what it spawns
+    identity: object = None                     # kernel.cred.Identity from the transport (None: in-process)
+    admin: bool = False                         # may act on anyone's processes (set by hello)
 
 
 NOT_READY = object()
@@ -157,8 +163,31 @@ def _proc(k: Kernel, c: Caller, pid, *, own: bool = True):
     if p is None:
         raise SysError(E.ESRCH, f"no process {pid}")
     if own and p.owner != c.user:
-        raise SysError(E.EPERM, f"process {pid} belongs to {p.owner!r}, not {c.user!r}")
+        if not c.admin:
+            log.warning("audit: %s denied access to process %d of %s", c.user, pid, p.owner)
+            raise SysError(E.EPERM, f"process {pid} belongs to {p.owner!r}, not {c.user!r}")
+        log.info("audit: admin %s acts on process %d of %s", c.user, pid, p.owner)
     return p
+
+
+def _within_limits(k: Kernel, c: Caller, tokens: int, sp):
+    """The caller's limits (kernel/limits.py) allow this new process; max_tokens trimmed to its
+    max_context."""
+    lim = k.engine.limits
+    cap = lim.context_cap(c.user)
+    if cap is not None and tokens + sp.max_tokens > cap:
+        sp = dataclasses.replace(sp, max_tokens=max(1, cap - tokens))
+    lim.check_new(k.engine, c.user, tokens, sp.max_tokens)
+    return sp
+
+
+def _may_raise_priority(c: Caller, nice: int, k: Kernel | None = None) -> int:
+    """As in Linux, a nice below 0 needs privilege (an admin, or the user's nice_min limit)."""
+    floor = k.engine.limits.nice_floor(c.user) if k is not None and k.engine is not None else 0
+    if nice < floor and not c.admin:
+        log.warning("audit: %s denied nice %d", c.user, nice)
+        raise SysError(E.EPERM, f"nice {nice} < {floor} needs privilege (an admin, or a nice_min limit)")
+    return nice
 
 
 def _sampling(params) -> object:
@@ -202,9 +231,11 @@ def _exit(p) -> dict | None:
     return {"reason": x.reason, "signal": x.signal, "message": x.message}
 
 
-def _summary(k: Kernel, p) -> dict:
+def _summary(k: Kernel, p, c: Caller) -> dict:
+    """A process as ps shows it; another user's command line (its prompt) only to an admin."""
     st = p.stats
-    return {"pid": p.pid, "ppid": p.ppid, "pgid": p.pgid, "owner": p.owner, "command": p.command,
+    command = p.command if c.admin or p.owner == c.user else "-"
+    return {"pid": p.pid, "ppid": p.ppid, "pgid": p.pgid, "owner": p.owner, "command": command,
             "state": p.state.name, "nice": p.nice, "session": p.session, "detached": p.detached,
             "prompt_tokens": len(p.prompt_ids), "tokens": len(p.output_ids),
             "blocks": k.engine.kv.holds(p.pid), "swapped": k.engine.kv.is_swapped(p.pid),
@@ -218,23 +249,41 @@ def sys_null(k: Kernel, c: Caller):
     return None
 
 
-def sys_hello(k: Kernel, c: Caller, token, user="anonymous", client=""):
-    """Authenticate this connection with the runtime dir's token; name the owner of its processes."""
-    if type(token) is not str or not hmac.compare_digest(token.encode(), k.token.encode()):
-        raise SysError(E.EACCES, "bad token (it is in the kernel's runtime dir, mode 0600)")
-    user, client = _name(user, "user") or "anonymous", _name(client, "client")
-    if c.authed and user != c.user:
+def sys_hello(k: Kernel, c: Caller, token=None, user=None, client=""):
+    """Start a session. Who it is comes from the transport (kernel/cred.py: the OS on ipc, the
+    CURVE key on TCP), never from the arguments: `user` may only name the caller itself, except
+    for an admin, who may act as another user (as sudo -u; audited, and then without privilege).
+    A token, if given, must be the runtime dir's. In-process callers (no transport) must give it."""
+    if token not in (None, "") or c.identity is None:
+        if type(token) is not str or not hmac.compare_digest(token.encode(), k.token.encode()):
+            raise SysError(E.EACCES, "bad token (it is in the kernel's runtime dir, mode 0600)")
+    offered = _name(user, "user") if user is not None else ""
+    client = _name(client, "client")
+    ident = c.identity
+    if ident is None:
+        name, admin = offered or "anonymous", False
+    elif not offered or offered == ident.user:
+        name, admin = ident.user, ident.admin
+    elif ident.admin:
+        name, admin = offered, False
+        log.warning("audit: %s acts as %r", ident.user, offered)
+    else:
+        log.warning("audit: %s (uid %s) claimed to be %r; refused", ident.user, ident.uid, offered)
+        raise SysError(E.EACCES, f"you are {ident.user!r} (as the {ident.via} transport says); "
+                                 f"only an admin may act as {offered!r}")
+    if c.authed and name != c.user:
         raise SysError(E.EALREADY, f"this connection is already {c.user!r}")
-    c.user, c.client, c.authed = user, client, True
-    return {"abi": abi.ABI_VERSION, "kernel_pid": os.getpid(), "user": user, "lease_s": k.lease_s,
-            "model": k.info.get("model", "")}
+    c.user, c.client, c.admin, c.authed = name, client, admin, True
+    return {"abi": abi.ABI_VERSION, "kernel_pid": os.getpid(), "user": name, "admin": admin,
+            "lease_s": k.lease_s, "model": k.info.get("model", "")}
 
 
 def sys_spawn(k: Kernel, c: Caller, prompt, params=None, opts=None):
     """Start a process generating after prompt: raw text, chat messages (rendered by the model's
     template) or token ids."""
-    o = _dict(opts, "opts", {"nice", "session", "detached", "command", "stdin", "pgid"})
-    nice = _int(o.get("nice", 0), "nice", abi.NICE_MIN, abi.NICE_MAX)
+    o = _dict(opts, "opts", {"nice", "session", "detached", "command", "stdin", "pgid", "latency_ms"})
+    latency = _latency(k, c, o.get("latency_ms"))
+    nice = _may_raise_priority(c, _int(o.get("nice", 0), "nice", abi.NICE_MIN, abi.NICE_MAX), k)
     session, detached = _bool(o.get("session", False), "session"), _bool(o.get("detached", False), "detached")
     command = _name(o.get("command", ""), "command")
     stdin = _bool(o.get("stdin", False), "stdin")
@@ -246,10 +295,28 @@ def sys_spawn(k: Kernel, c: Caller, prompt, params=None, opts=None):
         ids, tail = _encode(k, head, add_bos=None), _encode(k, after, add_bos=False)
     if not ids:
         raise SysError(E.EINVAL, "the prompt encodes to no tokens")
+    sp = _within_limits(k, c, len(ids), sp)
     p = k.engine.spawn(ids, sp, owner=c.user, nice=nice, session=session, detached=detached,
                        command=command or " ".join(text.split())[:40], stdin=stdin,
                        stdin_tail=tail, holder=c.sid, pgid=_join_group(k, c, o.get("pgid")))
+    p.latency_ms = latency
     return p.pid
+
+
+def _latency(k: Kernel, c: Caller, ms):
+    """A time-per-token target in ms (None: derived from nice); asking for one needs privilege."""
+    if ms is None:
+        return None
+    if type(ms) not in (int, float) or not math.isfinite(ms) or not 1 <= ms <= 60_000:
+        raise SysError(E.EINVAL, f"latency_ms must be a number of ms in [1, 60000] or nil, not {ms!r}"[:120])
+    _may_raise_priority(c, -1, k)
+    return float(ms)
+
+
+def sys_latency(k: Kernel, c: Caller, pid, ms):
+    """Set (or with nil clear) a process's time-per-token target (kernel/latency.py)."""
+    p = _proc(k, c, pid)
+    p.latency_ms = _latency(k, c, ms)
 
 
 def _join_group(k: Kernel, c: Caller, pgid) -> int | None:
@@ -309,6 +376,9 @@ def sys_write(k: Kernel, c: Caller, pid, data):
     ids = _encode(k, text, add_bos=False)
     if not ids:
         raise SysError(E.EINVAL, "nothing to write")
+    cap = k.engine.limits.context_cap(p.owner)
+    if cap is not None and len(p.tokens) + len(ids) >= cap:
+        raise SysError(E.E2BIG, f"limit max_context={cap} of {p.owner}: {len(p.tokens)} tokens + {len(ids)} more")
     k.engine.write(p.pid, ids)
     return len(ids)
 
@@ -355,18 +425,19 @@ def sys_kill(k: Kernel, c: Caller, pid, sig=abi.SIGTERM):
 def sys_nice(k: Kernel, c: Caller, pid, nice):
     """Set the process's nice value (-20 most favoured .. 19 least)."""
     p = _proc(k, c, pid)
-    k.engine.renice(p.pid, _int(nice, "nice", abi.NICE_MIN, abi.NICE_MAX))
+    k.engine.renice(p.pid, _may_raise_priority(c, _int(nice, "nice", abi.NICE_MIN, abi.NICE_MAX), k))
 
 
 def sys_fork(k: Kernel, c: Caller, pid):
     """Copy a process (its KV shared copy-on-write); the child belongs to the caller."""
     p = _proc(k, c, pid)
+    k.engine.limits.check_new(k.engine, p.owner, len(p.tokens), max(0, p.params.max_tokens - p.turn_tokens))
     return k.engine.fork(p.pid, holder=c.sid).pid
 
 
 def sys_ps(k: Kernel, c: Caller):
     """Every process, one summary map each."""
-    return [_summary(k, p) for p in k.engine.procs.all()]
+    return [_summary(k, p, c) for p in k.engine.procs.all()]
 
 
 def sys_stat(k: Kernel, c: Caller, pid):
@@ -377,7 +448,7 @@ def sys_stat(k: Kernel, c: Caller, pid):
              if isinstance(v, (int, float, type(None)))}
     stats["state_time"] = {str(s): round(v, 6) for s, v in st.state_time.items()}
     params = {f: (list(v) if isinstance(v, tuple) else v) for f, v in dataclasses.asdict(p.params).items()}
-    return {**_summary(k, p), "params": params, "stats": stats}
+    return {**_summary(k, p, c), "params": params, "stats": stats}
 
 
 def sys_meminfo(k: Kernel, c: Caller):
@@ -431,9 +502,11 @@ def sys_models(k: Kernel, c: Caller):
 
 
 def sys_shutdown(k: Kernel, c: Caller):
-    """Stop the kernel: processes get SIGTERM, parked calls are answered, then it exits."""
+    """Stop the kernel (admins only): processes get SIGTERM, parked calls are answered, then it exits."""
+    if not c.admin:
+        log.warning("audit: %s denied shutdown", c.user)
+        raise SysError(E.EPERM, "only an admin (root, the kernel's owner, the admin group) may shut it down")
     return SHUTDOWN
-
 
 
 def sys_counters(k: Kernel, c: Caller, blocks=False):
@@ -477,6 +550,24 @@ def sys_embed(k: Kernel, c: Caller, texts):
             raise SysError(e.errno, e.strerror) from None
 
     return Block(channel.pid, poll, abi.MAX_PARK_S)
+
+
+def sys_limits(k: Kernel, c: Caller, scope=None, changes=None):
+    """Limits and usage (kernel/limits.py): everyone sees the rules and their own usage, admins
+    everyone's; with changes, an admin sets scope's limits (nil removes one)."""
+    from .limits import LimitsError
+    lim = k.engine.limits
+    if changes is None:
+        if scope is not None:
+            raise SysError(E.EINVAL, "limits(scope) needs the changes too: limits(scope, {limit: n})")
+        return lim.snapshot(k.engine, None if c.admin else {c.user})
+    if not c.admin:
+        log.warning("audit: %s denied setting limits of %s", c.user, str(scope)[:60])
+        raise SysError(E.EPERM, "only an admin may set limits")
+    try:
+        return lim.set(k.engine, _name(scope, "scope"), changes)
+    except LimitsError as e:
+        raise SysError(E.EBUSY if "below the current usage" in str(e) else E.EINVAL, str(e)[:300]) from None
 
 
 _ckpt_jobs = itertools.count(1)
@@ -563,6 +654,8 @@ TABLE: dict[int, Entry] = {
     Sys.CLOSE: _entry(sys_close, mutates=True),
     Sys.COUNTERS: _entry(sys_counters),
     Sys.EMBED: _entry(sys_embed),
+    Sys.LIMITS: _entry(sys_limits, mutates=True),
+    Sys.LATENCY: _entry(sys_latency, mutates=True),
     Sys.CHECKPOINT: _entry(sys_checkpoint),
     Sys.RESTORE: _entry(sys_restore, mutates=True),
 }

@@ -1,4 +1,5 @@
-"""Helpers shared by the kernel tests: an fp32 tiny model, engines, greedy params, prompts."""
+"""Helpers shared by the kernel tests: engines, greedy params, prompts, and solo runs (the
+reference every batching, preemption and fork test compares with). The model is conftest's."""
 
 from __future__ import annotations
 
@@ -21,3 +22,17 @@ def greedy(n, **kw) -> SamplingParams:
 def prompt(seed, n=20) -> list[int]:
     """A deterministic prompt of n token ids, different per seed."""
     return [3 + (seed * 7919 + i * 104729) % 500 for i in range(n)]
+
+
+_solo: dict = {}
+
+
+def solo(model, ids, n, **kw) -> list[int]:
+    """Output ids of one greedy process alone on a fresh engine, uninterrupted: the reference."""
+    key = (id(model), tuple(ids), n, tuple(sorted(kw.items())))
+    if key not in _solo:
+        e = make_engine(model, 128, prefix_cache=False)
+        p = e.spawn(ids, greedy(n, **kw))
+        e.run_until_idle()
+        _solo[key] = p.output_ids
+    return _solo[key]

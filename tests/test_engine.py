@@ -12,27 +12,13 @@ from llmos.drivers.sampler import SamplingParams
 from llmos.kernel.engine import Engine, KernelError
 from llmos.kernel.param import KernelConfig
 from llmos.kernel.proc import INIT, ProcState
-from kernelkit import greedy, make_engine, prompt
+from kernelkit import greedy, make_engine, prompt, solo
 
 S = ProcState
 
 
 def engine(model, **cfg):
     return make_engine(model, 128, **cfg)
-
-
-_solo_cache = {}
-
-
-def solo(model, ids, n, **kw):
-    """Output of one process alone on a fresh engine: the reference."""
-    key = (tuple(ids), n, tuple(sorted(kw.items())))
-    if key not in _solo_cache:
-        e = engine(model, prefix_cache=False)
-        p = e.spawn(ids, greedy(n, **kw))
-        e.run_until_idle()
-        _solo_cache[key] = p.output_ids
-    return _solo_cache[key]
 
 
 def test_batched_outputs_equal_solo_outputs(model):

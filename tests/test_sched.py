@@ -13,7 +13,7 @@ from llmos.drivers.sampler import SamplingParams
 from llmos.kernel.engine import Engine, KernelError
 from llmos.kernel.param import KernelConfig
 from llmos.kernel.proc import ProcState
-from kernelkit import greedy, make_engine, prompt
+from kernelkit import greedy, make_engine, prompt, solo
 from llmos.kernel.sched import WEIGHTS, weight
 
 S = ProcState
@@ -103,19 +103,6 @@ def test_auto_mode_picks_the_cheaper_preemption(model, fast, expect):
     e.spawn(prompt(3, 100), greedy(2), nice=-10)
     e.run_until_idle()
     assert e.sched.counters[expect] >= 1 and a.exit.reason == "length"
-
-
-_solo = {}
-
-
-def solo(model, ids, n):
-    key = (tuple(ids), n)
-    if key not in _solo:
-        e = Engine(model, KernelConfig(num_blocks=64, prefix_cache=False))
-        p = e.spawn(ids, greedy(n))
-        e.run_until_idle()
-        _solo[key] = p.output_ids
-    return _solo[key]
 
 
 # ---- the state machine ------------------------------------------------------------------------
