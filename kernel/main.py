@@ -156,9 +156,11 @@ def serve(args, rt: Path) -> int:
         model = LlamaModel.load(str(path), dtype=args.dtype, device=args.device,
                                 progress=sys.stderr.isatty())
         c = model.config
-        log.info("boot: driver  %s (%s, %d layers, hidden %d, context %d) on %s/%s, %.1f s", path.name,
-                 c.arch, c.n_layers, c.hidden_size, c.context_length, model.device, str(model.dtype)[6:],
-                 time.monotonic() - t0)
+        from llmos.drivers.cpu import cpu_features, isa_summary
+        log.info("boot: driver  %s (%s, %d layers, hidden %d, context %d) on %s/%s, %.1f s; cpu %s (%s), "
+                 "weights %s", path.name, c.arch, c.n_layers, c.hidden_size, c.context_length, model.device,
+                 str(model.dtype)[6:], time.monotonic() - t0, cpu_features()["model"], isa_summary(),
+                 getattr(model, "weight_format", lambda: str(model.dtype))())
         waits = WaitQueues()
         engine = Engine(model, config, on_wake=waits.wake, limits=_limits(args))
         gc.freeze()     # model and pool live for the boot: keep them out of full GC passes (p99)

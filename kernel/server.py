@@ -155,7 +155,6 @@ class Server:
             s.curve_publickey, s.curve_secretkey = self.curve
             s.curve_server = True
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        s.setsockopt(zmq.SNDHWM, 0)     # never drop a reply: each answers a request its peer sent
         s.setsockopt(zmq.MAXMSGSIZE, abi.HARD_FRAME_BYTES)
         s.setsockopt(zmq.LINGER, 500)
         hb = int(self.heartbeat_s * 1000)
@@ -267,14 +266,8 @@ class Server:
                 if sess is not None:
                     self._lost(sess)
                 return False
-            if e.errno == zmq.EAGAIN:   # no HWM, so only if memory ran out: end it visibly
-                log.warning("session %s: a reply could not be queued; disconnected", ident.hex())
-                sess = self.sessions.get(ident)
-                if sess is not None:
-                    self._lost(sess)
-                    _cut(sess.fd)
-                return False
-            log.warning("send failed: %s", e)
+            if e.errno != zmq.EAGAIN:   # EAGAIN: a peer not reading; alive, this frame is dropped
+                log.warning("send failed: %s", e)
         finally:
             if not self._in_drain:
                 self._kick()

@@ -458,6 +458,8 @@ def sys_meminfo(k: Kernel, c: Caller):
     vm, me = psutil.virtual_memory(), psutil.Process()
     st = k.engine.stats()
     return {"kv": st.pop("kv"), "sched": st.pop("sched"), "engine": st,
+            "weights": {"bytes": k.model.weight_bytes() if hasattr(k.model, "weight_bytes") else None,
+                        "format": k.model.weight_format() if hasattr(k.model, "weight_format") else None},
             "host": {"total": vm.total, "available": vm.available, "kernel_rss": me.memory_info().rss},
             "gpu": gpus()}
 
@@ -465,8 +467,9 @@ def sys_meminfo(k: Kernel, c: Caller):
 def sys_uname(k: Kernel, c: Caller):
     """Versions, model, device, uptime and the kernel configuration."""
     import llmos
+    from llmos.drivers.cpu import cpu_features
     return {"sysname": "llmos", "release": llmos.__version__, "abi": abi.ABI_VERSION,
-            "python": platform.python_version(), "machine": platform.machine(),
+            "python": platform.python_version(), "machine": platform.machine(), "cpu": cpu_features(),
             "kernel_pid": os.getpid(), "uptime_s": round(time.monotonic() - k.boot_time, 3), **k.info}
 
 

@@ -41,6 +41,9 @@ def free_text(mem: dict) -> str:
     out += (f"{kv['block_size']} tokens/block, {size(bpb)}/block; swap pool {kv['swapped']}/"
             f"{kv['swap_capacity']} blocks; prefix hits {100 * kv['prefix_hit_rate']:.1f}%; "
             f"slots in use {100 * kv['slot_utilisation']:.1f}%; kernel RSS {size(host['kernel_rss'])}\n")
+    w = mem.get("weights") or {}
+    if w.get("bytes"):
+        out += f"weights {size(w['bytes'])} ({w.get('format') or '-'}), apart from the KV pool\n"
     return out
 
 
