@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .arch import Gemma3Params
 from .attention import build_metadata, paged_attention
 from .kvstore import KVStorage
-from .llama import LlamaModel, SeqInput
+from .llama import LlamaModel, Preempted, SeqInput
 from .quant import rope_
 
 
@@ -69,8 +69,8 @@ class Gemma3Model(LlamaModel):
         return both[:, :H], both[:, H:]
 
     @torch.inference_mode()
-    def forward(self, seqs: list[SeqInput], kv: KVStorage) -> torch.Tensor:
-        """As LlamaModel.forward (same contract), with Gemma 3's block."""
+    def forward(self, seqs: list[SeqInput], kv: KVStorage, interrupt=None) -> torch.Tensor:
+        """As LlamaModel.forward (same contract, interrupt included), with Gemma 3's block."""
         c, dev, p = self.config, self.device, self.params
         for s in seqs:
             if s.start_pos + len(s.token_ids) > c.context_length:
@@ -92,6 +92,8 @@ class Gemma3Model(LlamaModel):
         x = self._embed(torch.tensor(ids, dtype=torch.long, device=dev)) * p.embed_scale
         T, H, KVH, D, eps = len(ids), c.n_heads, c.n_kv_heads, c.head_dim, c.rms_eps
         for li, layer in enumerate(self.layers):
+            if interrupt is not None and interrupt.is_set():
+                raise Preempted
             local = li not in self._global
             qkv = layer.wqkv(x, norm=layer.attn_norm, eps=eps)
             q, k = self._qk_norm_rope(qkv, positions, layer, local)

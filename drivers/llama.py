@@ -36,6 +36,12 @@ from .quant import KERNEL_TYPES, QLinear, has_kernel, kernel_isa, kernels, rope_
 log = logging.getLogger("llmos.drivers")
 
 
+class Preempted(Exception):
+    """forward() stopped between layers because its `interrupt` event was set (the kernel wants
+    the cores for a latency-sensitive process). Nothing was sampled; KV slots written for the
+    step's new tokens are stale and are rewritten when the step runs again."""
+
+
 @dataclass
 class SeqInput:
     """One sequence's share of a step. block_table must cover start_pos + len(token_ids) tokens."""
@@ -177,10 +183,11 @@ class LlamaModel:
         return qk[:, :H], qk[:, H:]
 
     @torch.inference_mode()
-    def forward(self, seqs: list[SeqInput], kv: KVStorage) -> torch.Tensor:
+    def forward(self, seqs: list[SeqInput], kv: KVStorage, interrupt=None) -> torch.Tensor:
         """Run one step. Returns float32 logits [n_want, vocab], rows in the order of the seqs
         with want_logits. Caller guarantees block tables are valid and exclusively writable at
-        the new tokens' slots."""
+        the new tokens' slots. interrupt: a threading.Event checked before each layer; once
+        set, raises Preempted."""
         c, dev = self.config, self.device
         for s in seqs:
             if s.start_pos + len(s.token_ids) > c.context_length:
@@ -203,6 +210,8 @@ class LlamaModel:
         x = self._embed(torch.tensor(ids, dtype=torch.long, device=dev))  # residual stream: fp32
         T, H, KVH, D, eps = len(ids), c.n_heads, c.n_kv_heads, c.head_dim, c.rms_eps
         for li, layer in enumerate(self.layers):
+            if interrupt is not None and interrupt.is_set():
+                raise Preempted
             qkv = layer.wqkv(x, norm=layer.attn_norm, eps=eps)
             if layer.bqkv is not None:
                 qkv += layer.bqkv

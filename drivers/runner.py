@@ -9,19 +9,24 @@ Contract:
     result, a preemption or a fork never shifts the random stream: same seed, same tokens.
   - A failing forward is isolated: the batch is re-run one sequence at a time and only the
     sequences that still fail get an error (BatchResult.errors); the others get their tokens.
+  - A step can be preempted between layers: setting `interrupt` (a threading.Event; any thread)
+    makes the forward stop at its next layer and run() return BatchResult(preempted=True) with
+    nothing sampled, so the kernel can run a latency-sensitive process at once. The owner
+    clears the event before the next run.
   - mask(logits, masks) applies per-row grammar masks (drivers/grammar.py bitmasks, filled for
     the whole batch by the engine before execute) to the rows that have one, before sampling.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from .grammar import apply_masks
-from .llama import SeqInput
+from .llama import Preempted, SeqInput
 from .sampler import SamplingParams, sample
 
 
@@ -60,11 +65,13 @@ class BatchResult:
     logprobs: list[float | None]
     errors: dict[int, str] = field(default_factory=dict)    # seq index -> message
     seconds: float = 0.0
+    preempted: bool = False                      # interrupted between layers: nothing sampled
 
 
 class ModelRunner:
     def __init__(self, model, storage):
         self.model, self.storage = model, storage
+        self.interrupt = threading.Event()       # set: the running forward stops at its next layer
 
     def new_generator(self) -> torch.Generator:
         """A generator for a seeded process (seeded per draw by run)."""
@@ -76,6 +83,9 @@ class ModelRunner:
             tokens, logprobs = self._run(batch.seqs, batch.params, batch.generators, batch.seeds,
                                          batch.masks, batch.histories)
             result = BatchResult(tokens, logprobs)
+        except Preempted:
+            n = len(batch.seqs)
+            result = BatchResult([None] * n, [None] * n, preempted=True)
         except Exception as e:              # isolate the failing sequences, one at a time
             n = len(batch.seqs)
             result = BatchResult([None] * n, [None] * n)
@@ -87,6 +97,9 @@ class ModelRunner:
                     t, lp = self._run([seq], batch.params[sl], batch.generators[sl], batch.seeds[sl],
                                       batch.masks[sl], batch.histories[sl])
                     result.tokens[i], result.logprobs[i] = t[0], lp[0]
+                except Preempted:
+                    result = BatchResult([None] * n, [None] * n, preempted=True)
+                    break
                 except Exception as e1:
                     result.errors[i] = f"{type(e1).__name__}: {e1}" if n > 1 else f"{type(e).__name__}: {e}"
         result.seconds = time.perf_counter() - t0
@@ -97,7 +110,7 @@ class ModelRunner:
         return apply_masks(logits, masks) if any(m is not None for m in masks) else logits
 
     def _run(self, seqs, params, generators, seeds, masks, histories):
-        logits = self.model.forward(seqs, self.storage)
+        logits = self.model.forward(seqs, self.storage, self.interrupt)
         for g, s in zip(generators, seeds):
             if s is not None:
                 g.manual_seed(s)

@@ -62,6 +62,7 @@ class Engine:
         self.procs = ProcTable(cfg.max_procs)
         self.sched = Scheduler(cfg, self.kv, self.procs, self.limits)
         self.runner = ModelRunner(model, self.storage)
+        self.sched.on_urgent = self.runner.interrupt.set     # preempt a step for a latency goal
         pool_tokens = self.storage.num_blocks * cfg.block_size
         self.max_context = min(model.config.context_length, cfg.max_context or pool_tokens, pool_tokens)
         self.ledger = Ledger()                    # per-user totals of exited processes (COUNTERS)
@@ -70,7 +71,7 @@ class Engine:
         o = self.ops                              # the process operations, as the engine's
         self.spawn, self.write, self.close, self.signal = o.spawn, o.write, o.close, o.signal
         self.renice, self.fork, self.orphan, self.reap = o.renice, o.fork, o.orphan, o.reap
-        self.counters = dict(steps=0, tokens=0, prefill_tokens=0, busy_s=0.0)
+        self.counters = dict(steps=0, tokens=0, prefill_tokens=0, busy_s=0.0, preempted_steps=0)
 
     def _pool_blocks(self) -> int:
         cfg, model = self.config, self.model
@@ -123,6 +124,7 @@ class Engine:
             masks = fill_masks([m for _, m in constrained])     # matchers are the owner's)
             for (row, _), mask in zip(constrained, masks):
                 plan.masks[row] = mask
+        self.runner.interrupt.clear()
         self.ops.in_flight = True
         return plan
 
@@ -135,9 +137,9 @@ class Engine:
         touched, ops = [], self.ops
         try:
             for i, (p, epoch, n) in enumerate(plan.entries):
-                if p.epoch != epoch:        # it left RUNNING meanwhile: stopped, interrupted, killed
-                    self.kv.truncate(p.pid, p.computed)         # its result is stale: drop it
-                    continue
+                if p.epoch != epoch or result.preempted:    # it left RUNNING meanwhile (stopped,
+                    self.kv.truncate(p.pid, p.computed)     # killed), or the step was preempted for
+                    continue                                # a latency goal: the result is stale
                 touched.append(p)
                 if i in result.errors:
                     ops.exit(p, ExitStatus("error", message=result.errors[i]))
@@ -157,10 +159,13 @@ class Engine:
                     if p.alive:
                         ops.exit(p, ExitStatus("error", message=f"{type(e).__name__}: {e}"))
             c = self.counters
-            c["steps"] += 1
             c["busy_s"] += result.seconds
-            c["prefill_tokens"] += plan.prefill_tokens
-            self.sched.observe(plan.prefill_tokens, result.seconds, sum(n for _, _, n in plan.entries))
+            if result.preempted:
+                c["preempted_steps"] += 1
+            else:
+                c["steps"] += 1
+                c["prefill_tokens"] += plan.prefill_tokens
+                self.sched.observe(plan.prefill_tokens, result.seconds, sum(n for _, _, n in plan.entries))
         finally:
             ops.in_flight = False
             ops.reclaim()

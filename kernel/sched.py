@@ -67,6 +67,8 @@ class Scheduler:
         self.swap_s_per_block = kv.storage.bytes_per_block / config.swap_bytes_per_s
         self.prefill_s_per_token = 1.0 / config.prefill_tokens_per_s
         self.counters = dict(steps=0, preempt_swap=0, preempt_recompute=0, displaced=0)
+        self.plain_step = False                   # the last plan holds no latency-sensitive process
+        self.on_urgent = None                     # called when one becomes runnable meanwhile
 
     # ---- membership (engine calls these from mutators and commit) ---------------------------
     def enqueue(self, p: Process) -> None:
@@ -79,6 +81,9 @@ class Scheduler:
             self.ready[p.pid] = p
         else:
             raise RuntimeError(f"enqueue: pid {p.pid} is {p.state.name}")
+        if self.plain_step and self.on_urgent is not None and self.step_model.ready() \
+                and target_s(p, self.step_model) is not None:
+            self.on_urgent()        # the step in flight (if any) stops at its next layer
 
     def dequeue(self, p: Process) -> None:
         """p left the runnable set (sleep, stop, exit)."""
@@ -211,6 +216,7 @@ class Scheduler:
                 urgent.append((target, p.pid, p))
             else:
                 (decodes if len(p.tokens) - p.computed == 1 else prefills).append(p)
+        self.plain_step = not urgent
         if urgent:          # latency goals: serve them first, size the step to the tightest one
             urgent.sort(key=lambda e: e[:2])
             need = sum(len(p.tokens) - p.computed for _, _, p in urgent)

@@ -4,7 +4,7 @@ latency-sensitive process's time per token stays within its target while the res
 import pytest
 
 from llmos.kernel.latency import INTERACTIVE, StepModel, target_s
-from kernelkit import greedy, make_engine, prompt
+from kernelkit import greedy, make_engine, prompt, solo
 
 
 def test_the_model_fits_fixed_and_per_token_time():
@@ -67,3 +67,53 @@ def test_an_explicit_target_and_none_for_nice_0(model):
     assert target_s(p, m) == 0.05
     q = e.spawn(prompt(2), greedy(4), nice=-10)
     assert target_s(q, m) == pytest.approx(INTERACTIVE * 0.011)
+
+
+def test_a_step_in_flight_is_preempted_between_layers_for_a_latency_goal(model):
+    """A nice -10 arrival while a background-only step is in flight stops that step at its next
+    layer (nothing sampled, nothing applied); the arrival is served next and everyone's output is
+    what it would have been uninterrupted, greedy and seeded."""
+    from llmos.drivers.sampler import SamplingParams
+    e = make_engine(model, 512, block_size=4)
+    e.sched.step_model = Fixed()
+    seeded = SamplingParams(max_tokens=10, ignore_eos=True, temperature=0.9, seed=5)
+    crowd = [e.spawn(prompt(i, 8), greedy(10)) for i in range(3)] + [e.spawn(prompt(7, 8), seeded)]
+    for _ in range(3):
+        e.step()
+    made = [len(p.output_ids) for p in crowd]
+    plan = e.schedule()                                  # background only
+    assert not e.runner.interrupt.is_set()
+    vip = e.spawn(prompt(99, 8), greedy(4), nice=-10)
+    assert e.runner.interrupt.is_set()                   # the in-flight step is told to stop
+    result = e.execute(plan)
+    assert result.preempted and all(t is None for t in result.tokens)
+    e.commit(plan, result)
+    assert [len(p.output_ids) for p in crowd] == made and e.counters["preempted_steps"] == 1
+    plan = e.schedule()
+    assert plan.entries[0][0] is vip and not e.runner.interrupt.is_set()
+    e.commit(plan, e.execute(plan))
+    assert len(vip.output_ids) == 1                      # its first token, one step after arriving
+    e.run_until_idle()
+    assert vip.output_ids == solo(model, prompt(99, 8), 4)
+    for i, p in enumerate(crowd[:3]):
+        assert p.output_ids == solo(model, prompt(i, 8), 10)
+    alone = make_engine(model, 512, block_size=4)
+    q = alone.spawn(prompt(7, 8), seeded)
+    alone.run_until_idle()
+    assert crowd[3].output_ids == q.output_ids
+
+
+def test_no_preemption_for_nice_0_or_when_the_step_already_serves_a_latency_goal(model):
+    e = make_engine(model, 512, block_size=4)
+    e.sched.step_model = Fixed()
+    [e.spawn(prompt(i, 8), greedy(20)) for i in range(3)]
+    e.step()
+    plan = e.schedule()
+    e.spawn(prompt(50, 8), greedy(4))                    # nice 0: no latency goal
+    assert not e.runner.interrupt.is_set()
+    e.commit(plan, e.execute(plan))
+    e.spawn(prompt(51, 8), greedy(30), nice=-10)
+    plan = e.schedule()                                  # holds the nice -10 process
+    e.spawn(prompt(52, 8), greedy(4), nice=-10)
+    assert not e.runner.interrupt.is_set()
+    assert not e.execute(plan).preempted
