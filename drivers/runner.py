@@ -65,6 +65,7 @@ class BatchResult:
     logprobs: list[float | None]
     errors: dict[int, str] = field(default_factory=dict)    # seq index -> message
     seconds: float = 0.0
+    tops: list | None = None                     # per seq: [(id, logprob), ...] where top_logprobs asked
     preempted: bool = False                      # interrupted between layers: nothing sampled
 
 
@@ -80,23 +81,23 @@ class ModelRunner:
     def run(self, batch: Batch) -> BatchResult:
         t0 = time.perf_counter()
         try:
-            tokens, logprobs = self._run(batch.seqs, batch.params, batch.generators, batch.seeds,
-                                         batch.masks, batch.histories)
-            result = BatchResult(tokens, logprobs)
+            tokens, logprobs, tops = self._run(batch.seqs, batch.params, batch.generators, batch.seeds,
+                                               batch.masks, batch.histories)
+            result = BatchResult(tokens, logprobs, tops=tops)
         except Preempted:
             n = len(batch.seqs)
             result = BatchResult([None] * n, [None] * n, preempted=True)
         except Exception as e:              # isolate the failing sequences, one at a time
             n = len(batch.seqs)
-            result = BatchResult([None] * n, [None] * n)
+            result = BatchResult([None] * n, [None] * n, tops=[None] * n)
             row = 0
             for i, seq in enumerate(batch.seqs):
                 sl = slice(row, row + seq.want_logits)
                 row += seq.want_logits
                 try:
-                    t, lp = self._run([seq], batch.params[sl], batch.generators[sl], batch.seeds[sl],
-                                      batch.masks[sl], batch.histories[sl])
-                    result.tokens[i], result.logprobs[i] = t[0], lp[0]
+                    t, lp, top = self._run([seq], batch.params[sl], batch.generators[sl], batch.seeds[sl],
+                                           batch.masks[sl], batch.histories[sl])
+                    result.tokens[i], result.logprobs[i], result.tops[i] = t[0], lp[0], top[0]
                 except Preempted:
                     result = BatchResult([None] * n, [None] * n, preempted=True)
                     break
@@ -115,13 +116,15 @@ class ModelRunner:
             if s is not None:
                 g.manual_seed(s)
         res = sample(self.mask(logits, masks), params, generators, histories) if params else None
-        out_t, out_lp, row = [], [], 0
+        out_t, out_lp, out_top, row = [], [], [], 0
         for seq in seqs:
             if seq.want_logits:
                 out_t.append(res.tokens[row])
                 out_lp.append(res.logprobs[row] if res.logprobs else None)
+                out_top.append(res.top[row] if res.top else None)
                 row += 1
             else:
                 out_t.append(None)
                 out_lp.append(None)
-        return out_t, out_lp
+                out_top.append(None)
+        return out_t, out_lp, out_top

@@ -20,8 +20,12 @@ Contracts
   from torch's default generator (unseeded rows). On CPU this holds bit for bit; on CUDA the
   float64 nucleus sum may round differently for a one-row batch (another scan kernel), which
   can move a top-p cut only when the mass lands within ~1e-16 of top_p.
-- ``logprobs`` (log-softmax of the chosen token under the *unmodified* logits) are computed only
-  when some row asks; then the list covers every row.
+- ``logprobs`` (log-softmax of the chosen token under the *unmodified* logits: before logit_bias,
+  penalties and temperature, after a grammar's mask) and ``top_logprobs`` (the k most likely
+  tokens and their logprobs, same distribution, best first) are computed only for the rows that
+  ask, batched over those rows; other rows get None and cost nothing.
+- ``logit_bias`` (token id -> -100..100, OpenAI's) is added to a row's logits before anything else;
+  -100 bans a token, 100 all but forces it.
 - A greedy-only batch costs one argmax over [S, V] and one ``.tolist()``.
 - ``StopMatcher`` streams text and stops at the stop string that *ends* first (ties: the longer
   one), which makes the result independent of how the text was chunked. Text that could still
@@ -39,6 +43,8 @@ import torch
 
 MAX_STOPS = 16
 MAX_STOP_CHARS = 256
+MAX_TOP_LOGPROBS = 20       # as OpenAI: top_logprobs 0..20
+MAX_LOGIT_BIAS = 1024       # entries of logit_bias
 SEED_LIMIT = 2**63
 
 
@@ -51,6 +57,8 @@ class SamplingParams:
     seed: int | None = None         # None = not reproducible
     stop: tuple[str, ...] = ()      # stop strings; the text is cut before the first one
     logprobs: bool = False          # report log p(chosen token) under the unmodified logits
+    top_logprobs: int = 0           # 0..20: also the k most likely tokens (needs logprobs)
+    logit_bias: tuple = ()          # ((token id, bias -100..100), ...); wire: a map id -> bias
     ignore_eos: bool = False        # keep generating after eos / end-of-turn tokens
     repetition_penalty: float = 1.0 # 1 = off; > 1 discourages tokens of the recent context
     presence_penalty: float = 0.0   # 0 = off; -2..2, subtracted once from seen tokens' logits
@@ -103,6 +111,16 @@ class SamplingParams:
         for name in ("logprobs", "ignore_eos"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not _is_int(self.top_logprobs) or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        if not isinstance(self.logit_bias, tuple) or len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias must map at most {MAX_LOGIT_BIAS} token ids to biases")
+        for pair in self.logit_bias:
+            tok, bias = pair if isinstance(pair, tuple) and len(pair) == 2 else (None, None)
+            if not _is_int(tok) or tok < 0 or not _is_real(bias) or not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias maps token ids >= 0 to numbers in [-100, 100], got {pair!r}"[:200])
         if self.constraint is not None:
             from .grammar import Constraint
             if not isinstance(self.constraint, Constraint):
@@ -128,11 +146,25 @@ class SamplingParams:
             raise ValueError(f"at most one of {', '.join(KINDS)}, got {', '.join(kinds)}")
         if kinds:
             kw["constraint"] = Constraint.from_wire(kinds[0], kw.pop(kinds[0]))
+        if isinstance(kw.get("logit_bias"), (Mapping, list)):
+            kw["logit_bias"] = _bias_pairs(kw["logit_bias"])
         if isinstance(kw.get("stop"), str):
             kw["stop"] = (kw["stop"],)
         elif isinstance(kw.get("stop"), list):
             kw["stop"] = tuple(kw["stop"])
         return cls(**kw).validate()
+
+
+def _bias_pairs(v) -> tuple:
+    """logit_bias off the wire: a map {id: bias} (ids as ints or decimal strings, as OpenAI's JSON
+    has them; msgpack maps want string keys) or a list of [id, bias] pairs -> sorted pairs."""
+    out = []
+    for item in (v.items() if isinstance(v, Mapping) else v):
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise ValueError(f"logit_bias: each entry is a token id and a bias, got {item!r}"[:200])
+        tok, bias = item
+        out.append((int(tok) if isinstance(tok, str) and tok.isdigit() else tok, bias))
+    return tuple(sorted(out, key=repr))
 
 
 def _is_int(v) -> bool:
@@ -145,7 +177,8 @@ def _is_real(v) -> bool:
 
 class SampleResult(NamedTuple):
     tokens: list[int]
-    logprobs: list[float] | None  # one per row when any row asked, else None
+    logprobs: list[float | None] | None   # per row: a float where the row asked; None if none did
+    top: list | None = None               # per row: [(id, logprob), ...] best first where it asked
 
 
 def make_generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator:
@@ -170,8 +203,11 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams],
     if len(params) != n or len(generators) != n:
         raise ValueError(f"{n} logit rows but {len(params)} params and {len(generators)} generators")
     sampled = [i for i, p in enumerate(params) if p.temperature != 0]
-    want_lp = any(p.logprobs for p in params)
+    want_lp = [i for i, p in enumerate(params) if p.logprobs]
     raw = logits
+    biased = [i for i, p in enumerate(params) if p.logit_bias]
+    if biased:
+        logits = _bias(logits.float(), biased, params)
     penalized = [i for i, p in enumerate(params) if p.penalized and histories and histories[i]]
     if penalized:
         logits = _penalize(logits.float(), penalized, params, histories)
@@ -182,9 +218,38 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams],
                              [generators[i] for i in sampled])
     if not want_lp:
         return SampleResult(tokens.tolist(), None)
-    lf = raw.float()
-    lp = lf.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(lf, dim=-1)
-    return SampleResult(tokens.tolist(), lp.tolist())
+    return SampleResult(tokens.tolist(), *_logprobs(raw, tokens, want_lp, params))
+
+
+def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, rows: list[int],
+              params: Sequence[SamplingParams]) -> tuple[list, list]:
+    """(per row logprob of its token, per row top [(id, logprob)]): None for rows not listed.
+    One log-softmax and one top-k over the listed rows only."""
+    n = raw.shape[0]
+    idx = torch.tensor(rows, device=raw.device)
+    lsm = torch.log_softmax(raw[idx].float(), dim=-1)
+    chosen = lsm.gather(1, tokens[idx][:, None]).squeeze(1).tolist()
+    lps: list = [None] * n
+    tops: list = [None] * n
+    k = max(params[i].top_logprobs for i in rows)
+    if k:
+        vals, ids = torch.topk(lsm, min(k, lsm.shape[1]), dim=-1)
+        vals, ids = vals.tolist(), ids.tolist()
+    for j, i in enumerate(rows):
+        lps[i] = chosen[j]
+        ki = params[i].top_logprobs
+        if ki:
+            tops[i] = list(zip(ids[j][:ki], vals[j][:ki]))
+    return lps, tops
+
+
+def _bias(x: torch.Tensor, rows: list[int], params: Sequence[SamplingParams]) -> torch.Tensor:
+    """x (a float32 copy of the logits) with each listed row's logit_bias added."""
+    x = x.clone()
+    for i in rows:
+        ids = torch.tensor([t for t, _ in params[i].logit_bias], device=x.device)
+        x[i, ids] += torch.tensor([b for _, b in params[i].logit_bias], dtype=x.dtype, device=x.device)
+    return x
 
 
 def _draw(x: torch.Tensor, params: list[SamplingParams],

@@ -60,7 +60,11 @@ class Sys(enum.IntEnum):
                      #  params may hold one grammar: json_schema | regex | grammar (Lark/GBNF) | choice
                      #  pgid: join that process group (the caller's); default: a new group (pgid = pid)
                      #  stdin: the prompt stays open; write() appends to it, close() starts generating
-    READ = 3         # (pid, timeout_s?)                     -> {"text", "eof", "turn_end"}
+    READ = 3         # (pid, timeout_s?)                     -> {"text", "eof", "turn_end", "logprobs"?}
+                     #  logprobs (only when spawned with params logprobs: true): one entry per
+                     #  token since the last read, [id, bytes, logprob, [[id, bytes, logprob], ...]]
+                     #  (the top_logprobs most likely, best first); a token's text may come in a
+                     #  later read (held back for a split UTF-8 character or a possible stop string)
     WRITE = 4        # (pid, text | {role, content} | [{role, content}]) -> number of tokens queued
                      #  (to an open stdin: text appended to the prompt, prefilled as it arrives)
     WAIT = 5         # (pid, timeout_s?)                     -> exit status dict (reaps the process)

@@ -113,7 +113,7 @@ def snapshot(engine, p: Process, kv: bool = True) -> tuple[dict, torch.Tensor | 
         "tokens": list(p.tokens), "computed": n, "turn_start": p.turn_start, "turn_tokens": p.turn_tokens,
         "pending_input": [[list(ids), feed] for ids, feed in p.pending_input],
         "stdin_open": p.stdin_open, "stdin_tail": list(p.stdin_tail), "feeding": p.feeding,
-        "output": [[text, ends] for text, ends in p.channel._segments],   # unread output
+        "output": [[s[0], s[1]] for s in p.channel._segments],   # unread output (not its logprobs)
         "stats": {"tokens": st.tokens, "prefilled": st.prefilled, "cached": st.cached},
     }
     return proc, k, v

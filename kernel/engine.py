@@ -150,7 +150,8 @@ class Engine:
                     if n > 1 or plan.seqs[i].start_pos < p.turn_start:
                         p.stats.prefilled += n
                     if result.tokens[i] is not None:
-                        self._deliver(p, result.tokens[i], result.logprobs[i])
+                        self._deliver(p, result.tokens[i], result.logprobs[i],
+                                      result.tops[i] if result.tops else None)
                         if p.matcher is not None:
                             self._force(p, epoch)
                     elif p.feeding and p.computed == len(p.tokens):
@@ -182,7 +183,8 @@ class Engine:
                 return                                  # the turn ended
             self._deliver(p, tok, 0.0)
 
-    def _deliver(self, p: Process, tok: int, logprob: float | None) -> None:
+    def _deliver(self, p: Process, tok: int, logprob: float | None, top=None) -> None:
+        """top: the sampler's [(id, logprob), ...] when p asked for top_logprobs."""
         if p.matcher is not None and not p.matcher.consume(tok):    # a mask makes this impossible
             self.ops.exit(p, ExitStatus("error", message=f"grammar rejected token {tok}: {p.matcher.error}"))
             return
@@ -200,7 +202,8 @@ class Engine:
             p.logprobs.append(logprob)
         self.sched.charge(p, 1)
         text, reason = p.output.push(tok)
-        p.channel.put(text)
+        p.channel.put(text, p.output.logprob_entry(tok, logprob, top, p.params.top_logprobs)
+                      if p.params.logprobs else None)
         full = len(p.tokens) >= self.max_context
         if reason is None and p.matcher is not None and p.matcher.stopped:
             reason = "eos"                      # the grammar is complete and allows nothing more

@@ -70,15 +70,30 @@ class OutputChannel:
     """Text a process produced that nobody has read yet, with turn boundaries and EOF.
 
     Writer: the engine (put, end_turn, close). Reader: the syscall layer (take / read).
-    A read never crosses a turn boundary: text of the next turn waits for the next read."""
+    A read never crosses a turn boundary: text of the next turn waits for the next read.
+    A process that asked for logprobs also puts one entry per token (drivers/output.py's
+    logprob_entry); take_logprobs() hands over those of the segment the next take() reads."""
 
     def __init__(self):
-        self._segments: deque[list] = deque([["", False]])   # [text, ends_turn]
+        self._segments: deque[list] = deque([["", False]])   # [text, ends_turn, entries?]
         self.eof = False            # the process exited; nothing more will be put
 
-    def put(self, text: str) -> None:
+    def put(self, text: str, entry: list | None = None) -> None:
         if text:
             self._segments[-1][0] += text
+        if entry is not None:
+            seg = self._segments[-1]
+            if len(seg) == 2:
+                seg.append([])
+            seg[2].append(entry)
+
+    def take_logprobs(self) -> list | None:
+        """The logprob entries put with the text the next take() returns (consumed), or None."""
+        seg = self._segments[0]
+        if len(seg) < 3 or not seg[2]:
+            return None
+        entries, seg[2] = seg[2], []
+        return entries
 
     def end_turn(self) -> None:
         self._segments[-1][1] = True
@@ -102,7 +117,7 @@ class OutputChannel:
     def take(self) -> tuple[str, bool, bool]:
         """(text, turn_end, eof): the text up to the next turn boundary, consuming it.
         eof is True only when the process has exited and no text is left after this read."""
-        text, ends = self._segments[0]
+        text, ends = self._segments[0][:2]
         if ends:
             self._segments.popleft()
         else:

@@ -288,6 +288,9 @@ def sys_spawn(k: Kernel, c: Caller, prompt, params=None, opts=None):
     command = _name(o.get("command", ""), "command")
     stdin = _bool(o.get("stdin", False), "stdin")
     sp = _sampling(params)
+    if sp.logit_bias and max(t for t, _ in sp.logit_bias) >= k.model.tokenizer.vocab_size:
+        raise SysError(E.EINVAL, f"params: logit_bias names a token id past the vocabulary "
+                                 f"({k.model.tokenizer.vocab_size})")
     ids, text = _prompt_ids(k, prompt)
     tail: list[int] = []
     if stdin and text == "chat":        # written text continues the last message's content
@@ -358,8 +361,12 @@ def sys_read(k: Kernel, c: Caller, pid, timeout=None):
     def poll():
         if not ch.ready():
             return NOT_READY
+        entries = ch.take_logprobs()
         text, turn_end, eof = ch.take()
-        return {"text": text, "eof": eof, "turn_end": turn_end}
+        reply = {"text": text, "eof": eof, "turn_end": turn_end}
+        if entries:                 # only for a process spawned with logprobs
+            reply["logprobs"] = entries
+        return reply
 
     v = poll()
     return Block(p.pid, poll, t) if v is NOT_READY else v

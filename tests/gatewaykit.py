@@ -1,5 +1,9 @@
 """Helpers for the gateway tests: a real kernel daemon on the tiny model and a real `llmos gateway`
-subprocess in front of it, on a free loopback port."""
+subprocess in front of it, on a free loopback port.
+
+Fixtures (import them into a test module by name: ``from gatewaykit import env, url, k``):
+env (module: a kernel on the tiny model), url (module: a gateway in front of it), k (a client
+of that kernel, for checking what the gateway did)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
+
+from llmos.userland import lib
 
 
 def llmos(*args, env, timeout=60) -> subprocess.CompletedProcess:
@@ -112,3 +119,29 @@ def settle(k, user: str | None = None, timeout: float = 10.0) -> list[dict]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def env(tiny_model_path):
+    with kernel(tiny_model_path) as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def url(env):
+    with gateway(env) as url:
+        yield url
+
+
+@pytest.fixture
+def k(env):
+    with environ(env), lib.Client(client="test-gateway") as c:
+        yield c
+
+
+def greedy(k, prompt, n: int, **params) -> str:
+    """The text of a greedy generation of n tokens straight through the kernel."""
+    pid = k.spawn(prompt, {"max_tokens": n, "temperature": 0, **params})
+    text = "".join(k.stream(pid))
+    k.wait(pid)
+    return text

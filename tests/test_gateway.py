@@ -10,41 +10,15 @@ import httpx
 import openai
 import pytest
 
-from gatewaykit import environ, gateway, kernel, settle
+from gatewaykit import env, greedy, k, settle, url  # noqa: F401 (fixtures)
 from llmos.kernel.abi import Sys
-from llmos.userland import lib
 
 CHAT = [{"role": "user", "content": "Name three rivers."}]
-
-
-@pytest.fixture(scope="module")
-def env(tiny_model_path):
-    with kernel(tiny_model_path) as env:
-        yield env
-
-
-@pytest.fixture(scope="module")
-def url(env):
-    with gateway(env) as url:
-        yield url
-
-
-@pytest.fixture
-def k(env):
-    with environ(env), lib.Client(client="test-gateway") as c:
-        yield c
 
 
 @pytest.fixture
 def oa(url):
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-
-
-def greedy(k, prompt, n: int) -> str:
-    pid = k.spawn(prompt, {"max_tokens": n, "temperature": 0})
-    text = "".join(k.stream(pid))
-    k.wait(pid)
-    return text
 
 
 def killed(k) -> int:
@@ -162,9 +136,21 @@ def test_tokenize_detokenize(url, k):
     ({"model": "tiny-llama", "messages": CHAT, "stream_options": {"include_usage": True}}, 400, "stream_options"),
     ({"messages": CHAT}, 400, "model"),
     ({"model": "gpt-4o", "messages": CHAT}, 404, "model"),
-    ({"model": "tiny-llama", "messages": CHAT, "logprobs": True}, 501, "logprobs"),
-    ({"model": "tiny-llama", "messages": CHAT, "response_format": {"type": "json_object"}}, 501, "response_format"),
-    ({"model": "tiny-llama", "messages": CHAT, "tools": [{"type": "function"}]}, 501, "tools"),
+    ({"model": "tiny-llama", "messages": CHAT, "logprobs": "yes"}, 400, "logprobs"),
+    ({"model": "tiny-llama", "messages": CHAT, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+    ({"model": "tiny-llama", "messages": CHAT, "top_logprobs": 3}, 400, "top_logprobs"),
+    ({"model": "tiny-llama", "messages": CHAT, "presence_penalty": 2.5}, 400, "presence_penalty"),
+    ({"model": "tiny-llama", "messages": CHAT, "frequency_penalty": "1"}, 400, "frequency_penalty"),
+    ({"model": "tiny-llama", "messages": CHAT, "logit_bias": {"x": 1}}, 400, "logit_bias"),
+    ({"model": "tiny-llama", "messages": CHAT, "logit_bias": {"5": 101}}, 400, "logit_bias"),
+    ({"model": "tiny-llama", "messages": CHAT, "response_format": {"type": "xml"}}, 400, "response_format.type"),
+    ({"model": "tiny-llama", "messages": CHAT, "response_format": {"type": "json_schema", "json_schema": {
+        "schema": []}}}, 400, "response_format.json_schema.schema"),
+    ({"model": "tiny-llama", "messages": CHAT, "tools": [{"type": "function"}]}, 400, "tools[0].function.name"),
+    ({"model": "tiny-llama", "messages": CHAT, "tool_choice": "required"}, 400, "tool_choice"),
+    ({"model": "tiny-llama", "messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, 400, "tool_choice"),
+    ({"model": "tiny-llama", "messages": CHAT, "suffix": "x"}, 501, "suffix"),
 ])
 def test_bad_requests_in_openai_shape(url, body, status, param):
     r = httpx.post(url + "/v1/chat/completions", json=body)

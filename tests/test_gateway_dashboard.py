@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from gatewaykit import environ, gateway, kernel, settle
-from llmos.userland import lib
+from gatewaykit import env, k, settle, url  # noqa: F401 (fixtures)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -19,24 +18,6 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
                                 "(apt-get install -y chromium; .ci/run does this)")
-
-
-@pytest.fixture(scope="module")
-def env(tiny_model_path):
-    with kernel(tiny_model_path) as env:
-        yield env
-
-
-@pytest.fixture(scope="module")
-def url(env):
-    with gateway(env) as url:
-        yield url
-
-
-@pytest.fixture
-def k(env):
-    with environ(env), lib.Client(client="test-dashboard") as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

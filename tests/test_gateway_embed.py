@@ -9,7 +9,7 @@ import ollama
 import openai
 import pytest
 
-from gatewaykit import environ, gateway, kernel
+from gatewaykit import environ, kernel, url  # noqa: F401 (fixtures)
 from llmos.kernel.abi import Sys
 from llmos.userland import lib
 
@@ -26,12 +26,6 @@ def env(tiny_model_path, tmp_path_factory):
     else:
         with kernel(tiny_model_path) as env:
             yield env
-
-
-@pytest.fixture(scope="module")
-def url(env):
-    with gateway(env) as url:
-        yield url
 
 
 @pytest.mark.skipif(HAS_EMBED, reason="this kernel has the EMBED syscall (tested below)")

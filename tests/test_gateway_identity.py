@@ -13,16 +13,10 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gatewaykit import environ, gateway, kernel, settle
+from gatewaykit import env, environ, gateway, k, settle  # noqa: F401 (fixtures)
 from llmos.userland import lib
 
 ALICE, BOB = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef00"
-
-
-@pytest.fixture(scope="module")
-def env(tiny_model_path):
-    with kernel(tiny_model_path) as env:
-        yield env
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +31,6 @@ def keys(env):
 def url(env, keys):
     with gateway(env) as url:          # the default keys file, $LLMOS_HOME/gateway.keys
         yield url
-
-
-@pytest.fixture
-def k(env):
-    with environ(env), lib.Client(client="test-identity") as c:
-        yield c
 
 
 def start(env, *args) -> subprocess.CompletedProcess:

@@ -10,29 +10,10 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gatewaykit import environ, gateway, kernel, settle
+from gatewaykit import env, k, settle, url  # noqa: F401 (fixtures)
 from llmos.kernel.abi import Sys
-from llmos.userland import lib
 
 USER = getpass.getuser()
-
-
-@pytest.fixture(scope="module")
-def env(tiny_model_path):
-    with kernel(tiny_model_path) as env:
-        yield env
-
-
-@pytest.fixture(scope="module")
-def url(env):
-    with gateway(env) as url:
-        yield url
-
-
-@pytest.fixture
-def k(env):
-    with environ(env), lib.Client(client="test-gateway-metrics") as c:
-        yield c
 
 
 def scrape(url: str) -> dict[tuple, float]:

@@ -7,40 +7,14 @@ import httpx
 import ollama
 import pytest
 
-from gatewaykit import environ, gateway, kernel, settle
-from llmos.userland import lib
+from gatewaykit import env, greedy, k, settle, url  # noqa: F401 (fixtures)
 
 GREEDY = {"num_predict": 8, "temperature": 0}
-
-
-@pytest.fixture(scope="module")
-def env(tiny_model_path):
-    with kernel(tiny_model_path) as env:
-        yield env
-
-
-@pytest.fixture(scope="module")
-def url(env):
-    with gateway(env) as url:
-        yield url
-
-
-@pytest.fixture
-def k(env):
-    with environ(env), lib.Client(client="test-gateway-ollama") as c:
-        yield c
 
 
 @pytest.fixture
 def ol(url):
     return ollama.Client(host=url)
-
-
-def greedy(k, prompt, n: int) -> str:
-    pid = k.spawn(prompt, {"max_tokens": n, "temperature": 0})
-    text = "".join(k.stream(pid))
-    k.wait(pid)
-    return text
 
 
 def test_generate_streams_and_ends_with_durations(ol, k):

@@ -196,7 +196,44 @@ def test_logprobs_are_under_the_unmodified_distribution():
     res = sample(logits, params, gens)
     ref = torch.log_softmax(logits, -1)
     for r, t in enumerate(res.tokens):
-        assert res.logprobs[r] == pytest.approx(ref[r, t].item(), abs=1e-5)
+        if params[r].logprobs:
+            assert res.logprobs[r] == pytest.approx(ref[r, t].item(), abs=1e-5)
+        else:                                   # rows that did not ask cost nothing
+            assert res.logprobs[r] is None and res.top[r] is None
+
+
+def test_top_logprobs_only_for_rows_that_ask():
+    logits = rand_logits(4, seed=12)
+    params = [SamplingParams(logprobs=True, top_logprobs=5), SamplingParams(),
+              SamplingParams(temperature=0.9, seed=1, logprobs=True, top_logprobs=2),
+              SamplingParams(logprobs=True)]
+    res = sample(logits, params, [None, None, make_generator(1), None])
+    ref = torch.log_softmax(logits, -1)
+    for r, k in ((0, 5), (2, 2)):
+        vals, ids = torch.topk(ref[r], k)
+        assert [t for t, _ in res.top[r]] == ids.tolist()
+        assert [lp for _, lp in res.top[r]] == pytest.approx(vals.tolist(), abs=1e-5)
+    assert res.top[0][0] == (res.tokens[0], pytest.approx(res.logprobs[0]))   # greedy: the best
+    assert res.top[1] is None and res.logprobs[1] is None
+    assert res.top[3] is None and res.logprobs[3] is not None
+
+
+def test_logit_bias_moves_the_choice_not_the_logprobs():
+    logits = rand_logits(2, seed=13)
+    worst = int(logits[0].argmin())
+    best = int(logits[1].argmax())
+    params = [SamplingParams(logit_bias=((worst, 100.0),), logprobs=True),
+              SamplingParams(logit_bias=((best, -100.0),), temperature=1.0, seed=3)]
+    res = sample(logits, params, [None, make_generator(3)])
+    assert res.tokens[0] == worst               # forced by the bias
+    assert res.logprobs[0] == pytest.approx(torch.log_softmax(logits[0], -1)[worst].item(), abs=1e-5)
+    assert res.tokens[1] != best                # banned
+    assert SamplingParams.from_dict({"logit_bias": {"7": -1.5, 2: 3}}).logit_bias == ((2, 3), (7, -1.5))
+    assert SamplingParams.from_dict({"logit_bias": [[7, -1.5], [2, 3]]}).logit_bias == ((2, 3), (7, -1.5))
+    with pytest.raises(ValueError, match="logit_bias"):
+        SamplingParams.from_dict({"logit_bias": [[7, -1.5, 1]]})
+    with pytest.raises(ValueError, match="logit_bias"):
+        SamplingParams.from_dict({"logit_bias": {"x": 1}})
 
 
 def test_sample_rejects_bad_shapes():
@@ -231,6 +268,11 @@ def test_defaults_validate():
     (dict(stop=["x"]), "tuple"), (dict(stop=("",)), "non-empty"), (dict(stop=(3,)), "non-empty"),
     (dict(stop=("x",) * 17), "at most 16"), (dict(stop=("x" * 257,)), "at most 256"),
     (dict(logprobs=1), "logprobs"), (dict(ignore_eos="yes"), "ignore_eos"),
+    (dict(logprobs=True, top_logprobs=21), "top_logprobs"), (dict(logprobs=True, top_logprobs=-1), "top_logprobs"),
+    (dict(top_logprobs=3), "needs logprobs"),
+    (dict(logit_bias=((1, 101),)), "logit_bias"), (dict(logit_bias=((-1, 1),)), "logit_bias"),
+    (dict(logit_bias=(("a", 1),)), "logit_bias"), (dict(logit_bias=[(1, 1)]), "logit_bias"),
+    (dict(logit_bias=tuple((i, 1) for i in range(1025))), "at most 1024"),
 ])
 def test_validate_errors(kw, msg):
     with pytest.raises(ValueError, match=msg):

@@ -33,6 +33,7 @@ class Choice:
     index: int
     pid: int
     text: str = ""                  # everything read so far (when the caller collects)
+    logprobs: list | None = None    # the kernel's logprob entries so far (when collected and asked)
     reason: str | None = None       # the kernel's exit reason once it ended
     message: str = ""               # what went wrong, for reason "error"
     tokens: int = 0                 # output tokens
@@ -46,6 +47,7 @@ class Event:
     choice: Choice
     text: str                       # new text ("" when the choice just ended)
     done: bool
+    logprobs: list | None = None    # the kernel's entries for this text (spawned with logprobs)
 
 
 class Generation:
@@ -119,12 +121,16 @@ class Generation:
         try:
             while True:
                 r = await self.k.read(c.pid)
-                if r["text"]:
+                entries = r.get("logprobs")
+                if r["text"] or entries:
                     if c.first_at is None:
                         c.first_at = time.perf_counter()
                     if collect:
                         c.text += r["text"]
-                    queue.put_nowait(Event(c, r["text"], False))
+                        if entries:
+                            c.logprobs = c.logprobs or []
+                            c.logprobs.extend(entries)
+                    queue.put_nowait(Event(c, r["text"], False, entries))
                 if r["eof"]:
                     break
             if c.counts_prompt or c.counts_tail:

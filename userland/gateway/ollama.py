@@ -2,10 +2,16 @@
 and the durations in nanoseconds), /api/tags, /api/ps, /api/show, /api/version, /api/embed.
 
 Options map onto the kernel's sampling: num_predict (-1/-2 or absent: the rest of the context),
-temperature (default 0.8), top_k (40), top_p (0.9), seed, stop; others (num_ctx, num_thread...)
-describe Ollama's runner and are ignored, as Ollama ignores unknown ones. ``format``, ``tools``,
-``images`` and ``context`` need kernel features it does not have: 501 with a reason. /api/embed
-goes to the kernel's encoder model (syscall EMBED) where the kernel has one, else 501.
+temperature (default 0.8), top_k (40), top_p (0.9), seed, stop, min_p, repeat_penalty,
+repeat_last_n (0: off), presence_penalty, frequency_penalty (penalties only when given: Ollama's
+default repeat_penalty 1.1 is not applied), and llama.cpp's logit_bias ({"id": bias}, an llmos
+extension here); others (num_ctx, num_thread...) describe Ollama's
+runner and are ignored, as Ollama ignores unknown ones. ``logprobs``/``top_logprobs`` come from
+the kernel (each chunk's tokens). ``format`` ("json" or a schema) and ``tools`` go through the
+kernel's grammars (tools.py; a call comes back as message.tool_calls, arguments an object, in
+the last chunk when streaming). ``images``, ``context`` and ``suffix`` need kernel features it
+does not have: 501. /api/embed goes to the kernel's encoder model (syscall EMBED) where the
+kernel has one, else 501.
 Model names: the served model, with or without the ``:latest`` tag.
 """
 
@@ -19,10 +25,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from . import logprobs, tools
 from .app import Gateway
 from .body import Body, read_json
 from .errors import ApiError
 from .generation import Generation, finish_reason
+from .params import logit_bias
 from .streaming import Stream, collect, ndjson
 
 VERSION = "0.6.0"     # the Ollama API version this gateway follows
@@ -113,7 +121,7 @@ async def embed(request: Request) -> JSONResponse:
 
 
 def sampling(b: Body, u: dict) -> dict:
-    for name in ("format", "tools", "images", "context", "suffix"):
+    for name in ("images", "context", "suffix"):
         if b.data.get(name):
             raise ApiError(501, f"'{name}' is not supported by this llmos kernel")
     o = b.sub("options")
@@ -132,6 +140,21 @@ def sampling(b: Body, u: dict) -> dict:
         p["stop"] = stop
     if p["top_p"] == 0:
         p["top_p"] = 1e-6
+    last_n = o.get("repeat_last_n", "integer", lo=-1, hi=1 << 16)
+    extra = {"min_p": o.get("min_p", "number", lo=0, hi=0.999),
+             "repetition_penalty": o.get("repeat_penalty", "number", lo=0.01, hi=10),
+             "presence_penalty": o.get("presence_penalty", "number", lo=-2, hi=2),
+             "frequency_penalty": o.get("frequency_penalty", "number", lo=-2, hi=2),
+             "penalty_last_n": (u.get("max_context") or 4096) if last_n == -1 else last_n or None}
+    p.update({k: v for k, v in extra.items() if v is not None})
+    bias = logit_bias(o)
+    if bias:
+        p["logit_bias"] = bias
+    if last_n == 0:                         # Ollama: 0 turns the penalties off
+        for k in ("repetition_penalty", "presence_penalty", "frequency_penalty"):
+            p.pop(k, None)
+    if b.get("logprobs", "boolean", False):
+        p.update(logprobs=True, top_logprobs=b.get("top_logprobs", "integer", 0, lo=0, hi=20))
     return p
 
 
@@ -139,11 +162,13 @@ def _messages(b: Body) -> list[dict]:
     out = []
     for i, m in enumerate(b.get("messages", "array", required=True)):
         mb = Body(m, f"messages[{i}].")
-        if m.get("images") or m.get("tool_calls"):
-            raise ApiError(501, f"messages[{i}]: images and tool calls are not supported by this llmos kernel")
+        if m.get("images"):
+            raise ApiError(501, f"messages[{i}]: images are not supported by this llmos kernel")
+        content = mb.get("content", "string", "")
+        if m.get("tool_calls"):
+            content = (content + "\n" + tools.history_call(m["tool_calls"], f"messages[{i}]")).lstrip()
         out.append({"role": mb.get("role", "string", required=True,
-                                   choices=("system", "user", "assistant", "tool")),
-                    "content": mb.get("content", "string", "")})
+                                   choices=("system", "user", "assistant", "tool")), "content": content})
     return out
 
 
@@ -156,20 +181,26 @@ async def _run(request: Request, kind: str):
     if kind == "chat":
         prompt = _messages(b)
         if not prompt:
-            return None, u, stream
+            return None, u, stream, None
     else:
         text = b.get("prompt", "string", "")
         if not text:
-            return None, u, stream
+            return None, u, stream, None
         system = b.get("system", "string")
         if b.get("raw", "boolean", False):
             prompt = text
         else:
             prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     params = sampling(b, u)
+    answer = tools.ollama_format(b)
+    fns = b.get("tools", "array") if kind == "chat" else None
+    t = tools.Tools(tools.functions(fns), "auto", answer) if fns else None
+    if t is not None:
+        prompt = tools.with_tools(prompt, t)
+    params.update(tools.constraint(t, answer))
     g = Generation(await gw.client(who), gw.kernels, who.user)
     await g.start([prompt], params, 1, command=f"ollama {kind}")
-    return g, u, stream
+    return g, u, stream, t
 
 
 def _final(g: Generation, name: str) -> dict:
@@ -183,37 +214,53 @@ def _final(g: Generation, name: str) -> dict:
             "eval_duration": int((end - first) * ns)}
 
 
-def _frame(kind: str, name: str, text: str) -> dict:
+def _frame(kind: str, name: str, text: str, entries: list | None = None, call=None) -> dict:
+    extra = {"logprobs": logprobs.ollama(entries)} if entries else {}
     if kind == "chat":
-        return {"model": name, "created_at": now(), "message": {"role": "assistant", "content": text}, "done": False}
-    return {"model": name, "created_at": now(), "response": text, "done": False}
+        message = {"role": "assistant", "content": text}
+        if call is not None:
+            message["tool_calls"] = [{"function": {"name": call[0], "arguments": call[1]}}]
+        return {"model": name, "created_at": now(), "message": message, "done": False, **extra}
+    return {"model": name, "created_at": now(), "response": text, "done": False, **extra}
 
 
 async def _answer(request: Request, kind: str):
-    g, u, stream = await _run(request, kind)
+    g, u, stream, t = await _run(request, kind)
     name = f"{u['model']}:latest"
     if g is None:          # an empty prompt loads the model in Ollama: it is always loaded here
         return JSONResponse({**_frame(kind, name, ""), "done": True, "done_reason": "load"})
     if stream:
-        return Stream(_lines(kind, name, g), g, "application/x-ndjson")
+        return Stream(_lines(kind, name, g, t), g, "application/x-ndjson")
     choices = await collect(request, g)
-    if choices[0].reason == "error":
-        raise ApiError(500, f"process {choices[0].pid} failed: {choices[0].message}")
-    return JSONResponse({**_frame(kind, name, choices[0].text), **_final(g, name)})
+    c = choices[0]
+    if c.reason == "error":
+        raise ApiError(500, f"process {c.pid} failed: {c.message}")
+    call = tools.parse(c.text, t)
+    return JSONResponse({**_frame(kind, name, "" if call else c.text, c.logprobs, call), **_final(g, name)})
 
 
-async def _lines(kind: str, name: str, g: Generation):
+async def _lines(kind: str, name: str, g: Generation, t):
+    """NDJSON frames; with tools, text that starts a call is held back and sent as tool_calls
+    (or, if it does not turn out to be one, as content) in the last chunk."""
+    cs, held = (tools.CallStream(t) if t is not None else None), ""
     try:
         async for ev in g.events():
             if ev.done:
                 if ev.choice.reason == "error":
                     raise ApiError(500, f"process {ev.choice.pid} failed: {ev.choice.message}")
                 continue
-            yield ndjson(_frame(kind, name, ev.text))
+            text = ev.text
+            if cs is not None:
+                held += ev.text
+                text = "".join(d.get("content", "") for d in cs.feed(ev.text))
+                held = "" if cs.mode == "text" else held
+            if text or ev.logprobs:
+                yield ndjson(_frame(kind, name, text, ev.logprobs))
     except ApiError as e:
         yield ndjson(e.ollama())
         return
-    yield ndjson({**_frame(kind, name, ""), **_final(g, name)})
+    call = tools.parse(held, t) if held else None
+    yield ndjson({**_frame(kind, name, "" if call or not held else held, None, call), **_final(g, name)})
 
 
 async def generate(request: Request):

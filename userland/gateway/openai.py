@@ -1,17 +1,15 @@
 """OpenAI's API: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings, and vLLM's
 /tokenize and /detokenize.
 
-Sampling fields map onto the kernel's: max_tokens | max_completion_tokens (default: the rest of
-the context), temperature (default 1, as OpenAI), top_p, seed, stop, n (forked from one prefill),
-and vLLM's extensions top_k and ignore_eos. Not available from this kernel, answered 501 naming
-the field: logprobs/top_logprobs (read returns text, not per-token log-probabilities),
-frequency/presence penalties and logit_bias (the sampler has none), response_format other than
-text and tools (they need the kernel's grammars). /v1/embeddings goes to the kernel's encoder
-model (syscall EMBED) where the kernel has one, else 501.
+Sampling fields map onto the kernel's (params.py: penalties, logit_bias, logprobs and vLLM's
+extensions too); response_format and tools/tool_choice become the kernel's grammars (tools.py);
+logprobs come from the kernel's read replies (logprobs.py). /v1/embeddings goes to the kernel's
+encoder model (syscall EMBED) where the kernel has one, else 501.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -19,10 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .app import MAX_N, Gateway
+from . import logprobs, tools
+from .app import Gateway
 from .body import Body, read_json
 from .errors import ApiError
 from .generation import Generation, finish_reason
+from .params import sampling
 from .streaming import Stream, collect, sse
 
 
@@ -49,48 +49,6 @@ async def model(request: Request) -> JSONResponse:
     gw: Gateway = request.app.state.gw
     u = await gw.model(gw.who(request), request.path_params["model"])
     return JSONResponse(_card(u, int(gw.started)))
-
-
-def unsupported(b: Body) -> None:
-    """501 for fields this kernel cannot honour (see the module docstring)."""
-    checks = [("logprobs", lambda v: v not in (None, False, 0)),
-              ("top_logprobs", lambda v: v not in (None, 0)),
-              ("frequency_penalty", lambda v: v not in (None, 0)),
-              ("presence_penalty", lambda v: v not in (None, 0)),
-              ("logit_bias", lambda v: bool(v)),
-              ("suffix", lambda v: bool(v)),
-              ("tools", lambda v: bool(v)),
-              ("response_format", lambda v: isinstance(v, dict) and v.get("type") not in (None, "text"))]
-    for name, bad in checks:
-        if bad(b.data.get(name)):
-            why = {"tools": "tool calls need the kernel's grammars, which it does not have yet",
-                   "response_format": "structured output needs the kernel's grammars, which it does not have yet",
-                   "logprobs": "the kernel's read returns text, not per-token log-probabilities",
-                   "top_logprobs": "the kernel's read returns text, not per-token log-probabilities"}
-            raise ApiError(501, f"'{name}' is not supported by this llmos kernel: "
-                                f"{why.get(name, 'its sampler has no such parameter')}", param=name,
-                           code="unsupported_parameter")
-
-
-def sampling(b: Body, u: dict) -> tuple[dict, int]:
-    """(kernel sampling params, n) from an OpenAI request body."""
-    unsupported(b)
-    max_tokens = b.get("max_completion_tokens", "integer", lo=1) or b.get("max_tokens", "integer", lo=1)
-    top_k = b.get("top_k", "integer", 0, lo=-1)
-    p = {"max_tokens": max_tokens or u.get("max_context") or 256,
-         "temperature": b.get("temperature", "number", 1.0, lo=0, hi=2),
-         "top_p": b.get("top_p", "number", 1.0, lo=0, hi=1),
-         "top_k": max(0, top_k),
-         "ignore_eos": b.get("ignore_eos", "boolean", False)}
-    seed = b.get("seed", "integer", lo=0, hi=2**63 - 1)
-    if seed is not None:
-        p["seed"] = seed
-    stop = b.stop()
-    if stop:
-        p["stop"] = stop
-    if p["top_p"] == 0:
-        raise ApiError(400, "'top_p' must be greater than 0", param="top_p")
-    return p, b.get("n", "integer", 1, lo=1, hi=MAX_N)
 
 
 def stream_options(b: Body) -> tuple[bool, bool]:
@@ -123,7 +81,7 @@ def messages(b: Body) -> list[dict]:
             raise ApiError(400, f"'messages[{i}].content' must be a string or an array of parts",
                            param=f"messages[{i}].content")
         if m.get("tool_calls"):
-            raise ApiError(501, "tool calls are not supported by this llmos kernel", param=f"messages[{i}]")
+            content = ((content or "") + "\n" + tools.history_call(m["tool_calls"], f"messages[{i}]")).lstrip()
         out.append({"role": "system" if role == "developer" else role, "content": content or ""})
     return out
 
@@ -146,15 +104,18 @@ async def _start(request: Request, kind: str):
     who = gw.who(request)
     b = await read_json(request, gw.max_body)
     u = await gw.model(who, b.get("model", "string", required=True))
+    params, n = sampling(b, u, chat=kind == "chat")
+    answer = tools.response_schema(b)
+    t = tools.openai_tools(b, answer) if kind == "chat" else None
     if kind == "chat":
-        prompts = [messages(b)]
+        prompts = [tools.with_tools(messages(b), t)]
     else:
         prompts = await completion_prompts(b)
-    params, n = sampling(b, u)
+    params.update(tools.constraint(t, answer))
     stream, usage = stream_options(b)
     g = Generation(await gw.client(who), gw.kernels, who.user)
     await g.start(prompts, params, n, command=f"http {kind}")
-    return b, u, g, stream, usage
+    return b, u, g, stream, usage, t
 
 
 async def completion_prompts(b: Body) -> list:
@@ -169,29 +130,52 @@ async def completion_prompts(b: Body) -> list:
 
 
 async def chat(request: Request):
-    b, u, g, stream, usage = await _start(request, "chat")
+    b, u, g, stream, usage, t = await _start(request, "chat")
     a = Answer("chat", u["model"])
     if stream:
-        return Stream(_chat_chunks(a, g, usage), g, "text/event-stream")
+        return Stream(_chat_chunks(a, g, usage, t), g, "text/event-stream")
     choices = await collect(request, g)
     _raise_errors(choices)
-    return JSONResponse({**a.head(), "choices": [
-        {"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
-         "finish_reason": finish_reason(c)} for c in choices], "usage": g.usage()})
+    return JSONResponse({**a.head(), "choices": [_chat_choice(c, t) for c in choices], "usage": g.usage()})
 
 
-async def _chat_chunks(a: Answer, g: Generation, usage: bool):
+def _chat_choice(c, t) -> dict:
+    call = tools.parse(c.text, t)
+    message = {"role": "assistant", "content": c.text}
+    if call is not None:
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": tools.call_id(), "type": "function",
+             "function": {"name": call[0], "arguments": json.dumps(call[1])}}]}
+    return {"index": c.index, "message": message,
+            "logprobs": logprobs.chat(c.logprobs) if c.logprobs is not None else None,
+            "finish_reason": "tool_calls" if call is not None and c.reason == "eos" else finish_reason(c)}
+
+
+async def _chat_chunks(a: Answer, g: Generation, usage: bool, t):
     head = {**a.head("chat.completion.chunk"), **({"usage": None} if usage else {})}
+    calls = {c.index: tools.CallStream(t) for c in g.choices} if t is not None else {}
     for c in g.choices:
         yield sse({**head, "choices": [{"index": c.index, "delta": {"role": "assistant", "content": ""},
                                         "logprobs": None, "finish_reason": None}]})
     try:
         async for ev in g.events():
-            if ev.done and ev.choice.reason == "error":
-                raise ApiError(500, f"process {ev.choice.pid} failed: {ev.choice.message}")
-            delta = {} if ev.done else {"content": ev.text}
-            yield sse({**head, "choices": [{"index": ev.choice.index, "delta": delta, "logprobs": None,
-                                            "finish_reason": finish_reason(ev.choice) if ev.done else None}]})
+            c = ev.choice
+            if ev.done and c.reason == "error":
+                raise ApiError(500, f"process {c.pid} failed: {c.message}")
+            cs = calls.get(c.index)
+            deltas = (cs.finish() if ev.done else cs.feed(ev.text)) if cs else [{"content": ev.text}]
+            lp = logprobs.chat(ev.logprobs) if ev.logprobs else None
+            if lp and not deltas:
+                deltas = [{}]
+            for i, delta in enumerate(deltas):
+                if delta.get("content") == "" and not lp:
+                    continue
+                yield sse({**head, "choices": [{"index": c.index, "delta": delta,
+                                                "logprobs": lp if i == 0 else None, "finish_reason": None}]})
+            if ev.done:
+                reason = "tool_calls" if cs and cs.called and c.reason == "eos" else finish_reason(c)
+                yield sse({**head, "choices": [{"index": c.index, "delta": {}, "logprobs": None,
+                                                "finish_reason": reason}]})
     except ApiError as e:
         yield sse(e.openai())
     if usage:
@@ -200,7 +184,7 @@ async def _chat_chunks(a: Answer, g: Generation, usage: bool):
 
 
 async def completions(request: Request):
-    b, u, g, stream, usage = await _start(request, "completion")
+    b, u, g, stream, usage, _ = await _start(request, "completion")
     a = Answer("completion", u["model"])
     echo = b.get("echo", "boolean", False)
     n = len(g.choices) // max(1, len(await completion_prompts(b)))
@@ -210,7 +194,8 @@ async def completions(request: Request):
     choices = await collect(request, g)
     _raise_errors(choices)
     return JSONResponse({**a.head(), "choices": [
-        {"index": c.index, "text": prefix[c.index] + c.text, "logprobs": None,
+        {"index": c.index, "text": prefix[c.index] + c.text,
+         "logprobs": logprobs.completion(c.logprobs, len(prefix[c.index])) if c.logprobs is not None else None,
          "finish_reason": finish_reason(c)} for c in choices], "usage": g.usage()})
 
 
@@ -224,6 +209,7 @@ async def _echo(request: Request, b: Body, i: int) -> str:
 
 async def _completion_chunks(a: Answer, g: Generation, usage: bool, prefix: list[str]):
     head = {**a.head(), **({"usage": None} if usage else {})}
+    offset: dict[int, int] = {}          # choice -> text offset of its next logprob entry
     for c in g.choices:
         if prefix[c.index]:
             yield sse({**head, "choices": [{"index": c.index, "text": prefix[c.index], "logprobs": None,
@@ -232,7 +218,12 @@ async def _completion_chunks(a: Answer, g: Generation, usage: bool, prefix: list
         async for ev in g.events():
             if ev.done and ev.choice.reason == "error":
                 raise ApiError(500, f"process {ev.choice.pid} failed: {ev.choice.message}")
-            yield sse({**head, "choices": [{"index": ev.choice.index, "text": ev.text, "logprobs": None,
+            lp = None
+            if ev.logprobs:
+                i = ev.choice.index
+                lp = logprobs.completion(ev.logprobs, offset.get(i, len(prefix[i])))
+                offset[i] = lp["text_offset"][-1] + len(lp["tokens"][-1])
+            yield sse({**head, "choices": [{"index": ev.choice.index, "text": ev.text, "logprobs": lp,
                                             "finish_reason": finish_reason(ev.choice) if ev.done else None}]})
     except ApiError as e:
         yield sse(e.openai())
