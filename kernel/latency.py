@@ -17,6 +17,8 @@ INTERACTIVE = 1.5       # nice <= -10: time per token within 1.5x an idle step
 PRIORITY = 3.0          # nice -9..-1: within 3x
 MIN_STEPS = 8           # observations before the model is trusted
 DECAY = 0.98            # weight of the past per observation (a half-life of ~34 steps)
+SMALL = 4               # a step of at most this many tokens shows the fixed cost per step
+SMALL_WITHIN = 100      # ... if one was seen within this many observations
 
 
 class StepModel:
@@ -25,6 +27,7 @@ class StepModel:
     def __init__(self):
         self.w = self.x = self.y = self.xx = self.xy = 0.0
         self.n = 0
+        self.since_small = 1 << 30            # observations since the last small step
 
     def observe(self, tokens: int, seconds: float) -> None:
         if tokens <= 0 or seconds <= 0:
@@ -36,9 +39,16 @@ class StepModel:
         self.xx = d * self.xx + tokens * tokens
         self.xy = d * self.xy + tokens * seconds
         self.n += 1
+        self.since_small = 0 if tokens <= SMALL else self.since_small + 1
 
     def ready(self) -> bool:
         return self.n >= MIN_STEPS
+
+    def knows_small(self) -> bool:
+        """Has a small step been seen lately? Only then does the fit know the fixed cost of a
+        step: from big steps alone, a + b·tokens cannot be told apart (a loaded machine runs
+        64-token steps for minutes), and a budget computed from it would be far too large."""
+        return self.since_small < SMALL_WITHIN
 
     def coefficients(self) -> tuple[float, float]:
         """(a, b): fixed seconds per step, seconds per token. With one step size seen so far,

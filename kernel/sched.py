@@ -28,6 +28,9 @@ Design rules
     host or dropped for recompute, whichever is estimated cheaper (measured swap bandwidth vs
     measured prefill speed). Nothing is evicted unless the blocks it frees are enough (never
     preempt to admit what will not fit).
+  * Latency goals (kernel/latency.py): a process with a time-per-token target is served first, in
+    steps sized by the online step-time model to fit the tightest target; one that becomes
+    runnable while a step without such a process is in flight preempts that step (on_urgent).
 Runs on the engine's owner thread. Cost per step is O(running) plus O(waiting) for the clock.
 """
 
@@ -220,7 +223,8 @@ class Scheduler:
         if urgent:          # latency goals: serve them first, size the step to the tightest one
             urgent.sort(key=lambda e: e[:2])
             need = sum(len(p.tokens) - p.computed for _, _, p in urgent)
-            budget = min(budget, max(need, model.tokens_within(urgent[0][0])))
+            fits = model.tokens_within(urgent[0][0]) if model.knows_small() else 0   # else: alone
+            budget = min(budget, max(need, fits))
         if len(decodes) > budget:
             decodes.sort(key=self._rank)
         prefills.sort(key=self._rank)

@@ -117,3 +117,34 @@ def test_no_preemption_for_nice_0_or_when_the_step_already_serves_a_latency_goal
     e.spawn(prompt(52, 8), greedy(4), nice=-10)
     assert not e.runner.interrupt.is_set()
     assert not e.execute(plan).preempted
+
+
+def test_a_model_that_saw_only_big_steps_knows_no_fixed_cost_and_the_vip_runs_alone_first(model):
+    """From 64-token steps alone, a + b·tokens is a guess: the first step of a latency-sensitive
+    process holds it alone (that step is the observation), later ones are sized by the fit."""
+    m = StepModel()
+    for _ in range(20):
+        m.observe(64, 0.074)
+    assert m.ready() and not m.knows_small()
+    m.observe(1, 0.011)
+    assert m.knows_small()
+    e = make_engine(model, 512, block_size=4)
+    e.sched.step_model = big = StepModel()
+    crowd = [e.spawn(prompt(i, 8), greedy(400)) for i in range(24)]
+    for _ in range(12):
+        plan = e.schedule()
+        res = e.execute(plan)
+        res.seconds = 0.010 + 0.001 * sum(n for _, _, n in plan.entries)   # the machine, made exact
+        e.commit(plan, res)
+    assert not big.knows_small()
+    vip = e.spawn(prompt(99, 8), greedy(6), nice=-10)
+    sizes = []
+    while vip.alive:
+        plan = e.schedule()
+        sizes.append(sum(n for _, _, n in plan.entries))
+        res = e.execute(plan)
+        res.seconds = 0.010 + 0.001 * sizes[-1]
+        e.commit(plan, res)
+    assert sizes[0] == 8 and sizes[1] == 1          # its prefill alone, then one decode alone
+    assert big.knows_small() and sizes[2] == 6      # then sized by the fit: 1.5 x 11 ms = 6 tokens
+    assert all(p.alive for p in crowd)
