@@ -127,6 +127,19 @@ class OutputChannel:
     def read(self) -> str:
         return self.take()[0]
 
+    def unread(self, text: str, turn_end: bool, entries: list | None = None) -> None:
+        """Put back what take() (and take_logprobs(): entries) returned, for a read reply that never
+        reached its reader, ahead of everything put since: put back newest first, the order holds."""
+        if turn_end:
+            self._segments.appendleft([text, True] + ([list(entries)] if entries else []))
+            return
+        seg = self._segments[0]
+        seg[0] = text + seg[0]
+        if entries:
+            if len(seg) == 2:
+                seg.append([])
+            seg[2][:0] = entries
+
 
 class Process:
     __slots__ = (

@@ -11,6 +11,10 @@ Design rules:
     and drained until EAGAIN (ZeroMQ's fd is edge-triggered, so any send done outside a drain
     re-arms one with _kick). Bad input never raises out of _on_message: every frame is answered
     with a value or an errno, or - when even the req_id is unreadable - a nil-id notice.
+  - Nothing a process generated is dropped: a reply the socket refuses (EAGAIN: a live peer that
+    does not read) waits, in order, in that peer's outbox (kernel/outbox.py) and goes when it reads
+    again. A peer past the outbox's limit has its session ended (an audit line; its later requests
+    get ECONNRESET saying why), and the text its waiting read replies carried is put back unread.
   - Sessions: a session is a ZeroMQ routing id that said hello. Liveness comes from the transport:
     the socket monitor reports a disconnect (ZMTP heartbeats turn a dead TCP peer into one too),
     and the server confirms it by sending a nil-id notice with ROUTER_MANDATORY (EHOSTUNREACH ==
@@ -49,6 +53,7 @@ from . import abi
 from .abi import Sys
 from .cred import ZAP_DOMAIN, Authenticator, Identity, Roles
 from .lease import Leases
+from .outbox import FLUSH_S, Outbox
 from .proc import ProcState
 from .syscalls import SHUTDOWN, TABLE, Block, Caller, Kernel, KernelError, usage
 
@@ -132,6 +137,9 @@ class Server:
         self.waits = kernel.waits
         self.leases = Leases(kernel.engine, kernel.lease_s, self._wake_engine)
         kernel.wake_engine = self._wake_engine     # for work a handler adds later (a restore)
+        self.outbox = Outbox()                  # replies the socket refused (kernel/outbox.py)
+        self.ended: dict[bytes, str] = {}       # routing id -> why the kernel ended its session
+        self._flush_scheduled = False
         self.sessions: dict[bytes, Session] = {}
         self._sids = itertools.count(1)         # session ids; 0 is init (proc.INIT)
         self._kick_scheduled = self._in_drain = False
@@ -245,33 +253,111 @@ class Server:
         finally:
             self._in_drain = False
 
-    def _send(self, ident: bytes, req_id, err: int, value) -> None:
+    def _send(self, ident: bytes, req_id, err: int, value, undo=None) -> None:
+        """undo(value): run if a successful reply never reaches the socket (kernel/outbox.py)."""
         try:
             payload = abi.encode_reply(req_id, err, value)
         except Exception as e:  # a handler returned something msgpack cannot carry: a kernel bug
             log.error("cannot encode a reply: %s", e)
-            payload = abi.encode_reply(req_id, E.EIO, f"kernel bug: unencodable reply: {e}"[:200])
-        self._send_raw(ident, payload)
+            payload, err = abi.encode_reply(req_id, E.EIO, f"kernel bug: unencodable reply: {e}"[:200]), E.EIO
+        self._send_raw(ident, payload, (lambda: undo(value)) if undo is not None and not err else None)
 
-    def _send_raw(self, ident: bytes, payload: bytes) -> bool:
-        """False when the peer is gone (and its session, if any, is marked lost)."""
-        if self.sock.closed:
-            return False
+    def _send_raw(self, ident: bytes, payload: bytes, undo=None) -> bool:
+        """Send a frame, or keep it in the peer's outbox when its pipe is full (never drop it).
+        False when it cannot go: the peer is gone (its session, if any, is marked lost) or the
+        socket is closed; undo() then runs (a read reply's text goes back to its process)."""
+        try:
+            if self.sock.closed:
+                err = E.ESHUTDOWN
+            elif self.outbox.holds(ident):
+                err = E.EAGAIN                   # behind the frames already waiting: order is kept
+            else:
+                err = self._try_send(ident, payload)
+            if err == E.EAGAIN:
+                self._hold(ident, payload, undo)
+                return True
+            if err:
+                if undo is not None:
+                    undo()
+                if err == E.EHOSTUNREACH:
+                    self._gone(ident)
+                return False
+            return True
+        finally:
+            if not self._in_drain and not self.sock.closed:
+                self._kick()
+
+    def _try_send(self, ident: bytes, payload: bytes) -> int:
+        """One non-blocking send: 0, EAGAIN (the peer's pipe is full), EHOSTUNREACH (no such peer)."""
         try:
             self.sock.send(ident, zmq.SNDMORE | zmq.NOBLOCK)
             self.sock.send(payload, zmq.NOBLOCK)
         except zmq.ZMQError as e:
-            if e.errno == zmq.EHOSTUNREACH:
-                sess = self.sessions.get(ident)
-                if sess is not None:
-                    self._lost(sess)
-                return False
-            if e.errno != zmq.EAGAIN:   # EAGAIN: a peer not reading; alive, this frame is dropped
+            if e.errno not in (zmq.EAGAIN, zmq.EHOSTUNREACH):
                 log.warning("send failed: %s", e)
-        finally:
-            if not self._in_drain:
-                self._kick()
-        return True
+            return E.EAGAIN if e.errno == zmq.EAGAIN else E.EHOSTUNREACH if e.errno == zmq.EHOSTUNREACH else e.errno
+        return 0
+
+    def _hold(self, ident: bytes, payload: bytes, undo) -> None:
+        """The peer's pipe is full: the frame waits in its outbox. A peer past the outbox's limit
+        has its session ended (an audit line), and what its waiting replies carried goes back."""
+        if self.outbox.add(ident, payload, undo):
+            self._schedule_flush()
+            return
+        sess, n = self.sessions.get(ident), self.outbox.waiting(ident)
+        self.outbox.take_back(ident)
+        if sess is None:            # no session: only errors wait for it (nothing generated)
+            log.warning("audit: a peer without a session left %d replies unread; they are dropped", n)
+            return
+        why = (f"the kernel ended this session: it left {n} replies unread (limit {self.outbox.max_frames} "
+               f"replies, {self.outbox.max_bytes >> 20} MiB); their output is readable again")
+        log.warning("audit: session %d (%s) left %d replies unread; session ended, their output "
+                    "put back unread", sess.sid, sess.user, n)
+        while len(self.ended) >= 4096:
+            del self.ended[next(iter(self.ended))]
+        self.ended[ident] = why
+        self._lost(sess)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self.loop is not None:
+            self._flush_scheduled = True
+            self.loop.call_later(FLUSH_S, self._flush)
+
+    def _flush(self) -> None:
+        """Retry every outbox: a frame the socket takes now goes, in order."""
+        self._flush_scheduled = False
+        if self.sock.closed:
+            return
+        for ident in self.outbox.peers():
+            err = self.outbox.flush(ident, self._try_send)
+            if err == E.EHOSTUNREACH:
+                self._gone(ident)
+            elif err and err != E.EAGAIN:
+                self.outbox.take_back(ident)
+        if self.outbox:
+            self._schedule_flush()
+        self._kick()
+
+    def _gone(self, ident: bytes) -> None:
+        """No such peer any more: its session is lost and its waiting frames taken back."""
+        sess = self.sessions.get(ident)
+        if sess is not None:
+            self._lost(sess)
+        else:
+            self.outbox.take_back(ident)
+
+    def _unread(self, pid):
+        """The undo of a read reply: its output goes back, unread, to the process (if still there)."""
+        def undo(value):
+            p = self.k.engine.procs.get(pid) if self.k.engine is not None else None
+            models = getattr(self.k, "models", None)
+            if p is None and models is not None:       # a process of another resident model
+                view = models.view_of(pid)
+                p = view.engine.procs.get(pid) if view is not None else None
+            if p is not None and type(value) is dict:
+                p.channel.unread(value.get("text") or "", bool(value.get("turn_end")), value.get("logprobs"))
+                self.waits.wake(p)
+        return undo
 
     def _may_speak(self, head, ident: bytes, frames: list) -> bool:
         """A connection without a session: its routing id must be ours and its frames small."""
@@ -330,7 +416,8 @@ class Server:
         caller = sess
         if caller is None:
             if sysno != Sys.HELLO:
-                self._send(ident, req_id, E.EACCES, "call hello(token, user) first")
+                why = self.ended.get(ident)
+                self._send(ident, req_id, *((E.ECONNRESET, why) if why else (E.EACCES, "call hello(token, user) first")))
                 return
             identity = self.roles.identity(user_id or "", self.curve_admins)
             if identity is None:
@@ -369,14 +456,15 @@ class Server:
             self.pre_hello.pop(caller.fd, None)
             log.info("session %d %s: hello from %s (%s)", caller.sid, ident.hex(), caller.user,
                      caller.client or "-")
+        undo = self._unread(args[0]) if sysno == Sys.READ else None    # a read consumed output
         if isinstance(result, Block):
             self.waits.park(result, caller,
-                            lambda err, value, i=ident, r=req_id: self._send(i, r, err, value))
+                            lambda err, value, i=ident, r=req_id: self._send(i, r, err, value, undo))
         elif result is SHUTDOWN:
             self._send(ident, req_id, 0, None)
             self.shutdown()
         else:
-            self._send(ident, req_id, 0, result)
+            self._send(ident, req_id, 0, result, undo)
 
     # ---- the engine loop ---------------------------------------------------------------
     async def _engine_loop(self) -> None:
@@ -444,8 +532,8 @@ class Server:
             _cut(fd)
 
     def _probe(self, sessions) -> None:
-        for s in sessions:
-            if self.sessions.get(s.ident) is s:
+        for s in sessions:       # (a peer with waiting frames is probed by every flush)
+            if self.sessions.get(s.ident) is s and not self.outbox.holds(s.ident):
                 self._send_raw(s.ident, NOTICE)
 
     def _lost(self, sess: Session) -> None:
@@ -454,6 +542,7 @@ class Server:
         if self.sessions.get(sess.ident) is not sess:
             return
         del self.sessions[sess.ident]
+        self.outbox.take_back(sess.ident)      # what its waiting replies carried goes back
         self.waits.drop(sess)
         self.leases.lost(sess)
 
