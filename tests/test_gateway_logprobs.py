@@ -105,6 +105,8 @@ def test_openai_chat_logprobs_streamed_and_not(oa):
     assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in content], abs=1e-4)  # sums)
     plain = oa.chat.completions.create(model="tiny-llama", messages=CHAT, max_tokens=4, temperature=0)
     assert plain.choices[0].logprobs is None
+    forked = oa.chat.completions.create(**dict(kw, n=2)).choices         # n > 1: forks ask too
+    assert [[t.token for t in c.logprobs.content] for c in forked] == [[t.token for t in content]] * 2
 
 
 def test_ollama_logprobs(url):

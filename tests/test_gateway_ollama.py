@@ -55,7 +55,7 @@ def test_tags_ps_show_version(ol, url):
     running = ol.ps().models
     assert running[0].model == "tiny-llama:latest" and running[0].context_length > 0
     info = ol.show("tiny-llama")
-    assert info.details.format == "gguf" and "completion" in info.capabilities
+    assert info.details.format == "gguf" and {"completion", "tools"} <= set(info.capabilities)
     assert httpx.get(url + "/api/version").json()["version"]
 
 

@@ -92,7 +92,7 @@ async def show(request: Request) -> JSONResponse:
     info = {f"{cfg.get('arch', 'llama')}.{k}": v for k, v in cfg.items() if isinstance(v, (int, float, str))}
     return JSONResponse({"modelfile": f"FROM {u.get('model_path', '')}\n", "parameters": "",
                          "template": "", "details": _details(u), "model_info": info,
-                         "capabilities": ["completion"],
+                         "capabilities": ["completion", "tools"],
                          "modified_at": dt.datetime.fromtimestamp(gw.started, dt.timezone.utc).isoformat()})
 
 
