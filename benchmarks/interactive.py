@@ -67,10 +67,12 @@ async def measure(args) -> dict:
         await asyncio.sleep(args.window)
         alone = (await _background_tokens(k, pids) - n0) / (time.perf_counter() - t0)
         loaded, during = [], []
+        preempted0 = (await k.meminfo())["engine"].get("preempted_steps", 0)
         for _ in range(args.repeat):
             t0, n0 = time.perf_counter(), await _background_tokens(k, pids)
             loaded.append(await _probe(k, -10, args.tokens))
             during.append((await _background_tokens(k, pids) - n0) / (time.perf_counter() - t0))
+        preempted = (await k.meminfo())["engine"].get("preempted_steps", 0) - preempted0
         nice0 = _median([await _probe(k, 0, args.tokens) for _ in range(args.repeat)])
         still = sum(1 for p in await k.ps() if p["pid"] in pids and p["state"] != "ZOMBIE")
         for pid in pids:
@@ -85,7 +87,8 @@ async def measure(args) -> dict:
     return {"idle": idle, "loaded_nice_-10": loaded, "loaded_nice_0": nice0,
             "ttft_ratio": loaded["ttft_s"] / idle["ttft_s"], "tpot_ratio": loaded["tpot_s"] / idle["tpot_s"],
             "background_tok_s_alone": alone, "background_tok_s_during": statistics.median(during),
-            "background_still_running": still, "num_procs": args.num_procs}
+            "background_still_running": still, "num_procs": args.num_procs,
+            "steps_preempted": preempted}
 
 
 def main(argv: list[str]) -> int:
@@ -124,5 +127,7 @@ def main(argv: list[str]) -> int:
     print(f"loaded / idle (nice -10): TTFT {out['ttft_ratio']:.2f}x (target <= 1.5x), "
           f"time per token {out['tpot_ratio']:.2f}x (target <= 2x)")
     print(f"background output: {out['background_tok_s_alone']:.1f} tok/s alone, "
-          f"{out['background_tok_s_during']:.1f} tok/s while the nice -10 request runs")
+          f"{out['background_tok_s_during']:.1f} tok/s while the nice -10 request runs; "
+          f"{out['steps_preempted']} background steps preempted for its {args.repeat} arrivals; "
+          f"{out['background_still_running']} of {args.num_procs} still generating at the end")
     return 0

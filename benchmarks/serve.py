@@ -115,6 +115,7 @@ def overhead(model, running: int, input_len: int, steps: int, config_kw: dict) -
     cfg = KernelConfig(**{**config_kw, "num_blocks": blocks, "max_running": running,
                           "max_step_tokens": running * input_len})   # prefill all in one step
     engine = Engine(model, cfg)
+    gc.freeze()     # as the kernel's boot does (kernel/main.py)
     vocab = model.tokenizer.vocab_size
     for ids in prompts(running, input_len, vocab, seed=1):
         engine.spawn(ids, SamplingParams(max_tokens=steps + 4, ignore_eos=True))

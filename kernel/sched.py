@@ -107,8 +107,11 @@ class Scheduler:
             p.deadline = p.vruntime + self.slice * NICE_0 / p.weight
 
     def observe(self, prefill_tokens: int, seconds: float, tokens: int = 0) -> None:
-        """A measured step: it feeds the step-time model and (mostly prefill) the recompute estimate."""
-        self.step_model.observe(tokens, seconds)
+        """A measured step: a decode-only one feeds the step-time model (a prefill token costs a
+        fraction of a decode token, so mixing them would bend the line), a mostly prefill one
+        the recompute estimate."""
+        if prefill_tokens == 0:
+            self.step_model.observe(tokens, seconds)
         if prefill_tokens >= 64 and seconds > 0:
             self.prefill_s_per_token = 0.8 * self.prefill_s_per_token + 0.2 * seconds / prefill_tokens
 

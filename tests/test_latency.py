@@ -148,3 +148,12 @@ def test_a_model_that_saw_only_big_steps_knows_no_fixed_cost_and_the_vip_runs_al
     assert sizes[0] == 8 and sizes[1] == 1          # its prefill alone, then one decode alone
     assert big.knows_small() and sizes[2] == 6      # then sized by the fit: 1.5 x 11 ms = 6 tokens
     assert all(p.alive for p in crowd)
+
+
+def test_only_decode_steps_feed_the_step_model(model):
+    e = make_engine(model, 512, block_size=4)
+    [e.spawn(prompt(i, 8), greedy(4)) for i in range(3)]
+    e.step()                                      # the prefills
+    assert e.sched.step_model.n == 0
+    e.step()                                      # three decodes
+    assert e.sched.step_model.n == 1 and e.sched.step_model.x == 3
