@@ -56,7 +56,8 @@ class Sys(enum.IntEnum):
     NULL = 0         # ()                                    -> None (round-trip benchmark)
     HELLO = 1        # (token, user?, client?)               -> {abi, kernel_pid, user, lease_s, ...}
     SPAWN = 2        # (prompt: str | [{role, content}] | [token ids], params?: {SamplingParams fields},
-                     #  opts?: {nice, session, detached, command, stdin, pgid})  -> pid
+                     #  opts?: {nice, session, detached, command, stdin, pgid, model})  -> pid
+                     #  model: a catalog or cached model's name (default: the kernel's), loaded on first use
                      #  params may hold one grammar: json_schema | regex | grammar (Lark/GBNF) | choice
                      #  pgid: join that process group (the caller's); default: a new group (pgid = pid)
                      #  stdin: the prompt stays open; write() appends to it, close() starts generating
@@ -94,6 +95,12 @@ class Sys(enum.IntEnum):
                      #  checkpoint was (remove: then delete the file). ENOENT none; ENOEXEC not a checkpoint,
                      #  newer format, other layout or model; EIO damaged (checksum); EPERM another owner's
                      #  (unless admin)
+    LOAD = 23        # (model name)                          -> {name, path, loaded, default, weights_bytes, kv_bytes,
+                     #  kv_blocks, procs, unload_in_s}: make it resident (kernel/models.py); parks while it
+                     #  loads, then {name, loading: True} (call again). ENOENT unknown (names the catalog),
+                     #  ENOMEM not within the models' memory budget (sizes named), EPERM a path (non-admin)
+    UNLOAD = 24      # (model name)                          -> its record; EBUSY: it has processes, or is the
+                     #  kernel's default model; ENOENT: not resident
     LATENCY = 25     # (pid, ms | nil)                       -> None; the time-per-token target the scheduler sizes
                      #  steps for while it runs (kernel/latency.py); nil: derived from nice. EPERM: needs the
                      #  privilege a nice below 0 needs

@@ -36,7 +36,7 @@ from .proc import ExitStatus, Process, ProcState, ProcTable
 from .procops import KernelError, ProcOps
 from .sched import Scheduler
 
-__all__ = ["Engine", "KernelError", "StepPlan", "StepResult", "position_seed"]
+__all__ = ["Engine", "KernelError", "pool_blocks", "StepPlan", "StepResult", "position_seed"]
 
 CPU_KV_CAP = 4 << 30      # on a CPU the pool takes at most this much unless num_blocks says more
 StepResult = BatchResult
@@ -48,18 +48,34 @@ class StepPlan(Batch):
     prefill_tokens: int = 0
 
 
+def pool_blocks(model, cfg: KernelConfig) -> int:
+    """The KV pool a model gets by the config's rule: num_blocks, else kv_fraction of free memory
+    (at most CPU_KV_CAP on a CPU, never more than max_running full contexts)."""
+    if cfg.num_blocks is not None:
+        return cfg.num_blocks
+    from ..drivers.device import kv_blocks_that_fit
+    per_block = model.kv_bytes_per_token() * cfg.block_size
+    n = kv_blocks_that_fit(per_block, cfg.kv_fraction, model.device)
+    if model.device.type == "cpu":
+        n = min(n, CPU_KV_CAP // per_block)
+    ctx = min(model.config.context_length, cfg.max_context or model.config.context_length)
+    return max(1, min(n, cfg.max_running * -(-ctx // cfg.block_size)))   # more is never used
+
+
 class Engine:
-    def __init__(self, model, config: KernelConfig | None = None, on_wake=None, limits: Limits | None = None):
-        """limits: per-user and per-group limits (kernel/limits.py); the scheduler throttles by them."""
+    def __init__(self, model, config: KernelConfig | None = None, on_wake=None, limits: Limits | None = None,
+                 pids: ProcTable | None = None):
+        """limits: per-user and per-group limits (kernel/limits.py); the scheduler throttles by them.
+        pids: another engine's process table whose pid numbers this one shares (kernel/models.py)."""
         self.model, self.config = model, (config or KernelConfig()).validate()
         self.limits = limits or Limits()
         self.tokenizer = model.tokenizer
         cfg = self.config
-        self.storage = model.new_kv(self._pool_blocks(), cfg.block_size)
+        self.storage = model.new_kv(pool_blocks(model, cfg), cfg.block_size)
         self.kv = KVCache(self.storage, prefix_cache=cfg.prefix_cache,
                           swap_blocks=cfg.swap_bytes // self.storage.bytes_per_block,
                           junk_on_free=cfg.check_invariants)
-        self.procs = ProcTable(cfg.max_procs)
+        self.procs = ProcTable(cfg.max_procs, pids)
         self.sched = Scheduler(cfg, self.kv, self.procs, self.limits)
         self.runner = ModelRunner(model, self.storage)
         self.sched.on_urgent = self.runner.interrupt.set     # preempt a step for a latency goal
@@ -72,18 +88,6 @@ class Engine:
         self.spawn, self.write, self.close, self.signal = o.spawn, o.write, o.close, o.signal
         self.renice, self.fork, self.orphan, self.reap = o.renice, o.fork, o.orphan, o.reap
         self.counters = dict(steps=0, tokens=0, prefill_tokens=0, busy_s=0.0, preempted_steps=0)
-
-    def _pool_blocks(self) -> int:
-        cfg, model = self.config, self.model
-        if cfg.num_blocks is not None:
-            return cfg.num_blocks
-        from ..drivers.device import kv_blocks_that_fit
-        per_block = model.kv_bytes_per_token() * cfg.block_size
-        n = kv_blocks_that_fit(per_block, cfg.kv_fraction, model.device)
-        if model.device.type == "cpu":
-            n = min(n, CPU_KV_CAP // per_block)
-        ctx = min(model.config.context_length, cfg.max_context or model.config.context_length)
-        return max(1, min(n, cfg.max_running * -(-ctx // cfg.block_size)))   # more is never used
 
     @property
     def in_flight(self) -> bool:

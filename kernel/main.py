@@ -49,8 +49,38 @@ def _parser() -> argparse.ArgumentParser:
                     help="members may kill, renice and shut down for anyone (default llmos-admin)")
     ap.add_argument("--lease", type=float, default=3.0, metavar="S",
                     help="seconds a vanished client's processes outlive it (default 3)")
+    ap.add_argument("--keep-alive", type=_duration, default=300.0, metavar="T",
+                    help="unload a model other than the default after T idle (no processes): seconds, "
+                         "or 30s / 5m / 1h (default 5m, as Ollama)")
+    ap.add_argument("--models-memory", type=_size, metavar="BYTES",
+                    help="memory for all resident models, weights + KV (e.g. 8G; default: the default "
+                         "model's + 80%% of the memory available after boot); see kernel/models.py")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
     return ap
+
+
+def _duration(text: str) -> float:
+    """'300', '30s', '5m', '1h' -> seconds (> 0)."""
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+    try:
+        v = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 300, 30s, 5m, 1h)") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"a keep-alive must be > 0, got {text!r}")
+    return v
+
+
+def _size(text: str) -> int:
+    """'8G', '512M', '1000000' -> bytes (> 0)."""
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:].upper(), None)
+    try:
+        v = int(float(text[:-1] if scale else text) * (scale or 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 8G, 512M)") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"a size must be > 0, got {text!r}")
+    return v
 
 
 def main(argv: list[str]) -> int:
@@ -178,6 +208,11 @@ def serve(args, rt: Path) -> int:
             "model_config": dataclasses.asdict(model.config), "max_context": engine.max_context,
             "endpoints": endpoints, "runtime_dir": str(rt)}
     kernel = Kernel(engine=engine, model=model, token=token, waits=waits, lease_s=args.lease, info=info)
+    from .models import Models                  # other models, loaded on first use (kernel/models.py)
+    models = Models(kernel, load_model=lambda p: LlamaModel.load(p, dtype=args.dtype, device=args.device),
+                    budget_bytes=args.models_memory, keep_alive_s=args.keep_alive)
+    log.info("boot: models  %s resident (default); budget %.1f MiB, keep-alive %g s",
+             models.default_name(), models.budget / 2**20, args.keep_alive)
     from .hibernate import Checkpoints          # sessions outlive the kernel: restore the saved ones
     kernel.checkpoints = Checkpoints(engine, str(path), sessions=True)
     restored = kernel.checkpoints.boot()

@@ -271,10 +271,20 @@ def exit_(p: Process, status: ExitStatus) -> None:
 class ProcTable:
     """pid → Process. Pids count up from 1 and are never reused within a boot."""
 
-    def __init__(self, max_procs: int):
+    def __init__(self, max_procs: int, pids: "ProcTable | None" = None):
+        """pids: a table whose pid numbers this one shares (several models' tables, one pid space:
+        kernel/models.py)."""
         self.max_procs = max_procs
         self._procs: dict[int, Process] = {}
-        self._next_pid = 1
+        self._next = pids._next if pids is not None else [1]     # [next pid], shared by reference
+
+    @property
+    def _next_pid(self) -> int:
+        return self._next[0]
+
+    @_next_pid.setter
+    def _next_pid(self, pid: int) -> None:
+        self._next[0] = pid
 
     def new_pid(self) -> int:
         pid, self._next_pid = self._next_pid, self._next_pid + 1

@@ -53,6 +53,7 @@ from . import abi
 from .abi import Sys
 from .cred import ZAP_DOMAIN, Authenticator, Identity, Roles
 from .lease import Leases
+from .models import Models
 from .outbox import FLUSH_S, Outbox
 from .proc import ProcState
 from .syscalls import SHUTDOWN, TABLE, Block, Caller, Kernel, KernelError, usage
@@ -135,7 +136,8 @@ class Server:
         self.pre_hello: dict[int, tuple[float, int | None]] = {}   # fd -> (accepted at, uid)
         self.heartbeat_s, self.sweep_s = heartbeat_s, sweep_s
         self.waits = kernel.waits
-        self.leases = Leases(kernel.engine, kernel.lease_s, self._wake_engine)
+        self.models = Models.of(kernel)         # the resident models' engines (kernel/models.py)
+        self.leases = Leases(self.models if kernel.engine is not None else None, kernel.lease_s, self._wake_engine)
         kernel.wake_engine = self._wake_engine     # for work a handler adds later (a restore)
         self.outbox = Outbox()                  # replies the socket refused (kernel/outbox.py)
         self.ended: dict[bytes, str] = {}       # routing id -> why the kernel ended its session
@@ -215,9 +217,10 @@ class Server:
         if engine is not None and self.k.checkpoints is not None and self.k.checkpoints.sessions:
             self.k.checkpoints.save_sessions()       # sessions outlive the kernel (kernel/hibernate.py)
         if engine is not None:
-            for p in list(engine.procs.all()):
-                if p.state is not ProcState.ZOMBIE:
-                    _guard(engine.signal, p.pid, signal.SIGTERM)
+            for e in self.models.engines():
+                for p in list(e.procs.all()):
+                    if p.state is not ProcState.ZOMBIE:
+                        _guard(e.signal, p.pid, signal.SIGTERM)
             self._work.set()
             await asyncio.wait([t for t in tasks[1:]], timeout=30)
             self.waits.deliver()
@@ -468,15 +471,15 @@ class Server:
 
     # ---- the engine loop ---------------------------------------------------------------
     async def _engine_loop(self) -> None:
-        engine, loop = self.k.engine, self.loop
+        models, loop = self.models, self.loop      # each resident model's engine in turn
         with ThreadPoolExecutor(1, thread_name_prefix="llmos-step") as pool:
             while True:
-                plan = engine.schedule()
+                engine, plan = models.schedule()
                 if plan is None:
                     if self._stopping:
                         return
                     self._work.clear()
-                    if engine.sched.held:      # throttled by a token rate: look again soon
+                    if models.held:            # throttled by a token rate: look again soon
                         try:
                             await asyncio.wait_for(self._work.wait(), THROTTLE_RECHECK_S)
                         except asyncio.TimeoutError:

@@ -79,6 +79,7 @@ class Kernel:
     embedder: object = None          # drivers.bert.EncoderService, made by the first embed call
     checkpoints: object = None       # kernel.hibernate.Checkpoints (boot, or the first checkpoint call)
     wake_engine: object = None       # callable: the server's engine loop has work (set by the server)
+    models: object = None            # kernel.models.Models: the resident models (main, or the server)
 
 
 # ---- argument checks ---------------------------------------------------------------------
@@ -160,6 +161,9 @@ def _messages(x) -> list[dict]:
 def _proc(k: Kernel, c: Caller, pid, *, own: bool = True):
     pid = _pid(pid)
     p = k.engine.procs.get(pid)
+    if p is None and k.models is not None:          # a process of another resident model
+        view = k.models.view_of(pid)
+        p = view.engine.procs.get(pid) if view is not None else None
     if p is None:
         raise SysError(E.ESRCH, f"no process {pid}")
     if own and p.owner != c.user:
@@ -168,6 +172,18 @@ def _proc(k: Kernel, c: Caller, pid, *, own: bool = True):
             raise SysError(E.EPERM, f"process {pid} belongs to {p.owner!r}, not {c.user!r}")
         log.info("audit: admin %s acts on process %d of %s", c.user, pid, p.owner)
     return p
+
+
+def _on(k: Kernel, p) -> Kernel:
+    """The kernel as p's model sees it (kernel/models.py): that model's engine and tokenizer."""
+    if k.models is None or k.engine.procs.get(p.pid) is p:
+        return k
+    return k.models.view_of(p.pid) or k
+
+
+def _group(k: Kernel, pgid: int) -> list:
+    """A process group's members, on every resident model."""
+    return k.models.group(pgid) if k.models is not None else k.engine.ops.group(pgid)
 
 
 def _within_limits(k: Kernel, c: Caller, tokens: int, sp):
@@ -239,7 +255,8 @@ def _summary(k: Kernel, p, c: Caller) -> dict:
             "state": p.state.name, "nice": p.nice, "session": p.session, "detached": p.detached,
             "prompt_tokens": len(p.prompt_ids), "tokens": len(p.output_ids),
             "blocks": k.engine.kv.holds(p.pid), "swapped": k.engine.kv.is_swapped(p.pid),
-            "age_s": round(time.monotonic() - st.arrival, 3), "exit": _exit(p)}
+            "age_s": round(time.monotonic() - st.arrival, 3), "exit": _exit(p),
+            "model": k.info.get("model_name") or k.info.get("model", "")}
 
 
 # ---- the handlers ------------------------------------------------------------------------
@@ -281,7 +298,19 @@ def sys_hello(k: Kernel, c: Caller, token=None, user=None, client=""):
 def sys_spawn(k: Kernel, c: Caller, prompt, params=None, opts=None):
     """Start a process generating after prompt: raw text, chat messages (rendered by the model's
     template) or token ids."""
-    o = _dict(opts, "opts", {"nice", "session", "detached", "command", "stdin", "pgid", "latency_ms"})
+    o = _dict(opts, "opts", {"nice", "session", "detached", "command", "stdin", "pgid", "latency_ms", "model"})
+    if o.get("model") is not None:                  # a model other than the default (kernel/models.py)
+        if k.models is None:
+            raise SysError(E.ENOENT, "this kernel serves only its one model")
+        r = k.models.load(o.pop("model"), c.admin)
+        if not isinstance(r, asyncio.Future):
+            return sys_spawn(r.view, c, prompt, params, o)
+        def spawn_when_loaded(r):             # parked: the dispatcher's wake-up has passed
+            pid = sys_spawn(r.view, c, prompt, params, o)
+            if k.wake_engine is not None:
+                k.wake_engine()
+            return pid
+        return k.models.waiters(r, spawn_when_loaded)
     latency = _latency(k, c, o.get("latency_ms"))
     nice = _may_raise_priority(c, _int(o.get("nice", 0), "nice", abi.NICE_MIN, abi.NICE_MAX), k)
     session, detached = _bool(o.get("session", False), "session"), _bool(o.get("detached", False), "detached")
@@ -327,7 +356,7 @@ def _join_group(k: Kernel, c: Caller, pgid) -> int | None:
     if pgid is None:
         return None
     pgid = _pid(pgid)
-    members = [p for p in k.engine.ops.group(pgid) if p.alive]
+    members = [p for p in _group(k, pgid) if p.alive]
     if not members:
         raise SysError(E.ESRCH, f"no process group {pgid}")
     if not c.admin and any(p.owner != c.user for p in members):
@@ -375,6 +404,7 @@ def sys_read(k: Kernel, c: Caller, pid, timeout=None):
 def sys_write(k: Kernel, c: Caller, pid, data):
     """Append a turn to a session's input: raw text, or chat message(s) rendered as a new turn."""
     p = _proc(k, c, pid)
+    k = _on(k, p)
     _not_bytes(data, "text")
     if type(data) is str:
         text = _str(data, "text", abi.MAX_TEXT_CHARS)
@@ -392,12 +422,14 @@ def sys_write(k: Kernel, c: Caller, pid, data):
 
 def sys_close(k: Kernel, c: Caller, pid):
     """End a process's open stdin: the rest of its prompt is appended and it starts generating."""
-    k.engine.close(_proc(k, c, pid).pid)
+    p = _proc(k, c, pid)
+    _on(k, p).engine.close(p.pid)
 
 
 def sys_wait(k: Kernel, c: Caller, pid, timeout=None):
     """Park until the process exits; reap it and return its exit status (to every waiter)."""
     p, t = _proc(k, c, pid), _timeout(timeout)
+    k = _on(k, p)
 
     def poll():
         if p.state is not ProcState.ZOMBIE:
@@ -417,39 +449,44 @@ def sys_kill(k: Kernel, c: Caller, pid, sig=abi.SIGTERM):
     if type(sig) is not int or sig not in abi.SIGNAL_NAMES:
         raise SysError(E.EINVAL, f"unsupported signal {sig!r}"[:80])
     if type(pid) is int and pid < 0:
-        members = k.engine.ops.group(_pid(-pid))
+        members = _group(k, _pid(-pid))
         if not members:
             raise SysError(E.ESRCH, f"no process group {-pid}")
         mine = [p for p in members if c.admin or p.owner == c.user]
         if not mine:
             raise SysError(E.EPERM, f"process group {-pid} belongs to {members[0].owner!r}, not {c.user!r}")
         for p in mine:
-            k.engine.signal(p.pid, sig)
+            _on(k, p).engine.signal(p.pid, sig)
         return None
-    k.engine.signal(_proc(k, c, pid).pid, sig)
+    p = _proc(k, c, pid)
+    _on(k, p).engine.signal(p.pid, sig)
 
 
 def sys_nice(k: Kernel, c: Caller, pid, nice):
     """Set the process's nice value (-20 most favoured .. 19 least)."""
     p = _proc(k, c, pid)
+    k = _on(k, p)
     k.engine.renice(p.pid, _may_raise_priority(c, _int(nice, "nice", abi.NICE_MIN, abi.NICE_MAX), k))
 
 
 def sys_fork(k: Kernel, c: Caller, pid):
     """Copy a process (its KV shared copy-on-write); the child belongs to the caller."""
     p = _proc(k, c, pid)
+    k = _on(k, p)
     k.engine.limits.check_new(k.engine, p.owner, len(p.tokens), max(0, p.params.max_tokens - p.turn_tokens))
     return k.engine.fork(p.pid, holder=c.sid).pid
 
 
 def sys_ps(k: Kernel, c: Caller):
     """Every process, one summary map each."""
-    return [_summary(k, p, c) for p in k.engine.procs.all()]
+    views = [r.view for r in k.models.residents()] if k.models is not None else [k]
+    return sorted((_summary(v, p, c) for v in views for p in v.engine.procs.all()), key=lambda s: s["pid"])
 
 
 def sys_stat(k: Kernel, c: Caller, pid):
     """One process in detail: its summary, sampling parameters and statistics."""
     p = _proc(k, c, pid, own=False)
+    k = _on(k, p)
     st = p.stats
     stats = {key: (round(v, 6) if isinstance(v, float) else v) for key, v in vars(st).items()
              if isinstance(v, (int, float, type(None)))}
@@ -503,7 +540,9 @@ def sys_detokenize(k: Kernel, c: Caller, ids, skip_special=False):
 
 
 def sys_models(k: Kernel, c: Caller):
-    """The loaded model and the models in the local cache."""
+    """The resident models (memory, processes, time to unload), loading ones, the local cache."""
+    if k.models is not None:
+        return k.models.listing()
     from llmos.drivers import catalog
     loaded = str(getattr(k.model, "path", ""))
     out = [{"name": k.info.get("model", ""), "path": loaded, "loaded": True}]
@@ -605,6 +644,9 @@ def sys_checkpoint(k: Kernel, c: Caller, pid, path=None):
     """Write the process's whole state to a checkpoint file (kernel/checkpoint.py); it runs on."""
     from .hibernate import service
     p, svc = _proc(k, c, pid), service(k)
+    if _on(k, p) is not k:
+        raise SysError(E.EOPNOTSUPP, f"process {p.pid} runs on {_on(k, p).info.get('model')}: "
+                                     "checkpoints are of the default model's processes only")
     dest = svc.resolve(c.user, c.admin, path, default=f"{p.pid}-{svc.boot_id}")
     return _park_job(k, svc.checkpoint(p, dest))
 
@@ -626,6 +668,25 @@ def sys_restore(k: Kernel, c: Caller, path, opts=None):
             k.wake_engine()
         return pid
     return _park_job(k, svc.load(src), install)
+
+
+def sys_load(k: Kernel, c: Caller, name):
+    """Make a model resident (kernel/models.py): its record once loaded; parked while it loads,
+    {name, loading: True} after LOAD_PARK_S (call again). ENOENT unknown, ENOMEM no room."""
+    if k.models is None:
+        raise SysError(E.ENOENT, "this kernel serves only its one model")
+    r = k.models.load(name, c.admin)
+    if not isinstance(r, asyncio.Future):
+        return r.record(k.models.keep_alive_s)
+    return k.models.waiters(r, lambda r: r.record(k.models.keep_alive_s) if r is not None
+                            else {"name": name, "loading": True}, busy_errno=None)
+
+
+def sys_unload(k: Kernel, c: Caller, name):
+    """Unload a resident model: its record. EBUSY with processes, or for the default model."""
+    if k.models is None:
+        raise SysError(E.EBUSY, "this kernel serves only its one model")
+    return k.models.unload(name, c.admin)
 
 
 # ---- THE table -----------------------------------------------------------------------------
@@ -668,6 +729,8 @@ TABLE: dict[int, Entry] = {
     Sys.LATENCY: _entry(sys_latency, mutates=True),
     Sys.CHECKPOINT: _entry(sys_checkpoint),
     Sys.RESTORE: _entry(sys_restore, mutates=True),
+    Sys.LOAD: _entry(sys_load),
+    Sys.UNLOAD: _entry(sys_unload),
 }
 assert set(TABLE) == set(Sys), "every syscall number has exactly one handler"
 

@@ -11,8 +11,10 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name      module                          one-line help
-    "pull":    ("llmos.drivers.catalog",       "fetch a model into the cache and print its path"),
-    "models":  ("llmos.userland.bin.models",   "the loaded model and the cached ones"),
+    "pull":    ("llmos.userland.bin.pull",     "fetch a model into the cache (no name: list the catalog)"),
+    "models":  ("llmos.userland.bin.models",   "the resident models (memory) and the cached ones"),
+    "load":    ("llmos.userland.bin.load",     "load a model into the kernel now"),
+    "unload":  ("llmos.userland.bin.unload",   "unload a model from the kernel (frees its memory)"),
     "bench":   ("llmos.benchmarks.cli",        "benchmarks: forward, serve, syscall"),
     "serve":   ("llmos.userland.bin.daemon",   "run the kernel daemon (--daemon to background it)"),
     "stop":    ("llmos.userland.bin.daemon",   "stop the running kernel"),

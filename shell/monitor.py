@@ -1,5 +1,5 @@
-"""Looking at the system: ps, stat, free, uname, models (the userland programs in userland/bin,
-the same as `llmos ps` ...) and top (top.py)."""
+"""Looking at the system: ps, stat, free, uname, models, load, unload, pull (the userland programs
+in userland/bin, the same as `llmos ps` ...) and top (top.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from llmos.shell.builtins import Invocation, builtin, userland_program
 from llmos.shell.jobctl import job_of
 from llmos.shell.parse import JobSpec, ParseError, parse_target
 from llmos.shell.streams import CommandError
-from llmos.userland.bin import free, models, ps, stat, uname
+from llmos.userland.bin import free, load, models, ps, pull, stat, uname, unload
 from llmos.userland.bin import checkpoint, hibernate, restore
 from llmos.userland.bin import agent, summarize, translate
 
@@ -46,6 +46,9 @@ userland_program(stat, takes_ids=True, expand=job_pids)
 userland_program(free)
 userland_program(uname)
 userland_program(models)
+userland_program(load)
+userland_program(unload)
+userland_program(pull)
 userland_program(checkpoint, takes_ids=True, expand=job_pids)
 userland_program(hibernate, takes_ids=True, expand=job_pids)
 userland_program(restore)

@@ -96,7 +96,7 @@ def test_ps_kill_models_same_output_in_cli_and_shell(kernel, k):
     assert gone[1].stderr == "kill: (99999) - No such process\n"
     models = llmos(kernel, "models"), llmos(kernel, "-c", "models")
     assert models[0].stdout == models[1].stdout and models[0].stdout.split()[:4] == ["NAME", "LOADED", "SIZE",
-                                                                                    "PATH"]
+                                                                                    "WEIGHTS"]
 
 
 def test_ps_is_full_width_when_not_a_terminal(kernel, k):
@@ -232,3 +232,59 @@ def test_stop_without_a_kernel_says_so_plainly(tmp_path):
 def test_kernel_main_has_no_userland_in_it():
     text = (Path(__file__).resolve().parents[1] / "kernel" / "main.py").read_text()
     assert "userland" not in text.split('"""', 2)[2]                    # only the docstring names it
+
+
+# --- models as loadable modules, chat sampling defaults, the catalog --------------------------
+
+def test_run_and_chat_with_another_model_load_unload_models(kernel, k):
+    from tinymodel import build_tiny_model
+    build_tiny_model(Path(kernel["LLMOS_HOME"]) / "models" / "tinyb.gguf", seed=7, n_layers=3)
+    r = llmos(kernel, "load", "tinyb")
+    assert r.returncode == 0 and r.stdout.startswith("tinyb: weights "), r.stderr
+    r = llmos(kernel, "run", "-m", "tinyb", "-t", "0", "-n", "5", "--ignore-eos", "hello")
+    assert r.returncode == 0, r.stderr
+    pid = k.spawn([{"role": "user", "content": "hello"}], {"max_tokens": 5, "ignore_eos": True}, model="tinyb")
+    assert [p["model"] for p in k.ps() if p["pid"] == pid] == ["tinyb"]
+    assert "".join(k.stream(pid)) + "\n" == r.stdout                  # tinyb's greedy answer
+    k.wait(pid)
+    default = llmos(kernel, "run", "-t", "0", "-n", "5", "--ignore-eos", "hello")
+    assert default.stdout != r.stdout                                 # not the default model's
+    shell = llmos(kernel, "-c", 'run -m tinyb -t 0 -n 5 --ignore-eos hello')
+    assert shell.stdout == r.stdout, shell.stderr
+    rows = {m["name"]: m for m in json.loads(llmos(kernel, "models", "--json").stdout)}
+    assert rows["tinyb"]["loaded"] and rows["tinyb"]["kv_bytes"] > 0 and rows["tinyb"]["procs"] == 0
+    table = llmos(kernel, "models").stdout.splitlines()
+    assert table[0].split() == ["NAME", "LOADED", "SIZE", "WEIGHTS", "KV", "PROCS", "UNLOAD", "PATH"]
+    assert any(line.split()[:2] == ["tinyb", "yes"] for line in table)
+    r = llmos(kernel, "-c", "chat -m tinyb -t 0 -n 3", input="hello\n")
+    assert r.returncode == 0 and "chat" in r.stdout, r.stderr
+    r = llmos(kernel, "unload", "tinyb")
+    assert r.returncode == 0 and r.stdout.startswith("tinyb: unloaded"), r.stderr
+    assert not {m["name"]: m for m in k.models()}.get("tinyb", {}).get("loaded")
+    r = llmos(kernel, "unload", "tinyb")
+    assert r.returncode == 1 and "llmos unload: tinyb: tinyb is not loaded" in r.stderr
+    r = llmos(kernel, "run", "-m", "nosuch", "hi")
+    assert r.returncode == 1 and "no model 'nosuch'" in r.stderr and "smollm2" in r.stderr
+
+
+def test_pull_without_a_name_lists_the_catalog(kernel):
+    for r in (llmos(kernel, "pull"), llmos(kernel, "-c", "pull")):
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].split() == ["NAME", "CACHED", "DESCRIPTION"]
+        assert {line.split()[0] for line in lines[1:]} >= {"smollm2", "gemma3"}
+    r = llmos(kernel, "pull", "nosuch")
+    assert r.returncode == 1 and "not in the catalog" in r.stderr
+
+
+def test_chat_sampling_defaults_and_exact_greedy():
+    from llmos.userland.bin import run
+    p = run.parser()
+    params = run.spec(p.read(["hi"]), "run hi").params
+    assert params == {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1, "penalty_last_n": 64}
+    assert run.spec(p.read(["-t", "0", "hi"]), "run hi").params == {"temperature": 0.0}     # exact greedy
+    assert run.spec(p.read(["-t", "0", "--repeat-penalty", "1.3", "hi"]), "x").params == \
+        {"temperature": 0.0, "repetition_penalty": 1.3}
+    got = run.spec(p.read(["-t", "1.2", "--top-p", "0.5", "--min-p", "0.1", "-m", "gemma3", "hi"]), "x")
+    assert got.params == {"temperature": 1.2, "top_p": 0.5, "min_p": 0.1, "repetition_penalty": 1.1,
+                          "penalty_last_n": 64} and got.model == "gemma3"

@@ -190,7 +190,7 @@ def newest_pid(k, timeout: float = 20.0) -> int:
 
 def test_prompt_shows_model_and_run_streams_the_answer(sh, k, tmp_path):
     want = greedy(k, "hello there", 10)
-    sh.command('run -n 10 "hello there" > answer.txt')
+    sh.command('run -t 0 -n 10 "hello there" > answer.txt')
     assert (tmp_path / "answer.txt").read_text() == ended(want)
     out = sh.command('run -n 10 "hello there"')
     assert out.strip(), "nothing was streamed to the terminal"
@@ -306,9 +306,9 @@ def test_pipe_streams_the_first_answer_into_the_second(sh, k, tmp_path):
     k.close_stdin(pid)
     want = "".join(k.stream(pid))
     k.wait(pid)
-    sh.command('run -n 8 "list three fruits" | run -n 8 "translate into French:" > fr.txt')
+    sh.command('run -t 0 -n 8 "list three fruits" | run -t 0 -n 8 "translate into French:" > fr.txt')
     assert (tmp_path / "fr.txt").read_text() == ended(want)
-    sh.command('echo "list three fruits" | run -n 8 > from_echo.txt')   # a builtin's text in
+    sh.command('echo "list three fruits" | run -t 0 -n 8 > from_echo.txt')   # a builtin's text in
     assert (tmp_path / "from_echo.txt").read_text() == ended(greedy(k, "list three fruits\n", 8))
     assert k.ps() == []
 
@@ -372,8 +372,8 @@ def test_tab_completes_commands_and_options(sh):
 
 def test_answers_end_with_a_newline(sh, k, tmp_path):
     want = ended(greedy(k, "hello there", 6))
-    sh.command('run -n 6 "hello there" >> log.txt')
-    sh.command('run -n 6 "hello there" >> log.txt')
+    sh.command('run -t 0 -n 6 "hello there" >> log.txt')
+    sh.command('run -t 0 -n 6 "hello there" >> log.txt')
     assert (tmp_path / "log.txt").read_text() == want * 2
     out = sh.command('run -n 6 "hello there" & wait ; ps')
     assert any(line.startswith("PID  PPID") for line in out.splitlines())   # ps on its own line
@@ -481,7 +481,7 @@ def test_starts_a_kernel_when_none_is_running(kernel, tmp_path):
 
 def test_host_programs_in_pipes_with_llmos_processes(kernel, k, tmp_path):
     want = ended(greedy(k, "hello there", 6))
-    r = llmos(kernel["env"], "-c", 'run -n 6 "hello there" | tee x.txt', cwd=tmp_path)
+    r = llmos(kernel["env"], "-c", 'run -t 0 -n 6 "hello there" | tee x.txt', cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout == want and (tmp_path / "x.txt").read_text() == want
     (tmp_path / "notes.txt").write_text("rivers of Europe\nthe Danube\n")
@@ -491,13 +491,13 @@ def test_host_programs_in_pipes_with_llmos_processes(kernel, k, tmp_path):
     k.close_stdin(pid)
     summary = ended("".join(k.stream(pid)))
     k.wait(pid)
-    r = llmos(kernel["env"], "-c", 'cat notes.txt | run -n 6 "summarise:"', cwd=tmp_path)
+    r = llmos(kernel["env"], "-c", 'cat notes.txt | run -t 0 -n 6 "summarise:"', cwd=tmp_path)
     assert r.returncode == 0 and r.stdout == summary, r.stderr          # streamed into its open stdin
     assert k.ps() == []
 
 
 def test_stderr_redirection_and_exit_statuses(kernel, k, tmp_path):
-    r = llmos(kernel["env"], "-c", 'run -n 4 "hello there" 2>/dev/null', cwd=tmp_path)
+    r = llmos(kernel["env"], "-c", 'run -t 0 -n 4 "hello there" 2>/dev/null', cwd=tmp_path)
     assert r.returncode == 0 and r.stdout == ended(greedy(k, "hello there", 4))   # not the prompt "hello there 2"
     r = llmos(kernel["env"], "-c", "run -t -1 hi 2> err.txt", cwd=tmp_path)
     assert r.returncode == 1 and r.stderr == ""

@@ -138,12 +138,12 @@ def _raise(err: int, value) -> None:
     raise abi.error(err, value if isinstance(value, str) else repr(value))
 
 
-def _spawn_args(prompt, params, nice, session, detached, command, sampling, stdin=False) -> list:
+def _spawn_args(prompt, params, nice, session, detached, command, sampling, stdin=False, model=None) -> list:
     p = dict(params or {}, **sampling)
     if isinstance(p.get("stop"), tuple):
         p["stop"] = list(p["stop"])
     opts = {k: v for k, v in (("nice", nice), ("session", session), ("detached", detached),
-                               ("command", command), ("stdin", stdin)) if v}
+                               ("command", command), ("stdin", stdin), ("model", model)) if v}
     return [prompt, p or None, opts or None]
 
 
@@ -155,12 +155,14 @@ class _Stubs:
         return self.syscall(Sys.NULL)
 
     def spawn(self, prompt, params: dict | None = None, *, nice: int = 0, session: bool = False,
-              detached: bool = False, command: str = "", stdin: bool = False, **sampling):
+              detached: bool = False, command: str = "", stdin: bool = False, model: str | None = None,
+              **sampling):
         """Start a process on prompt (str, or [{"role", "content"}, ...]); returns its pid.
         Sampling parameters come as params={...} or keywords (max_tokens=, temperature=, seed=...).
-        stdin=True keeps the prompt open: write() appends to it, close_stdin() starts the generation."""
+        stdin=True keeps the prompt open: write() appends to it, close_stdin() starts the generation.
+        model: a catalog or cached model's name (default: the kernel's), loaded on first use."""
         return self.syscall(Sys.SPAWN, *_spawn_args(prompt, params, nice, session, detached, command,
-                                                    sampling, stdin))
+                                                    sampling, stdin, model))
 
     def write(self, pid: int, data):
         """Append a turn to a session: raw text, or chat message(s); returns tokens queued."""
@@ -209,6 +211,14 @@ class _Stubs:
     def models(self):
         """The loaded model and the cached ones."""
         return self.syscall(Sys.MODELS)
+
+    def load(self, model: str):
+        """Make a model resident; its record ({name, loading: True} while it still loads: call again)."""
+        return self.syscall(Sys.LOAD, model)
+
+    def unload(self, model: str):
+        """Unload a resident model that has no processes; its record."""
+        return self.syscall(Sys.UNLOAD, model)
 
     def embed(self, texts: list[str]):
         """Unit vectors (lists of floats) of texts, by the kernel's encoder model; at most

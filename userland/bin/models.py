@@ -1,7 +1,9 @@
-"""`models [--json]`: the models the kernel has loaded and the ones in the local cache.
+"""`models [--json]`: the resident models (their memory), the ones loading, and the local cache.
 
 Asks the running kernel (models syscall); with no kernel running it lists the cache itself
-(`llmos models` works before the first `llmos serve`). One table either way: NAME LOADED SIZE PATH.
+(`llmos models` works before the first `llmos serve`). One table either way:
+NAME LOADED (default / yes / loading / empty) SIZE (the file) WEIGHTS KV (the model's pool) PROCS
+UNLOAD (when keep-alive unloads it if still idle: 4m12s; never for the default, busy with processes) PATH.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import os
 
 from llmos.userland import program
 
-SUMMARY = "the loaded model and the cached ones"
+SUMMARY = "the resident models (weights + KV memory) and the cached ones"
+COLUMNS = ("NAME", "LOADED", "SIZE", "WEIGHTS", "KV", "PROCS", "UNLOAD", "PATH")
 
 
 def parser(prog: str = "models") -> program.ArgParser:
@@ -26,11 +29,32 @@ def _size(path: str) -> int | None:
         return None
 
 
+def _bytes(n) -> str:
+    return program.size(n) if n is not None else "-"
+
+
+def _loaded(m: dict) -> str:
+    if m.get("loading"):
+        return "loading"
+    return "default" if m.get("default") else "yes" if m.get("loaded") else ""
+
+
+def _unload(m: dict) -> str:
+    if not m.get("loaded"):
+        return "-"
+    if m.get("default"):
+        return "never"
+    left = m.get("unload_in_s")
+    if left is None:
+        return "busy"
+    return f"{int(left // 60)}m{int(left % 60):02d}s"
+
+
 def models_text(models: list[dict]) -> str:
-    rows = [(m["name"], "*" if m.get("loaded") else "",
-             program.size(m["size"]) if m.get("size") is not None else "-", m["path"] or "-")
+    rows = [(m["name"], _loaded(m), _bytes(m.get("size")), _bytes(m.get("weights_bytes")),
+             _bytes(m.get("kv_bytes")), str(m["procs"]) if "procs" in m else "-", _unload(m), m["path"] or "-")
             for m in models]
-    return program.table(("NAME", "LOADED", "SIZE", "PATH"), rows, {"SIZE"})
+    return program.table(COLUMNS, rows, {"SIZE", "WEIGHTS", "KV", "PROCS"})
 
 
 def cache_listing() -> list[dict]:

@@ -1,7 +1,7 @@
 """`ps [--json] [PID...]`: the kernel's processes, one row each (the CLI's and the shell's).
 
 Columns: PID PPID PGID (process group) USER STATE NI PROMPT (prompt tokens) OUT (tokens generated) KV (blocks held)
-TOK/S (decode speed, time spent stopped not counted) AGE COMMAND. Plain text, every column whole
+TOK/S (decode speed, time spent stopped not counted) AGE MODEL (the model it runs on) COMMAND. Plain text, every column whole
 (a pipe or a file gets the same table as a terminal); `--json` prints the ps() records, each with
 its tok_s, for scripts. `top` shows the same rows (ps_row).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from llmos.userland import program
 
 SUMMARY = "list the kernel's processes"
-COLUMNS = ("PID", "PPID", "PGID", "USER", "STATE", "NI", "PROMPT", "OUT", "KV", "TOK/S", "AGE", "COMMAND")
+COLUMNS = ("PID", "PPID", "PGID", "USER", "STATE", "NI", "PROMPT", "OUT", "KV", "TOK/S", "AGE", "MODEL", "COMMAND")
 RIGHT = frozenset({"PID", "PPID", "PGID", "NI", "PROMPT", "OUT", "KV", "TOK/S", "AGE"})
 
 
@@ -59,7 +59,7 @@ def ps_row(p: dict, tok_s: float | None = None) -> tuple[str, ...]:
     speed = p.get("tok_s", 0.0) if tok_s is None else tok_s
     return (str(p["pid"]), str(p["ppid"]), str(p.get("pgid", p["pid"])), p["owner"], state_of(p), str(p["nice"]),
             str(p["prompt_tokens"]), str(p["tokens"]), str(p["blocks"]), f"{speed:.1f}",
-            age(p.get("age_s", 0.0)), p["command"].replace("\n", " "))
+            age(p.get("age_s", 0.0)), p.get("model") or "-", p["command"].replace("\n", " "))
 
 
 def ps_text(procs: list[dict]) -> str:

@@ -25,13 +25,26 @@ from llmos.userland import program
 
 SUMMARY = "run a prompt as a process and stream its answer"
 
+# Sampling for conversation, as Ollama's defaults: greedy decoding of a small model loops ("Hola
+# in Spanish! 😊" then 164 🌍), a little temperature with nucleus sampling and a mild penalty on
+# the last 64 tokens does not. `-t 0` is exact greedy: none of these apply unless given.
+CHAT_DEFAULTS = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1, "penalty_last_n": 64}
+
 
 def sampling_options(p: program.ArgParser) -> None:
     """The options run and chat share."""
+    p.add_argument("-m", "--model", metavar="MODEL", help="a catalog or cached model (default: the kernel's); "
+                   "loaded on first use")
     p.add_argument("-n", "--max-tokens", type=int, metavar="N", help="most tokens to generate")
-    p.add_argument("-t", "--temperature", type=float, metavar="T", help="0 = greedy (default)")
+    p.add_argument("-t", "--temperature", type=float, metavar="T",
+                   help=f"default {CHAT_DEFAULTS['temperature']}; 0 = exact greedy (no top-p, no penalty)")
     p.add_argument("--top-k", type=int, metavar="K")
-    p.add_argument("--top-p", type=float, metavar="P")
+    p.add_argument("--top-p", type=float, metavar="P", help=f"default {CHAT_DEFAULTS['top_p']}")
+    p.add_argument("--min-p", type=float, metavar="P")
+    p.add_argument("--repeat-penalty", type=float, metavar="R",
+                   help=f"default {CHAT_DEFAULTS['repetition_penalty']} (1 = off)")
+    p.add_argument("--repeat-last-n", type=int, metavar="N",
+                   help=f"tokens the penalty looks back over (default {CHAT_DEFAULTS['penalty_last_n']})")
     p.add_argument("-s", "--seed", type=int, metavar="S")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop at this text (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="generate until --max-tokens")
@@ -61,6 +74,7 @@ class ProcessSpec:
     nice: int = 0
     raw: bool = False                           # the prompt is raw text, not a chat message
     session: bool = False
+    model: str | None = None                    # None: the kernel's default model
 
     def prompt(self, stdin: str | None = None, open_input: bool = False):
         """The spawn prompt: the words, then a blank line and the input text (a pipe or `<`).
@@ -79,8 +93,11 @@ class ProcessSpec:
         prompt = self.prompt(stdin, open_input)
         if open_input and self.raw and not prompt:
             raise program.UsageError("missing prompt (a raw pipe stage needs its own words)")
+        if self.model is not None:              # wait here while the kernel loads it
+            from llmos.userland.bin.load import load
+            load(client, self.model)
         return client.spawn(prompt, self.params or None, nice=self.nice, session=self.session,
-                            command=self.command, stdin=open_input)
+                            command=self.command, stdin=open_input, model=self.model)
 
 
 def spec(args, command: str, nice: int | None = None, session: bool = False) -> ProcessSpec:
@@ -89,12 +106,16 @@ def spec(args, command: str, nice: int | None = None, session: bool = False) -> 
     if not abi.NICE_MIN <= nice <= abi.NICE_MAX:
         raise program.UsageError(f"--nice {nice} is out of range ({abi.NICE_MIN}..{abi.NICE_MAX})")
     params = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
-                                ("top_k", args.top_k), ("top_p", args.top_p), ("seed", args.seed),
+                                ("top_k", args.top_k), ("top_p", args.top_p), ("min_p", args.min_p),
+                                ("repetition_penalty", args.repeat_penalty),
+                                ("penalty_last_n", args.repeat_last_n), ("seed", args.seed),
                                 ("stop", args.stop), ("ignore_eos", args.ignore_eos or None))
               if v is not None}
+    if args.temperature != 0:                   # -t 0 stays exact greedy
+        params = {**CHAT_DEFAULTS, **params}
     shown = "".join(c if c.isprintable() else " " for c in command)[:abi.MAX_NAME_CHARS]
     return ProcessSpec(" ".join(getattr(args, "prompt", [])), shown, params, args.system, nice,
-                       getattr(args, "raw", False), session)
+                       getattr(args, "raw", False), session, args.model)
 
 
 def exit_status(st: dict) -> int:
