@@ -29,8 +29,10 @@ Design rules
     measured prefill speed). Nothing is evicted unless the blocks it frees are enough (never
     preempt to admit what will not fit).
   * Latency goals (kernel/latency.py): a process with a time-per-token target is served first, in
-    steps sized by the online step-time model to fit the tightest target; one that becomes
-    runnable while a step without such a process is in flight preempts that step (on_urgent).
+    steps sized by the online step-time model to fit the tightest target, the others' share of
+    the step capped by what the last sized step measured (halved on a miss, one more on a hit);
+    its prefill runs alone (time to first token). One that becomes runnable while a step
+    without such a process is in flight preempts that step (on_urgent).
 Runs on the engine's owner thread. Cost per step is O(running) plus O(waiting) for the clock.
 """
 
@@ -71,6 +73,8 @@ class Scheduler:
         self.prefill_s_per_token = 1.0 / config.prefill_tokens_per_s
         self.counters = dict(steps=0, preempt_swap=0, preempt_recompute=0, displaced=0)
         self.plain_step = False                   # the last plan holds no latency-sensitive process
+        self.sized = None                         # (target s, extra tokens) of the last plan, if sized
+        self.extra_cap = 1 << 30                  # others' tokens a sized step may hold (AIMD)
         self.on_urgent = None                     # called when one becomes runnable meanwhile
 
     # ---- membership (engine calls these from mutators and commit) ---------------------------
@@ -112,6 +116,9 @@ class Scheduler:
         the recompute estimate."""
         if prefill_tokens == 0:
             self.step_model.observe(tokens, seconds)
+        if self.sized is not None:      # a step sized for a latency goal: correct the model's guess
+            target, extra = self.sized  # by what the step measured (halve on a miss, creep up)
+            self.extra_cap = extra // 2 if seconds > target else extra + 1
         if prefill_tokens >= 64 and seconds > 0:
             self.prefill_s_per_token = 0.8 * self.prefill_s_per_token + 0.2 * seconds / prefill_tokens
 
@@ -222,12 +229,15 @@ class Scheduler:
                 urgent.append((target, p.pid, p))
             else:
                 (decodes if len(p.tokens) - p.computed == 1 else prefills).append(p)
-        self.plain_step = not urgent
+        self.plain_step, self.sized = not urgent, None
         if urgent:          # latency goals: serve them first, size the step to the tightest one
             urgent.sort(key=lambda e: e[:2])
             need = sum(len(p.tokens) - p.computed for _, _, p in urgent)
-            fits = model.tokens_within(urgent[0][0]) if model.knows_small() else 0   # else: alone
-            budget = min(budget, max(need, fits))
+            extra = 0       # alone: a prefill (its time to first token), or the model lacks a small step
+            if model.knows_small() and need == len(urgent):
+                extra = min(max(0, model.tokens_within(urgent[0][0]) - need), self.extra_cap)
+                self.sized = (urgent[0][0], extra)
+            budget = min(budget, need + extra)
         if len(decodes) > budget:
             decodes.sort(key=self._rank)
         prefills.sort(key=self._rank)

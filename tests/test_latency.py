@@ -157,3 +157,23 @@ def test_only_decode_steps_feed_the_step_model(model):
     assert e.sched.step_model.n == 0
     e.step()                                      # three decodes
     assert e.sched.step_model.n == 1 and e.sched.step_model.x == 3
+
+
+def test_a_sized_step_that_misses_its_target_halves_the_others_share(model):
+    """The step-time model is a guess: each sized step's measured time corrects it (AIMD)."""
+    e = make_engine(model, 512, block_size=4)
+    e.sched.step_model = Fixed()                 # says 10 ms + 1 ms per token: 6 tokens fit 16.5 ms
+    [e.spawn(prompt(i, 8), greedy(400)) for i in range(24)]
+    for _ in range(3):
+        e.step()
+    vip = e.spawn(prompt(99, 8), greedy(12), nice=-10)
+    sizes = []
+    for _ in range(6):
+        plan = e.schedule()
+        sizes.append(sum(n for _, _, n in plan.entries))
+        res = e.execute(plan)
+        res.seconds = 0.010 + 0.004 * sizes[-1]  # the machine is 4x slower per token than said
+        e.commit(plan, res)
+    assert sizes[0] == 8                          # its prefill alone
+    assert sizes[1:] == [6, 3, 2, 1, 2]          # halved on each miss, one more after a hit
+    assert vip.alive
