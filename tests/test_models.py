@@ -166,3 +166,46 @@ def test_an_idle_model_makes_room_for_another(srv, k):
     assert k.wait(pid)["tokens"] == 3
     loaded = {x["name"] for x in k.models() if x.get("loaded")}
     assert "tinyq" in loaded and "tinyb" not in loaded       # the idle one was unloaded for it
+
+
+def test_a_slow_load_parks_then_says_so(srv, k, monkeypatch):
+    import llmos.kernel.models as models_mod
+    monkeypatch.setattr(models_mod, "LOAD_PARK_S", 0.3)
+    srv.kernel.models.load_model = lambda p: (time.sleep(1.5), _load(p))[1]
+    assert k.load("tinyb") == {"name": "tinyb", "loading": True}        # parked 0.3 s, then told
+    assert [m["name"] for m in k.models() if m.get("loading")] == ["tinyb"]
+    with pytest.raises(BlockingIOError) as e:                           # EAGAIN, naming the load
+        k.spawn(prompt(7), {"max_tokens": 2}, model="tinyb")
+    assert "still loading" in str(e.value)
+    wait_until(lambda: "tinyb" in {m["name"] for m in k.models() if m.get("loaded")}, 20, "the load")
+    assert k.wait(k.spawn(prompt(7), {"max_tokens": 2, "ignore_eos": True}, model="tinyb"))["tokens"] == 2
+
+
+def test_more_errors(srv, k, home):
+    (home / "models" / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(OSError) as e:
+        k.load("broken")
+    assert e.value.errno == errno.ENOEXEC and "broken" in str(e.value)
+    with pytest.raises(OSError) as e:
+        k.load(5)
+    assert e.value.errno == errno.EINVAL
+    pid = k.spawn(prompt(8), {"max_tokens": 2}, model="tinyb", session=True)
+    with pytest.raises(OSError) as e:
+        k.checkpoint(pid)
+    assert e.value.errno == errno.EOPNOTSUPP and "default model" in str(e.value)
+    k.kill(pid, "KILL")
+    k.wait(pid)
+    srv.kernel.models.load_model = None                     # a kernel that loads no other model
+    srv.call(srv.kernel.models.unload, "tinyb", True)
+    with pytest.raises(FileNotFoundError, match="only its default model"):
+        k.load("tinyb")
+
+
+def test_serve_options_keep_alive_and_models_memory():
+    from llmos.kernel import main
+    args = main._parser().parse_args(["--keep-alive", "2m", "--models-memory", "1.5G"])
+    assert args.keep_alive == 120 and args.models_memory == 3 << 29
+    assert main._parser().parse_args([]).keep_alive == 300
+    for bad in (["--keep-alive", "0"], ["--keep-alive", "soon"], ["--models-memory", "-1G"], ["--models-memory", "x"]):
+        with pytest.raises(SystemExit):
+            main._parser().parse_args(bad)
