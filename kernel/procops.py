@@ -10,7 +10,10 @@ Contracts:
     here. What depends on the state of the table (no such process, not a session, the context is
     full, the table is full, the process exited) raises KernelError(errno, message).
   * One reaper: wait() reaps (reap); a process whose holder is gone belongs to init (orphan), and
-    init reaps each of its processes as soon as it is a zombie whose blocks are freed (reclaim).
+    init reaps each of its processes as soon as it is a zombie whose blocks are freed (reclaim),
+    except a detached one: it stays a zombie, with its exit status and unread output, until its
+    owner (any connection of that user) reaps it by wait(). Zombies count toward the owner's
+    max_procs limit (kernel/limits.py), so they cannot fill the table.
 """
 
 from __future__ import annotations
@@ -199,7 +202,8 @@ class ProcOps:
 
     def orphan(self, holder: int) -> int:
         """The holder (a session) is gone: its processes go to init (reparent), which reaps each
-        one once it is a zombie; live non-detached ones get SIGKILL. Returns how many it killed."""
+        one once it is a zombie (a detached one is left to its owner's wait()); live non-detached
+        ones get SIGKILL. Returns how many it killed."""
         assert holder != INIT
         killed = 0
         for p in self.procs.all():
@@ -209,7 +213,7 @@ class ProcOps:
             if p.alive and not p.detached:
                 self.exit(p, ExitStatus("signal", signal=abi.SIGKILL))
                 killed += 1
-            elif not p.alive and p not in self._dead:
+            elif not p.alive and not p.detached and p not in self._dead:
                 self.procs.remove(p.pid)
         return killed
 
@@ -276,10 +280,11 @@ class ProcOps:
         self.wake(p)
 
     def reclaim(self) -> None:
-        """Free the blocks of the processes that exited; init reaps its own at once."""
+        """Free the blocks of the processes that exited; init reaps its own at once (not detached
+        ones: their owner's wait() does)."""
         for p in self._dead:
             self.kv.free(p.pid)
-            if p.holder == INIT and self.procs.get(p.pid) is p:
+            if p.holder == INIT and not p.detached and self.procs.get(p.pid) is p:
                 self.procs.remove(p.pid)
         self._dead.clear()
 

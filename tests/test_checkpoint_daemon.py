@@ -180,7 +180,7 @@ def test_cli_hibernate_restore_and_ps_a(env, tiny_model_path):
             bad = llmos("restore", name, env=env)
             assert bad.returncode == 1 and "No such file" in bad.stderr
             r = llmos("checkpoint", str(new), "keep", env=env)
-            assert r.returncode == 1 and "No such process" in r.stderr    # it exited (detached: reaped)
+            assert r.returncode == 1 and "No such process" in r.stderr    # it exited (a zombie: no state)
             assert llmos("hibernate", "99999", env=env).stderr.strip().endswith("(99999) - No such process")
     finally:
         llmos("stop", env=env)

@@ -278,15 +278,18 @@ def test_a_failing_process_exits_with_error_and_others_continue(tiny_model_path,
 
 
 def test_inits_processes_are_reaped_on_exit(model):
-    """What init holds (orphans, detached ones included) is reaped when it exits; what a live
-    holder holds stays a zombie with its status and unread output until reaped."""
+    """What init holds is reaped when it exits, except a detached process: that one, and what a
+    live holder holds, stays a zombie with its status and unread output until wait() reaps it."""
     e = engine(model)
-    p = e.spawn(prompt(120), greedy(2), detached=True, holder=INIT)
-    kept = e.spawn(prompt(120), greedy(2), detached=True, holder=7)
+    p = e.spawn(prompt(120), greedy(2), holder=INIT)
+    d = e.spawn(prompt(120), greedy(2), detached=True, holder=INIT)
+    kept = e.spawn(prompt(121), greedy(2), holder=7)
     e.run_until_idle()
     assert p.exit.reason == "length" and e.procs.get(p.pid) is None
+    assert e.procs.get(d.pid) is d and d.channel.pending and d.exit.reason == "length"
     assert e.procs.get(kept.pid) is kept and kept.channel.pending and kept.exit.reason == "length"
     assert e.orphan(7) == 0 and e.procs.get(kept.pid) is None
+    e.reap(d.pid)
 
 
 def test_orphans_are_killed_unless_detached_and_reaped_when_they_exit(model):
@@ -301,7 +304,8 @@ def test_orphans_are_killed_unless_detached_and_reaped_when_they_exit(model):
     assert e.procs.get(a.pid) is None and e.procs.get(z.pid) is None       # zombies: reaped now
     assert d.alive and d.holder == INIT
     e.run_until_idle()
-    assert e.procs.get(d.pid) is None and d.exit.reason == "length"
+    assert e.procs.get(d.pid) is d and d.exit.reason == "length"            # detached: its owner reaps
+    e.reap(d.pid)
     assert e.procs.get(other.pid) is other and not other.alive             # another holder's
     e.reap(other.pid)
     assert len(e.procs) == 0 and e.kv.stats()["used"] == 0
