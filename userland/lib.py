@@ -19,9 +19,14 @@ so a call without a timeout is re-issued here until it is answered. That loop is
 
 A dead kernel is noticed within ~2 s, not after a call's timeout: every connection heartbeats
 (ZMTP PING every HEARTBEAT_S, dropped after DEAD_AFTER_S without an answer) and watches its socket
-monitor; a waiting call looks at it every POLL_S. Once the connection is lost every call on the
-client raises ConnectionResetError (ECONNRESET) naming ``llmos serve --daemon``. A request larger
-than the kernel's frame limit (abi.MAX_FRAME_BYTES) fails at once with E2BIG, before it is sent.
+monitor; a waiting call looks at it every POLL_S. A call in flight when the connection is lost
+raises ConnectionResetError (ECONNRESET) saying the kernel stopped or restarted (its outcome is
+unknown). The next call reconnects: it re-reads the runtime dir (a restarted kernel has a new
+token), says hello again and goes on, so an open client outlives `llmos stop` + `llmos serve`;
+with no kernel there it raises ConnectionResetError naming ``llmos serve --daemon``, and tries
+again on the call after. Pids stay meaningful across the restart: they never repeat, and sessions
+come back under theirs (kernel/hibernate.py). A request larger than the kernel's frame limit
+(abi.MAX_FRAME_BYTES) fails at once with E2BIG, before it is sent.
 """
 
 from __future__ import annotations
@@ -58,9 +63,16 @@ def _silent(no: int, timeout: float) -> KernelNotAnswering:
                                            f"within {timeout:g} s (is it still running?)")
 
 
-def _gone(endpoint: str) -> ConnectionResetError:
-    return ConnectionResetError(E.ECONNRESET, f"lost the connection to the kernel at {endpoint} (it stopped "
-                                              f"or died); {START_HINT}")
+def _gone(endpoint: str, no: int | None = None) -> ConnectionResetError:
+    during = f" during {Sys(no).name.lower()}" if no in Sys._value2member_map_ else ""
+    return ConnectionResetError(E.ECONNRESET, f"lost the connection to the kernel at {endpoint}{during} (it "
+                                              f"stopped, died or restarted: the call's outcome is unknown; the "
+                                              f"next call reconnects); {START_HINT}")
+
+
+def _still_gone(endpoint: str, why: OSError) -> ConnectionResetError:
+    return ConnectionResetError(E.ECONNRESET, f"lost the connection to the kernel at {endpoint}, and none "
+                                              f"answers there now ({why.strerror}); {START_HINT}")
 
 
 def _no_kernel(endpoint: str, why: str) -> ConnectionRefusedError:
@@ -285,26 +297,43 @@ class Client(_Stubs):
 
     def __init__(self, endpoint: str | None = None, *, token: str | None = None, user: str | None = None,
                  client: str = "", call_timeout: float = CALL_TIMEOUT_S, connect_timeout: float = CONNECT_TIMEOUT_S):
-        self.endpoint, token = _target(endpoint, token)
-        self.call_timeout = call_timeout
+        self.call_timeout, self.connect_timeout = call_timeout, connect_timeout
+        self._where, self._hello = (endpoint, token), (user, client or _prog())
         self._ids = itertools.count(1)
+        self._sock = self._monitor = None
+        self.reconnects = 0                     # how many times it reconnected to a (restarted) kernel
+        self._connect()
+
+    def _connect(self) -> None:
+        """Resolve the kernel (its endpoint and current token), connect and say hello."""
+        self.close()
+        self._gone = True                       # until hello is answered
+        self.endpoint, token = _target(*self._where)
         self._rcvtimeo = -1
         self._sock, self._monitor = _dealer(zmq.Context.instance(), self.endpoint)
         self._gone = False
         try:
-            self.info = self._call(Sys.HELLO, (token, user, client or _prog()),
-                                   connect_timeout, connecting=True)
+            self.info = self._call(Sys.HELLO, (token, *self._hello), self.connect_timeout, connecting=True)
         except BaseException:
             self.close()
+            self._gone = True
             raise
+
+    def _reconnect(self) -> None:
+        """The connection was lost: connect to the kernel that runs there now (a restarted one)."""
+        try:
+            self._connect()
+        except ConnectionRefusedError as e:
+            raise _still_gone(self.endpoint, e) from None
+        self.reconnects += 1
 
     def syscall(self, no: int, *args):
         """Make one syscall; returns its value or raises OSError(errno, message)."""
         return self._call(no, args, self.call_timeout)
 
     def _call(self, no: int, args, timeout: float, connecting: bool = False):
-        if self._gone:
-            raise _gone(self.endpoint)
+        if not connecting and (self._gone or _lost(self._monitor)):
+            self._reconnect()
         rid = next(self._ids)
         sock = self._sock
         sock.send(_encode(rid, no, args))
@@ -328,7 +357,7 @@ class Client(_Stubs):
                 self._gone = True
                 if connecting:
                     raise _no_kernel(self.endpoint, "it closed the connection")
-                raise _gone(self.endpoint)
+                raise _gone(self.endpoint, no)
             left = deadline - time.monotonic()   # a stale reply, a notice, or a POLL_S tick
             if left <= 0:
                 if connecting:
@@ -385,28 +414,50 @@ class AsyncClient(_Stubs):
         self._sock = self._monitor = None
         self._tasks: list[asyncio.Task] = []
         self._gone = False
+        self._reconnecting = asyncio.Lock()     # one reconnection for every call that finds it gone
+        self.reconnects = 0
         self.call_timeout = CALL_TIMEOUT_S
 
     @classmethod
     async def connect(cls, endpoint: str | None = None, *, token: str | None = None, user: str | None = None,
                       client: str = "", call_timeout: float = CALL_TIMEOUT_S,
                       connect_timeout: float = CONNECT_TIMEOUT_S) -> "AsyncClient":
-        import zmq.asyncio
         self = cls()
-        self.endpoint, token = _target(endpoint, token)
-        self.call_timeout = call_timeout
+        self.call_timeout, self.connect_timeout = call_timeout, connect_timeout
+        self._where, self._hello = (endpoint, token), (user, client or _prog())
+        await self._connect()
+        return self
+
+    async def _connect(self) -> None:
+        """Resolve the kernel (its endpoint and current token), connect and say hello."""
+        import zmq.asyncio
+        await self.close()
+        self._gone = True                       # until the new connection exists
+        self.endpoint, token = _target(*self._where)
         self._sock, self._monitor = _dealer(zmq.asyncio.Context.instance(), self.endpoint)
+        self._gone = False
         self._tasks = [asyncio.ensure_future(self._read_replies()), asyncio.ensure_future(self._watch())]
         try:
-            self.info = await self._timed(Sys.HELLO, (token, user, client or _prog()),
-                                          connect_timeout)
+            self.info = await self._timed(Sys.HELLO, (token, *self._hello), self.connect_timeout)
         except (KernelNotAnswering, ConnectionResetError):
             await self.close()
-            raise _no_kernel(self.endpoint, f"no answer to hello within {connect_timeout:g} s") from None
+            self._gone = True
+            raise _no_kernel(self.endpoint, f"no answer to hello within {self.connect_timeout:g} s") from None
         except BaseException:
             await self.close()
+            self._gone = True
             raise
-        return self
+
+    async def _reconnect(self) -> None:
+        """The connection was lost: connect to the kernel that runs there now (a restarted one)."""
+        async with self._reconnecting:
+            if not self._gone:                  # another call reconnected meanwhile
+                return
+            try:
+                await self._connect()
+            except ConnectionRefusedError as e:
+                raise _still_gone(self.endpoint, e) from None
+            self.reconnects += 1
 
     async def _read_replies(self) -> None:
         while True:
@@ -429,7 +480,7 @@ class AsyncClient(_Stubs):
 
     async def _call(self, no: int, args):
         if self._gone:
-            raise _gone(self.endpoint)
+            await self._reconnect()
         rid = next(self._ids)
         fut = self._pending[rid] = asyncio.get_running_loop().create_future()
         try:
