@@ -1,12 +1,15 @@
 """Matmuls on GGUF-quantized weights, kept as the file stores them (memory-mapped where possible).
 
 The kernels are C++ (drivers/quant_kernels.cpp): built with the system compiler on first use for
-this CPU (``-march=native``: AVX2, AVX-VNNI or AVX512-VNNI code paths, picked by the compiler from
-what drivers/cpu.py reports) into ``$LLMOS_HOME/kernels/``, keyed by source, compiler and CPU
-flags, and loaded with ctypes. Why not a library: torch's ``_weight_int8pack_mm`` /
-``_weight_int4pack_mm_for_cpu`` were slower than fp32 on an AVX2 EPYC and do not read GGML block
-layouts; llama.cpp's Python bindings are not a kernel library. When no compiler is found or the
-build fails, ``kernels()`` returns None (logged once) and the driver dequantises to fp32.
+this CPU (``-march=native``) into ``$LLMOS_HOME/kernels/``, keyed by source, compiler and CPU
+flags, and loaded with ctypes. Each weight block is dequantised to fp32 in registers and multiplied
+by the fp32 activations with FMA (AVX2; a scalar path elsewhere): one token streams the weights
+(GEMV), more tokens reuse a dequantised panel of rows in an FMA micro-kernel (GEMM). Exact up to
+fp32 rounding, and bit-identical for a token whatever the batch. Why not a library: torch's
+``_weight_int8pack_mm`` / ``_weight_int4pack_mm_for_cpu`` were slower than fp32 on an AVX2 EPYC
+and do not read GGML block layouts; llama.cpp's Python bindings are not a kernel library. When no
+compiler is found or the build fails, ``kernels()`` returns None (logged once) and the driver
+dequantises to fp32.
 
 ``QLinear`` is y = f(x) @ W.T where W is one or more row-blocks (fused QKV, gate/up), each in a
 quant type the kernel knows, f an optional SwiGLU and/or RMSNorm done in the same C call, and the
@@ -93,7 +96,7 @@ def kernels() -> ctypes.CDLL | None:
 
 
 def kernel_isa() -> str:
-    """Which code path the built kernels use ('avx2', 'avx-vnni', 'avx512-vnni', 'scalar'), or
+    """Which code path the built kernels use ('avx2-fma' or 'scalar'), or
     'none (dequantised fp32)' when they could not be built."""
     lib = kernels()
     return lib.llmos_quant_isa().decode() if lib is not None else "none (dequantised fp32)"

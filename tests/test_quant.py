@@ -2,10 +2,9 @@
 dequantisation, on random blocks of every kernel type; the model's quantized path on tiny models;
 fallbacks and refusals.
 
-Tolerances: the kernel quantizes each activation block of 32 to x ~= d * (q + r / 254) with
-d = max|x| / 127, so |x - x_hat| <= d / 508 per element. Against that same x_hat the only error
-left is fp32 rounding (tight check); against the exact fp32 product the error is bounded by
-sum_i |w_i| * d_i / 508 (loose check).
+Tolerance: the kernels dequantise each weight block to fp32 in registers and multiply by the fp32
+activations (no activation quantization), so against gguf-py's dequantised weights in float64 only
+fp32 rounding is left: a few ulps of sum_i |w_i x_i| per output.
 """
 
 from __future__ import annotations
@@ -44,17 +43,6 @@ def random_blocks(qtype, rows: int, k: int, seed: int = 0) -> np.ndarray:
     return data.reshape(rows, -1)
 
 
-def activation_as_kernel_sees_it(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_hat, d per element): the two-level 8-bit block quantization the kernel applies."""
-    v = x.reshape(x.shape[0], -1, 32)
-    d = v.abs().amax(-1, keepdim=True) / 127
-    inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
-    t = v * inv
-    q = torch.round(t)
-    r = torch.round((t - q) * 254).clamp(-127, 127)
-    return ((q + r / 254) * d).reshape(x.shape), d.expand_as(v).reshape(x.shape)
-
-
 @pytest.mark.parametrize("qtype", KERNEL_TYPES, ids=lambda q: q.name)
 @pytest.mark.parametrize("rows,k,tokens", [(1, 256, 1), (7, 256, 3), (13, 512, 70), (33, 768, 9)])
 def test_kernel_matches_dequantised_matmul(qtype, rows, k, tokens):
@@ -62,11 +50,8 @@ def test_kernel_matches_dequantised_matmul(qtype, rows, k, tokens):
     wf = torch.from_numpy(dequantize(w, qtype).reshape(rows, k).astype(np.float64))
     x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(rows))
     got = quant.QLinear([(qtype, w)], k)(x).double()
-    x_hat, d = activation_as_kernel_sees_it(x)
-    bound = wf.abs() @ x_hat.double().abs().T
-    assert torch.all((got - x_hat.double() @ wf.T).abs() <= 2e-6 * bound.T + 1e-6)
-    exact_bound = (wf.abs() @ (d.double() / 508).T).T
-    assert torch.all((got - x.double() @ wf.T).abs() <= exact_bound + 2e-6 * bound.T + 1e-6)
+    bound = x.double().abs() @ wf.abs().T
+    assert torch.all((got - x.double() @ wf.T).abs() <= 2e-6 * bound + 1e-6)
 
 
 @pytest.mark.parametrize("qtype", KERNEL_TYPES, ids=lambda q: q.name)
