@@ -71,7 +71,9 @@ class Sys(enum.IntEnum):
     WAIT = 5         # (pid, timeout_s?)                     -> exit status dict (reaps the process)
     KILL = 6         # (pid, sig?=SIGTERM)                   -> None; pid < 0: the process group -pid
     NICE = 7         # (pid, nice: -20..19)                  -> None
-    FORK = 8         # (pid)                                 -> child pid (copy-on-write KV)
+    FORK = 8         # (pid, params?)                        -> child pid (copy-on-write KV)
+                     #  params: the child's own sampling params (as spawn's, e.g. another grammar)
+                     #  from its next turn; EBUSY unless pid is between turns (or its stdin open)
     PS = 9           # ()                                    -> [process summary dict, ...]
     STAT = 10        # (pid)                                 -> process detail dict
     MEMINFO = 11     # ()                                    -> {"kv": {...}, "host": {...}, "gpu": [...]}

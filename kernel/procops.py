@@ -160,23 +160,37 @@ class ProcOps:
         assert abi.NICE_MIN <= nice <= abi.NICE_MAX, "nice checked at the boundary"
         self.sched.renice(self.get(pid), nice)
 
-    def fork(self, pid: int, holder: int | None = None) -> Process:
+    def fork(self, pid: int, holder: int | None = None, params: SamplingParams | None = None) -> Process:
         """A child continuing from p's exact state (tokens, KV shared copy-on-write, queued input,
         the detokenizer and stop-string state of the turn) with its own seed. The child of a
         stopped process is not stopped: it runs (or sleeps, or takes its queued input) as p would.
-        It joins p's process group and copies p's grammar matcher state."""
+        It joins p's process group and copies p's grammar matcher state.
+        params: the child's own sampling params (e.g. another grammar) instead of p's, from its
+        next turn: only while p is between turns (sleeping, or its stdin still open), else EBUSY;
+        a grammar that does not compile is EINVAL."""
         p = self.get(pid)
         if not p.alive:
             raise KernelError(errno.ESRCH, f"process {pid} has exited")
         if self.procs.full():
             raise KernelError(errno.EAGAIN, f"process table full ({self.procs.max_procs})")
+        grammar = p.grammar
+        if params is not None:
+            asleep = p.state is ProcState.SLEEPING or (p.state is ProcState.STOPPED and p.was_sleeping)
+            if not (asleep or p.stdin_open):
+                raise KernelError(errno.EBUSY, f"process {pid} is in a turn: fork with other params "
+                                               f"only between its turns")
+            assert params.validate() is params
+            try:
+                grammar = None if params.constraint is None else self.grammars.compile(params.constraint)
+            except GrammarError as e:
+                raise KernelError(errno.EINVAL, f"{e}"[:400]) from None
         cpid = self.procs.new_pid()
         p.forks += 1                              # the child's seed: (parent seed, nth fork)
         seed = None if p.seed is None else position_seed(p.seed, -p.forks)
-        c = Process(cpid, p.prompt_ids, replace(p.params, seed=seed), ppid=p.pid, owner=p.owner,
-                    command=p.command, session=p.session, detached=p.detached, nice=p.nice,
-                    holder=holder, pgid=p.pgid)
-        c.grammar = p.grammar
+        own = params if params is not None and params.seed is not None else replace(params or p.params, seed=seed)
+        c = Process(cpid, p.prompt_ids, own, ppid=p.pid, owner=p.owner, command=p.command, session=p.session,
+                    detached=p.detached, nice=p.nice, holder=holder, pgid=p.pgid)
+        c.grammar = grammar
         c.tokens, c.output_ids = list(p.tokens), list(p.output_ids)
         c.pending_input = [(list(t), feed) for t, feed in p.pending_input]
         c.stdin_open, c.stdin_tail, c.feeding = p.stdin_open, list(p.stdin_tail), p.feeding
@@ -186,7 +200,8 @@ class ProcOps:
         self.new_turn(c)
         c.turn_start, c.turn_tokens = p.turn_start, p.turn_tokens
         c.output.replay(c.tokens[c.turn_start:])  # the same held-back text as p
-        c.matcher = p.matcher.copy() if p.matcher is not None else None
+        if params is None:                        # (else new_turn gave it the new grammar's)
+            c.matcher = p.matcher.copy() if p.matcher is not None else None
         self.procs.add(c)
         if p.state is ProcState.SLEEPING or (p.state is ProcState.STOPPED and p.was_sleeping):
             sleep(c)

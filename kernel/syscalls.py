@@ -469,12 +469,15 @@ def sys_nice(k: Kernel, c: Caller, pid, nice):
     k.engine.renice(p.pid, _may_raise_priority(c, _int(nice, "nice", abi.NICE_MIN, abi.NICE_MAX), k))
 
 
-def sys_fork(k: Kernel, c: Caller, pid):
-    """Copy a process (its KV shared copy-on-write); the child belongs to the caller."""
+def sys_fork(k: Kernel, c: Caller, pid, params=None):
+    """Copy a process (its KV shared copy-on-write); the child belongs to the caller. params: the
+    child's own sampling params (as spawn's: e.g. another grammar), only between the turns of pid."""
     p = _proc(k, c, pid)
     k = _on(k, p)
-    k.engine.limits.check_new(k.engine, p.owner, len(p.tokens), max(0, p.params.max_tokens - p.turn_tokens))
-    return k.engine.fork(p.pid, holder=c.sid).pid
+    sp = None if params is None else _sampling(params)
+    left = max(0, p.params.max_tokens - p.turn_tokens) if sp is None else sp.max_tokens
+    k.engine.limits.check_new(k.engine, p.owner, len(p.tokens), left)
+    return k.engine.fork(p.pid, holder=c.sid, params=sp).pid
 
 
 def sys_ps(k: Kernel, c: Caller):

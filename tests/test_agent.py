@@ -15,7 +15,7 @@ import pytest
 from llmos.kernel import abi
 from llmos.kernel.waitq import WaitQueues
 from llmos.userland import lib
-from llmos.userland.agent import calc, runtime, sandbox, tools
+from llmos.userland.agent import calc, forks, runtime, sandbox, tools
 from llmos.userland.agent.tools import Tool
 from kernelkit import make_engine
 from test_server import ServerThread
@@ -138,8 +138,8 @@ def test_actions_are_tool_calls_or_answers_and_results_go_back_into_the_session(
 def test_fork_per_sub_task_in_the_agents_group(srv, k):
     parent = k.syscall(abi.Sys.SPAWN, [{"role": "user", "content": "Summarise: "}],
                        {"max_tokens": 8, "ignore_eos": True}, {"stdin": True})
-    outs = runtime.map_forks(k, parent, ["first part", "second part", "third part"])
-    assert len(outs) == 3 and all(outs)
+    outs = forks.fork_join(k, parent, ["first part", "second part", "third part"])    # open stdin: text
+    assert len(outs) == 3 and all(b.ok and b.text for b in outs)
     k.kill(parent, "KILL")
     k.wait(parent)
     # the children joined the parent's group while they ran: STOP of the group pauses them all

@@ -2,7 +2,8 @@
 generated set of JSON schemas and regexes is valid (checked by jsonschema and Python's re, not by
 llguidance), also across fork, SIGSTOP/SIGCONT, swap and recompute preemption and session turns;
 forced tokens are fed without sampling; a grammar that cannot finish ends with "length"; bad
-grammars are EINVAL naming the problem."""
+grammars are EINVAL naming the problem; a fork given its own params (another grammar) between
+turns, EBUSY within one."""
 
 from __future__ import annotations
 
@@ -189,6 +190,56 @@ def test_each_session_turn_starts_the_grammar_again_and_sigint_ends_one(model):
     second, ended, _ = s.channel.take()
     assert ended and s.state.name == "SLEEPING"
     jsonschema.validate(json.loads(second), SCHEMA)
+
+
+ANSWER = {"type": "object", "required": ["answer"], "additionalProperties": False,
+          "properties": {"answer": {"type": "string", "maxLength": 6}}}
+
+
+def test_fork_with_params_gives_the_child_its_own_grammar_from_its_next_turn(model):
+    e = engine(model)
+    s = e.spawn(prompt(10), params(seed=4, json_schema=SCHEMA), session=True)
+    e.run_until_idle()
+    s.channel.take()
+    kid = e.fork(s.pid, params=params(seed=5, json_schema=ANSWER))
+    assert kid.grammar.constraint.kind == "json_schema" and kid.grammar is not s.grammar
+    for q in (s, kid):
+        e.write(q.pid, model.tokenizer.encode("next", add_bos=False))
+    e.run_until_idle()
+    jsonschema.validate(json.loads(s.channel.take()[0]), SCHEMA)      # the parent keeps its own
+    jsonschema.validate(json.loads(kid.channel.take()[0]), ANSWER)
+    plain = e.fork(s.pid, params=params(max_tokens=7, seed=6))          # no grammar at all
+    e.write(plain.pid, model.tokenizer.encode("free", add_bos=False))
+    e.run_until_idle()
+    assert plain.grammar is None and plain.turn_tokens == 7
+
+
+def test_fork_with_params_of_an_open_prompt(model):
+    e = engine(model)
+    p = e.spawn(prompt(11), params(seed=1), stdin=True)
+    e.run_until_idle()
+    kid = e.fork(p.pid, params=params(seed=2, json_schema=ANSWER))
+    e.write(kid.pid, model.tokenizer.encode("part", add_bos=False))
+    e.close(kid.pid)
+    e.run_until_idle()
+    assert kid.exit.reason == "eos"
+    jsonschema.validate(json.loads(text(model, kid)), ANSWER)
+
+
+def test_fork_with_params_in_a_turn_is_ebusy_and_a_bad_grammar_einval(model):
+    e = engine(model)
+    s = e.spawn(prompt(13), params(max_tokens=3, seed=1), session=True)
+    e.run_until_idle()
+    with pytest.raises(KernelError) as ei:
+        e.fork(s.pid, params=SamplingParams.from_dict({"json_schema": {"type": "nope"}}))
+    assert ei.value.errno == errno.EINVAL and "nope" in str(ei.value)
+    p = e.spawn(prompt(12), params(seed=1, ignore_eos=True))
+    e.step()
+    with pytest.raises(KernelError) as ei:
+        e.fork(p.pid, params=params(json_schema=ANSWER))
+    assert ei.value.errno == errno.EBUSY and "between its turns" in str(ei.value)
+    assert {q.pid for q in e.procs.all()} == {p.pid, s.pid}               # no half-made child
+    assert e.fork(p.pid).grammar is None                                    # without params: as before
 
 
 # ---- bad grammars ------------------------------------------------------------------------------

@@ -3,12 +3,16 @@ kernel's grammars) to a tool call or a final answer; tools run in the sandbox; e
 written back into the same session (its KV kept: only the result is prefilled).
 
     {"tool": NAME, "args": {...}}     call a tool (args follow the tool's own JSON schema)
+    {"plan": [SUB-TASK, ...]}         (with plan=True) answer independent sub-tasks in parallel
     {"answer": TEXT}                  the final answer
 
-Planning: map(pid, prompts) forks a process once per sub-task (the children share its KV
-prefix copy-on-write and run in parallel in the kernel's batch), writes each child its sub-task
-and joins their answers in order. Every process an agent makes is in its session's process
-group, so `kill -STOP -PGID` pauses the whole agent and `kill -CONT -PGID` resumes it.
+Planning (forks.py): a plan action forks the session once per sub-task (the children share its
+KV copy-on-write: the whole conversation so far is never prefilled again), writes each child its
+sub-task, constrains each child to an answer (fork with the answer's grammar), runs them
+together in the kernel's batch, reaps them and writes their answers, in order, back into the
+session as one result; then the loop goes on. A child that fails is an error line in that
+result. Every process an agent makes is in its session's process group, so `kill -STOP -PGID`
+pauses the whole agent, children included, and `kill -CONT -PGID` resumes it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 
 from llmos.kernel.abi import Sys
 
-from . import sandbox
+from . import forks, sandbox
 from .tools import Tool
 
 SYSTEM = """You are an agent. You cannot do arithmetic in your head: for any calculation, first call
@@ -26,6 +30,13 @@ the calculator. Reply with one JSON object: {{"tool": NAME, "args": {{...}}}} to
 {{"answer": TEXT}} once a tool result gives you the answer.
 Tools:
 {tools}"""
+
+PLANNING = """
+To split a question into independent parts, reply {"plan": ["part one", "part two"]}: each part
+is answered separately, in parallel, and you get the answers."""
+
+ANSWER = {"type": "object", "additionalProperties": False, "required": ["answer"],
+          "properties": {"answer": {"type": "string", "maxLength": 1000}}}
 
 # Worked calls shown as earlier turns: a 135M model copies the latest turns' shape, so these end
 # with a call, never with an answer (which it would then give at once, unchecked).
@@ -56,7 +67,8 @@ class Outcome:
 class Agent:
     def __init__(self, client, tools: list[Tool], *, root: str = ".", allow_shell: bool = False,
                  max_steps: int = 6, max_tokens: int = 200, limits: sandbox.Limits = sandbox.Limits(),
-                 examples: bool = True, trace=None):
+                 examples: bool = True, trace=None, plan: bool = False, max_subtasks: int = 4,
+                 subtask_timeout_s: float | None = None):
         names = [t.name for t in tools]
         if len(set(names)) != len(names):
             raise ValueError("tool names must be unique")
@@ -67,18 +79,29 @@ class Agent:
         self.max_steps, self.max_tokens, self.limits = max_steps, max_tokens, limits
         self.examples = examples and "calculator" in self.tools
         self.trace = trace or (lambda step: None)
+        if not 2 <= max_subtasks <= 16:
+            raise ValueError("max_subtasks must be in [2, 16]")
+        self.plan, self.max_subtasks, self.subtask_timeout_s = plan, max_subtasks, subtask_timeout_s
 
     def action_schema(self) -> dict:
-        """A tool call (one branch per tool, its arguments by its schema) or a final answer."""
+        """A tool call (one branch per tool, its arguments by its schema), a plan (when planning
+        is on) or a final answer."""
         calls = [{"type": "object", "additionalProperties": False, "required": ["tool", "args"],
                   "properties": {"tool": {"const": t.name}, "args": t.parameters}} for t in self.tools.values()]
-        answer = {"type": "object", "additionalProperties": False, "required": ["answer"],
-                  "properties": {"answer": {"type": "string", "maxLength": 1000}}}
-        return {"anyOf": [*calls, answer]}
+        return {"anyOf": [*calls, *([self.plan_schema()] if self.plan else []), self.answer_schema()]}
+
+    def answer_schema(self) -> dict:
+        return ANSWER
+
+    def plan_schema(self) -> dict:
+        tasks = {"type": "array", "minItems": 2, "maxItems": self.max_subtasks,
+                 "items": {"type": "string", "minLength": 1, "maxLength": 300}}
+        return {"type": "object", "additionalProperties": False, "required": ["plan"], "properties": {"plan": tasks}}
 
     def messages(self, question: str) -> list[dict]:
         listing = "\n".join(f"- {t.name}: {t.description}" for t in self.tools.values())
-        return [{"role": "system", "content": SYSTEM.format(tools=listing)},
+        system = SYSTEM.format(tools=listing or "(none)") + (PLANNING if self.plan else "")
+        return [{"role": "system", "content": system},
                 *(EXAMPLE if self.examples else []), {"role": "user", "content": question}]
 
     def start(self, question: str, pgid: int | None = None) -> int:
@@ -112,7 +135,10 @@ class Agent:
             if len(out.steps) == self.max_steps:
                 out.error = f"no answer after {self.max_steps} tool calls"
                 return out
-            step = self.call(action["tool"], action["args"])
+            if "plan" in action:
+                step = self.fork_plan(pid, action["plan"])
+            else:
+                step = self.call(action["tool"], action["args"])
             out.steps.append(step)
             self.trace(step)
             self.k.write(pid, {"role": "user", "content": result_message(step)})
@@ -125,6 +151,17 @@ class Agent:
         r = sandbox.run(tool, args, self.cfg, self.limits)
         return Step(name, args, r.ok, r.output)
 
+    def fork_plan(self, pid: int, tasks: list[str]) -> Step:
+        """Answer each sub-task in a fork of the sleeping session pid (constrained to an answer),
+        all at once; the step's output lists the answers (or errors) in the plan's order."""
+        params = {"json_schema": self.answer_schema(), "max_tokens": self.max_tokens, "temperature": 0}
+        inputs = [{"role": "user", "content": subtask_message(t)} for t in tasks]
+        branches = forks.fork_join(self.k, pid, inputs, params, self.subtask_timeout_s)
+        answers = [answer_of(b) for b in branches]
+        lines = [f"{i}. {t}: {'' if ok else 'error: '}{a}" for i, (t, (ok, a)) in enumerate(zip(tasks, answers), 1)]
+        return Step("plan", {"tasks": tasks, "pids": [b.pid for b in branches]},
+                    all(ok for ok, _ in answers), "\n".join(lines))
+
     def end(self, pid: int) -> None:
         try:
             self.k.kill(pid, "KILL")
@@ -133,33 +170,27 @@ class Agent:
             pass
 
 
+def subtask_message(task: str) -> str:
+    return f'Answer only this part: {task}\nReply {{"answer": "..."}}.'
+
+
+def answer_of(b: forks.Branch) -> tuple[bool, str]:
+    """(ok, the answer or what went wrong) of a sub-task's child."""
+    if not b.ok:
+        return False, b.text
+    try:
+        return True, json.loads(b.text)["answer"]
+    except (ValueError, KeyError, TypeError):
+        return False, f"no whole answer (max_tokens?): {b.text[:200]!r}"
+
+
 def result_message(step: Step) -> str:
     """What the session reads after a tool call (a small model needs the way on spelled out)."""
+    if step.tool == "plan":
+        return (f"Answers to the parts of the plan:\n{step.output}\nIf this answers the question, reply "
+                f'{{"answer": "..."}} with it.')
     if not step.ok:
         return f"Error from {step.tool}: {step.output}\nFix the call, or use another tool."
     return (f"Result of {step.tool}: {step.output}\nIf this answers the question, reply "
             f'{{"answer": "..."}} with it.')
 
-
-def map_forks(k, pid: int, inputs: list[str]) -> list[str]:
-    """Fork pid once per input (a process spawned with stdin=True whose prompt is the shared
-    prefix), write each child its input, close it and join the answers in order. The children
-    share the prefix's KV copy-on-write and generate together in the kernel's batch."""
-    kids = []
-    try:
-        for text in inputs:
-            c = k.fork(pid)
-            kids.append(c)
-            k.write(c, text)
-            k.close_stdin(c)
-        return ["".join(k.stream(c)).strip() for c in kids]
-    finally:
-        for c in kids:
-            try:
-                k.kill(c, "KILL")
-            except OSError:
-                pass
-            try:
-                k.wait(c)
-            except OSError:
-                pass

@@ -37,17 +37,22 @@ def pieces(text: str, size: int) -> list[str]:
     return out + ([cur] if cur else [])
 
 
-def forked_answers(io: program.IO, instructions: str, inputs: list[str], max_tokens: int, name: str) -> list[str]:
-    """The map step shared with translate: a held-open prompt, a fork per input, answers in order."""
-    from llmos.userland.agent.runtime import map_forks
+def forked_answers(io: program.IO, instructions: str, inputs: list[str], max_tokens: int, name: str) -> list[str] | None:
+    """The map step shared with translate: a held-open prompt, a fork of it per input
+    (userland/agent/forks.py), answers in order; None (each failure said on stderr) if any failed."""
+    from llmos.userland.agent.forks import fork_join
     k = io.client
     parent = k.syscall(Sys.SPAWN, [{"role": "user", "content": instructions}],
                        {"max_tokens": max_tokens, "temperature": 0}, {"stdin": True, "command": name})
     try:
-        return map_forks(k, parent, inputs)
+        branches = fork_join(k, parent, inputs)
     finally:
         k.kill(parent, "KILL")
         k.wait(parent)
+    for i, b in enumerate(branches, 1):
+        if not b.ok:
+            io.error(f"part {i} of {len(branches)}: {b.text}")
+    return None if not all(b.ok for b in branches) else [b.text.strip() for b in branches]
 
 
 def main(argv: list[str], io: program.IO | None = None) -> int:
@@ -68,6 +73,8 @@ def _summarize(args, io: program.IO) -> int:
         io.error(f"{args.file}: nothing to summarise")
         return 1
     parts = forked_answers(io, MAP, chunks, args.max_tokens, f"summarize {args.file}"[:40])
+    if parts is None:
+        return 1
     if len(parts) == 1:
         io.write(parts[0] + "\n")
         return 0

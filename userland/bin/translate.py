@@ -40,7 +40,10 @@ def _translate(args, io: program.IO) -> int:
     if not paragraphs:
         raise program.UsageError("nothing to translate")
     instructions = f"Translate the following text into {args.to}. Reply with the translation only.\n\n"
-    io.write("\n\n".join(forked_answers(io, instructions, paragraphs, args.max_tokens, f"translate {args.to}")) + "\n")
+    parts = forked_answers(io, instructions, paragraphs, args.max_tokens, f"translate {args.to}")
+    if parts is None:
+        return 1
+    io.write("\n\n".join(parts) + "\n")
     return 0
 
 
