@@ -12,6 +12,10 @@ Prefix caching: a full block's digest is blake2b(parent digest + its token ids),
 the whole prefix up to the block's end; a hit is also verified by comparing the block's tokens
 and parent digest. A strong digest (not Python's hash) because blocks are shared across owners.
 
+Persistent tier (optional, kernel/prefixdisk.py as `disk`): a prefix lookup that misses in memory
+asks the disk, which verifies the block's tokens; a block hit in memory is written there (hot), and
+persist() writes every registered block (the kernel's shutdown).
+
 Writes: a block is written only when its refcount is 1 and it is not registered in the prefix
 cache; `append` copies any other block (copy-on-write after fork, or a registered block) first.
 Swap: `swap_out` moves the blocks a process holds alone to host memory (shared ones stay where
@@ -74,6 +78,7 @@ class KVCache:
         self.key: list[tuple[bytes, bytes, tuple] | None] = [None] * self.num_blocks  # digest, parent, tokens
         self.by_digest: dict[bytes, int] = {}
         self.tables: dict[int, Table] = {}
+        self.disk = None                # kernel/prefixdisk.py's PrefixDisk: the persistent tier, if on
         self.counters = dict(prefix_queried=0, prefix_hit=0, cow_copies=0, evictions=0,
                              swapped_out=0, swapped_in=0)
 
@@ -148,14 +153,47 @@ class KVCache:
             blk = tuple(tokens[i * bs:(i + 1) * bs])
             digest = block_digest(t.digest, blk)
             b = self.by_digest.get(digest)
+            if b is None and self.disk is not None:
+                b = self._from_disk(digest, t.digest, blk)
             if b is None or self.key[b][1] != t.digest or self.key[b][2] != blk:
                 break
+            if self.disk is not None and not self.disk.has(digest):
+                self._to_disk(b)                # hit: a hot prefix, kept across restarts
             self._acquire(b)
             t.blocks.append(b)
             t.digest, t.hashed = digest, i + 1
         t.tokens = len(t.blocks) * bs
         self.counters["prefix_hit"] += t.tokens
         return t.tokens
+
+    def _from_disk(self, digest: bytes, parent: bytes, blk: tuple):
+        """The persistent tier's copy of a block, into a cached block (None: absent or rejected)."""
+        if not self.disk.has(digest) or not self.available():
+            return None
+        handle = self.disk.load(digest, parent, blk)
+        if handle is None:
+            return None
+        b = self._take()
+        self.storage.swap_in(handle, [b])
+        self.key[b], self.by_digest[digest] = (digest, parent, blk), b
+        self.ref[b] = 0
+        self.cached[b] = None
+        return b
+
+    def _to_disk(self, b: int) -> bool:
+        digest, parent, blk = self.key[b]
+        return self.disk.save(digest, parent, blk, *self.storage.swap_out([b]))
+
+    def persist(self) -> int:
+        """Write every registered block to the persistent tier, parents first (in registration
+        order), until it is full; returns how many were written."""
+        n = 0
+        for digest, b in list(self.by_digest.items()) if self.disk is not None else ():
+            if not self.disk.has(digest):
+                if not self._to_disk(b):
+                    break
+                n += 1
+        return n
 
     def _writes(self, t: Table, start: int, n: int):
         """Indices of existing blocks that [start, start+n) writes and that must be copied first."""

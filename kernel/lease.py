@@ -3,9 +3,11 @@
 A session (a connection after hello) holds the processes it spawned or forked (Process.holder is
 its sid). When the transport reports it gone (kernel/server.py: socket monitor, failed send,
 probe), lost(sess) starts its lease; lease_s later end(sess) gives every process it held to init
-(xv6's reparent-to-init, engine.orphan): live non-detached ones get SIGKILL, detached ones live on
-(nohup), and init reaps each of them once it is a zombie. A client that comes back within the
-lease cannot reclaim its processes: its routing id is forgotten when the session is lost.
+(xv6's reparent-to-init, engine.orphan): live non-detached ones get SIGKILL and init reaps each
+once it is a zombie; detached ones live on (nohup) and, once they exit, stay zombies with their
+status and unread output until their owner's wait() reaps them (any connection of that user). A
+client that comes back within the lease cannot reclaim its processes: its routing id is forgotten
+when the session is lost (it reaches its detached processes as their owner, by pid).
 """
 
 from __future__ import annotations

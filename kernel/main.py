@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--models-memory", type=_size, metavar="BYTES",
                     help="memory for all resident models, weights + KV (e.g. 8G; default: the default "
                          "model's + 80%% of the memory available after boot); see kernel/models.py")
+    ap.add_argument("--prefix-disk", type=_size, metavar="SIZE",
+                    help="keep full KV blocks of prefixes on disk, at most SIZE (e.g. 2G), under "
+                         "$LLMOS_HOME/prefix, so they are not prefilled again after a restart (off by default)")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
     return ap
 
@@ -81,6 +84,18 @@ def _size(text: str) -> int:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"a size must be > 0, got {text!r}")
     return v
+
+
+def _prefix_disk(engine, path: Path, limit: int) -> None:
+    """The persistent prefix-cache tier (kernel/prefixdisk.py) of the default model's KV pool."""
+    from llmos.drivers.catalog import home
+    from .checkpoint import fingerprint
+    from .prefixdisk import PrefixDisk
+    st = engine.storage
+    shape = tuple(st.swap_out([0])[0].shape)
+    key = f"{fingerprint(str(path))}-{str(st.dtype).replace('torch.', '')}-bs{st.block_size}"
+    engine.kv.disk = d = PrefixDisk(home() / "prefix", key, shape, st.dtype, limit)
+    log.info("boot: prefix disk %s: %d blocks, %.1f of %.1f MiB", d.dir, len(d.files), d.used / 2**20, limit / 2**20)
 
 
 def main(argv: list[str]) -> int:
@@ -193,6 +208,8 @@ def serve(args, rt: Path) -> int:
                  getattr(model, "weight_format", lambda: str(model.dtype))())
         waits = WaitQueues()
         engine = Engine(model, config, on_wake=waits.wake, limits=_limits(args))
+        if args.prefix_disk:
+            _prefix_disk(engine, path, args.prefix_disk)
         gc.freeze()     # model and pool live for the boot: keep them out of full GC passes (p99)
         kv = engine.kv.stats()
         log.info("boot: KV pool %d blocks x %d tokens, %.1f MiB", kv["total"], kv["block_size"],
@@ -241,6 +258,8 @@ def serve(args, rt: Path) -> int:
         log.info("boot: loop    uvloop; ready in %.1f s", time.monotonic() - t0)
         uvloop.run(_run(server))
     finally:
+        if engine.kv.disk is not None:
+            log.info("prefix disk: %d blocks written at shutdown", engine.kv.persist())
         for p in (abi.pid_path(rt), abi.token_path(rt), Path(endpoints[0][6:])):
             p.unlink(missing_ok=True)
         log.info("stopped")

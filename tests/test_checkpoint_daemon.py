@@ -47,11 +47,12 @@ def env(base):
                 PYTHONUNBUFFERED="1")
 
 
-def boot(env, model, fsize: int | None = None) -> subprocess.Popen:
-    """A kernel in the foreground (so the test can SIGKILL it), answering once this returns."""
+def boot(env, model, fsize: int | None = None, extra=()) -> subprocess.Popen:
+    """A kernel in the foreground (so the test can SIGKILL it), answering once this returns;
+    extra: more `serve` arguments."""
     limit = None if fsize is None else (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize)))
     k = subprocess.Popen([sys.executable, "-m", "llmos.kernel.main", "serve", "--model", model, "--kv-blocks",
-                          "256", "--block-size", "4", "--dtype", "fp32", "--lease", "30"], env=env,
+                          "256", "--block-size", "4", "--dtype", "fp32", "--lease", "30", *extra], env=env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          preexec_fn=limit)
     rt = Path(env["LLMOS_RUNTIME_DIR"])
