@@ -109,4 +109,6 @@ class Gemma3Model(LlamaModel):
             x += F.rms_norm(y.float(), (c.hidden_size,), layer.extra["post_ffw_norm"], eps)
         if want.numel() == 0:
             return torch.empty(0, c.vocab_size, device=dev)
+        if interrupt is not None and interrupt.is_set():       # and before the output layer
+            raise Preempted
         return self.lm_head(x.index_select(0, want), norm=self.out_norm, eps=eps).float()

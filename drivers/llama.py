@@ -186,8 +186,8 @@ class LlamaModel:
     def forward(self, seqs: list[SeqInput], kv: KVStorage, interrupt=None) -> torch.Tensor:
         """Run one step. Returns float32 logits [n_want, vocab], rows in the order of the seqs
         with want_logits. Caller guarantees block tables are valid and exclusively writable at
-        the new tokens' slots. interrupt: a threading.Event checked before each layer; once
-        set, raises Preempted."""
+        the new tokens' slots. interrupt: a threading.Event checked before each layer and the
+        output layer; once set, raises Preempted."""
         c, dev = self.config, self.device
         for s in seqs:
             if s.start_pos + len(s.token_ids) > c.context_length:
@@ -224,6 +224,8 @@ class LlamaModel:
             layer.w_down(layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps), swiglu=True, out=x)
         if want.numel() == 0:
             return torch.empty(0, c.vocab_size, device=dev)
+        if interrupt is not None and interrupt.is_set():       # and before the output layer
+            raise Preempted
         return self.lm_head(x.index_select(0, want), norm=self.out_norm, eps=eps).float()
 
     def _linears(self) -> list:

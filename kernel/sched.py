@@ -243,7 +243,14 @@ class Scheduler:
         prefills.sort(key=self._rank)
         plan: list[tuple[Process, int]] = []
         planned: set[int] = set()
-        for p in [p for _, _, p in urgent] + decodes + prefills:
+        if urgent:          # the others get at most `extra` (a prefix hit may leave budget over)
+            budget = min(extra, self._serve([p for _, _, p in urgent], budget, plan, planned))
+        self._serve(decodes + prefills, budget, plan, planned)
+        return plan
+
+    def _serve(self, queue: list[Process], budget: int, plan: list, planned: set) -> int:
+        """Plan `queue`'s tokens in order within `budget`; returns the budget left."""
+        for p in queue:
             if budget <= 0:
                 break
             if p.state is not ProcState.RUNNING or p.owner in self.held:
@@ -257,7 +264,7 @@ class Scheduler:
                 del self.running[p.pid]          # no memory to start: give the place back
                 preempt(p)
                 self.ready[p.pid] = p
-        return plan
+        return budget
 
     def _memory_for(self, p: Process, budget: int, planned) -> int:
         """Get p the blocks for its next tokens (evicting others if that suffices); return how

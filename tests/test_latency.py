@@ -177,3 +177,45 @@ def test_a_sized_step_that_misses_its_target_halves_the_others_share(model):
     assert sizes[0] == 8                          # its prefill alone
     assert sizes[1:] == [6, 3, 2, 1, 2]          # halved on each miss, one more after a hit
     assert vip.alive
+
+
+def test_a_prefix_hit_does_not_let_others_into_a_latency_sensitive_prefill(model):
+    """The prefill's budget is counted before its prefix-cache hit: what the hit saves is not
+    handed to the others (the step stays as small as the prefill itself)."""
+    e = make_engine(model, 512, block_size=4)
+    e.sched.step_model = Fixed()
+    shared = prompt(98, 16)
+    first = e.spawn(shared + [7, 8, 9, 10], greedy(2))
+    e.run_until_idle()
+    crowd = [e.spawn(prompt(i, 8), greedy(400)) for i in range(24)]
+    for _ in range(3):
+        e.step()
+    vip = e.spawn(shared + [11, 12, 13, 14], greedy(4), nice=-10)
+    plan = e.schedule()
+    assert [(p, n) for p, _, n in plan.entries] == [(vip, 4)] and vip.stats.cached == 16
+    e.commit(plan, e.execute(plan))
+    assert first.exit and all(p.alive for p in crowd)
+
+
+class SetAfter:
+    """An interrupt that reads as set from its n-th check on (the forward checks before each
+    layer and before the output layer)."""
+
+    def __init__(self, n):
+        self.n, self.checks = n, 0
+
+    def is_set(self):
+        self.checks += 1
+        return self.checks > self.n
+
+
+@pytest.mark.parametrize("layers_done", [0, 1, "all"])
+def test_forward_stops_before_any_layer_and_before_the_output_layer(model, layers_done):
+    from llmos.drivers.llama import Preempted, SeqInput
+    n = model.config.n_layers if layers_done == "all" else layers_done
+    kv = model.new_kv(8, 4)
+    flag = SetAfter(n)
+    with pytest.raises(Preempted):
+        model.forward([SeqInput(prompt(1, 6), 0, [1, 2])], kv, flag)
+    assert flag.checks == n + 1
+    assert model.forward([SeqInput(prompt(1, 6), 0, [1, 2])], kv, SetAfter(10 ** 6)).shape[0] == 1
