@@ -1,4 +1,6 @@
 """Models as loadable modules: the resident models, loaded on first use, unloaded when idle.
+(Over 300 lines: loading, the memory budget and keep-alive all decide one thing, which models
+are resident, and share the table's state.)
 
 Why this shape:
   * One Engine per resident model (its driver, tokenizer, KV pool, scheduler, process table).
@@ -352,7 +354,7 @@ class Models:
         out = [r.record(self.keep_alive_s) for r in self.residents()]
         out += [{"name": display_name(Path(k)), "path": k, "loaded": False, "loading": True} for k in self.loading]
         have = set(self.table) | set(self.loading)
-        out += [{"name": f.stem, "path": str(f), "loaded": False} for f in catalog.cached()
+        out += [{"name": display_name(f), "path": str(f), "loaded": False} for f in catalog.cached()
                 if os.path.realpath(f) not in have]
         return out
 

@@ -60,7 +60,8 @@ def models_text(models: list[dict]) -> str:
 def cache_listing() -> list[dict]:
     """The cache and the catalog, without a kernel (nothing loaded)."""
     from llmos.drivers import catalog
-    out = [{"name": f.stem, "path": str(f), "loaded": False} for f in catalog.cached()]
+    names = {catalog.cached_path(n): n for n in catalog.CATALOG}
+    out = [{"name": names.get(f, f.stem), "path": str(f), "loaded": False} for f in catalog.cached()]
     have = {m["path"] for m in out}
     out += [{"name": n, "path": "", "loaded": False, "pull": f"llmos pull {n}"}
             for n in catalog.CATALOG if str(catalog.cached_path(n)) not in have]
