@@ -138,10 +138,10 @@ class Server:
         self.waits = kernel.waits
         self.models = Models.of(kernel)         # the resident models' engines (kernel/models.py)
         self.leases = Leases(self.models if kernel.engine is not None else None, kernel.lease_s, self._wake_engine)
-        kernel.wake_engine = self._wake_engine     # for work a handler adds later (a restore)
         self.outbox = Outbox()                  # replies the socket refused (kernel/outbox.py)
         self.ended: dict[bytes, str] = {}       # routing id -> why the kernel ended its session
         self._flush_scheduled = False
+        kernel.wake_engine = self._wake_engine     # for work a handler adds later (a restore)
         self.sessions: dict[bytes, Session] = {}
         self._sids = itertools.count(1)         # session ids; 0 is init (proc.INIT)
         self._kick_scheduled = self._in_drain = False
@@ -197,6 +197,7 @@ class Server:
             for t in tasks:
                 t.cancel()
             self.leases.cancel_all()
+            self._flush()              # the last answers (ESHUTDOWN to parked calls) may be waiting
             self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
             self.loop.remove_reader(self.mon.getsockopt(zmq.FD))
             self.sock.disable_monitor()
