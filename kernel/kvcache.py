@@ -366,7 +366,7 @@ class KVCache:
                     bytes_per_block=self.storage.bytes_per_block,
                     slot_utilisation=(sum(fill.values()) / (used * bs)) if used else 1.0,
                     prefix_hit_rate=(c["prefix_hit"] / c["prefix_queried"]) if c["prefix_queried"] else 0.0,
-                    **c)
+                    **c, **({"prefix_disk": self.disk.stats()} if self.disk is not None else {}))
 
     def check_invariants(self) -> None:
         """Raise AssertionError unless every block is free xor cached xor referenced, and

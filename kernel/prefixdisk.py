@@ -64,6 +64,10 @@ class PrefixDisk:
     def used(self) -> int:
         return sum(self.files.values())
 
+    def stats(self) -> dict:
+        """For meminfo: files, bytes, the limit and the load/save/reject/eviction counts."""
+        return dict(files=len(self.files), bytes=self.used, limit=self.limit, **self.counters)
+
     def has(self, digest: bytes) -> bool:
         return digest in self.files
 

@@ -50,7 +50,7 @@ def test_a_prefix_paid_for_once_is_not_prefilled_after_a_restart(model, tmp_path
     again = run(e2 := boot(model, tmp_path), LONG)
     assert again.stats.cached == (len(LONG) - 1) // BS * BS                  # every full block from disk
     assert again.output_ids == first.output_ids == solo(model, LONG, N)
-    assert e2.kv.disk.counters["disk_loads"] == (len(LONG) - 1) // BS
+    assert e2.kv.stats()["prefix_disk"]["disk_loads"] == (len(LONG) - 1) // BS
     e2.kv.check_invariants()
 
 
