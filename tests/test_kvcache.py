@@ -213,3 +213,22 @@ def test_check_invariants_detects_corruption():
     kv.free_list.append(kv.tables[1].blocks[1])
     with pytest.raises(AssertionError):
         kv.check_invariants()
+
+
+@pytest.mark.parametrize("how", ["freed", "evicted from the cache"])
+def test_debug_builds_poison_a_block_that_leaves_use(how):
+    """With junk_on_free (LLMOS_DEBUG, tests) a freed or evicted block holds JUNK in every layer's
+    K and V, so a stale read shows in the outputs; without it the old values stay."""
+    for junk in (True, False):
+        storage = KVStorage(n_layers=2, num_blocks=2, block_size=BS, n_kv_heads=1, head_dim=2,
+                            dtype=torch.float32)
+        kv = KVCache(storage, prefix_cache=how != "freed", junk_on_free=junk)
+        fill(kv, 1, list(range(10, 10 + BS)))
+        b = kv.tables[1].blocks[0]
+        kv.free(1)
+        if how != "freed":                       # registered: cached, still readable until taken
+            assert float(storage.k[0, b, 0, 0, 0]) == 10.0
+            kv.append(2, 0, 2 * BS)              # needs both blocks: evicts the cached one
+            assert b in kv.tables[2].blocks
+        poisoned = bool((storage.k[:, b] == kvcache.JUNK).all() and (storage.v[:, b] == kvcache.JUNK).all())
+        assert poisoned == junk
