@@ -17,8 +17,9 @@ Contracts
     process rebuilt from its tokens: checkpoint/restore). Matcher.copy() is an independent copy
     (fork). A Matcher is used by one thread at a time: the engine's owner thread.
   * fill_masks(matchers) -> int32 bitmasks [n, ceil(V/32)] for one step, computed for the whole
-    batch at once by llguidance's thread pool (the GIL released); apply_masks(logits, masks)
-    sets the disallowed logits of those rows to -inf (drivers/runner.py's mask hook).
+    batch at once by llguidance's thread pool (the GIL released); apply_masks(logits, masks,
+    params) sets the disallowed logits of those rows to -inf (drivers/runner.py's mask hook),
+    skipping greedy rows whose best token is allowed anyway.
   * Matcher.consume(tok) -> False when the grammar rejects tok (it cannot, after a mask); then
     .error says why. .forced() lists the tokens the grammar allows as the only continuation
     (fed without sampling). .stopped: the grammar is complete and allows nothing more.
@@ -35,6 +36,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 KINDS = ("json_schema", "regex", "grammar", "choice")
@@ -252,21 +254,42 @@ def fill_masks(matchers: list[Matcher]) -> torch.Tensor:
     return out
 
 
-_SHIFTS = torch.arange(8, dtype=torch.uint8)
-
-
-def apply_masks(logits: torch.Tensor, masks: list) -> torch.Tensor:
+def apply_masks(logits: torch.Tensor, masks: list, params: list | None = None) -> torch.Tensor:
     """Set the logits that row i's mask (a [W] int32 bitmask, or None: unconstrained) forbids to
-    -inf. Returns logits (modified in place where masked)."""
+    -inf. Returns logits (modified in place where masked).
+    params (the rows' SamplingParams): a greedy row with no logit_bias, penalties or logprobs
+    whose unmasked best token its grammar allows is left as it is: greedy sampling then picks
+    that same token, so the pass over its vocabulary is skipped (exact; llama.cpp also checks the
+    sampled token first). Only the others are masked, with one unpack of the bitmask."""
     rows = [i for i, m in enumerate(masks) if m is not None]
+    if rows and params is not None:
+        lazy = [i for i in rows if _plain_greedy(params[i])]
+        if lazy:
+            best = logits.argmax(dim=-1).tolist()          # what sample() picks for a greedy row
+            fine = {i for i in lazy if _allows(masks[i], best[i])}
+            rows = [i for i in rows if i not in fine]
     if not rows:
         return logits
     bm = torch.stack([masks[i] for i in rows])
-    allowed = ((bm.view(torch.uint8).unsqueeze(-1) >> _SHIFTS) & 1).view(len(rows), -1).bool()
     v = logits.shape[1]
-    if allowed.shape[1] < v:        # logits wider than the vocabulary (a padded output head)
-        allowed = torch.cat([allowed, allowed.new_zeros(len(rows), v - allowed.shape[1])], dim=1)
-    idx = torch.tensor(rows, device=logits.device)
+    bits = min(v, bm.shape[1] * 32)
+    banned = torch.from_numpy(np.unpackbits((~bm).numpy().view(np.uint8), axis=1, count=bits,
+                                            bitorder="little").view(np.bool_))
+    if bits < v:                    # logits wider than the vocabulary (a padded output head)
+        banned = torch.cat([banned, banned.new_ones(len(rows), v - bits)], dim=1)
+    banned = banned.to(logits.device)
     with torch.inference_mode():    # the forward's logits are inference tensors: update in place
-        sub = logits.index_select(0, idx).masked_fill_(~allowed[:, :v].to(logits.device), float("-inf"))
+        if len(rows) == logits.shape[0]:
+            return logits.masked_fill_(banned, float("-inf"))
+        idx = torch.tensor(rows, device=logits.device)
+        sub = logits.index_select(0, idx).masked_fill_(banned, float("-inf"))
         return logits.index_copy_(0, idx, sub)
+
+
+def _plain_greedy(p) -> bool:
+    return p.temperature == 0 and not (p.logit_bias or p.penalized or p.logprobs)
+
+
+def _allows(mask: torch.Tensor, tok: int) -> bool:
+    """Bit tok of a [W] int32 bitmask."""
+    return tok < mask.shape[0] * 32 and (int(mask[tok >> 5]) >> (tok & 31)) & 1 == 1

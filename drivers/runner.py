@@ -106,16 +106,17 @@ class ModelRunner:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def mask(self, logits: torch.Tensor, masks: list) -> torch.Tensor:
-        """Per-row grammar masks before sampling: forbidden tokens' logits become -inf."""
-        return apply_masks(logits, masks) if any(m is not None for m in masks) else logits
+    def mask(self, logits: torch.Tensor, masks: list, params: list | None = None) -> torch.Tensor:
+        """Per-row grammar masks before sampling: forbidden tokens' logits become -inf (params:
+        greedy rows whose best token is allowed are skipped, drivers/grammar.py)."""
+        return apply_masks(logits, masks, params) if any(m is not None for m in masks) else logits
 
     def _run(self, seqs, params, generators, seeds, masks, histories):
         logits = self.model.forward(seqs, self.storage, self.interrupt)
         for g, s in zip(generators, seeds):
             if s is not None:
                 g.manual_seed(s)
-        res = sample(self.mask(logits, masks), params, generators, histories) if params else None
+        res = sample(self.mask(logits, masks, params), params, generators, histories) if params else None
         out_t, out_lp, out_top, row = [], [], [], 0
         for seq in seqs:
             if seq.want_logits:

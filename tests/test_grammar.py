@@ -15,6 +15,7 @@ import signal
 
 import jsonschema
 import pytest
+import torch
 
 from llmos.drivers.grammar import Constraint, GrammarError
 from llmos.drivers.sampler import SamplingParams
@@ -240,6 +241,31 @@ def test_fork_with_params_in_a_turn_is_ebusy_and_a_bad_grammar_einval(model):
     assert ei.value.errno == errno.EBUSY and "between its turns" in str(ei.value)
     assert {q.pid for q in e.procs.all()} == {p.pid, s.pid}               # no half-made child
     assert e.fork(p.pid).grammar is None                                    # without params: as before
+
+
+def test_apply_masks_skips_only_greedy_rows_whose_best_token_is_allowed():
+    from llmos.drivers.grammar import apply_masks
+    gen = torch.Generator().manual_seed(0)
+    v, n = 200, 8                                        # a padded head: 200 logits, 7 mask words (224 bits)
+    logits = torch.randn(n, v, generator=gen)
+    best = logits.argmax(-1)
+    masks = [torch.randint(-2**31, 2**31 - 1, (7,), dtype=torch.int32, generator=gen) for _ in range(n)]
+    for i in (0, 2, 4):                                  # rows whose best token the grammar forbids
+        masks[i][best[i] >> 5] &= ~(1 << (best[i] & 31))
+    for i in (1, 3, 5, 6):
+        masks[i][best[i] >> 5] |= 1 << (best[i] & 31)
+    masks[7] = None
+    greedy, hot = SamplingParams(), SamplingParams(temperature=1.0)
+    params_ = [greedy, greedy, greedy, greedy, hot, hot, SamplingParams(logprobs=True), greedy]
+    full = apply_masks(logits.clone(), masks)
+    lazy = apply_masks(logits.clone(), masks, params_)
+    for i in range(n):
+        allowed = torch.tensor([(int(masks[i][t >> 5]) >> (t & 31)) & 1 == 1 if t < 224 else False
+                                for t in range(v)]) if masks[i] is not None else torch.ones(v, dtype=torch.bool)
+        assert torch.equal(torch.isinf(full[i]), ~allowed)                  # the full mask: exactly the bits
+        assert int(lazy[i].argmax()) == int(full[i].argmax())               # greedy picks the same token
+    skipped = [i for i in range(n) if not torch.isinf(lazy[i]).any()]
+    assert skipped == [1, 3, 7]            # greedy + allowed best, and the unconstrained row; never the others
 
 
 # ---- bad grammars ------------------------------------------------------------------------------
