@@ -6,6 +6,10 @@ one contiguous slice that reshapes to ``[G, q_len, heads, head_dim]`` without co
 group the keys and values are gathered through the block tables into ``[G, kv_heads, ctx, head_dim]``
 and handed to ``scaled_dot_product_attention`` (GQA, boolean mask for causality and padding). The
 same code runs on CUDA, where SDPA picks its fused kernels; the gather is the paging.
+
+On a CPU with an fp32 pool and the compiled kernels (drivers/attention_kernels.cpp), the
+quantized path uses ``paged_attention_flat`` instead: one C call per layer reads keys and values
+straight through the block tables (no gather, no mask tensors), for any mix of sequences.
 """
 
 from __future__ import annotations
@@ -71,6 +75,63 @@ def build_metadata(seq_lens: list[tuple[int, int, list[int]]], order: list[int],
         row += (j - i) * q_len
         i = j
     return AttentionMetadata(groups, torch.tensor(slots, dtype=torch.long, device=device))
+
+
+@dataclass
+class FlatMetadata:
+    """Per new token: its sequence (row of ``tables``) and position; and where its K/V go."""
+    slots: torch.Tensor             # [T] long: flat KV slot of each new token
+    tables: torch.Tensor            # [n_seqs, max_blocks] long, padded with block 0
+    seq_of: torch.Tensor            # [T] long: row of tables
+    positions: torch.Tensor         # [T] long
+
+
+def build_flat_metadata(seq_lens: list[tuple[int, int, list[int]]], order: list[int],
+                        block_size: int) -> FlatMetadata:
+    """As build_metadata (same arguments, same flat layout), for paged_attention_flat."""
+    slots: list[int] = []
+    seq_of: list[int] = []
+    pos: list[int] = []
+    for i in order:
+        start, n, bt = seq_lens[i]
+        for p in range(start, start + n):
+            slots.append(bt[p // block_size] * block_size + p % block_size)
+        seq_of.extend([i] * n)
+        pos.extend(range(start, start + n))
+    width = max((-(-(start + n) // block_size) for start, n, _ in seq_lens), default=1)
+    tables = [bt[:width] + [0] * (width - len(bt[:width])) for _, _, bt in seq_lens]
+    t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    return FlatMetadata(t(slots), t(tables), t(seq_of), t(pos))
+
+
+def store_kv_flat(lib, qkv: torch.Tensor, n_heads: int, head_dim: int, k_cache: torch.Tensor,
+                  v_cache: torch.Tensor, meta: FlatMetadata) -> None:
+    """Write this step's K and V (the columns after the queries in fused fp32 QKV rows) into the
+    pool at meta.slots, in C."""
+    assert qkv.dtype == k_cache.dtype == torch.float32 and qkv.stride(1) == 1
+    assert k_cache.is_contiguous() and v_cache.is_contiguous()
+    lib.llmos_kv_store(qkv.data_ptr(), qkv.stride(0), qkv.shape[0], n_heads, k_cache.shape[2],
+                       head_dim, meta.slots.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr())
+
+
+def paged_attention_flat(lib, q: torch.Tensor, n_heads: int, head_dim: int, k_cache: torch.Tensor,
+                         v_cache: torch.Tensor, meta: FlatMetadata, scale: float,
+                         window: int | None = None) -> torch.Tensor:
+    """As paged_attention, on the CPU in C (``lib``: drivers/quant.py's kernels). q: fp32
+    [T, >= n_heads * head_dim] whose first n_heads * head_dim columns are the queries (a view of
+    the fused QKV rows is fine); caches fp32 and contiguous. window: sliding window or None."""
+    T = q.shape[0]
+    assert q.dtype == k_cache.dtype == torch.float32 and q.stride(1) == 1
+    assert k_cache.is_contiguous() and v_cache.is_contiguous()
+    out = torch.empty(T, n_heads * head_dim, dtype=torch.float32)
+    rc = lib.llmos_paged_attention(q.data_ptr(), q.stride(0), T, n_heads, k_cache.shape[2], head_dim,
+                                   k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[1],
+                                   meta.tables.data_ptr(), meta.tables.shape[1], meta.seq_of.data_ptr(),
+                                   meta.positions.data_ptr(), window or 0, scale, out.data_ptr(),
+                                   n_heads * head_dim)
+    if rc != 0:
+        raise ValueError(f"paged attention failed ({rc}): {n_heads} heads, {k_cache.shape[2]} KV heads")
+    return out
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -26,7 +26,8 @@ import psutil
 from gguf import GGMLQuantizationType
 
 from .arch import ARCHS, model_class
-from .attention import build_metadata, paged_attention
+from .attention import (FlatMetadata, build_flat_metadata, build_metadata, paged_attention,
+                        paged_attention_flat, store_kv_flat)
 from .device import pick_device, pick_dtype
 from .gguf import GGUFModelFile, ModelConfig, ModelFileError
 from .kvstore import KVStorage
@@ -200,11 +201,15 @@ class LlamaModel:
             ids.extend(s.token_ids)
             pos.extend(range(s.start_pos, s.start_pos + len(s.token_ids)))
             last_row[i] = len(ids) - 1
-        meta = build_metadata([(s.start_pos, len(s.token_ids), s.block_table) for s in seqs],
-                              order, kv.block_size, dev)
+        spans = [(s.start_pos, len(s.token_ids), s.block_table) for s in seqs]
         want = torch.tensor([last_row[i] for i, s in enumerate(seqs) if s.want_logits],
                             dtype=torch.long, device=dev)
-        positions = torch.tensor(pos, dtype=torch.long, device=dev)
+        if self._flat_attention(kv):
+            meta = build_flat_metadata(spans, order, kv.block_size)
+            positions = meta.positions
+        else:
+            meta = build_metadata(spans, order, kv.block_size, dev)
+            positions = torch.tensor(pos, dtype=torch.long, device=dev)
         cos_sin = None if self.quantized else (self._cos[positions].unsqueeze(1),
                                                self._sin[positions].unsqueeze(1))
         x = self._embed(torch.tensor(ids, dtype=torch.long, device=dev))  # residual stream: fp32
@@ -215,6 +220,14 @@ class LlamaModel:
             qkv = layer.wqkv(x, norm=layer.attn_norm, eps=eps)
             if layer.bqkv is not None:
                 qkv += layer.bqkv
+            if isinstance(meta, FlatMetadata):            # quantized CPU path: four C calls
+                lib = kernels()
+                rope_(qkv, H + KVH, D, positions, self._cos, self._sin)
+                store_kv_flat(lib, qkv, H, D, kv.k[li], kv.v[li], meta)
+                layer.wo(paged_attention_flat(lib, qkv, H, D, kv.k[li], kv.v[li], meta, self._scale),
+                         out=x)
+                layer.w_down(layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps), swiglu=True, out=x)
+                continue
             q, k = self._rope_qk(qkv, positions, cos_sin)
             v = qkv[:, (H + KVH) * D:].view(T, KVH, D)
             k_cache, v_cache = kv.k[li], kv.v[li]
@@ -227,6 +240,11 @@ class LlamaModel:
         if interrupt is not None and interrupt.is_set():       # and before the output layer
             raise Preempted
         return self.lm_head(x.index_select(0, want), norm=self.out_norm, eps=eps).float()
+
+    def _flat_attention(self, kv: KVStorage) -> bool:
+        """Attention and K/V writes in C (drivers/attention_kernels.cpp): the quantized path on a
+        CPU, fp32 pool."""
+        return self.quantized and self.device.type == "cpu" and kv.k[0].dtype == torch.float32
 
     def _linears(self) -> list:
         mats = [self.embed] + [getattr(l, n) for l in self.layers

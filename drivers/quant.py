@@ -38,6 +38,7 @@ from .cpu import cpu_features, isa_summary
 log = logging.getLogger("llmos.drivers")
 
 SOURCE = Path(__file__).with_name("quant_kernels.cpp")
+SOURCES = (SOURCE, Path(__file__).with_name("attention_kernels.cpp"))   # one library
 KERNEL_TYPES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
 _p = ctypes.c_void_p
 _i = ctypes.c_int64
@@ -49,12 +50,12 @@ def _cache_dir() -> Path:
 
 
 def _build(compiler: str, out: Path) -> None:
-    """Compile SOURCE into the shared library `out` (atomic rename; safe against a concurrent build)."""
+    """Compile SOURCES into the shared library `out` (atomic rename; safe against a concurrent build)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         so = Path(tmp) / out.name
         cmd = [compiler, "-O3", "-march=native", "-ffp-contract=off", "-std=c++17", "-pthread",
-               "-shared", "-fPIC", str(SOURCE), "-o", str(so)]
+               "-shared", "-fPIC", *[str(p) for p in SOURCES], "-o", str(so)]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: {res.stderr.strip()[-800:]}")
@@ -73,7 +74,7 @@ def kernels() -> ctypes.CDLL | None:
         return None
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-        key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + isa_summary().encode()
+        key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + version.encode() + isa_summary().encode()
                              + cpu_features()["model"].encode()).hexdigest()[:16]
         lib_path = _cache_dir() / f"quant-{key}.so"
         if not lib_path.exists():
@@ -91,6 +92,10 @@ def kernels() -> ctypes.CDLL | None:
     lib.llmos_dequant_rows.argtypes = [ctypes.c_int, _p, _i, _i, _p, _i, _p]
     lib.llmos_rope.argtypes = [_p, _i, _i, _i, _i, _p, _p, _p]
     lib.llmos_rope.restype = None
+    lib.llmos_paged_attention.argtypes = [_p, _i, _i, _i, _i, _i, _p, _p, _i, _p, _i, _p, _p, _i,
+                                          ctypes.c_float, _p, _i]
+    lib.llmos_kv_store.argtypes = [_p, _i, _i, _i, _i, _i, _p, _p, _p]
+    lib.llmos_kv_store.restype = None
     lib.llmos_quant_set_threads(torch.get_num_threads())
     return lib
 
@@ -110,7 +115,7 @@ class QLinear:
     """y = f(x) @ W.T with W the row-concatenation of `parts`: (qtype, uint8 array [rows, row_bytes])
     in kernel types. Arrays may be np.memmap views of the model file. Immutable; thread-safe."""
 
-    __slots__ = ("parts", "in_features", "out_features", "_lib")
+    __slots__ = ("parts", "in_features", "out_features", "_lib", "_calls")
 
     def __init__(self, parts: list[tuple[int, np.ndarray]], in_features: int):
         self._lib = kernels()
@@ -124,10 +129,15 @@ class QLinear:
         self.parts = [(int(q), d) for q, d in parts]
         self.in_features = in_features
         self.out_features = sum(d.shape[0] for _, d in parts)
+        self._calls, col = [], 0        # (qtype, weight address, rows, row bytes, first column)
+        for q, d in self.parts:
+            self._calls.append((q, d.ctypes.data, d.shape[0], d.shape[1], col))
+            col += d.shape[0]
 
     def __call__(self, x: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0,
                  swiglu: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
         """x: fp32 [T, K] ([T, 2K] with swiglu). out given: out += result in place, returned."""
+        swiglu = int(swiglu)
         if x.dtype != torch.float32:
             x = x.float()
         if not x.is_contiguous():
@@ -135,7 +145,7 @@ class QLinear:
         T = x.shape[0]
         if x.shape[1] != self.in_features * (2 if swiglu else 1):
             raise ValueError(f"input has {x.shape[1]} features, weight expects {self.in_features}")
-        add = out is not None
+        add = int(out is not None)
         if out is None:
             out = torch.empty(T, self.out_features, dtype=torch.float32)
         elif out.dtype != torch.float32 or not out.is_contiguous() or out.shape != (T, self.out_features):
@@ -143,15 +153,12 @@ class QLinear:
         if T == 0:
             return out
         nw = 0 if norm is None else norm.data_ptr()
-        col = 0
-        for qtype, data in self.parts:
-            rc = self._lib.llmos_qmatmul(qtype, data.ctypes.data, data.shape[0], self.in_features,
-                                         data.shape[1], x.data_ptr(), T, x.shape[1],
-                                         out.data_ptr() + 4 * col, self.out_features, int(add),
-                                         int(swiglu), nw, eps)
+        xp, op = x.data_ptr(), out.data_ptr()
+        for qtype, w, rows, rb, col in self._calls:
+            rc = self._lib.llmos_qmatmul(qtype, w, rows, self.in_features, rb, xp, T, x.shape[1],
+                                         op + 4 * col, self.out_features, add, swiglu, nw, eps)
             if rc != 0:
                 raise ValueError(f"quantized matmul failed ({rc}): type {qtype}, K {self.in_features}")
-            col += data.shape[0]
         return out
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:

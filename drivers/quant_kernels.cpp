@@ -452,6 +452,9 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
     return 0;
 }
 
+// Runs fn(ctx, i) for i in [0, n) on the pool (drivers/attention_kernels.cpp uses it).
+void llmos_parallel(TaskFn fn, void* ctx, int64_t n) { pool::run(fn, ctx, n); }
+
 // Threads the kernels use (the caller included); takes effect before the first threaded call.
 void llmos_quant_set_threads(int n) { if (!pool::started && n >= 1) pool::nthreads = n; }
 int llmos_quant_threads(void) { return pool::nthreads; }

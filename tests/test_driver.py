@@ -12,6 +12,7 @@ import torch
 import tinymodel
 from llmos.drivers.gguf import GGUFModelFile, ModelFileError
 from llmos.drivers.llama import LlamaModel, SeqInput
+from llmos.drivers.quant import kernels
 
 BLOCK = 4
 
@@ -60,7 +61,19 @@ def scattered_tables(n_seqs: int, blocks_each: int, num_blocks: int, seed: int =
     return [ids[i * blocks_each:(i + 1) * blocks_each] for i in range(n_seqs)]
 
 
-def test_paged_mixed_batch_equals_dense_reference(model, tiny_model_path):
+@pytest.fixture(params=["fp32", "auto"])
+def either_path(request, model, tiny_model_path):
+    """The fp32 reference path (torch attention), and the default path on a CPU (quantized
+    weights when the file has them; attention and K/V writes in C, drivers/attention_kernels.cpp)."""
+    if request.param == "fp32":
+        return model
+    auto = LlamaModel.load(tiny_model_path, device="cpu")
+    assert auto._flat_attention(auto.new_kv(2, BLOCK)) == (kernels() is not None)
+    return auto
+
+
+def test_paged_mixed_batch_equals_dense_reference(either_path, tiny_model_path):
+    model = either_path
     rng = random.Random(1)
     prompts = [[rng.randrange(6, 500) for _ in range(n)] for n in (23, 9, 17, 17, 30)]
     kv = model.new_kv(64, BLOCK)
@@ -93,7 +106,8 @@ def greedy(model, prompt, n, kv, table, others=()):
     return out
 
 
-def test_batch_invariance_greedy(model):
+def test_batch_invariance_greedy(either_path):
+    model = either_path
     rng = random.Random(2)
     prompt = [rng.randrange(6, 500) for _ in range(19)]
     kv = model.new_kv(200, BLOCK)

@@ -162,3 +162,22 @@ def test_model_bigger_than_memory_is_refused_with_sizes(tmp_path):
         LlamaModel.load(path, memory_available=1000)
     fits = LlamaModel.load(path, memory_available=10 ** 9)
     assert fits.weight_bytes() < 10 ** 9
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_flat_paged_attention_equals_torch_paged_attention(window):
+    from llmos.drivers.attention import (build_flat_metadata, build_metadata, paged_attention,
+                                         paged_attention_flat)
+    g = torch.Generator().manual_seed(4)
+    H, KVH, D, bs = 6, 2, 16, 4
+    k_cache, v_cache = torch.randn(40, bs, KVH, D, generator=g), torch.randn(40, bs, KVH, D, generator=g)
+    spans = [(0, 9, [3, 7, 1]), (12, 1, [9, 2, 11, 30]), (5, 3, [20, 21]), (7, 1, [5, 6])]
+    order = [1, 3, 2, 0]                                  # as forward lays out the flat batch
+    T = sum(n for _, n, _ in spans)
+    qkv = torch.randn(T, (H + 2 * KVH) * D, generator=g)
+    q = qkv[:, :H * D]
+    want = paged_attention(q.reshape(T, H, D), k_cache, v_cache,
+                           build_metadata(spans, order, bs, torch.device("cpu"), window=window), 0.3)
+    got = paged_attention_flat(quant.kernels(), qkv, H, D, k_cache, v_cache,
+                               build_flat_metadata(spans, order, bs), 0.3, window)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,157 @@
+// Paged attention on an fp32 KV pool, for the CPU (llmos drivers/attention.py calls it through
+// drivers/quant.py's library, which compiles this file with quant_kernels.cpp and lends it its
+// thread pool). One task per (token, KV head): the query heads that share that KV head read each
+// key and value row once, straight from the pool through the sequence's block table (no gather).
+//
+// o[t, h] = sum_j softmax_j(scale * q[t, h] . k_j) v_j over keys j in [lo, pos[t]] of token t's
+// sequence, lo = pos[t] - window + 1 when window > 0 (sliding window), else 0. The keys of this
+// step are already in the pool. Every (token, head) runs the same instruction sequence whatever
+// the batch, so a token's output does not depend on what it is batched with.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+typedef void (*TaskFn)(void* ctx, int64_t i);
+extern "C" void llmos_parallel(TaskFn fn, void* ctx, int64_t n);
+
+namespace {
+
+struct Attn {
+    const float* q; int64_t ldq, T, H, KVH, D;
+    const float* k; const float* v; int64_t block_size;
+    const int64_t* tables; int64_t max_blocks; const int64_t* seq_of; const int64_t* pos;
+    int64_t window; float scale; float* out; int64_t ldo;
+};
+
+inline float dot(const float* a, const float* b, int64_t D) {
+#if defined(__AVX2__) && defined(__FMA__)
+    if (D % 8 == 0) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t i = 0; i < D; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        return _mm_cvtss_f32(s);
+    }
+#endif
+    float s = 0.f;
+    for (int64_t i = 0; i < D; i++) s += a[i] * b[i];
+    return s;
+}
+
+inline void axpy(float a, const float* x, float* y, int64_t D) {     // y += a * x
+#if defined(__AVX2__) && defined(__FMA__)
+    if (D % 8 == 0) {
+        const __m256 av = _mm256_set1_ps(a);
+        for (int64_t i = 0; i < D; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < D; i++) y[i] += a * x[i];
+}
+
+// e^x for x <= 0 (softmax after the max is subtracted) into x in place, returns their sum.
+inline float exp_sum(float* x, int64_t n) {
+    int64_t j = 0; float sum = 0.f;
+#if defined(__AVX2__) && defined(__FMA__)
+    // Cephes' expf: x = k ln2 + r, e^r by a degree-5 polynomial, 2^k through the exponent bits
+    // (k <= -127 gives 0). About 1 ulp on [-88, 0].
+    __m256 acc = _mm256_setzero_ps();
+    for (; j + 8 <= n; j += 8) {
+        __m256 v = _mm256_max_ps(_mm256_loadu_ps(x + j), _mm256_set1_ps(-88.f));
+        const __m256 k = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), v);
+        v = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), v);
+        __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+        y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.3981999507e-3f));
+        y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(8.3334519073e-3f));
+        y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(4.1665795894e-2f));
+        y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.6666665459e-1f));
+        y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(5.0000001201e-1f));
+        y = _mm256_fmadd_ps(y, _mm256_mul_ps(v, v), _mm256_add_ps(v, _mm256_set1_ps(1.f)));
+        __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127));
+        e = _mm256_slli_epi32(_mm256_max_epi32(e, _mm256_setzero_si256()), 23);
+        y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+        _mm256_storeu_ps(x + j, y);
+        acc = _mm256_add_ps(acc, y);
+    }
+    alignas(32) float lanes[8]; _mm256_store_ps(lanes, acc);
+    for (int l = 0; l < 8; l++) sum += lanes[l];
+#endif
+    for (; j < n; j++) { x[j] = expf(x[j]); sum += x[j]; }
+    return sum;
+}
+
+void attn_task(void* p, int64_t i) {
+    const Attn& a = *(const Attn*)p;
+    const int64_t t = i / a.KVH, g = i % a.KVH, G = a.H / a.KVH, D = a.D, bs = a.block_size;
+    const int64_t end = a.pos[t] + 1, lo = a.window > 0 && end > a.window ? end - a.window : 0, n = end - lo;
+    const int64_t* table = a.tables + a.seq_of[t] * a.max_blocks;
+    const int64_t row = a.KVH * D;                       // floats per pool slot
+    thread_local std::vector<float> scores;
+    if ((int64_t)scores.size() < G * n) scores.resize((size_t)(G * n));
+    float* s = scores.data();
+    const float* q = a.q + t * a.ldq + g * G * D;
+    // Keys lo .. end-1, walked block by block (no division per key).
+    auto each_key = [&](auto&& fn) {
+        for (int64_t key = lo; key < end;) {
+            const int64_t blk = key / bs, stop = (blk + 1) * bs < end ? (blk + 1) * bs : end;
+            const int64_t base = table[blk] * bs - blk * bs;       // slot = base + key
+            for (; key < stop; key++) fn(key - lo, (base + key) * row + g * D);
+        }
+    };
+    each_key([&](int64_t j, int64_t off) {
+        const float* k = a.k + off;
+        for (int64_t h = 0; h < G; h++) s[h * n + j] = a.scale * dot(q + h * D, k, D);
+    });
+    for (int64_t h = 0; h < G; h++) {
+        float* sh = s + h * n; float m = -INFINITY, sum = 0.f;
+        for (int64_t j = 0; j < n; j++) m = sh[j] > m ? sh[j] : m;
+        for (int64_t j = 0; j < n; j++) sh[j] -= m;
+        sum = exp_sum(sh, n);
+        const float inv = 1.f / sum;
+        for (int64_t j = 0; j < n; j++) sh[j] *= inv;
+        float* o = a.out + t * a.ldo + (g * G + h) * D;
+        for (int64_t d = 0; d < D; d++) o[d] = 0.f;
+    }
+    each_key([&](int64_t j, int64_t off) {
+        const float* v = a.v + off;
+        for (int64_t h = 0; h < G; h++) axpy(s[h * n + j], v, a.out + t * a.ldo + (g * G + h) * D, D);
+    });
+}
+
+}  // namespace
+
+extern "C" {
+
+// See the file's head. q: [T, ldq] (heads at columns h*D); k, v: the layer's pool
+// [blocks, block_size, KVH, D]; tables: [n_seqs, max_blocks]; seq_of, pos: [T]; out: [T, ldo].
+// Returns 0, or -1 when H is not a multiple of KVH.
+int llmos_paged_attention(const float* q, int64_t ldq, int64_t T, int64_t H, int64_t KVH, int64_t D,
+                          const float* k, const float* v, int64_t block_size, const int64_t* tables,
+                          int64_t max_blocks, const int64_t* seq_of, const int64_t* pos, int64_t window,
+                          float scale, float* out, int64_t ldo) {
+    if (KVH <= 0 || H % KVH) return -1;
+    Attn a{q, ldq, T, H, KVH, D, k, v, block_size, tables, max_blocks, seq_of, pos, window, scale, out, ldo};
+    llmos_parallel(attn_task, &a, T * KVH);
+    return 0;
+}
+
+// The K and V of T new tokens (columns [H*D, (H+KVH)*D) and [(H+KVH)*D, (H+2*KVH)*D) of qkv rows,
+// row stride ldq) into pool slots slots[t] of the layer's k and v ([*, KVH, D] per slot).
+void llmos_kv_store(const float* qkv, int64_t ldq, int64_t T, int64_t H, int64_t KVH, int64_t D,
+                    const int64_t* slots, float* k, float* v) {
+    const int64_t n = KVH * D;
+    for (int64_t t = 0; t < T; t++) {
+        memcpy(k + slots[t] * n, qkv + t * ldq + H * D, n * sizeof(float));
+        memcpy(v + slots[t] * n, qkv + t * ldq + (H + KVH) * D, n * sizeof(float));
+    }
+}
+
+}  // extern "C"
