@@ -3,7 +3,8 @@ server on the tiny model: the children are forks of the agent's session (its ppi
 group, its prefix blocks shared), alive and generating together (one batch: fewer steps than
 their tokens), joined in order; a killed child is an error entry, not a crash; `kill -STOP
 -PGID` pauses every child; the fork syscall's params (EBUSY in a turn, EINVAL for a bad grammar);
-an agent whose grammar allows only a plan forks, joins and goes on to its next turn."""
+an agent whose grammar allows only a plan forks, joins and goes on to its next turn; `llmos agent
+--plan`; and (slow) SmolLM2 splitting a two-part question into its parts, answered in order."""
 
 from __future__ import annotations
 
@@ -178,3 +179,37 @@ def test_plan_answers_and_errors_in_order(k):
         runtime.Agent(k, [], plan=True, max_subtasks=1)
     assert "plan" not in json.dumps(runtime.Agent(k, []).action_schema())
     assert "plan" in json.dumps(runtime.Agent(k, [], plan=True).action_schema())
+
+
+@pytest.mark.slow
+def test_smollm2_plan_children_answer_each_part_in_order(smollm2_path):
+    from llmos.drivers.llama import LlamaModel
+    model = LlamaModel.load(smollm2_path)
+    waits = WaitQueues()
+    engine = make_engine(model, 512, on_wake=waits.wake, check_invariants=False)
+    with ServerThread(engine, model, waits) as s, lib.Client(user="alice", client="test") as c:
+        del s
+
+        class Capitals(runtime.Agent):
+            def action_schema(self):                 # the plan is forced; its parts are the model's
+                return self.plan_schema()
+        out = Capitals(c, [], max_steps=1, max_tokens=80, plan=True, max_subtasks=2).run(
+            "What is the capital of France, and what is the capital of Italy?")
+        step, = out.steps
+        assert step.tool == "plan" and step.ok, out
+        lines = step.output.splitlines()
+        assert len(lines) == 2 and lines[0].startswith("1. ") and lines[1].startswith("2. "), lines
+        assert "France" in step.args["tasks"][0] and "Italy" in step.args["tasks"][1], lines   # the parts, in order
+        assert "Paris" in lines[0].split(": ", 1)[1], lines     # (the 135M model answers Italy's part with "Italy")
+
+
+def test_llmos_agent_plan_options(k):
+    import io as _io
+
+    from llmos.userland import program
+    from llmos.userland.bin import agent
+    err = _io.StringIO()
+    io = program.IO("llmos agent", out=_io.StringIO(), err=err, client=lambda: k)
+    assert agent.main(["agent", "--plan", "--max-subtasks", "1", "q"], io) == 2
+    assert "max_subtasks must be in [2, 16]" in err.getvalue()
+    assert agent.parser().parse_args(["--plan", "q"]).plan and not agent.parser().parse_args(["q"]).plan

@@ -32,8 +32,13 @@ Tools:
 {tools}"""
 
 PLANNING = """
-To split a question into independent parts, reply {"plan": ["part one", "part two"]}: each part
-is answered separately, in parallel, and you get the answers."""
+A question with independent parts may be split: reply {"plan": [QUESTION, QUESTION, ...]}, each
+QUESTION one part asked in full words (it is answered alone, in parallel); you then get the answers."""
+
+PLAN_EXAMPLE = [
+    {"role": "user", "content": "What is the capital of Spain, and what is the capital of Japan?"},
+    {"role": "assistant", "content": '{"plan":["What is the capital of Spain?","What is the capital of Japan?"]}'},
+]
 
 ANSWER = {"type": "object", "additionalProperties": False, "required": ["answer"],
           "properties": {"answer": {"type": "string", "maxLength": 1000}}}
@@ -77,7 +82,7 @@ class Agent:
         self.k, self.tools = client, {t.name: t for t in tools}
         self.cfg = {"root": str(root), "allow_shell": allow_shell}
         self.max_steps, self.max_tokens, self.limits = max_steps, max_tokens, limits
-        self.examples = examples and "calculator" in self.tools
+        self.examples = examples
         self.trace = trace or (lambda step: None)
         if not 2 <= max_subtasks <= 16:
             raise ValueError("max_subtasks must be in [2, 16]")
@@ -102,7 +107,9 @@ class Agent:
         listing = "\n".join(f"- {t.name}: {t.description}" for t in self.tools.values())
         system = SYSTEM.format(tools=listing or "(none)") + (PLANNING if self.plan else "")
         return [{"role": "system", "content": system},
-                *(EXAMPLE if self.examples else []), {"role": "user", "content": question}]
+                *(PLAN_EXAMPLE if self.examples and self.plan else []),
+                *(EXAMPLE if self.examples and "calculator" in self.tools else []),
+                {"role": "user", "content": question}]
 
     def start(self, question: str, pgid: int | None = None) -> int:
         """The agent's session process (greedy, constrained to actions); its own process group."""
@@ -171,7 +178,7 @@ class Agent:
 
 
 def subtask_message(task: str) -> str:
-    return f'Answer only this part: {task}\nReply {{"answer": "..."}}.'
+    return f'{task}\nReply {{"answer": "..."}} with the answer to this question alone.'
 
 
 def answer_of(b: forks.Branch) -> tuple[bool, str]:
