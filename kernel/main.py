@@ -1,7 +1,8 @@
 """Boot the kernel (xv6: main.c): `llmos serve` in the foreground.
 
 Boot order, one log line per step:
-    config → driver (the model) → KV pool → engine → server (bind, token, pid file) → loop
+    config → driver (the model) → KV pool → engine → models (the table: others load on first
+    use, kernel/models.py) → server (bind, token, pid file) → loop
 
 `llmos serve` runs in the foreground and logs to stderr. Starting it in the background
 (`llmos serve --daemon`) and stopping it (`llmos stop`) are a userland program:

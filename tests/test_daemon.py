@@ -64,7 +64,7 @@ def test_runtime_dir_files_and_modes(daemon, rt):
     assert stat.S_ISSOCK(abi.socket_path(rt).stat().st_mode)
     log = abi.log_path(rt).read_text()
     steps = [line.split("boot: ")[1].split()[0] for line in log.splitlines() if "boot: " in line]
-    assert steps == ["config", "driver", "KV", "engine", "server", "loop"]
+    assert steps == ["config", "driver", "KV", "engine", "models", "server", "loop"]
 
 
 def test_a_second_kernel_is_refused(daemon, env, tiny_model_path):
@@ -76,7 +76,7 @@ def test_run_streams_the_answer(daemon, env):
     r = llmos("run", "--max-tokens", "8", "--temperature", "0", "--system", "be brief", "hello", env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.endswith("\n") and len(r.stdout) > 1
-    again = llmos("run", "--max-tokens", "8", "--system", "be brief", "hello", env=env)
+    again = llmos("run", "--max-tokens", "8", "-t", "0", "--system", "be brief", "hello", env=env)
     assert again.stdout == r.stdout                     # greedy: same answer
 
 

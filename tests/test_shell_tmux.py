@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (.ci
 
 MODEL = "tinysh"                      # the model file's stem: what uname and the prompt show
 PROMPT = re.compile(rf"llmos\({MODEL} kv [\d.]+%\)\$")
-LONG = "-n 7000 --ignore-eos"         # a run that lasts seconds on the tiny model
+LONG = "-t 0 -n 7000 --ignore-eos"    # a run that lasts seconds on the tiny model (greedy: faster)
 
 
 def _env(rt: Path, home: Path) -> dict:
@@ -199,12 +199,12 @@ def test_prompt_shows_model_and_run_streams_the_answer(sh, k, tmp_path):
 
 
 def test_background_job_jobs_and_wait(sh, k, tmp_path):
-    out = sh.command("run -n 3000 --ignore-eos story > bg.txt &")
+    out = sh.command("run -t 0 -n 3000 --ignore-eos story > bg.txt &")
     pid = int(re.fullmatch(r"\[1\] (\d+)", out).group(1))
-    assert re.search(r"\[1\]\+\s+Running\s+run -n 3000 --ignore-eos story > bg.txt &", sh.command("jobs"))
+    assert re.search(r"\[1\]\+\s+Running\s+run -t 0 -n 3000 --ignore-eos story > bg.txt &", sh.command("jobs"))
     assert wait_state(k, pid, "RUNNING")["tokens"] < 3000
     done = sh.command("wait", timeout=60)                  # the job ends while `wait` waits
-    assert re.fullmatch(r"\[1\]\+\s+Done\s+run -n 3000 --ignore-eos story > bg.txt", done)
+    assert re.fullmatch(r"\[1\]\+\s+Done\s+run -t 0 -n 3000 --ignore-eos story > bg.txt", done)
     assert len((tmp_path / "bg.txt").read_text()) > 3000
     assert sh.command("jobs") == "" and k.ps() == []
 
