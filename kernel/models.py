@@ -290,7 +290,10 @@ class Models:
             if task.done():
                 if task.cancelled():
                     raise KernelError(E.ECANCELED, "the load was cancelled (the kernel is stopping)")
-                return then(task.result())          # raises the load's KernelError
+                r = task.result()                   # raises the load's KernelError
+                if r not in self.table.values():    # unloaded since (room for another load)
+                    raise KernelError(E.EAGAIN, f"{r.name} was unloaded again to make room; try again")
+                return then(r)
             if time.monotonic() < deadline:
                 return NOT_READY
             if busy_errno is not None:
@@ -309,7 +312,8 @@ class Models:
             raise KernelError(E.EBUSY, f"{r.name} is the kernel's default model; it stays loaded "
                                        "(calls that name no model use it)")
         if r.busy:
-            raise KernelError(E.EBUSY, f"{r.name} has {len(r.engine.procs)} processes (kill or wait for them first)")
+            raise KernelError(E.EBUSY, f"{r.name} has {len(r.engine.procs)} processes (kill or wait for them first)"
+                              if len(r.engine.procs) else f"{r.name} is computing a step; try again")
         rec = r.record(self.keep_alive_s)
         self._drop(r, "on request")
         return rec
