@@ -3,7 +3,8 @@ server on the tiny model: the children are forks of the agent's session (its ppi
 group, its prefix blocks shared), alive and generating together (one batch: fewer steps than
 their tokens), joined in order; a killed child is an error entry, not a crash; `kill -STOP
 -PGID` pauses every child; the fork syscall's params (EBUSY in a turn, EINVAL for a bad grammar);
-an agent whose grammar allows only a plan forks, joins and goes on to its next turn; `llmos agent
+an agent whose grammar allows only a plan forks, joins and goes on to its next turn; plan_first
+(a plan, then any action in a fork of the session); `llmos agent
 --plan`; and (slow) SmolLM2 splitting a two-part question into its parts, answered in order."""
 
 from __future__ import annotations
@@ -170,6 +171,32 @@ def test_the_agent_plan_action_forks_the_session_and_goes_on(k, monkeypatch):
     agent.end(pid)
 
 
+class PlanFirst(runtime.Agent):
+    def plan_schema(self):
+        s = super().plan_schema()
+        s["properties"]["plan"].update(prefixItems=[{"const": w} for w in PlanOnly.TASKS], items=False)
+        return s
+
+    def answer_schema(self):
+        return SHORT
+
+
+def test_plan_first_forces_a_plan_then_goes_on_in_a_fork_that_may_take_any_action(k):
+    agent = PlanFirst(k, [], max_steps=2, max_tokens=60, plan_first=True)
+    assert agent.plan and json.loads(json.dumps(agent.action_schema()))["anyOf"][-1] == SHORT
+    pid = agent.start("Split this question in parts.")
+    out = agent.loop(pid)
+    assert out.steps[0].tool == "plan" and out.steps[0].args["tasks"] == list(PlanOnly.TASKS)
+    assert out.answer is not None or len(out.steps) == 2, out                # a whole second action
+    table = {p["pid"]: p for p in k.ps()}
+    assert pid not in table and out.pid in table                            # the first session ended
+    assert table[out.pid]["ppid"] == pid and table[out.pid]["pgid"] == pid  # its fork, in its group
+    assert "anyOf" in k.stat(out.pid)["params"]["constraint"]["text"]        # every action allowed
+    agent.end(out.pid)
+    ran = PlanFirst(k, [], max_steps=2, max_tokens=60, plan_first=True).run("Split this question in parts.")
+    assert ran.steps[0].tool == "plan" and ran.pid not in {p["pid"] for p in k.ps()}   # run ends the fork
+
+
 def test_plan_answers_and_errors_in_order(k):
     assert runtime.answer_of(forks.Branch(5, True, '{"answer":"42"}')) == (True, "42")
     assert runtime.answer_of(forks.Branch(5, False, "killed by SIGKILL")) == (False, "killed by SIGKILL")
@@ -189,13 +216,9 @@ def test_smollm2_plan_children_answer_each_part_in_order(smollm2_path):
     engine = make_engine(model, 512, on_wake=waits.wake, check_invariants=False)
     with ServerThread(engine, model, waits) as s, lib.Client(user="alice", client="test") as c:
         del s
-
-        class Capitals(runtime.Agent):
-            def action_schema(self):                 # the plan is forced; its parts are the model's
-                return self.plan_schema()
-        out = Capitals(c, [], max_steps=1, max_tokens=80, plan=True, max_subtasks=2).run(
-            "What is the capital of France, and what is the capital of Italy?")
-        step, = out.steps
+        out = runtime.Agent(c, [], max_steps=2, max_tokens=80, plan_first=True, max_subtasks=2).run(
+            "What is the capital of France, and what is the capital of Italy?")   # the parts are the model's
+        step = out.steps[0]
         assert step.tool == "plan" and step.ok, out
         lines = step.output.splitlines()
         assert len(lines) == 2 and lines[0].startswith("1. ") and lines[1].startswith("2. "), lines

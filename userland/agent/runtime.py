@@ -73,7 +73,7 @@ class Agent:
     def __init__(self, client, tools: list[Tool], *, root: str = ".", allow_shell: bool = False,
                  max_steps: int = 6, max_tokens: int = 200, limits: sandbox.Limits = sandbox.Limits(),
                  examples: bool = True, trace=None, plan: bool = False, max_subtasks: int = 4,
-                 subtask_timeout_s: float | None = None):
+                 subtask_timeout_s: float | None = None, plan_first: bool = False):
         names = [t.name for t in tools]
         if len(set(names)) != len(names):
             raise ValueError("tool names must be unique")
@@ -86,7 +86,8 @@ class Agent:
         self.trace = trace or (lambda step: None)
         if not 2 <= max_subtasks <= 16:
             raise ValueError("max_subtasks must be in [2, 16]")
-        self.plan, self.max_subtasks, self.subtask_timeout_s = plan, max_subtasks, subtask_timeout_s
+        self.plan, self.max_subtasks, self.subtask_timeout_s = plan or plan_first, max_subtasks, subtask_timeout_s
+        self.plan_first = plan_first         # the first step must be a plan (then any action)
 
     def action_schema(self) -> dict:
         """A tool call (one branch per tool, its arguments by its schema), a plan (when planning
@@ -111,25 +112,32 @@ class Agent:
                 *(EXAMPLE if self.examples and "calculator" in self.tools else []),
                 {"role": "user", "content": question}]
 
+    def params(self, schema: dict) -> dict:
+        return {"json_schema": schema, "max_tokens": self.max_tokens, "temperature": 0}
+
     def start(self, question: str, pgid: int | None = None) -> int:
-        """The agent's session process (greedy, constrained to actions); its own process group."""
-        params = {"json_schema": self.action_schema(), "max_tokens": self.max_tokens, "temperature": 0}
+        """The agent's session process (greedy, constrained to actions: with plan_first, its
+        first turn to a plan); its own process group."""
+        params = self.params(self.plan_schema() if self.plan_first else self.action_schema())
         opts = {"session": True, "command": "agent " + " ".join(question.split())[:40]}
         if pgid is not None:
             opts["pgid"] = pgid
         return self.k.syscall(Sys.SPAWN, self.messages(question), params, opts)
 
     def run(self, question: str) -> Outcome:
-        pid = self.start(question)
+        out = Outcome(None, pid=self.start(question))
         try:
-            return self.loop(pid)
+            return self.loop(out.pid, out)
         finally:
-            self.end(pid)
+            self.end(out.pid)
 
-    def loop(self, pid: int) -> Outcome:
-        """Read actions from the session and act until an answer (or max_steps tool calls)."""
-        out = Outcome(None, pid=pid)
+    def loop(self, pid: int, out: Outcome | None = None) -> Outcome:
+        """Read actions from the session and act until an answer (or max_steps tool calls).
+        out.pid is the session: after a plan_first agent's plan, a fork of it that takes any
+        action (the first one ended; the conversation's KV shared, not prefilled again)."""
+        out = out or Outcome(None, pid=pid)
         for _ in range(self.max_steps + 1):
+            pid = out.pid
             text = "".join(self.k.stream(pid))
             try:
                 action = json.loads(text)
@@ -148,7 +156,10 @@ class Agent:
                 step = self.call(action["tool"], action["args"])
             out.steps.append(step)
             self.trace(step)
-            self.k.write(pid, {"role": "user", "content": result_message(step)})
+            if self.plan_first and len(out.steps) == 1:
+                out.pid = self.k.syscall(Sys.FORK, pid, self.params(self.action_schema()))
+                self.end(pid)
+            self.k.write(out.pid, {"role": "user", "content": result_message(step)})
         return out
 
     def call(self, name: str, args: dict) -> Step:
@@ -161,7 +172,7 @@ class Agent:
     def fork_plan(self, pid: int, tasks: list[str]) -> Step:
         """Answer each sub-task in a fork of the sleeping session pid (constrained to an answer),
         all at once; the step's output lists the answers (or errors) in the plan's order."""
-        params = {"json_schema": self.answer_schema(), "max_tokens": self.max_tokens, "temperature": 0}
+        params = self.params(self.answer_schema())
         inputs = [{"role": "user", "content": subtask_message(t)} for t in tasks]
         branches = forks.fork_join(self.k, pid, inputs, params, self.subtask_timeout_s)
         answers = [answer_of(b) for b in branches]

@@ -1,10 +1,12 @@
-"""`agent [--tools T,...] [--dir DIR] [--enable-shell] [--plan] [--max-steps N] [--timeout S] QUESTION`:
+"""`agent [--tools T,...] [--dir DIR] [--enable-shell] [--plan[-first]] [--max-steps N] [--timeout S] QUESTION`:
 answer a question with tools (userland/agent): the model's every step is a tool call or the
 answer (a grammar), tools run as limited subprocesses, results go back into the same session.
 
 --plan adds a third kind of step: {"plan": [SUB-TASK, ...]} forks the agent's session once per
 sub-task (the conversation's KV shared copy-on-write), the children answer together in one batch
 and their answers come back into the session as one result (userland/agent/forks.py).
+--plan-first makes the first step a plan (the grammar allows nothing else); the session then
+goes on in a fork of itself whose grammar allows every action (its pid is the new session's).
 
 Each tool call is shown on stderr (`calculator {"expression": "23 * 47"} -> 1081`); the answer
 is printed on stdout. Exit status 1 when no answer came (the reason on stderr), 2 on bad usage.
@@ -33,6 +35,7 @@ def parser(prog: str = "agent") -> program.ArgParser:
     p.add_argument("--no-example", action="store_true", help="no worked example in the prompt")
     p.add_argument("--plan", action="store_true", help="the model may split the question into sub-tasks "
                                                        "answered in parallel by forks of its session")
+    p.add_argument("--plan-first", action="store_true", help="the first step is a plan (implies --plan)")
     p.add_argument("--max-subtasks", type=int, default=4, help="sub-tasks per plan, 2..16 (default 4)")
     p.add_argument("question", nargs="*")
     return p
@@ -57,7 +60,7 @@ def _agent(args, io: program.IO) -> int:
         agent = runtime.Agent(io.client, chosen, root=args.dir, allow_shell=args.enable_shell,
                               max_steps=args.max_steps, max_tokens=args.max_tokens,
                               limits=sandbox.Limits(timeout_s=args.timeout), examples=not args.no_example,
-                              plan=args.plan, max_subtasks=args.max_subtasks,
+                              plan=args.plan, max_subtasks=args.max_subtasks, plan_first=args.plan_first,
                               trace=lambda s: io.err.write(f"{s.tool} {json.dumps(s.args)} -> "
                                                            f"{'' if s.ok else 'error: '}{s.output[:200]}\n"))
     except ValueError as e:
