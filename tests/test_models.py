@@ -221,3 +221,19 @@ def test_serve_options_keep_alive_and_models_memory():
     for bad in (["--keep-alive", "0"], ["--keep-alive", "soon"], ["--models-memory", "-1G"], ["--models-memory", "x"]):
         with pytest.raises(SystemExit):
             main._parser().parse_args(bad)
+
+
+def test_a_call_parked_on_a_load_whose_model_went_meanwhile_is_eagain(srv):
+    import asyncio
+    from types import SimpleNamespace
+    from llmos.kernel.models import Resident
+
+    def poll_after_the_load():
+        m = srv.kernel.models
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(Resident("gone", "/gone.gguf", None, 0, 0))   # loaded, then unloaded for room
+        done.channel = SimpleNamespace(pid=-12345)
+        return m.waiters(done, lambda r: "spawned").poll()
+    with pytest.raises(KernelError) as e:
+        srv.call(poll_after_the_load)
+    assert e.value.errno == errno.EAGAIN and "unloaded again" in str(e.value)
