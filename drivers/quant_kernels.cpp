@@ -220,8 +220,9 @@ struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     int add; int64_t rows_per_task, row_tasks;
 };
 constexpr int64_t TCHUNK = 64;   // tokens whose activations stay in L2 while a panel is reused
-constexpr int NR = 4;           // weight rows per dequantised panel
-constexpr int NC = 3;           // tokens per micro-kernel call (NR x NC accumulators)
+constexpr int NR = 6;           // weight rows per dequantised panel
+constexpr int NC = 2;           // tokens per micro-kernel call: 12 accumulators, x in registers
+constexpr int GV = 4;           // rows per one-token (GEMV) call
 
 // ---- AVX2 + FMA: dequantise a 32-block into registers, FMA micro-kernel ----------------------
 #if defined(LLMOS_AVX2)
@@ -348,9 +349,9 @@ static void gemm_task(void* p, int64_t i) {
     if (tn == 1) {                   // one token: dequantise in registers, no panel
         const float* x = X + t0 * ldx; float* y = Y + t0 * ldy;
         int64_t r = r_begin;
-        for (; r + NR <= r_end; r += NR) {
-            prefetch(W + (r + 2 * NR) * rb, NR * rb);
-            gemv_rows<TYPE, NR>(W + r * rb, rb, nb, x, y + r, add);
+        for (; r + GV <= r_end; r += GV) {
+            prefetch(W + (r + 2 * GV) * rb, GV * rb);
+            gemv_rows<TYPE, GV>(W + r * rb, rb, nb, x, y + r, add);
         }
         for (; r < r_end; r++) gemv_rows<TYPE, 1>(W + r * rb, rb, nb, x, y + r, add);
         return;
