@@ -121,6 +121,8 @@ def paged_attention_flat(lib, q: torch.Tensor, n_heads: int, head_dim: int, k_ca
     [T, >= n_heads * head_dim] whose first n_heads * head_dim columns are the queries (a view of
     the fused QKV rows is fine); caches fp32 and contiguous. window: sliding window or None."""
     T = q.shape[0]
+    if T != meta.positions.numel():
+        raise ValueError(f"paged attention: {T} query rows, {meta.positions.numel()} tokens in the metadata")
     assert q.dtype == k_cache.dtype == torch.float32 and q.stride(1) == 1
     assert k_cache.is_contiguous() and v_cache.is_contiguous()
     out = torch.empty(T, n_heads * head_dim, dtype=torch.float32)

@@ -44,6 +44,24 @@ inline float dot(const float* a, const float* b, int64_t D) {
     return s;
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+// The dot products of q (D floats, D % 8 == 0) with 8 keys k, k + stride, ..., as one vector.
+inline __m256 dot8(const float* q, const float* k, int64_t stride, int64_t D) {
+    __m256 acc[8];
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + d);
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + i * stride + d), acc[i]);
+    }
+    // Transposing reduction: lane i of the result = sum of acc[i]'s 8 lanes.
+    const __m256 a01 = _mm256_hadd_ps(acc[0], acc[1]), a23 = _mm256_hadd_ps(acc[2], acc[3]);
+    const __m256 a45 = _mm256_hadd_ps(acc[4], acc[5]), a67 = _mm256_hadd_ps(acc[6], acc[7]);
+    const __m256 b0 = _mm256_hadd_ps(a01, a23), b1 = _mm256_hadd_ps(a45, a67);
+    // b0 = [k0 k1 k2 k3 | k0 k1 k2 k3] partial (low/high 128-bit halves), b1 the same for k4..k7.
+    return _mm256_add_ps(_mm256_permute2f128_ps(b0, b1, 0x20), _mm256_permute2f128_ps(b0, b1, 0x31));
+}
+#endif
+
 inline void axpy(float a, const float* x, float* y, int64_t D) {     // y += a * x
 #if defined(__AVX2__) && defined(__FMA__)
     if (D % 8 == 0) {
@@ -106,24 +124,48 @@ void attn_task(void* p, int64_t i) {
             for (; key < stop; key++) fn(key - lo, (base + key) * row + g * D);
         }
     };
-    each_key([&](int64_t j, int64_t off) {
-        const float* k = a.k + off;
-        for (int64_t h = 0; h < G; h++) s[h * n + j] = a.scale * dot(q + h * D, k, D);
-    });
+    // Scores: 8 consecutive keys of a block at a time where D allows (8 independent FMA chains,
+    // one transposing reduction), the rest one by one. Which keys go 8 at a time depends only on
+    // (lo, end, block size), never on the batch.
+    for (int64_t key = lo; key < end;) {
+        const int64_t blk = key / bs, stop = (blk + 1) * bs < end ? (blk + 1) * bs : end;
+        const int64_t base = table[blk] * bs - blk * bs;       // slot = base + key
+#if defined(__AVX2__) && defined(__FMA__)
+        for (; D % 8 == 0 && key + 8 <= stop; key += 8) {
+            const float* k = a.k + (base + key) * row + g * D;
+            for (int64_t h = 0; h < G; h++)
+                _mm256_storeu_ps(s + h * n + key - lo, _mm256_mul_ps(_mm256_set1_ps(a.scale), dot8(q + h * D, k, row, D)));
+        }
+#endif
+        for (; key < stop; key++) {
+            const float* k = a.k + (base + key) * row + g * D;
+            for (int64_t h = 0; h < G; h++) s[h * n + key - lo] = a.scale * dot(q + h * D, k, D);
+        }
+    }
     for (int64_t h = 0; h < G; h++) {
-        float* sh = s + h * n; float m = -INFINITY, sum = 0.f;
+        float* sh = s + h * n; float m = -INFINITY;
         for (int64_t j = 0; j < n; j++) m = sh[j] > m ? sh[j] : m;
         for (int64_t j = 0; j < n; j++) sh[j] -= m;
-        sum = exp_sum(sh, n);
-        const float inv = 1.f / sum;
+        const float inv = 1.f / exp_sum(sh, n);
         for (int64_t j = 0; j < n; j++) sh[j] *= inv;
         float* o = a.out + t * a.ldo + (g * G + h) * D;
+#if defined(__AVX2__) && defined(__FMA__)
+        if (D % 64 == 0) {                 // 64 output columns in registers across all keys
+            for (int64_t d0 = 0; d0 < D; d0 += 64) {
+                __m256 acc[8];
+                for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+                each_key([&](int64_t j, int64_t off) {
+                    const float* v = a.v + off + d0; const __m256 p = _mm256_set1_ps(sh[j]);
+                    for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[i]);
+                });
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(o + d0 + 8 * i, acc[i]);
+            }
+            continue;
+        }
+#endif
         for (int64_t d = 0; d < D; d++) o[d] = 0.f;
+        each_key([&](int64_t j, int64_t off) { axpy(sh[j], a.v + off, o, D); });
     }
-    each_key([&](int64_t j, int64_t off) {
-        const float* v = a.v + off;
-        for (int64_t h = 0; h < G; h++) axpy(s[h * n + j], v, a.out + t * a.ldo + (g * G + h) * D, D);
-    });
 }
 
 }  // namespace

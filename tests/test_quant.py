@@ -164,15 +164,17 @@ def test_model_bigger_than_memory_is_refused_with_sizes(tmp_path):
     assert fits.weight_bytes() < 10 ** 9
 
 
-@pytest.mark.parametrize("window", [None, 5])
-def test_flat_paged_attention_equals_torch_paged_attention(window):
+@pytest.mark.parametrize("window", [None, 5, 19])
+@pytest.mark.parametrize("D,bs", [(16, 4), (64, 16), (24, 8)])   # vector paths and the scalar tails
+def test_flat_paged_attention_equals_torch_paged_attention(window, D, bs):
     from llmos.drivers.attention import (build_flat_metadata, build_metadata, paged_attention,
                                          paged_attention_flat)
     g = torch.Generator().manual_seed(4)
-    H, KVH, D, bs = 6, 2, 16, 4
+    H, KVH = 6, 2
     k_cache, v_cache = torch.randn(40, bs, KVH, D, generator=g), torch.randn(40, bs, KVH, D, generator=g)
-    spans = [(0, 9, [3, 7, 1]), (12, 1, [9, 2, 11, 30]), (5, 3, [20, 21]), (7, 1, [5, 6])]
-    order = [1, 3, 2, 0]                                  # as forward lays out the flat batch
+    spans = [(0, 9, [3, 7, 1]), (40, 1, [9, 2, 11, 30, 12, 13, 14, 15, 16, 17, 18]), (5, 3, [20, 21]),
+             (7, 1, [5, 6]), (21, 11, [22, 23, 24, 25, 26, 27, 28, 29, 31])]
+    order = [1, 3, 2, 0, 4]                               # as forward lays out the flat batch
     T = sum(n for _, n, _ in spans)
     qkv = torch.randn(T, (H + 2 * KVH) * D, generator=g)
     q = qkv[:, :H * D]
@@ -181,3 +183,6 @@ def test_flat_paged_attention_equals_torch_paged_attention(window):
     got = paged_attention_flat(quant.kernels(), qkv, H, D, k_cache, v_cache,
                                build_flat_metadata(spans, order, bs), 0.3, window)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="25 query rows, 24 tokens"):
+        paged_attention_flat(quant.kernels(), qkv, H, D, k_cache, v_cache,
+                             build_flat_metadata(spans[:-1] + [(21, 10, spans[-1][2])], order, bs), 0.3)
