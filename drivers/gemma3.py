@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from .arch import Gemma3Params
-from .attention import build_metadata, paged_attention
+from .attention import (build_flat_metadata, build_metadata, paged_attention, paged_attention_flat,
+                        store_kv_flat)
 from .kvstore import KVStorage
 from .llama import LlamaModel, Preempted, SeqInput
-from .quant import rope_
+from .quant import kernels, rope_
 
 
 def _rope_tables(base: float, scale: float, head_dim: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,11 +85,13 @@ class Gemma3Model(LlamaModel):
             pos.extend(range(s.start_pos, s.start_pos + len(s.token_ids)))
             last_row[i] = len(ids) - 1
         spans = [(s.start_pos, len(s.token_ids), s.block_table) for s in seqs]
-        meta = build_metadata(spans, order, kv.block_size, dev)
-        local_meta = build_metadata(spans, order, kv.block_size, dev, window=p.sliding_window)
+        flat = build_flat_metadata(spans, order, kv.block_size) if self._flat_attention(kv) else None
+        if flat is None:
+            meta = build_metadata(spans, order, kv.block_size, dev)
+            local_meta = build_metadata(spans, order, kv.block_size, dev, window=p.sliding_window)
         want = torch.tensor([last_row[i] for i, s in enumerate(seqs) if s.want_logits],
                             dtype=torch.long, device=dev)
-        positions = torch.tensor(pos, dtype=torch.long, device=dev)
+        positions = flat.positions if flat else torch.tensor(pos, dtype=torch.long, device=dev)
         x = self._embed(torch.tensor(ids, dtype=torch.long, device=dev)) * p.embed_scale
         T, H, KVH, D, eps = len(ids), c.n_heads, c.n_kv_heads, c.head_dim, c.rms_eps
         for li, layer in enumerate(self.layers):
@@ -97,12 +100,17 @@ class Gemma3Model(LlamaModel):
             local = li not in self._global
             qkv = layer.wqkv(x, norm=layer.attn_norm, eps=eps)
             q, k = self._qk_norm_rope(qkv, positions, layer, local)
-            v = qkv[:, (H + KVH) * D:].view(T, KVH, D)
             k_cache, v_cache = kv.k[li], kv.v[li]
-            k_cache.view(-1, KVH, D).index_copy_(0, meta.slots, k.to(k_cache.dtype))
-            v_cache.view(-1, KVH, D).index_copy_(0, meta.slots, v.to(v_cache.dtype))
-            a = paged_attention(q.to(k_cache.dtype), k_cache, v_cache, local_meta if local else meta,
-                                self._scale)
+            if flat is not None:                  # quantized CPU path: rotated q, k are in qkv
+                store_kv_flat(kernels(), qkv, H, D, k_cache, v_cache, flat)
+                a = paged_attention_flat(kernels(), qkv, H, D, k_cache, v_cache, flat, self._scale,
+                                         p.sliding_window if local else None)
+            else:
+                v = qkv[:, (H + KVH) * D:].view(T, KVH, D)
+                k_cache.view(-1, KVH, D).index_copy_(0, meta.slots, k.to(k_cache.dtype))
+                v_cache.view(-1, KVH, D).index_copy_(0, meta.slots, v.to(v_cache.dtype))
+                a = paged_attention(q.to(k_cache.dtype), k_cache, v_cache, local_meta if local else meta,
+                                    self._scale)
             x += F.rms_norm(layer.wo(a).float(), (c.hidden_size,), layer.extra["post_attention_norm"], eps)
             gate, up = layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps).chunk(2, dim=-1)
             y = layer.w_down((F.gelu(gate.float(), approximate="tanh") * up.float()).to(gate.dtype))

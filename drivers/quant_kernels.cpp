@@ -434,7 +434,9 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
     }
     Job job{type, W, N, K, rb, X, ldx, T, Y, ldy, add, 0, 0};
     const int64_t want = 8 * (int64_t)pool::nthreads;          // tasks per token chunk
-    job.rows_per_task = ((N + want - 1) / want + NR - 1) / NR * NR;
+    constexpr int64_t ROUND = 12;                               // whole panels and GEMV groups
+    static_assert(ROUND % NR == 0 && ROUND % GV == 0, "tasks split rows at panel boundaries");
+    job.rows_per_task = ((N + want - 1) / want + ROUND - 1) / ROUND * ROUND;
     job.row_tasks = (N + job.rows_per_task - 1) / job.rows_per_task;
     TaskFn fn = scalar_task;
 #if defined(LLMOS_AVX2)
