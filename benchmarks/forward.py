@@ -93,7 +93,8 @@ def count_ops(model: LlamaModel, context: int = 32) -> tuple[int, int]:
     calls = collections.Counter()
     originals = {}
     if lib is not None:
-        for name in ("llmos_qmatmul", "llmos_rope", "llmos_dequant_rows"):
+        for name in ("llmos_qmatmul", "llmos_rope", "llmos_dequant_rows", "llmos_kv_store",
+                     "llmos_paged_attention"):
             fn = getattr(lib, name)
             originals[name] = fn
             setattr(lib, name, lambda *a, _fn=fn, _n=name: (calls.update([_n]), _fn(*a))[1])
