@@ -181,7 +181,8 @@ class Models:
                 raise KernelError(E.EINVAL, f"{name} is an encoder (the embed syscall uses it), not a language model")
             path = catalog.cached_path(name)
         else:
-            if (name.endswith(".gguf") or os.sep in name) and not admin:
+            if (name.endswith(".gguf") or os.sep in name) and not admin \
+                    and os.path.realpath(name) not in self.table:      # a resident one reads no file
                 raise KernelError(E.EPERM, "only an admin may load a model from a path; "
                                            f"name a catalog model ({', '.join(_llms())}) or a cached one")
             try:

@@ -414,10 +414,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="llmos", description="the llmos shell: LLM processes as jobs")
     ap.add_argument("-c", dest="commands", metavar="COMMANDS", help="run COMMANDS and exit")
     ap.add_argument("--model", default=os.environ.get("LLMOS_MODEL"),
-                    help="model for the kernel started when none is running (env LLMOS_MODEL)")
+                    help="model of run and chat (loaded on first use), and of the kernel started when "
+                         "none is running (env LLMOS_MODEL)")
     ap.add_argument("--no-start", action="store_true", help="never start a kernel")
     ap.add_argument("script", nargs="?", help="a file of shell commands")
     args = ap.parse_args(argv[1:])
+    if args.model:              # run and chat use it, also on a kernel already running another
+        os.environ["LLMOS_MODEL"] = args.model
     interactive = args.commands is None and args.script is None and sys.stdin.isatty()
     sh = Shell(interactive=interactive, model=args.model, autostart=not args.no_start)
     signal.signal(signal.SIGINT, sh.on_signal)

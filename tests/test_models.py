@@ -9,6 +9,7 @@ written into a private $LLMOS_HOME/models, where the kernel finds them by name.
 from __future__ import annotations
 
 import errno
+import os
 import gc
 import time
 import weakref
@@ -237,3 +238,15 @@ def test_a_call_parked_on_a_load_whose_model_went_meanwhile_is_eagain(srv):
     with pytest.raises(KernelError) as e:
         srv.call(poll_after_the_load)
     assert e.value.errno == errno.EAGAIN and "unloaded again" in str(e.value)
+
+
+def test_a_user_may_name_a_resident_model_by_its_path_but_not_load_one(srv, k, home):
+    """A path is EPERM for a non-admin (the kernel would read a file for them), unless the model
+    at that path is already resident: then nothing is read (`LLMOS_MODEL=/path llmos run`)."""
+    models, path = srv.kernel.models, str(home / "models" / "tinyb.gguf")
+    with pytest.raises(KernelError) as e:
+        models.resolve(path, admin=False)
+    assert e.value.errno == errno.EPERM
+    k.load("tinyb")
+    assert models.resolve(path, admin=False)[0] == os.path.realpath(path)
+    k.unload("tinyb")

@@ -251,6 +251,10 @@ def test_run_and_chat_with_another_model_load_unload_models(kernel, k):
     assert default.stdout != r.stdout                                 # not the default model's
     shell = llmos(kernel, "-c", 'run -m tinyb -t 0 -n 5 --ignore-eos hello')
     assert shell.stdout == r.stdout, shell.stderr
+    chosen = llmos(kernel, "--model", "tinyb", "-c", 'run -t 0 -n 5 --ignore-eos hello')   # a kernel
+    assert chosen.stdout == r.stdout, chosen.stderr             # running another: not ignored
+    assert llmos(dict(kernel, LLMOS_MODEL="tinyb"), "run", "-t", "0", "-n", "5", "--ignore-eos",
+                 "hello").stdout == r.stdout
     rows = {m["name"]: m for m in json.loads(llmos(kernel, "models", "--json").stdout)}
     assert rows["tinyb"]["loaded"] and rows["tinyb"]["kv_bytes"] > 0 and rows["tinyb"]["procs"] == 0
     table = llmos(kernel, "models").stdout.splitlines()

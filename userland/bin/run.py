@@ -33,8 +33,9 @@ CHAT_DEFAULTS = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1, "p
 
 def sampling_options(p: program.ArgParser) -> None:
     """The options run and chat share."""
-    p.add_argument("-m", "--model", metavar="MODEL", help="a catalog or cached model (default: the kernel's); "
-                   "loaded on first use")
+    p.add_argument("-m", "--model", metavar="MODEL",
+                   help="a catalog or cached model (default: $LLMOS_MODEL, `llmos --model`, else the "
+                        "kernel's); loaded on first use")
     p.add_argument("-n", "--max-tokens", type=int, metavar="N", help="most tokens to generate")
     p.add_argument("-t", "--temperature", type=float, metavar="T",
                    help=f"default {CHAT_DEFAULTS['temperature']}; 0 = exact greedy (no top-p, no penalty)")
@@ -115,7 +116,8 @@ def spec(args, command: str, nice: int | None = None, session: bool = False) -> 
         params = {**CHAT_DEFAULTS, **params}
     shown = "".join(c if c.isprintable() else " " for c in command)[:abi.MAX_NAME_CHARS]
     return ProcessSpec(" ".join(getattr(args, "prompt", [])), shown, params, args.system, nice,
-                       getattr(args, "raw", False), session, args.model)
+                       getattr(args, "raw", False), session,
+                       args.model or os.environ.get("LLMOS_MODEL") or None)    # read now: `llmos --model`
 
 
 def exit_status(st: dict) -> int:
