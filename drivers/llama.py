@@ -4,8 +4,9 @@
 decode token) at some position, with its block table; it writes the new K/V into the pool, attends
 through the block tables (drivers/attention.py) and returns logits only for the sequences that
 asked for them. By default (dtype 'auto' on a CPU) GGUF-quantized matrices stay quantized and run
-in drivers/quant.py's kernels, RMSNorm and SwiGLU fused into the matmul calls and the residual
-adds done in place; 'fp32'/'bf16' dequantise them once (fp32 is the exact reference path).
+in drivers/quant.py's kernels, RMSNorm and SwiGLU fused into the matmul calls, the residual
+adds done in place, and RoPE, the K/V writes and paged attention in C as well (a batch-1 step:
+~230 torch ops + ~210 kernel calls); 'fp32'/'bf16' dequantise them once (fp32 is the exact reference path).
 Q/K/V and gate/up are fused into one matrix each.
 
 GGUF stores Q and K rows permuted for interleaved-pair RoPE; they are permuted back at load time so
