@@ -14,7 +14,8 @@ State diagram (each arrow is made by exactly one function below, called by the m
     cont (engine, SIGCONT): STOPPED ──▶ READY (or SLEEPING if it was sleeping with no input)
     exit (engine: stop condition, signal, error): any live state ──▶ ZOMBIE
     reap (ProcTable.remove): ZOMBIE ──▶ gone (pids are never reused within a boot); by wait(), or
-        by init (the kernel's reaper) at once for the processes it holds (see Process.holder)
+        by init (the kernel's reaper) at once for the non-detached processes it holds (see
+        Process.holder); a detached zombie waits for its owner's wait()
 
 RUNNING means "holds a place in the batch"; a running process whose turn was skipped in a step
 (token budget, fairness) stays RUNNING. READY may still hold its KV (resident or swapped) or none
