@@ -4,12 +4,17 @@ Layout: ``k`` and ``v`` are ``[n_layers, num_blocks, block_size, n_kv_heads, hea
 position p of a sequence whose block table is ``bt`` lives in block ``bt[p // block_size]`` at
 offset ``p % block_size``; its flat slot is ``block * block_size + offset``.
 
+On a CPU the pool is zeroed by the operating system, page by page as it is first written
+(calloc through numpy): a boot holds only what is used, not the whole pool (torch.zeros writes
+every page: 4 GiB of RSS and ~2 s at boot for a pool a small model rarely fills).
+
 This object knows nothing about owners, refcounts or hashes: the kernel's kvcache decides which
 block ids are used; this file only moves bytes (copy for copy-on-write, swap to and from host).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -24,8 +29,8 @@ class KVStorage:
         shape = (n_layers, num_blocks, block_size, n_kv_heads, head_dim)
         self.num_blocks, self.block_size = num_blocks, block_size
         self.dtype, self.device = dtype, torch.device(device)
-        self.k = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.v = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.k = _untouched_zeros(shape, dtype, self.device)
+        self.v = _untouched_zeros(shape, dtype, self.device)
         self.bytes_per_block = 2 * n_layers * block_size * n_kv_heads * head_dim * self.k.element_size()
 
     def copy_block(self, src: int, dst: int) -> None:
@@ -60,3 +65,11 @@ class KVStorage:
     @staticmethod
     def handle_bytes(handle: tuple[torch.Tensor, torch.Tensor]) -> int:
         return sum(t.numel() * t.element_size() for t in handle)
+
+
+def _untouched_zeros(shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero tensor whose host pages are not touched until written (CPU); torch.zeros elsewhere."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)

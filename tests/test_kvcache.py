@@ -232,3 +232,18 @@ def test_debug_builds_poison_a_block_that_leaves_use(how):
             assert b in kv.tables[2].blocks
         poisoned = bool((storage.k[:, b] == kvcache.JUNK).all() and (storage.v[:, b] == kvcache.JUNK).all())
         assert poisoned == junk
+
+
+def test_a_cpu_pool_holds_no_memory_until_its_blocks_are_written():
+    """The pool's pages are zeroed by the OS as they are first written: a 768 MiB pool costs a
+    boot almost nothing (torch.zeros would touch every page), and reads as zeros."""
+    import psutil
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    storage = KVStorage(n_layers=24, num_blocks=2048, block_size=16, n_kv_heads=4, head_dim=32,
+                        dtype=torch.float32)
+    pool = 2 * storage.k.numel() * 4
+    assert pool == 768 << 20
+    assert proc.memory_info().rss - before < pool // 8
+    storage.fill_block(7, 2.0)
+    assert float(storage.k[:, 6].abs().sum()) == 0.0 and float(storage.v[:, 7].sum()) == 2.0 * storage.v[:, 7].numel()
