@@ -3,6 +3,8 @@ reference every batching, preemption and fork test compares with). The model is 
 
 from __future__ import annotations
 
+import signal
+
 from llmos.drivers.sampler import SamplingParams
 from llmos.kernel.engine import Engine
 from llmos.kernel.param import KernelConfig
@@ -36,3 +38,16 @@ def solo(model, ids, n, **kw) -> list[int]:
         e.run_until_idle()
         _solo[key] = p.output_ids
     return _solo[key]
+
+
+def kill_and_reap(srv) -> bool:
+    """On a ServerThread's loop: SIGKILL every live process, reap every zombie nobody waits for;
+    True once the process table, the KV pool and swap are empty (poll it with wait_until)."""
+    eng = srv.kernel.engine
+    for p in eng.procs.all():
+        if p.alive:
+            eng.signal(p.pid, signal.SIGKILL)
+        elif p.pid not in srv.kernel.waits:
+            eng.reap(p.pid)
+    srv.server._work.set()
+    return len(eng.procs) == 0 and eng.kv.stats()["used"] == 0 and eng.kv.swap_used == 0

@@ -22,7 +22,7 @@ from llmos.kernel.hibernate import Checkpoints
 from llmos.kernel.proc import ProcState
 from llmos.kernel.waitq import WaitQueues
 from llmos.userland import lib
-from kernelkit import greedy, make_engine, prompt
+from kernelkit import greedy, kill_and_reap, make_engine, prompt
 from test_server import ServerThread, wait_until
 
 SAMPLED = SamplingParams(max_tokens=40, temperature=0.9, top_k=50, seed=7, ignore_eos=True)
@@ -194,23 +194,12 @@ def srv(model, tiny_model_path, tmp_path_factory):
         yield s
 
 
-def _quiet(srv) -> bool:
-    eng = srv.kernel.engine
-    for p in eng.procs.all():
-        if p.alive:
-            eng.signal(p.pid, signal.SIGKILL)
-        elif p.pid not in srv.kernel.waits:
-            eng.reap(p.pid)
-    srv.server._work.set()
-    return len(eng.procs) == 0 and eng.kv.stats()["used"] == 0 and eng.kv.swap_used == 0
-
-
 @pytest.fixture(autouse=True)
 def clean(request):
     yield
     if "srv" in request.fixturenames:
         srv = request.getfixturevalue("srv")
-        wait_until(lambda: srv.call(_quiet, srv), what="all processes reaped and blocks freed")
+        wait_until(lambda: srv.call(kill_and_reap, srv), what="all processes reaped and blocks freed")
         srv.call(srv.kernel.engine.kv.check_invariants)
         assert srv.server.crashed is None and srv.thread.is_alive()
 

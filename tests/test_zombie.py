@@ -6,14 +6,13 @@ Zombies count toward the owner's max_procs limit, so they cannot fill the proces
 from __future__ import annotations
 
 import errno
-import signal
 
 import pytest
 
 from llmos.kernel.limits import DEFAULT
 from llmos.kernel.waitq import WaitQueues
 from llmos.userland import lib
-from kernelkit import make_engine
+from kernelkit import kill_and_reap, make_engine
 from test_server import ServerThread, wait_until
 
 PROMPT = "Once upon a time"
@@ -30,17 +29,7 @@ def srv(model):
 @pytest.fixture(autouse=True)
 def clean(srv):
     yield
-    eng = srv.kernel.engine
-
-    def reap_all():
-        for p in eng.procs.all():
-            if p.alive:
-                eng.signal(p.pid, signal.SIGKILL)
-            elif p.pid not in srv.kernel.waits:
-                eng.reap(p.pid)
-        srv.server._work.set()
-        return len(eng.procs) == 0 and eng.kv.stats()["used"] == 0
-    wait_until(lambda: srv.call(reap_all), what="every process reaped")
+    wait_until(lambda: srv.call(kill_and_reap, srv), what="every process reaped")
 
 
 def held_by_init(srv, pid) -> bool:
