@@ -73,24 +73,11 @@ class Gemma3Model(LlamaModel):
     def forward(self, seqs: list[SeqInput], kv: KVStorage, interrupt=None) -> torch.Tensor:
         """As LlamaModel.forward (same contract, interrupt included), with Gemma 3's block."""
         c, dev, p = self.config, self.device, self.params
-        for s in seqs:
-            if s.start_pos + len(s.token_ids) > c.context_length:
-                raise ValueError(f"sequence of {s.start_pos + len(s.token_ids)} tokens exceeds the "
-                                 f"model context of {c.context_length}")
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].token_ids))
-        ids, pos, last_row = [], [], {}
-        for i in order:
-            s = seqs[i]
-            ids.extend(s.token_ids)
-            pos.extend(range(s.start_pos, s.start_pos + len(s.token_ids)))
-            last_row[i] = len(ids) - 1
-        spans = [(s.start_pos, len(s.token_ids), s.block_table) for s in seqs]
+        order, ids, pos, spans, want = self._layout(seqs)
         flat = build_flat_metadata(spans, order, kv.block_size) if self._flat_attention(kv) else None
         if flat is None:
             meta = build_metadata(spans, order, kv.block_size, dev)
             local_meta = build_metadata(spans, order, kv.block_size, dev, window=p.sliding_window)
-        want = torch.tensor([last_row[i] for i, s in enumerate(seqs) if s.want_logits],
-                            dtype=torch.long, device=dev)
         positions = flat.positions if flat else torch.tensor(pos, dtype=torch.long, device=dev)
         x = self._embed(torch.tensor(ids, dtype=torch.long, device=dev)) * p.embed_scale
         T, H, KVH, D, eps = len(ids), c.n_heads, c.n_kv_heads, c.head_dim, c.rms_eps

@@ -184,13 +184,10 @@ class LlamaModel:
             qk = (qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin).to(self.dtype)
         return qk[:, :H], qk[:, H:]
 
-    @torch.inference_mode()
-    def forward(self, seqs: list[SeqInput], kv: KVStorage, interrupt=None) -> torch.Tensor:
-        """Run one step. Returns float32 logits [n_want, vocab], rows in the order of the seqs
-        with want_logits. Caller guarantees block tables are valid and exclusively writable at
-        the new tokens' slots. interrupt: a threading.Event checked before each layer and the
-        output layer; once set, raises Preempted."""
-        c, dev = self.config, self.device
+    def _layout(self, seqs: list[SeqInput]):
+        """A step's rows: (order: seqs shortest first, ids and positions in that order, spans
+        (start, length, block table) per seq, want: the row of each seq with want_logits)."""
+        c = self.config
         for s in seqs:
             if s.start_pos + len(s.token_ids) > c.context_length:
                 raise ValueError(f"sequence of {s.start_pos + len(s.token_ids)} tokens exceeds the "
@@ -204,7 +201,17 @@ class LlamaModel:
             last_row[i] = len(ids) - 1
         spans = [(s.start_pos, len(s.token_ids), s.block_table) for s in seqs]
         want = torch.tensor([last_row[i] for i, s in enumerate(seqs) if s.want_logits],
-                            dtype=torch.long, device=dev)
+                            dtype=torch.long, device=self.device)
+        return order, ids, pos, spans, want
+
+    @torch.inference_mode()
+    def forward(self, seqs: list[SeqInput], kv: KVStorage, interrupt=None) -> torch.Tensor:
+        """Run one step. Returns float32 logits [n_want, vocab], rows in the order of the seqs
+        with want_logits. Caller guarantees block tables are valid and exclusively writable at
+        the new tokens' slots. interrupt: a threading.Event checked before each layer and the
+        output layer; once set, raises Preempted."""
+        c, dev = self.config, self.device
+        order, ids, pos, spans, want = self._layout(seqs)
         if self._flat_attention(kv):
             meta = build_flat_metadata(spans, order, kv.block_size)
             positions = meta.positions

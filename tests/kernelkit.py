@@ -51,3 +51,18 @@ def kill_and_reap(srv) -> bool:
             eng.reap(p.pid)
     srv.server._work.set()
     return len(eng.procs) == 0 and eng.kv.stats()["used"] == 0 and eng.kv.swap_used == 0
+
+
+def driver_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """n greedy token ids after prompt, straight through the driver (no kernel): the real-model
+    tests compare these with an independent reference."""
+    from llmos.drivers.llama import SeqInput
+    blocks = -(-(len(prompt) + n) // 16)
+    kv, table = model.new_kv(blocks, 16), list(range(blocks))
+    out, ids, pos = [], prompt, 0
+    for _ in range(n):
+        logits = model.forward([SeqInput(ids, pos, table)], kv)
+        pos += len(ids)
+        ids = [int(logits[0].argmax())]
+        out.append(ids[0])
+    return out

@@ -21,25 +21,12 @@ from llmos.kernel.waitq import WaitQueues
 from llmos.userland import lib
 from llmos.userland.agent import forks, runtime
 from kernelkit import make_engine
+from test_agent import k, srv  # noqa: F401  (the agent tests' kernel and client fixtures)
 from test_server import ServerThread
 
 SHORT = {"type": "object", "required": ["answer"], "additionalProperties": False,
          "properties": {"answer": {"type": "string", "maxLength": 8}}}
 TASKS = ["first part", "second part", "third part"]
-
-
-@pytest.fixture(scope="module")
-def srv(model):
-    waits = WaitQueues()
-    engine = make_engine(model, 512, block_size=4, on_wake=waits.wake)
-    with ServerThread(engine, model, waits, lease_s=0.3) as s:
-        yield s
-
-
-@pytest.fixture
-def k(srv):
-    with lib.Client(user="alice", client="test") as c:
-        yield c
 
 
 def session(k, max_tokens=6) -> int:

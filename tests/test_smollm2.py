@@ -12,21 +12,10 @@ import pytest
 import torch
 
 from llmos.drivers.llama import LlamaModel, SeqInput
+from kernelkit import driver_greedy as greedy
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "smollm2_reference.json").read_text())
 pytestmark = pytest.mark.slow
-
-
-def greedy(model: LlamaModel, prompt: list[int], n: int) -> list[int]:
-    kv = model.new_kv(8, 16)
-    table = list(range(8))
-    out, ids, pos = [], prompt, 0
-    for _ in range(n):
-        logits = model.forward([SeqInput(ids, pos, table)], kv)
-        pos += len(ids)
-        ids = [int(logits[0].argmax())]
-        out.append(ids[0])
-    return out
 
 
 def test_fp32_greedy_matches_independent_reference(smollm2_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinymodel import _matrix, _norm, sp_vocab
+from tinymodel import _matrix, _norm, sp_vocab, write_tensors
 
 _FILE_TYPES = {None: "ALL_F32", "Q8_0": "MOSTLY_Q8_0"}
 
@@ -91,15 +91,4 @@ def build_arch_model(path, arch: str, *, seed: int = 0, n_layers: int = 2, hidde
             w.add_array(key, value)
     if _FILE_TYPES.get(getattr(qtype, "name", qtype)):
         w.add_file_type(getattr(gguf.LlamaFileType, _FILE_TYPES[getattr(qtype, "name", qtype)]))
-    for name, array in t.items():
-        if name in drop:
-            continue
-        if qtype is not None and array.ndim == 2:
-            w.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
-        else:
-            w.add_tensor(name, array)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_tensors(w, {n: a for n, a in t.items() if n not in drop}, qtype, path)

@@ -169,6 +169,12 @@ def build_tiny_model(path, *, seed: int = 0, n_layers: int = 2, hidden: int = 64
     w.add_add_eos_token(False)
     w.add_add_space_prefix(True)
     w.add_chat_template(CHATML_TEMPLATE)
+    return write_tensors(w, tensors, qtype, path)
+
+
+def write_tensors(w, tensors: dict, qtype, path):
+    """Add the tensors (matrices quantized to qtype when given), write the file, return path."""
+    import gguf
     for name, array in tensors.items():
         if qtype is not None and array.ndim == 2:
             w.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
