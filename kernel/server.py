@@ -156,6 +156,13 @@ class Server:
         if any(ep.startswith("tcp://") for ep in self.endpoints) and self.curve is None:
             raise ValueError("a tcp:// endpoint needs the kernel's CURVE keys (TCP is always encrypted)")
         self.ctx = zmq.Context()
+        try:
+            self._bind()
+        except BaseException:
+            self.close()         # the ZAP thread holds a socket: an unclosed context would hang its GC
+            raise
+
+    def _bind(self) -> None:
         self.auth = Authenticator(self.ctx, self.curve_keys)
         self.auth.start()
         _unpredictable_routing_ids()
@@ -201,9 +208,18 @@ class Server:
             self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
             self.loop.remove_reader(self.mon.getsockopt(zmq.FD))
             self.sock.disable_monitor()
-            self.mon.close(0)
-            self.sock.close()
+            self.close()
+
+    def close(self) -> None:
+        """Release the sockets, the ZAP thread and the context (idempotent; never hangs on a peer
+        for more than the socket's LINGER)."""
+        for s in (self.mon, self.sock):
+            if s is not None and not s.closed:
+                s.close(0 if s is self.mon else None)
+        if self.auth is not None:
             self.auth.stop()
+            self.auth = None
+        if self.ctx is not None and not self.ctx.closed:
             self.ctx.term()
 
     def shutdown(self) -> None:

@@ -172,10 +172,11 @@ def test_a_session_cannot_be_taken_over_by_another_process(srv):
 
 
 def test_frames_before_hello_are_small_and_cost_a_connection(srv):
+    before = set(srv.server.sessions)                 # an earlier test's session may not be gone yet
     big = Raw(srv.endpoint)
     big.send(b"\x93" + b"x" * (300 << 10))
     time.sleep(0.3)
-    assert not srv.server.sessions
+    assert set(srv.server.sessions) <= before
     big.close()
     with lib.Client() as k:
         assert k.null() is None

@@ -192,6 +192,14 @@ def test_sync_client_maps_errors_to_oserror_subclasses(srv):
         assert ei.value.errno == errno.EINVAL and "kill(pid, sig=15)" in ei.value.strerror
 
 
+def test_a_bind_that_fails_releases_its_context_and_zap_thread():
+    """An unclosed context whose ZAP thread still holds a socket hangs forever when collected."""
+    s = Server(Kernel(engine=None, model=None, token="t", waits=WaitQueues()), ["ipc:///nonexistent/dir/k.sock"])
+    with pytest.raises(zmq.ZMQError):
+        s.bind()
+    assert s.ctx.closed and s.auth is None and s.sock.closed
+
+
 def test_client_without_a_kernel_names_the_command_that_starts_one(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMOS_RUNTIME_DIR", str(tmp_path))
     with pytest.raises(ConnectionRefusedError, match="llmos serve --daemon"):
