@@ -24,7 +24,7 @@ from ..drivers.catalog import DEFAULT_MODEL, resolve
 from ..drivers.cpu import cpu_features, isa_summary
 from ..drivers.gguf import ModelFileError
 from ..drivers.llama import LlamaModel, SeqInput
-from ..drivers.quant import kernel_isa
+from ..drivers.quant import kernel_isa, pool_stragglers
 
 
 def memory_bandwidth(nbytes: int = 1 << 29, repeats: int = 5) -> float:
@@ -136,11 +136,15 @@ def main(argv: list[str]) -> int:
     say(f"{'engine':<10} {'figure':<12} {'ms':>9} {'tok/s':>9} {'bound tok/s':>12}")
     results = []
 
+    solo = [pool_stragglers()]
+
     def record(engine, figure, sec, tokens, bound=None):
-        results.append({"engine": engine, "figure": figure, "ms": sec * 1e3,
-                        "tokens_per_s": tokens / sec, "bound_tokens_per_s": bound})
+        episodes, solo[0] = pool_stragglers() - solo[0], pool_stragglers()
+        results.append({"engine": engine, "figure": figure, "ms": sec * 1e3, "tokens_per_s": tokens / sec,
+                        "bound_tokens_per_s": bound, "pool_solo_episodes": episodes})
         say(f"{engine:<10} {figure:<12} {sec * 1e3:>9.2f} {tokens / sec:>9.1f} "
-            f"{'' if bound is None else f'{bound:12.1f}'}")
+            f"{'' if bound is None else f'{bound:12.1f}'}"
+            f"{f'  (thread pool went solo {episodes}x: a worker lagged)' if episodes else ''}")
 
     for dtype in args.dtype.split(","):
         model = LlamaModel.load(str(path), dtype=dtype, device=args.device)

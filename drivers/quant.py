@@ -96,6 +96,7 @@ def kernels() -> ctypes.CDLL | None:
                                           ctypes.c_float, _p, _i]
     lib.llmos_kv_store.argtypes = [_p, _i, _i, _i, _i, _i, _p, _p, _p]
     lib.llmos_kv_store.restype = None
+    lib.llmos_quant_stragglers.restype = ctypes.c_int64
     lib.llmos_quant_set_threads(torch.get_num_threads())
     return lib
 
@@ -105,6 +106,13 @@ def kernel_isa() -> str:
     'none (dequantised fp32)' when they could not be built."""
     lib = kernels()
     return lib.llmos_quant_isa().decode() if lib is not None else "none (dequantised fp32)"
+
+
+def pool_stragglers() -> int:
+    """How many times the kernels' thread pool went solo because a worker lagged (preempted by
+    other processes, as far as it can tell); 0 without kernels."""
+    lib = kernels()
+    return int(lib.llmos_quant_stragglers()) if lib is not None else 0
 
 
 def has_kernel(qtype: int) -> bool:

@@ -17,6 +17,7 @@
 // processes on the cores) costs at most the speed of one thread, not a scheduler time slice per
 // matmul as barrier-based OpenMP regions do.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -127,18 +128,28 @@ static std::condition_variable& wake = *new std::condition_variable;
 static int nthreads = 1;
 static bool started = false;
 // Contention guard: when the caller, its own share done, waits long for a task a preempted worker
-// holds (other processes own the cores), the next SOLO_JOBS jobs run on the caller alone.
-constexpr int64_t SOLO_JOBS = 512;
-constexpr double STRAGGLER_S = 300e-6;
-static int64_t jobs = 0, solo_until = 0;
+// holds (other processes own the cores), the next jobs run on the caller alone. "Long"
+// is both past STRAGGLER_S and several of the caller's own tasks: a worker that woke late and took
+// a big task (a GEMM chunk, the output layer's rows) is not preempted, and an absolute 300 us
+// threshold, tripped that way on a quiet machine, cost a quarter of the decode speed.
+// The solo stretch starts at SOLO_MIN jobs and doubles while the guard keeps tripping (up to
+// SOLO_MAX), back to SOLO_MIN after a threaded job that did not trip it: a one-off hiccup (a host
+// that stole the worker's CPU for a moment) costs a few matmuls, sustained contention ~nothing.
+constexpr int64_t SOLO_MIN = 32, SOLO_MAX = 4096;
+constexpr double STRAGGLER_S = 1e-3;
+constexpr double STRAGGLER_TASKS = 4.0;
+static int64_t jobs = 0, solo_until = 0, solo_len = SOLO_MIN;
+static std::atomic<int64_t> stragglers{0};   // times the guard tripped (benchmarks print it)
 
-static void work(uint32_t gen) {
-    for (;;) {
+// Runs tasks of job `gen` until none is left; returns how many this thread ran.
+static int64_t work(uint32_t gen) {
+    for (int64_t mine = 0;;) {
         uint64_t w = word.load(std::memory_order_acquire);
-        if ((uint32_t)(w >> 32) != gen || (int64_t)(w & 0xffffffffu) >= n.load(std::memory_order_relaxed)) return;
+        if ((uint32_t)(w >> 32) != gen || (int64_t)(w & 0xffffffffu) >= n.load(std::memory_order_relaxed)) return mine;
         if (word.compare_exchange_weak(w, w + 1, std::memory_order_acq_rel)) {
             fn.load(std::memory_order_relaxed)(ctx.load(std::memory_order_relaxed), (int64_t)(w & 0xffffffffu));
             done.fetch_add(1, std::memory_order_release);
+            mine++;
         }
     }
 }
@@ -178,18 +189,25 @@ static void run(TaskFn f, void* c, int64_t count) {
     uint32_t gen = (uint32_t)(word.load() >> 32) + 1;
     word.store((uint64_t)gen << 32);
     if (sleepers.load() > 0) { std::lock_guard<std::mutex> lk(sleep_mu); wake.notify_all(); }
-    work(gen);
+    const auto begin = std::chrono::steady_clock::now();
+    const int64_t mine = work(gen);
     const auto t0 = std::chrono::steady_clock::now();
+    const double patience = std::max(STRAGGLER_S, STRAGGLER_TASKS *
+        std::chrono::duration<double>(t0 - begin).count() / (double)(mine > 0 ? mine : 1));
     for (int spins = 0; done.load(std::memory_order_acquire) < count; spins++) {
 #if defined(__AVX2__)
         _mm_pause();
 #endif
         if ((spins & 1023) == 1023 &&
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > STRAGGLER_S) {
-            solo_until = jobs + SOLO_JOBS;
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > patience) {
+            solo_until = jobs + solo_len;
+            solo_len = std::min(2 * solo_len, SOLO_MAX);
+            stragglers.fetch_add(1, std::memory_order_relaxed);
             while (done.load(std::memory_order_acquire) < count) std::this_thread::yield();
+            return;
         }
     }
+    solo_len = SOLO_MIN;
 }
 }  // namespace pool
 // ---- input preparation ----------------------------------------------------------------------
@@ -461,6 +479,8 @@ void llmos_parallel(TaskFn fn, void* ctx, int64_t n) { pool::run(fn, ctx, n); }
 // Threads the kernels use (the caller included); takes effect before the first threaded call.
 void llmos_quant_set_threads(int n) { if (!pool::started && n >= 1) pool::nthreads = n; }
 int llmos_quant_threads(void) { return pool::nthreads; }
+// How many times the contention guard sent the pool solo (see pool::run).
+int64_t llmos_quant_stragglers(void) { return pool::stragglers.load(); }
 
 // out[i, :] = dequantised row ids[i] of W ([*, K] in `type`, rb bytes per row).
 int llmos_dequant_rows(int type, const uint8_t* W, int64_t K, int64_t rb, const int64_t* ids,
