@@ -104,14 +104,20 @@ def build_flat_metadata(seq_lens: list[tuple[int, int, list[int]]], order: list[
     return FlatMetadata(t(slots), t(tables), t(seq_of), t(pos))
 
 
+FLAT_KV_DTYPES = (torch.float32, torch.float16)     # pools the C kernels read and write
+
+
 def store_kv_flat(lib, qkv: torch.Tensor, n_heads: int, head_dim: int, k_cache: torch.Tensor,
                   v_cache: torch.Tensor, meta: FlatMetadata) -> None:
     """Write this step's K and V (the columns after the queries in fused fp32 QKV rows) into the
-    pool at meta.slots, in C."""
-    assert qkv.dtype == k_cache.dtype == torch.float32 and qkv.stride(1) == 1
+    pool at meta.slots, in C (rounded to fp16 for an fp16 pool)."""
+    assert qkv.dtype == torch.float32 and qkv.stride(1) == 1 and k_cache.dtype in FLAT_KV_DTYPES
     assert k_cache.is_contiguous() and v_cache.is_contiguous()
-    lib.llmos_kv_store(qkv.data_ptr(), qkv.stride(0), qkv.shape[0], n_heads, k_cache.shape[2],
-                       head_dim, meta.slots.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr())
+    rc = lib.llmos_kv_store(qkv.data_ptr(), qkv.stride(0), qkv.shape[0], n_heads, k_cache.shape[2], head_dim,
+                            meta.slots.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                            int(k_cache.dtype == torch.float16))
+    if rc != 0:
+        raise ValueError(f"KV store failed ({rc}): an fp16 pool needs a CPU with F16C")
 
 
 def paged_attention_flat(lib, q: torch.Tensor, n_heads: int, head_dim: int, k_cache: torch.Tensor,
@@ -119,18 +125,19 @@ def paged_attention_flat(lib, q: torch.Tensor, n_heads: int, head_dim: int, k_ca
                          window: int | None = None) -> torch.Tensor:
     """As paged_attention, on the CPU in C (``lib``: drivers/quant.py's kernels). q: fp32
     [T, >= n_heads * head_dim] whose first n_heads * head_dim columns are the queries (a view of
-    the fused QKV rows is fine); caches fp32 and contiguous. window: sliding window or None."""
+    the fused QKV rows is fine); caches fp32 or fp16 (FLAT_KV_DTYPES), contiguous. window: sliding
+    window or None."""
     T = q.shape[0]
     if T != meta.positions.numel():
         raise ValueError(f"paged attention: {T} query rows, {meta.positions.numel()} tokens in the metadata")
-    assert q.dtype == k_cache.dtype == torch.float32 and q.stride(1) == 1
+    assert q.dtype == torch.float32 and q.stride(1) == 1 and k_cache.dtype in FLAT_KV_DTYPES
     assert k_cache.is_contiguous() and v_cache.is_contiguous()
     out = torch.empty(T, n_heads * head_dim, dtype=torch.float32)
     rc = lib.llmos_paged_attention(q.data_ptr(), q.stride(0), T, n_heads, k_cache.shape[2], head_dim,
                                    k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[1],
                                    meta.tables.data_ptr(), meta.tables.shape[1], meta.seq_of.data_ptr(),
                                    meta.positions.data_ptr(), window or 0, scale, out.data_ptr(),
-                                   n_heads * head_dim)
+                                   n_heads * head_dim, int(k_cache.dtype == torch.float16))
     if rc != 0:
         raise ValueError(f"paged attention failed ({rc}): {n_heads} heads, {k_cache.shape[2]} KV heads")
     return out

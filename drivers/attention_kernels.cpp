@@ -1,4 +1,4 @@
-// Paged attention on an fp32 KV pool, for the CPU (llmos drivers/attention.py calls it through
+// Paged attention on an fp32 or fp16 KV pool, for the CPU (llmos drivers/attention.py calls it through
 // drivers/quant.py's library, which compiles this file with quant_kernels.cpp and lends it its
 // thread pool). One task per (token, KV head): the query heads that share that KV head read each
 // key and value row once, straight from the pool through the sequence's block table (no gather).
@@ -7,12 +7,14 @@
 // sequence, lo = pos[t] - window + 1 when window > 0 (sliding window), else 0. The keys of this
 // step are already in the pool. Every (token, head) runs the same instruction sequence whatever
 // the batch, so a token's output does not depend on what it is batched with.
+// An fp16 pool (IEEE half, converted with F16C; the quantized path's default) halves the bytes a
+// step reads from the pool; the arithmetic stays fp32. Without F16C only fp32 pools are served.
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -21,18 +23,29 @@ extern "C" void llmos_parallel(TaskFn fn, void* ctx, int64_t n);
 
 namespace {
 
-struct Attn {
+#if defined(__F16C__)
+inline float val(const uint16_t* p, int64_t i) { return _cvtsh_ss(p[i]); }
+#endif
+inline float val(const float* p, int64_t i) { return p[i]; }
+#if defined(__AVX2__) && defined(__FMA__)
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+#if defined(__F16C__)
+inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+#endif
+#endif
+
+template <typename KV> struct Attn {
     const float* q; int64_t ldq, T, H, KVH, D;
-    const float* k; const float* v; int64_t block_size;
+    const KV* k; const KV* v; int64_t block_size;
     const int64_t* tables; int64_t max_blocks; const int64_t* seq_of; const int64_t* pos;
     int64_t window; float scale; float* out; int64_t ldo;
 };
 
-inline float dot(const float* a, const float* b, int64_t D) {
+template <typename KV> inline float dot(const float* a, const KV* b, int64_t D) {
 #if defined(__AVX2__) && defined(__FMA__)
     if (D % 8 == 0) {
         __m256 acc = _mm256_setzero_ps();
-        for (int64_t i = 0; i < D; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+        for (int64_t i = 0; i < D; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), acc);
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -40,18 +53,18 @@ inline float dot(const float* a, const float* b, int64_t D) {
     }
 #endif
     float s = 0.f;
-    for (int64_t i = 0; i < D; i++) s += a[i] * b[i];
+    for (int64_t i = 0; i < D; i++) s += a[i] * val(b, i);
     return s;
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
 // The dot products of q (D floats, D % 8 == 0) with 8 keys k, k + stride, ..., as one vector.
-inline __m256 dot8(const float* q, const float* k, int64_t stride, int64_t D) {
+template <typename KV> inline __m256 dot8(const float* q, const KV* k, int64_t stride, int64_t D) {
     __m256 acc[8];
     for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t d = 0; d < D; d += 8) {
         const __m256 qv = _mm256_loadu_ps(q + d);
-        for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + i * stride + d), acc[i]);
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(qv, load8(k + i * stride + d), acc[i]);
     }
     // Transposing reduction: lane i of the result = sum of acc[i]'s 8 lanes.
     const __m256 a01 = _mm256_hadd_ps(acc[0], acc[1]), a23 = _mm256_hadd_ps(acc[2], acc[3]);
@@ -62,16 +75,16 @@ inline __m256 dot8(const float* q, const float* k, int64_t stride, int64_t D) {
 }
 #endif
 
-inline void axpy(float a, const float* x, float* y, int64_t D) {     // y += a * x
+template <typename KV> inline void axpy(float a, const KV* x, float* y, int64_t D) {     // y += a * x
 #if defined(__AVX2__) && defined(__FMA__)
     if (D % 8 == 0) {
         const __m256 av = _mm256_set1_ps(a);
         for (int64_t i = 0; i < D; i += 8)
-            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load8(x + i), _mm256_loadu_ps(y + i)));
         return;
     }
 #endif
-    for (int64_t i = 0; i < D; i++) y[i] += a * x[i];
+    for (int64_t i = 0; i < D; i++) y[i] += a * val(x, i);
 }
 
 // e^x for x <= 0 (softmax after the max is subtracted) into x in place, returns their sum.
@@ -106,8 +119,8 @@ inline float exp_sum(float* x, int64_t n) {
     return sum;
 }
 
-void attn_task(void* p, int64_t i) {
-    const Attn& a = *(const Attn*)p;
+template <typename KV> void attn_task(void* p, int64_t i) {
+    const Attn<KV>& a = *(const Attn<KV>*)p;
     const int64_t t = i / a.KVH, g = i % a.KVH, G = a.H / a.KVH, D = a.D, bs = a.block_size;
     const int64_t end = a.pos[t] + 1, lo = a.window > 0 && end > a.window ? end - a.window : 0, n = end - lo;
     const int64_t* table = a.tables + a.seq_of[t] * a.max_blocks;
@@ -132,13 +145,13 @@ void attn_task(void* p, int64_t i) {
         const int64_t base = table[blk] * bs - blk * bs;       // slot = base + key
 #if defined(__AVX2__) && defined(__FMA__)
         for (; D % 8 == 0 && key + 8 <= stop; key += 8) {
-            const float* k = a.k + (base + key) * row + g * D;
+            const KV* k = a.k + (base + key) * row + g * D;
             for (int64_t h = 0; h < G; h++)
                 _mm256_storeu_ps(s + h * n + key - lo, _mm256_mul_ps(_mm256_set1_ps(a.scale), dot8(q + h * D, k, row, D)));
         }
 #endif
         for (; key < stop; key++) {
-            const float* k = a.k + (base + key) * row + g * D;
+            const KV* k = a.k + (base + key) * row + g * D;
             for (int64_t h = 0; h < G; h++) s[h * n + key - lo] = a.scale * dot(q + h * D, k, D);
         }
     }
@@ -155,8 +168,8 @@ void attn_task(void* p, int64_t i) {
                 __m256 acc[8];
                 for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
                 each_key([&](int64_t j, int64_t off) {
-                    const float* v = a.v + off + d0; const __m256 p = _mm256_set1_ps(sh[j]);
-                    for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[i]);
+                    const KV* v = a.v + off + d0; const __m256 p = _mm256_set1_ps(sh[j]);
+                    for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(p, load8(v + 8 * i), acc[i]);
                 });
                 for (int i = 0; i < 8; i++) _mm256_storeu_ps(o + d0 + 8 * i, acc[i]);
             }
@@ -172,28 +185,68 @@ void attn_task(void* p, int64_t i) {
 
 extern "C" {
 
+// Whether fp16 pools are served (the CPU has F16C).
+int llmos_kv_f16_supported(void) {
+#if defined(__F16C__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 // See the file's head. q: [T, ldq] (heads at columns h*D); k, v: the layer's pool
-// [blocks, block_size, KVH, D]; tables: [n_seqs, max_blocks]; seq_of, pos: [T]; out: [T, ldo].
-// Returns 0, or -1 when H is not a multiple of KVH.
+// [blocks, block_size, KVH, D], fp16 when f16 else fp32; tables: [n_seqs, max_blocks]; seq_of, pos:
+// [T]; out: [T, ldo]. Returns 0, -1 when H is not a multiple of KVH, -2 for fp16 without F16C.
 int llmos_paged_attention(const float* q, int64_t ldq, int64_t T, int64_t H, int64_t KVH, int64_t D,
-                          const float* k, const float* v, int64_t block_size, const int64_t* tables,
+                          const void* k, const void* v, int64_t block_size, const int64_t* tables,
                           int64_t max_blocks, const int64_t* seq_of, const int64_t* pos, int64_t window,
-                          float scale, float* out, int64_t ldo) {
+                          float scale, float* out, int64_t ldo, int f16) {
     if (KVH <= 0 || H % KVH) return -1;
-    Attn a{q, ldq, T, H, KVH, D, k, v, block_size, tables, max_blocks, seq_of, pos, window, scale, out, ldo};
-    llmos_parallel(attn_task, &a, T * KVH);
+    if (f16) {
+#if defined(__F16C__)
+        Attn<uint16_t> a{q, ldq, T, H, KVH, D, (const uint16_t*)k, (const uint16_t*)v, block_size, tables,
+                         max_blocks, seq_of, pos, window, scale, out, ldo};
+        llmos_parallel(attn_task<uint16_t>, &a, T * KVH);
+        return 0;
+#else
+        return -2;
+#endif
+    }
+    Attn<float> a{q, ldq, T, H, KVH, D, (const float*)k, (const float*)v, block_size, tables, max_blocks,
+                  seq_of, pos, window, scale, out, ldo};
+    llmos_parallel(attn_task<float>, &a, T * KVH);
     return 0;
 }
 
 // The K and V of T new tokens (columns [H*D, (H+KVH)*D) and [(H+KVH)*D, (H+2*KVH)*D) of qkv rows,
-// row stride ldq) into pool slots slots[t] of the layer's k and v ([*, KVH, D] per slot).
-void llmos_kv_store(const float* qkv, int64_t ldq, int64_t T, int64_t H, int64_t KVH, int64_t D,
-                    const int64_t* slots, float* k, float* v) {
+// row stride ldq) into pool slots slots[t] of the layer's k and v ([*, KVH, D] per slot), rounded
+// to fp16 (nearest even) when f16. Returns 0, or -2 for fp16 without F16C.
+int llmos_kv_store(const float* qkv, int64_t ldq, int64_t T, int64_t H, int64_t KVH, int64_t D,
+                   const int64_t* slots, void* k, void* v, int f16) {
     const int64_t n = KVH * D;
-    for (int64_t t = 0; t < T; t++) {
-        memcpy(k + slots[t] * n, qkv + t * ldq + H * D, n * sizeof(float));
-        memcpy(v + slots[t] * n, qkv + t * ldq + (H + KVH) * D, n * sizeof(float));
+    if (!f16) {
+        for (int64_t t = 0; t < T; t++) {
+            memcpy((float*)k + slots[t] * n, qkv + t * ldq + H * D, n * sizeof(float));
+            memcpy((float*)v + slots[t] * n, qkv + t * ldq + (H + KVH) * D, n * sizeof(float));
+        }
+        return 0;
     }
+#if defined(__F16C__)
+    for (int64_t t = 0; t < T; t++) {
+        const float* src[2] = {qkv + t * ldq + H * D, qkv + t * ldq + (H + KVH) * D};
+        uint16_t* dst[2] = {(uint16_t*)k + slots[t] * n, (uint16_t*)v + slots[t] * n};
+        for (int kv = 0; kv < 2; kv++) {
+            int64_t i = 0;
+            for (; i + 8 <= n; i += 8)
+                _mm_storeu_si128((__m128i*)(dst[kv] + i),
+                                 _mm256_cvtps_ph(_mm256_loadu_ps(src[kv] + i), _MM_FROUND_TO_NEAREST_INT));
+            for (; i < n; i++) dst[kv][i] = _cvtss_sh(src[kv][i], _MM_FROUND_TO_NEAREST_INT);
+        }
+    }
+    return 0;
+#else
+    return -2;
+#endif
 }
 
 }  // extern "C"

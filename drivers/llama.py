@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +28,8 @@ import psutil
 from gguf import GGMLQuantizationType
 
 from .arch import ARCHS, model_class
-from .attention import (FlatMetadata, build_flat_metadata, build_metadata, paged_attention,
-                        paged_attention_flat, store_kv_flat)
+from .attention import (FLAT_KV_DTYPES, FlatMetadata, build_flat_metadata, build_metadata,
+                        paged_attention, paged_attention_flat, store_kv_flat)
 from .device import pick_device, pick_dtype
 from .gguf import GGUFModelFile, ModelConfig, ModelFileError
 from .kvstore import KVStorage
@@ -77,6 +78,7 @@ class LlamaModel:
         self.out_norm, self.lm_head = out_norm, lm_head
         self.dtype, self.device, self.tokenizer, self.path = dtype, device, tokenizer, path
         self.quantized = quantized
+        self.kv_dtype = _kv_dtype(dtype, device, quantized)
         half = config.head_dim // 2
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, half, dtype=torch.float64) / half))
         angles = torch.outer(torch.arange(config.context_length, dtype=torch.float64), inv_freq)
@@ -156,11 +158,11 @@ class LlamaModel:
     def new_kv(self, num_blocks: int, block_size: int) -> KVStorage:
         c = self.config
         return KVStorage(c.n_layers, num_blocks, block_size, c.n_kv_heads, c.head_dim,
-                         self.dtype, self.device)
+                         self.kv_dtype, self.device)
 
     def kv_bytes_per_token(self) -> int:
         c = self.config
-        return 2 * c.n_layers * c.n_kv_heads * c.head_dim * torch.finfo(self.dtype).bits // 8
+        return 2 * c.n_layers * c.n_kv_heads * c.head_dim * torch.finfo(self.kv_dtype).bits // 8
 
     # ---- compute -----------------------------------------------------------------------------
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -251,8 +253,8 @@ class LlamaModel:
 
     def _flat_attention(self, kv: KVStorage) -> bool:
         """Attention and K/V writes in C (drivers/attention_kernels.cpp): the quantized path on a
-        CPU, fp32 pool."""
-        return self.quantized and self.device.type == "cpu" and kv.k[0].dtype == torch.float32
+        CPU, fp32 or fp16 pool."""
+        return self.quantized and self.device.type == "cpu" and kv.k.dtype in FLAT_KV_DTYPES
 
     def _linears(self) -> list:
         mats = [self.embed] + [getattr(l, n) for l in self.layers
@@ -277,6 +279,17 @@ class LlamaModel:
         types = sorted({KERNEL_TYPES[q] for m in self._linears() if isinstance(m, QLinear)
                         for q, _ in m.parts})
         return f"{'+'.join(types)} on {kernel_isa()} kernels"
+
+
+def _kv_dtype(dtype: torch.dtype, device: torch.device, quantized: bool) -> torch.dtype:
+    """The KV pool's element type: fp16 on the quantized CPU path when the kernels can convert it
+    (F16C): its attention reads half the bytes (at batch 64 the pool, not the weights, is most of
+    a step's traffic), with arithmetic in fp32; LLMOS_KV_DTYPE=fp32 keeps fp32. Else the model's."""
+    if not quantized or device.type != "cpu" or os.environ.get("LLMOS_KV_DTYPE", "") == "fp32":
+        return dtype
+    from .quant import kernels
+    lib = kernels()
+    return torch.float16 if lib is not None and lib.llmos_kv_f16_supported() else dtype
 
 
 def _size(n: int) -> str:

@@ -93,9 +93,8 @@ def kernels() -> ctypes.CDLL | None:
     lib.llmos_rope.argtypes = [_p, _i, _i, _i, _i, _p, _p, _p]
     lib.llmos_rope.restype = None
     lib.llmos_paged_attention.argtypes = [_p, _i, _i, _i, _i, _i, _p, _p, _i, _p, _i, _p, _p, _i,
-                                          ctypes.c_float, _p, _i]
-    lib.llmos_kv_store.argtypes = [_p, _i, _i, _i, _i, _i, _p, _p, _p]
-    lib.llmos_kv_store.restype = None
+                                          ctypes.c_float, _p, _i, ctypes.c_int]
+    lib.llmos_kv_store.argtypes = [_p, _i, _i, _i, _i, _i, _p, _p, _p, ctypes.c_int]
     lib.llmos_quant_stragglers.restype = ctypes.c_int64
     lib.llmos_quant_set_threads(torch.get_num_threads())
     return lib

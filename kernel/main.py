@@ -204,9 +204,10 @@ def serve(args, rt: Path) -> int:
         c = model.config
         from llmos.drivers.cpu import cpu_features, isa_summary
         log.info("boot: driver  %s (%s, %d layers, hidden %d, context %d) on %s/%s, %.1f s; cpu %s (%s), "
-                 "weights %s", path.name, c.arch, c.n_layers, c.hidden_size, c.context_length, model.device,
+                 "weights %s, KV %s", path.name, c.arch, c.n_layers, c.hidden_size, c.context_length, model.device,
                  str(model.dtype)[6:], time.monotonic() - t0, cpu_features()["model"], isa_summary(),
-                 getattr(model, "weight_format", lambda: str(model.dtype))())
+                 getattr(model, "weight_format", lambda: str(model.dtype))(),
+                 str(getattr(model, "kv_dtype", model.dtype))[6:])
         waits = WaitQueues()
         engine = Engine(model, config, on_wake=waits.wake, limits=_limits(args))
         if args.prefix_disk:

@@ -87,9 +87,10 @@ def test_paged_mixed_batch_equals_dense_reference(either_path, tiny_model_path):
     seqs += [SeqInput(p[n:], n, t) for p, n, t in zip(prompts[2:], split[2:], tables[2:])]
     got = model.forward(seqs, kv)
     full = [prompts[0] + [nxt[0]], prompts[1] + [nxt[1]]] + prompts[2:]
+    atol = 1e-4 if kv.k.dtype == torch.float32 else 5e-3     # an fp16 pool rounds K and V (~5e-4 relative)
     for row, ids in enumerate(full):
         want = dense_reference(tiny_model_path, ids)[-1]
-        assert torch.allclose(got[row], want, atol=1e-4, rtol=0), (row, (got[row] - want).abs().max())
+        assert torch.allclose(got[row], want, atol=atol, rtol=0), (row, (got[row] - want).abs().max())
 
 
 def greedy(model, prompt, n, kv, table, others=()):

@@ -142,7 +142,31 @@ def test_quantized_model_is_batch_invariant(tmp_path):
         assert torch.equal(m.forward([SeqInput(p, 0, t)], kv)[0], together[i])
 
 
-def test_type_without_kernel_is_dequantised_once_and_logged(tmp_path, caplog):
+def test_fp16_kv_pool_halves_the_bytes_and_tracks_fp32_kv(tmp_path, monkeypatch):
+    """The quantized CPU path keeps K and V in fp16 (F16C), read and written by the C kernels."""
+    path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0)
+    m = LlamaModel.load(path)
+    monkeypatch.setenv("LLMOS_KV_DTYPE", "fp32")
+    m32 = LlamaModel.load(path)
+    assert m.kv_dtype == torch.float16 and m32.kv_dtype == torch.float32
+    assert m.new_kv(8, 4).k.dtype == torch.float16
+    assert m.kv_bytes_per_token() * 2 == m32.kv_bytes_per_token()
+    ids = list(range(10, 40))
+    kv, kv32 = m.new_kv(16, 4), m32.new_kv(16, 4)
+    a = m.forward([SeqInput(ids, 0, list(range(1, 9)))], kv)[0]
+    b = m32.forward([SeqInput(ids, 0, list(range(1, 9)))], kv32)[0]
+    assert not torch.equal(a, b) and (a - b).abs().max() < 1e-2 * b.abs().max()
+    k16 = kv.k[:, 1:9].reshape(kv.k.shape[0], -1, *kv.k.shape[3:])[:, :len(ids)]
+    k32 = kv32.k[:, 1:9].reshape(kv32.k.shape[0], -1, *kv32.k.shape[3:])[:, :len(ids)]
+    assert torch.equal(k16[0], k32[0].half())           # layer 0 (same input): fp32 K rounded to nearest
+    assert not torch.equal(k16[-1], k32[-1].half())     # later layers saw fp16 attention
+    a2 = m.forward([SeqInput([5], len(ids), list(range(1, 9)))], kv)[0]     # a decode step reads fp16
+    b2 = m32.forward([SeqInput([5], len(ids), list(range(1, 9)))], kv32)[0]
+    assert (a2 - b2).abs().max() < 1e-2 * b2.abs().max()
+
+
+def test_type_without_kernel_is_dequantised_once_and_logged(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("LLMOS_KV_DTYPE", "fp32")          # the weights' path alone, compared exactly
     path = tinymodel.build_tiny_model(tmp_path / "f16.gguf", qtype=QT.F16)
     with caplog.at_level(logging.INFO, logger="llmos.drivers"):
         m = LlamaModel.load(path)
