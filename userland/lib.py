@@ -52,6 +52,8 @@ CONNECT_TIMEOUT_S = 5.0      # hello must be answered within this
 HEARTBEAT_S = 0.5            # ZMTP PING interval on every connection
 DEAD_AFTER_S = 2.0           # no traffic for this long after a PING: the connection is dropped
 POLL_S = 0.5                 # a waiting call checks for a lost connection this often
+FRESH_S = 0.05               # a call this soon after a reply skips the monitor check (~3 us): no
+                             # kernel restarts that fast, and a loss then shows within POLL_S
 
 
 class KernelNotAnswering(TimeoutError):
@@ -310,6 +312,7 @@ class Client(_Stubs):
         self._gone = True                       # until hello is answered
         self.endpoint, token = _target(*self._where)
         self._rcvtimeo = -1
+        self._answered = 0.0                    # when the last reply came (monotonic)
         self._sock, self._monitor = _dealer(zmq.Context.instance(), self.endpoint)
         self._gone = False
         try:
@@ -332,12 +335,13 @@ class Client(_Stubs):
         return self._call(no, args, self.call_timeout)
 
     def _call(self, no: int, args, timeout: float, connecting: bool = False):
-        if not connecting and (self._gone or _lost(self._monitor)):
+        now = time.monotonic()
+        if not connecting and (self._gone or (now - self._answered > FRESH_S and _lost(self._monitor))):
             self._reconnect()
         rid = next(self._ids)
         sock = self._sock
         sock.send(_encode(rid, no, args))
-        deadline = time.monotonic() + timeout
+        deadline = now + timeout
         wait_ms = int(min(timeout, POLL_S) * 1000)
         while True:
             if wait_ms != self._rcvtimeo:       # a blocking recv with a timeout: no extra poll
@@ -350,6 +354,7 @@ class Client(_Stubs):
             if frame is not None:
                 got, err, value = abi.decode_reply(frame)
                 if got == rid:
+                    self._answered = time.monotonic()
                     if err:
                         _raise(err, value)
                     return value
