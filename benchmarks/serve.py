@@ -163,6 +163,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--overhead-steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--vs", nargs=2, metavar=("llama-server", "BINARY"), default=None,
+                    help="also run llama-server (benchmarks/llamaserver.py says how to build it) on the "
+                         "same file and workload, with as many slots as processes")
     ap.add_argument("--grammar", choices=["json"], default=None,
                     help="constrained vs unconstrained at batch 1 and N (benchmarks/grammar.py)")
     args = ap.parse_args(argv[1:])
@@ -212,6 +215,22 @@ def main(argv: list[str]) -> int:
         base = sequential(engine, ids[:args.baseline_n], args.output_len)
         res["baseline"] = {"kind": args.baseline, **base,
                            "ratio": res["kernel"]["output_throughput"] / base["output_throughput"]}
+    if args.vs:
+        if args.vs[0] != "llama-server":
+            print("llmos bench serve: --vs takes 'llama-server BINARY'", file=sys.stderr)
+            return 1
+        import torch
+        from .llamaserver import LlamaServer
+        del engine, model
+        gc.collect()                   # the llmos model and pool are not needed while it runs
+        try:
+            with LlamaServer(args.vs[1], str(path), args.num_procs, args.input_len + args.output_len + 16,
+                             torch.get_num_threads()) as srv:
+                res["llama_server"] = srv.serve(ids, args.output_len)
+        except (OSError, RuntimeError) as e:
+            print(f"llmos bench serve: llama-server: {e}", file=sys.stderr)
+            return 1
+        res["llama_server"]["ratio"] = res["kernel"]["output_throughput"] / res["llama_server"]["output_throughput"]
     if args.json:
         print(json.dumps(res))
         return 0
@@ -234,4 +253,8 @@ def main(argv: list[str]) -> int:
         b = res["baseline"]
         print(f"  baseline sequential {b['output_throughput']:.1f} tok/s over {b['requests']} processes; "
               f"ratio {b['ratio']:.2f}x")
+    if args.vs:
+        v = res["llama_server"]
+        print(f"  llama-server -np {args.num_procs}: {v['output_throughput']:.1f} tok/s ({v['duration_s']:.1f} s); "
+              f"llmos / llama-server {v['ratio']:.2f}x")
     return 0
