@@ -23,17 +23,6 @@ extern "C" void llmos_parallel(TaskFn fn, void* ctx, int64_t n);
 
 namespace {
 
-#if defined(__F16C__)
-inline float val(const uint16_t* p, int64_t i) { return _cvtsh_ss(p[i]); }
-#endif
-inline float val(const float* p, int64_t i) { return p[i]; }
-#if defined(__AVX2__) && defined(__FMA__)
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-#if defined(__F16C__)
-inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
-#endif
-#endif
-
 template <typename KV> struct Attn {
     const float* q; int64_t ldq, T, H, KVH, D;
     const KV* k; const KV* v; int64_t block_size;
@@ -41,11 +30,11 @@ template <typename KV> struct Attn {
     int64_t window; float scale; float* out; int64_t ldo;
 };
 
-template <typename KV> inline float dot(const float* a, const KV* b, int64_t D) {
+inline float dot(const float* a, const float* b, int64_t D) {
 #if defined(__AVX2__) && defined(__FMA__)
     if (D % 8 == 0) {
         __m256 acc = _mm256_setzero_ps();
-        for (int64_t i = 0; i < D; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), acc);
+        for (int64_t i = 0; i < D; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -53,18 +42,18 @@ template <typename KV> inline float dot(const float* a, const KV* b, int64_t D) 
     }
 #endif
     float s = 0.f;
-    for (int64_t i = 0; i < D; i++) s += a[i] * val(b, i);
+    for (int64_t i = 0; i < D; i++) s += a[i] * b[i];
     return s;
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
 // The dot products of q (D floats, D % 8 == 0) with 8 keys k, k + stride, ..., as one vector.
-template <typename KV> inline __m256 dot8(const float* q, const KV* k, int64_t stride, int64_t D) {
+inline __m256 dot8(const float* q, const float* k, int64_t stride, int64_t D) {
     __m256 acc[8];
     for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t d = 0; d < D; d += 8) {
         const __m256 qv = _mm256_loadu_ps(q + d);
-        for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(qv, load8(k + i * stride + d), acc[i]);
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + i * stride + d), acc[i]);
     }
     // Transposing reduction: lane i of the result = sum of acc[i]'s 8 lanes.
     const __m256 a01 = _mm256_hadd_ps(acc[0], acc[1]), a23 = _mm256_hadd_ps(acc[2], acc[3]);
@@ -75,16 +64,16 @@ template <typename KV> inline __m256 dot8(const float* q, const KV* k, int64_t s
 }
 #endif
 
-template <typename KV> inline void axpy(float a, const KV* x, float* y, int64_t D) {     // y += a * x
+inline void axpy(float a, const float* x, float* y, int64_t D) {     // y += a * x
 #if defined(__AVX2__) && defined(__FMA__)
     if (D % 8 == 0) {
         const __m256 av = _mm256_set1_ps(a);
         for (int64_t i = 0; i < D; i += 8)
-            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load8(x + i), _mm256_loadu_ps(y + i)));
+            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
         return;
     }
 #endif
-    for (int64_t i = 0; i < D; i++) y[i] += a * val(x, i);
+    for (int64_t i = 0; i < D; i++) y[i] += a * x[i];
 }
 
 // e^x for x <= 0 (softmax after the max is subtracted) into x in place, returns their sum.
@@ -119,8 +108,8 @@ inline float exp_sum(float* x, int64_t n) {
     return sum;
 }
 
-template <typename KV> void attn_task(void* p, int64_t i) {
-    const Attn<KV>& a = *(const Attn<KV>*)p;
+void attn_task(void* p, int64_t i) {
+    const Attn<float>& a = *(const Attn<float>*)p;
     const int64_t t = i / a.KVH, g = i % a.KVH, G = a.H / a.KVH, D = a.D, bs = a.block_size;
     const int64_t end = a.pos[t] + 1, lo = a.window > 0 && end > a.window ? end - a.window : 0, n = end - lo;
     const int64_t* table = a.tables + a.seq_of[t] * a.max_blocks;
@@ -145,13 +134,13 @@ template <typename KV> void attn_task(void* p, int64_t i) {
         const int64_t base = table[blk] * bs - blk * bs;       // slot = base + key
 #if defined(__AVX2__) && defined(__FMA__)
         for (; D % 8 == 0 && key + 8 <= stop; key += 8) {
-            const KV* k = a.k + (base + key) * row + g * D;
+            const float* k = a.k + (base + key) * row + g * D;
             for (int64_t h = 0; h < G; h++)
                 _mm256_storeu_ps(s + h * n + key - lo, _mm256_mul_ps(_mm256_set1_ps(a.scale), dot8(q + h * D, k, row, D)));
         }
 #endif
         for (; key < stop; key++) {
-            const KV* k = a.k + (base + key) * row + g * D;
+            const float* k = a.k + (base + key) * row + g * D;
             for (int64_t h = 0; h < G; h++) s[h * n + key - lo] = a.scale * dot(q + h * D, k, D);
         }
     }
@@ -168,8 +157,8 @@ template <typename KV> void attn_task(void* p, int64_t i) {
                 __m256 acc[8];
                 for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
                 each_key([&](int64_t j, int64_t off) {
-                    const KV* v = a.v + off + d0; const __m256 p = _mm256_set1_ps(sh[j]);
-                    for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(p, load8(v + 8 * i), acc[i]);
+                    const float* v = a.v + off + d0; const __m256 p = _mm256_set1_ps(sh[j]);
+                    for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[i]);
                 });
                 for (int i = 0; i < 8; i++) _mm256_storeu_ps(o + d0 + 8 * i, acc[i]);
             }
@@ -180,6 +169,40 @@ template <typename KV> void attn_task(void* p, int64_t i) {
         each_key([&](int64_t j, int64_t off) { axpy(sh[j], a.v + off, o, D); });
     }
 }
+
+#if defined(__F16C__)
+// An fp16 pool: this task's keys and values (KV head g, keys lo..end-1) are converted once into a
+// per-thread fp32 copy laid out as a one-block pool, and the fp32 task runs on it: the G query
+// heads that share the KV head then read converted rows (3 conversions per element saved for
+// SmolLM2's 9 heads over 3), and the pool is still read once, at half the bytes.
+void attn_task_f16(void* p, int64_t i) {
+    const Attn<uint16_t>& a = *(const Attn<uint16_t>*)p;
+    const int64_t t = i / a.KVH, g = i % a.KVH, G = a.H / a.KVH, D = a.D, bs = a.block_size;
+    const int64_t end = a.pos[t] + 1, lo = a.window > 0 && end > a.window ? end - a.window : 0;
+    const int64_t* table = a.tables + a.seq_of[t] * a.max_blocks;
+    const int64_t row = a.KVH * D;
+    thread_local std::vector<float> kb, vb;
+    if ((int64_t)kb.size() < end * D) { kb.resize((size_t)(end * D)); vb.resize((size_t)(end * D)); }
+    for (int64_t key = lo; key < end;) {
+        const int64_t blk = key / bs, stop = (blk + 1) * bs < end ? (blk + 1) * bs : end;
+        const int64_t base = table[blk] * bs - blk * bs;
+        for (; key < stop; key++) {
+            const uint16_t* ks = a.k + (base + key) * row + g * D; const uint16_t* vs = a.v + (base + key) * row + g * D;
+            float* kd = kb.data() + key * D; float* vd = vb.data() + key * D;
+            int64_t d = 0;
+            for (; d + 8 <= D; d += 8) {
+                _mm256_storeu_ps(kd + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(ks + d))));
+                _mm256_storeu_ps(vd + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(vs + d))));
+            }
+            for (; d < D; d++) { kd[d] = _cvtsh_ss(ks[d]); vd[d] = _cvtsh_ss(vs[d]); }
+        }
+    }
+    static const int64_t zero = 0;
+    Attn<float> f{a.q + t * a.ldq + g * G * D, a.ldq, 1, G, 1, D, kb.data(), vb.data(), end, &zero, 1, &zero,
+                  a.pos + t, a.window, a.scale, a.out + t * a.ldo + g * G * D, a.ldo};
+    attn_task(&f, 0);
+}
+#endif
 
 }  // namespace
 
@@ -206,7 +229,7 @@ int llmos_paged_attention(const float* q, int64_t ldq, int64_t T, int64_t H, int
 #if defined(__F16C__)
         Attn<uint16_t> a{q, ldq, T, H, KVH, D, (const uint16_t*)k, (const uint16_t*)v, block_size, tables,
                          max_blocks, seq_of, pos, window, scale, out, ldo};
-        llmos_parallel(attn_task<uint16_t>, &a, T * KVH);
+        llmos_parallel(attn_task_f16, &a, T * KVH);
         return 0;
 #else
         return -2;
@@ -214,7 +237,7 @@ int llmos_paged_attention(const float* q, int64_t ldq, int64_t T, int64_t H, int
     }
     Attn<float> a{q, ldq, T, H, KVH, D, (const float*)k, (const float*)v, block_size, tables, max_blocks,
                   seq_of, pos, window, scale, out, ldo};
-    llmos_parallel(attn_task<float>, &a, T * KVH);
+    llmos_parallel(attn_task, &a, T * KVH);
     return 0;
 }
 
