@@ -107,21 +107,25 @@ class Engine:
         if not work:
             return None
         plan, constrained = StepPlan(), []
+        entries, add, tables = plan.entries, plan.add, self.kv.tables     # the hot loop: one per process
         for p, n in work:
-            start = p.computed
-            want = start + n == len(p.tokens) and not p.feeding
-            plan.entries.append((p, p.epoch, n))
+            start, tokens, params = p.computed, p.tokens, p.params
+            want = start + n == len(tokens) and not p.feeding
+            entries.append((p, p.epoch, n))
             if n > 1 or start < p.turn_start:
                 plan.prefill_tokens += n
             # the table's own list, not a copy: only schedule/commit ever change it
-            seq = SeqInput(p.tokens[start:start + n], start, self.kv.tables[p.pid].blocks, want)
+            seq = SeqInput(tokens[start:start + n], start, tables[p.pid].blocks, want)
             if not want:
-                plan.add(seq)
+                add(seq)
                 continue
-            if p.seed is not None and p.generator is None:
-                p.generator = self.runner.new_generator()
-            plan.add(seq, p.params, p.generator, None if p.seed is None else position_seed(p.seed, start + n),
-                     p.tokens[-p.params.penalty_last_n:] if p.params.penalized else None)
+            history = tokens[-params.penalty_last_n:] if params.penalized else None
+            if p.seed is None:
+                add(seq, params, None, None, history)
+            else:
+                if p.generator is None:
+                    p.generator = self.runner.new_generator()
+                add(seq, params, p.generator, position_seed(p.seed, start + n), history)
             if p.matcher is not None:
                 constrained.append((len(plan.masks) - 1, p.matcher))
         if constrained:         # grammar masks of the whole batch at once, on this thread (the

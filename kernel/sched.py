@@ -152,16 +152,15 @@ class Scheduler:
             self.held = {o for o in owners if self.limits.throttled(o)}
 
     def _clock(self) -> None:
+        procs = [*self.running.values(), *self.ready.values()]
         per_owner: dict[str, int] = {}
-        for group in (self.running, self.ready):
-            for p in group.values():
-                per_owner[p.owner] = per_owner.get(p.owner, 0) + weight(p.nice)
+        for p in procs:
+            per_owner[p.owner] = per_owner.get(p.owner, 0) + WEIGHTS[p.nice + 20]
         ws = wv = 0.0
-        for group in (self.running, self.ready):
-            for p in group.values():
-                p.weight = NICE_0 * weight(p.nice) / per_owner[p.owner]     # the user's share, split
-                ws += p.weight
-                wv += p.weight * p.vruntime
+        for p in procs:
+            w = p.weight = NICE_0 * WEIGHTS[p.nice + 20] / per_owner[p.owner]   # the user's share, split
+            ws += w
+            wv += w * p.vruntime
         if ws:
             self.V = wv / ws
 
@@ -223,8 +222,11 @@ class Scheduler:
         budget = self.config.max_step_tokens
         decodes, prefills, urgent = [], [], []
         model = self.step_model if self.step_model.ready() else None
+        held = self.held
         for p in self.running.values():
-            target = target_s(p, model) if model is not None and p.owner not in self.held else None
+            target = None       # target_s is None unless p has latency_ms or a negative nice
+            if model is not None and (p.latency_ms is not None or p.nice < 0) and p.owner not in held:
+                target = target_s(p, model)
             if target is not None:
                 urgent.append((target, p.pid, p))
             else:
