@@ -35,6 +35,7 @@ Contracts
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Sequence
@@ -72,7 +73,7 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    @property
+    @functools.cached_property       # read for every process on every step (the instance is frozen)
     def penalized(self) -> bool:
         """True when a penalty needs the row's recent tokens."""
         return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
