@@ -398,6 +398,11 @@ def test_bench_serve_runs_in_process(tiny_model_path, capsys):
     rows = json.loads(capsys.readouterr().out)["overhead"]
     assert [r["running"] for r in rows] == [8, 16] and all(r["schedule_ms"] > 0 for r in rows)
     assert serve.main(["serve", "--model", "/nonexistent/x.gguf"]) == 1
+    small = [*common[:-1], "-n", "2", "--input-len", "8", "--output-len", "2", "--kv-blocks", "16"]
+    capsys.readouterr()
+    assert serve.main(["serve", *small, "--vs", "llama-server", "/nonexistent/llama-server"]) == 1
+    assert "llama-server: [Errno 2]" in capsys.readouterr().err          # one line, no traceback
+    assert serve.main(["serve", *small, "--vs", "vllm", "x"]) == 1
 
 
 def test_queued_input_that_no_longer_fits_ends_the_session(model):
