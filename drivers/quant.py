@@ -44,6 +44,14 @@ _p = ctypes.c_void_p
 _i = ctypes.c_int64
 
 
+class QArgs(ctypes.Structure):
+    """llmos_qmatmul_args's argument block (its C twin is in quant_kernels.cpp): one per weight
+    part, the weight's fields set once, the step's (X, T, Y, ...) before each call."""
+    _fields_ = [("type", _i), ("W", _p), ("N", _i), ("K", _i), ("rb", _i), ("X", _p), ("T", _i),
+                ("ldx", _i), ("Y", _p), ("ldy", _i), ("add", _i), ("swiglu", _i), ("norm_w", _p),
+                ("eps", ctypes.c_float)]
+
+
 def _cache_dir() -> Path:
     from .catalog import home
     return home() / "kernels"
@@ -89,6 +97,7 @@ def kernels() -> ctypes.CDLL | None:
     lib.llmos_quant_isa.restype = ctypes.c_char_p
     lib.llmos_qmatmul.argtypes = [ctypes.c_int, _p, _i, _i, _i, _p, _i, _i, _p, _i, ctypes.c_int,
                                   ctypes.c_int, _p, ctypes.c_float]
+    lib.llmos_qmatmul_args.argtypes = [ctypes.POINTER(QArgs)]
     lib.llmos_dequant_rows.argtypes = [ctypes.c_int, _p, _i, _i, _p, _i, _p]
     lib.llmos_rope.argtypes = [_p, _i, _i, _i, _i, _p, _p, _p]
     lib.llmos_rope.restype = None
@@ -120,9 +129,11 @@ def has_kernel(qtype: int) -> bool:
 
 class QLinear:
     """y = f(x) @ W.T with W the row-concatenation of `parts`: (qtype, uint8 array [rows, row_bytes])
-    in kernel types. Arrays may be np.memmap views of the model file. Immutable; thread-safe."""
+    in kernel types. Arrays may be np.memmap views of the model file. The weights are immutable;
+    a call fills the instance's argument blocks, so calls on one instance must not overlap (a
+    model runs one forward at a time, on its engine's thread)."""
 
-    __slots__ = ("parts", "in_features", "out_features", "_lib", "_calls")
+    __slots__ = ("parts", "in_features", "out_features", "_lib", "_calls", "_args")
 
     def __init__(self, parts: list[tuple[int, np.ndarray]], in_features: int):
         self._lib = kernels()
@@ -136,10 +147,12 @@ class QLinear:
         self.parts = [(int(q), d) for q, d in parts]
         self.in_features = in_features
         self.out_features = sum(d.shape[0] for _, d in parts)
-        self._calls, col = [], 0        # (qtype, weight address, rows, row bytes, first column)
+        self._calls, col = [], 0        # (argument block, pointer to it, first column)
         for q, d in self.parts:
-            self._calls.append((q, d.ctypes.data, d.shape[0], d.shape[1], col))
+            a = QArgs(type=q, W=d.ctypes.data, N=d.shape[0], K=in_features, rb=d.shape[1], ldy=self.out_features)
+            self._calls.append((a, ctypes.pointer(a), col))
             col += d.shape[0]
+        self._args = self._lib.llmos_qmatmul_args
 
     def __call__(self, x: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0,
                  swiglu: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -159,13 +172,13 @@ class QLinear:
             raise ValueError("out must be a contiguous fp32 tensor of the output's shape")
         if T == 0:
             return out
-        nw = 0 if norm is None else norm.data_ptr()
-        xp, op = x.data_ptr(), out.data_ptr()
-        for qtype, w, rows, rb, col in self._calls:
-            rc = self._lib.llmos_qmatmul(qtype, w, rows, self.in_features, rb, xp, T, x.shape[1],
-                                         op + 4 * col, self.out_features, add, swiglu, nw, eps)
+        nw = None if norm is None else norm.data_ptr()
+        xp, op, ldx = x.data_ptr(), out.data_ptr(), x.shape[1]
+        for a, ptr, col in self._calls:
+            a.X, a.T, a.ldx, a.Y, a.add, a.swiglu, a.norm_w, a.eps = xp, T, ldx, op + 4 * col, add, swiglu, nw, eps
+            rc = self._args(ptr)
             if rc != 0:
-                raise ValueError(f"quantized matmul failed ({rc}): type {qtype}, K {self.in_features}")
+                raise ValueError(f"quantized matmul failed ({rc}): type {a.type}, K {self.in_features}")
         return out
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:

@@ -473,6 +473,17 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
     return 0;
 }
 
+// llmos_qmatmul's arguments in one struct (drivers/quant.py's QArgs): a ctypes call with one
+// pointer costs ~0.5 us against ~2.2 us for fourteen converted arguments, on every matmul.
+struct QArgs {
+    int64_t type; const uint8_t* W; int64_t N, K, rb; const float* X; int64_t T, ldx;
+    float* Y; int64_t ldy, add, swiglu; const float* norm_w; float eps;
+};
+int llmos_qmatmul_args(const QArgs* a) {
+    return llmos_qmatmul((int)a->type, a->W, a->N, a->K, a->rb, a->X, a->T, a->ldx, a->Y, a->ldy,
+                         (int)a->add, (int)a->swiglu, a->norm_w, a->eps);
+}
+
 // Runs fn(ctx, i) for i in [0, n) on the pool (drivers/attention_kernels.cpp uses it).
 void llmos_parallel(TaskFn fn, void* ctx, int64_t n) { pool::run(fn, ctx, n); }
 
