@@ -79,6 +79,7 @@ class LlamaModel:
         self.dtype, self.device, self.tokenizer, self.path = dtype, device, tokenizer, path
         self.quantized = quantized
         self.kv_dtype = _kv_dtype(dtype, device, quantized)
+        self._fused = False                 # not built yet (_fused_layers)
         half = config.head_dim // 2
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, half, dtype=torch.float64) / half))
         angles = torch.outer(torch.arange(config.context_length, dtype=torch.float64), inv_freq)
@@ -224,7 +225,15 @@ class LlamaModel:
                                                self._sin[positions].unsqueeze(1))
         x = self._embed(torch.tensor(ids, dtype=torch.long, device=dev))  # residual stream: fp32
         T, H, KVH, D, eps = len(ids), c.n_heads, c.n_kv_heads, c.head_dim, c.rms_eps
-        for li, layer in enumerate(self.layers):
+        fused = self._fused_layers() if isinstance(meta, FlatMetadata) else None
+        if fused is not None:             # the loop below, each layer one C call (drivers/fused.py)
+            scratch = fused.begin(x, meta, kv)
+            for li in range(len(self.layers)):
+                if interrupt is not None and interrupt.is_set():
+                    raise Preempted
+                fused.run(li)
+            del scratch
+        for li, layer in enumerate(self.layers if fused is None else ()):
             if interrupt is not None and interrupt.is_set():
                 raise Preempted
             qkv = layer.wqkv(x, norm=layer.attn_norm, eps=eps)
@@ -250,6 +259,13 @@ class LlamaModel:
         if interrupt is not None and interrupt.is_set():       # and before the output layer
             raise Preempted
         return self.lm_head(x.index_select(0, want), norm=self.out_norm, eps=eps).float()
+
+    def _fused_layers(self):
+        """drivers/fused.py's FusedLayers for this model (built on first use), or None."""
+        if self._fused is False:
+            from .fused import FusedLayers
+            self._fused = FusedLayers.of(self)
+        return self._fused
 
     def _flat_attention(self, kv: KVStorage) -> bool:
         """Attention and K/V writes in C (drivers/attention_kernels.cpp): the quantized path on a

@@ -38,7 +38,8 @@ from .cpu import cpu_features, isa_summary
 log = logging.getLogger("llmos.drivers")
 
 SOURCE = Path(__file__).with_name("quant_kernels.cpp")
-SOURCES = (SOURCE, Path(__file__).with_name("attention_kernels.cpp"))   # one library
+SOURCES = (SOURCE, Path(__file__).with_name("attention_kernels.cpp"),     # one library
+           Path(__file__).with_name("layer_kernels.cpp"))
 KERNEL_TYPES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
 _p = ctypes.c_void_p
 _i = ctypes.c_int64

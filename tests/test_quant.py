@@ -165,6 +165,41 @@ def test_fp16_kv_pool_halves_the_bytes_and_tracks_fp32_kv(tmp_path, monkeypatch)
     assert (a2 - b2).abs().max() < 1e-2 * b2.abs().max()
 
 
+@pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q8_0], ids=lambda q: q.name)
+def test_fused_layers_equal_the_python_loop_bit_for_bit(tmp_path, qtype):
+    """drivers/fused.py runs each layer in one C call: same kernels, same order, same bits."""
+    path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=qtype)
+    m = LlamaModel.load(path)
+    assert m._fused_layers() is not None
+    prompts, tables = [list(range(10, 30)), [7, 8, 9]], [list(range(1, 9)), list(range(9, 17))]
+
+    def run():
+        kv = m.new_kv(32, 4)
+        first = m.forward([SeqInput(p, 0, t) for p, t in zip(prompts, tables)], kv)
+        step = m.forward([SeqInput([5], len(p), t) for p, t in zip(prompts, tables)], kv)
+        return first, step, kv.k.clone(), kv.v.clone()
+
+    fused = run()
+    m._fused = None                                    # the Python loop over the same kernels
+    plain = run()
+    assert all(torch.equal(a, b) for a, b in zip(fused, plain))
+
+
+def test_fused_layers_are_off_for_a_matmul_without_kernel_and_by_env(tmp_path, monkeypatch):
+    path = tinymodel.build_tiny_model(tmp_path / "f16.gguf", qtype=QT.F16)
+    assert LlamaModel.load(path)._fused_layers() is None        # F16 matrices are torch Linear
+    q = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0)
+    monkeypatch.setenv("LLMOS_FUSED", "off")
+    assert LlamaModel.load(q)._fused_layers() is None
+
+
+def test_a_failing_fused_layer_is_an_error_not_a_wrong_answer(tmp_path):
+    m = LlamaModel.load(tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0))
+    m._fused_layers().blocks[1][0].qkv.parts[0].type = 99       # no kernel: llmos_qmatmul says -1
+    with pytest.raises(ValueError, match=r"fused layer 1 failed \(-1\)"):
+        m.forward([SeqInput([1, 2, 3], 0, [1])], m.new_kv(4, 4))
+
+
 def test_type_without_kernel_is_dequantised_once_and_logged(tmp_path, caplog, monkeypatch):
     monkeypatch.setenv("LLMOS_KV_DTYPE", "fp32")          # the weights' path alone, compared exactly
     path = tinymodel.build_tiny_model(tmp_path / "f16.gguf", qtype=QT.F16)

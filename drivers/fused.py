@@ -1,0 +1,102 @@
+"""The Llama decoder layer as one C call on the quantized CPU path (drivers/layer_kernels.cpp).
+
+``FusedLayers.of(model)`` builds, once, each layer's argument block from its QLinear weights and
+norms; ``run(li, ...)`` then runs layer li for a step with one ctypes call instead of ~12 Python
+calls into the same kernels (bit-identical: the same kernels, in the same order, on the same
+buffers). Built only when every layer's four matmuls are QLinear (a type without a kernel keeps
+the Python loop). ``LLMOS_FUSED=off`` turns it off (A/B runs, tests).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+
+from .quant import QLinear, kernels
+
+_i, _p, _f = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+
+
+class QPart(ctypes.Structure):
+    _fields_ = [("type", _i), ("W", _p), ("N", _i), ("rb", _i), ("col", _i)]
+
+
+class QLin(ctypes.Structure):
+    _fields_ = [("parts", ctypes.POINTER(QPart)), ("n_parts", _i), ("K", _i), ("out", _i)]
+
+
+class LayerW(ctypes.Structure):
+    _fields_ = [("qkv", QLin), ("o", QLin), ("gu", QLin), ("down", QLin),
+                ("attn_norm", _p), ("ffn_norm", _p), ("bqkv", _p)]
+
+
+class Step(ctypes.Structure):
+    _fields_ = [("x", _p), ("T", _i), ("hidden", _i), ("eps", _f), ("qkv", _p), ("att", _p), ("gu", _p),
+                ("H", _i), ("KVH", _i), ("D", _i), ("pos", _p), ("cos_t", _p), ("sin_t", _p),
+                ("slots", _p), ("tables", _p), ("max_blocks", _i), ("seq_of", _p), ("block_size", _i),
+                ("scale", _f), ("window", _i), ("f16", _i)]
+
+
+def _qlin(lin: QLinear, keep: list) -> QLin:
+    parts = (QPart * len(lin.parts))()
+    col = 0
+    for i, (qtype, data) in enumerate(lin.parts):
+        parts[i] = QPart(qtype, data.ctypes.data, data.shape[0], data.shape[1], col)
+        col += data.shape[0]
+    keep.append(parts)
+    return QLin(parts, len(lin.parts), lin.in_features, lin.out_features)
+
+
+class FusedLayers:
+    """Argument blocks of every layer of one model. Calls must not overlap (one forward at a time)."""
+
+    def __init__(self, model):
+        c, self._keep = model.config, []
+        self.blocks = []
+        for layer in model.layers:
+            w = LayerW(_qlin(layer.wqkv, self._keep), _qlin(layer.wo, self._keep), _qlin(layer.w_gate_up, self._keep),
+                       _qlin(layer.w_down, self._keep), layer.attn_norm.data_ptr(), layer.ffn_norm.data_ptr(),
+                       None if layer.bqkv is None else layer.bqkv.data_ptr())
+            self._keep += [layer.attn_norm, layer.ffn_norm, layer.bqkv]
+            self.blocks.append((w, ctypes.pointer(w)))
+        self.qkv_out, self.gu_out = model.layers[0].wqkv.out_features, model.layers[0].w_gate_up.out_features
+        self.step = Step()
+        self._step_ptr = ctypes.pointer(self.step)
+        s = self.step
+        s.hidden, s.eps, s.H, s.KVH, s.D = c.hidden_size, c.rms_eps, c.n_heads, c.n_kv_heads, c.head_dim
+        s.cos_t, s.sin_t, s.scale = model._cos.data_ptr(), model._sin.data_ptr(), model._scale
+        self._layer = kernels().llmos_llama_layer
+        self._layer.argtypes = [ctypes.POINTER(LayerW), ctypes.POINTER(Step), _p, _p]
+        self._kv = (0, 0, 0)
+
+    @staticmethod
+    def of(model) -> FusedLayers | None:
+        """The model's fused layers, or None when a layer has a matmul without a kernel (or off)."""
+        if os.environ.get("LLMOS_FUSED", "") == "off" or kernels() is None or type(model).__name__ != "LlamaModel":
+            return None
+        names = ("wqkv", "wo", "w_gate_up", "w_down")
+        if not all(isinstance(getattr(l, n), QLinear) for l in model.layers for n in names):
+            return None
+        return FusedLayers(model)
+
+    def begin(self, x: torch.Tensor, meta, kv) -> list[torch.Tensor]:
+        """Set this step's fields; returns the step's scratch buffers (keep them alive until the
+        last layer ran)."""
+        T, s = x.shape[0], self.step
+        bufs = [torch.empty(T, self.qkv_out), torch.empty(T, s.H * s.D), torch.empty(T, self.gu_out)]
+        s.x, s.T, s.qkv, s.att, s.gu = x.data_ptr(), T, bufs[0].data_ptr(), bufs[1].data_ptr(), bufs[2].data_ptr()
+        s.pos, s.slots, s.tables, s.seq_of = (meta.positions.data_ptr(), meta.slots.data_ptr(),
+                                              meta.tables.data_ptr(), meta.seq_of.data_ptr())
+        s.max_blocks, s.block_size, s.window = meta.tables.shape[1], kv.block_size, 0
+        s.f16 = int(kv.k.dtype == torch.float16)
+        self._kv = (kv.k.data_ptr(), kv.v.data_ptr(), kv.k[0].numel() * kv.k.element_size())
+        return bufs
+
+    def run(self, li: int) -> None:
+        """Layer li on the step set by begin()."""
+        k0, v0, stride = self._kv
+        rc = self._layer(self.blocks[li][1], self._step_ptr, k0 + li * stride, v0 + li * stride)
+        if rc != 0:
+            raise ValueError(f"fused layer {li} failed ({rc})")
