@@ -87,25 +87,35 @@ class OpCounter(TorchDispatchMode):
 
 
 def count_ops(model: LlamaModel, context: int = 32) -> tuple[int, int]:
-    """(torch ops, quantized-kernel calls) of one batch-1 decode step."""
+    """(torch ops, calls from Python into the C kernels) of one batch-1 decode step: a fused
+    layer (drivers/fused.py) counts as one call, a QLinear as one per weight part."""
     from ..drivers import quant
     lib = quant.kernels()
     calls = collections.Counter()
-    originals = {}
+    patched = []                                    # (object, attribute, original)
+
+    def count(obj, attr):
+        fn = getattr(obj, attr)
+        patched.append((obj, attr, fn))
+        setattr(obj, attr, lambda *a, _fn=fn: (calls.update([attr]), _fn(*a))[1])
+
     if lib is not None:
-        for name in ("llmos_qmatmul", "llmos_rope", "llmos_dequant_rows", "llmos_kv_store",
-                     "llmos_paged_attention"):
-            fn = getattr(lib, name)
-            originals[name] = fn
-            setattr(lib, name, lambda *a, _fn=fn, _n=name: (calls.update([_n]), _fn(*a))[1])
+        for name in ("llmos_rope", "llmos_dequant_rows", "llmos_kv_store", "llmos_paged_attention"):
+            count(lib, name)
+        for lin in {id(m): m for m in model._linears()}.values():
+            if isinstance(lin, quant.QLinear):
+                count(lin, "_args")
+        fused = model._fused_layers() if hasattr(model, "_fused_layers") else None
+        if fused is not None:
+            count(fused, "_layer")
     kv = model.new_kv(-(-(context + 2) // 16) + 1, 16)
     seq = SeqInput([5], context, list(range(1, -(-(context + 2) // 16) + 1)))
     try:
         with OpCounter() as counter:
             model.forward([seq], kv)
     finally:
-        for name, fn in originals.items():
-            setattr(lib, name, fn)
+        for obj, attr, fn in reversed(patched):
+            setattr(obj, attr, fn)
     return sum(counter.ops.values()), sum(calls.values())
 
 
