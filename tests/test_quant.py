@@ -193,6 +193,17 @@ def test_fused_layers_are_off_for_a_matmul_without_kernel_and_by_env(tmp_path, m
     assert LlamaModel.load(q)._fused_layers() is None
 
 
+def test_count_ops_sees_the_fused_layers_and_each_matmul(tmp_path, monkeypatch):
+    from llmos.benchmarks.forward import count_ops
+    path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0)
+    m = LlamaModel.load(path)
+    n = len(m.layers)
+    assert count_ops(m)[1] == n + 2                   # a call per layer, the embedding rows, the output
+    monkeypatch.setenv("LLMOS_FUSED", "off")
+    ops, calls = count_ops(LlamaModel.load(path))
+    assert calls == 7 * n + 2 and ops > count_ops(m)[0]   # 4 matmuls, rope, K/V store, attention
+
+
 def test_a_failing_fused_layer_is_an_error_not_a_wrong_answer(tmp_path):
     m = LlamaModel.load(tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0))
     m._fused_layers().blocks[1][0].qkv.parts[0].type = 99       # no kernel: llmos_qmatmul says -1
