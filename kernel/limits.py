@@ -47,6 +47,7 @@ KEYS = {  # name -> (lowest value, highest value)
 }
 DEFAULT = {"max_procs": 1024}            # one user cannot fill the whole 4,096-entry process table
 WINDOW_S = 60.0
+BUCKET_S = 0.05           # token counts within this of each other share one history entry
 
 
 class LimitsError(ValueError):
@@ -212,8 +213,19 @@ class Limits:
         return any("tokens_per_min" in r for r in self.rules.values())
 
     def note_tokens(self, user: str, n: int) -> None:
-        if n:
-            self._tokens[user].append((time.monotonic(), n))
+        """Count n generated tokens now. Entries within BUCKET_S of the newest are merged and those
+        older than the window dropped here, so a user's history stays ~WINDOW_S / BUCKET_S entries
+        however long the kernel runs (it is read only where a rate limit or a report asks)."""
+        if not n:
+            return
+        q, now = self._tokens[user], time.monotonic()
+        if q and now - q[-1][0] < BUCKET_S:
+            q[-1] = (q[-1][0], q[-1][1] + n)
+            return
+        q.append((now, n))
+        cut = now - WINDOW_S
+        while q[0][0] < cut:
+            q.popleft()
 
     def throttled(self, user: str) -> bool:
         """True while some tokens_per_min binding user is spent (its processes wait a step)."""

@@ -167,3 +167,17 @@ def test_a_latency_target_needs_privilege(srv):
         assert srv.kernel.engine.procs.get(pid).latency_ms == 50.0
         root.latency(pid, None)
         assert srv.kernel.engine.procs.get(pid).latency_ms is None
+
+
+def test_token_history_stays_bounded_however_long_the_kernel_runs(monkeypatch):
+    """Every generated token is noted; without a rate limit nothing else reads the history, so it
+    must prune itself (it grew by one entry per token before)."""
+    from llmos.kernel import limits as L
+    now = [1000.0]
+    monkeypatch.setattr(L.time, "monotonic", lambda: now[0])
+    lim = L.Limits()
+    for _ in range(100_000):                  # 100 s at 1,000 tokens/s
+        now[0] += 0.001
+        lim.note_tokens("alice", 1)
+    assert len(lim._tokens["alice"]) <= L.WINDOW_S / L.BUCKET_S + 2
+    assert abs(lim._recent("alice") - 60_000) <= 60       # the last minute, to one bucket
