@@ -347,7 +347,8 @@ class StreamDecoder:
 
     def push(self, token_id: int) -> str:
         tok = self._tok
-        token_id = tok._check(token_id)
+        if type(token_id) is not int or not 0 <= token_id < len(tok._types):   # the sampler's ints skip _check
+            token_id = tok._check(token_id)
         ty, data = tok._types[token_id], tok._pieces[token_id]
         if ty in SPECIAL_TYPES:
             self._strip_next = tok._strip_space

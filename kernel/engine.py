@@ -192,9 +192,11 @@ class Engine:
             self._deliver(p, tok, 0.0)
 
     def _deliver(self, p: Process, tok: int, logprob: float | None, top=None) -> None:
-        """top: the sampler's [(id, logprob), ...] when p asked for top_logprobs."""
-        if p.matcher is not None and not p.matcher.consume(tok):    # a mask makes this impossible
-            self.ops.exit(p, ExitStatus("error", message=f"grammar rejected token {tok}: {p.matcher.error}"))
+        """top: the sampler's [(id, logprob), ...] when p asked for top_logprobs. Runs for every
+        generated token: lookups are bound once."""
+        matcher, params = p.matcher, p.params
+        if matcher is not None and not matcher.consume(tok):        # a mask makes this impossible
+            self.ops.exit(p, ExitStatus("error", message=f"grammar rejected token {tok}: {matcher.error}"))
             return
         now = time.monotonic()
         p.tokens.append(tok)
@@ -206,16 +208,17 @@ class Engine:
         st.last_token_at = now
         if st.first_token_at is None:
             st.first_token_at = now
-        if p.params.logprobs:
-            p.logprobs.append(logprob)
         self.sched.charge(p, 1)
         text, reason = p.output.push(tok)
-        p.channel.put(text, p.output.logprob_entry(tok, logprob, top, p.params.top_logprobs)
-                      if p.params.logprobs else None)
+        if params.logprobs:
+            p.logprobs.append(logprob)
+            p.channel.put(text, p.output.logprob_entry(tok, logprob, top, params.top_logprobs))
+        elif text:
+            p.channel.put(text)
         full = len(p.tokens) >= self.max_context
-        if reason is None and p.matcher is not None and p.matcher.stopped:
+        if reason is None and matcher is not None and matcher.stopped:
             reason = "eos"                      # the grammar is complete and allows nothing more
-        if reason is None and (p.turn_tokens >= p.params.max_tokens or full):
+        if reason is None and (p.turn_tokens >= params.max_tokens or full):
             reason = "length"
         if reason is None:
             if p.channel.pending:
