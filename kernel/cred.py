@@ -2,7 +2,7 @@
 
 Local socket (ipc): libzmq reads SO_PEERCRED of every accepted connection and hands it to the
 ZAP handler as the peer address ``<host>:<uid>:<gid>:<pid>`` (stream_engine, ZMQ_HAVE_SO_PEERCRED).
-The handler below (pyzmq's ThreadAuthenticator, on the kernel's own context) answers with a
+The handler below (pyzmq's Authenticator, served by a thread of its own on the kernel's context) answers with a
 User-Id ``ipc:<uid>:<gid>:<pid>``, which libzmq attaches to every message of that connection;
 the server reads it back (``frame.get("User-Id")``) and turns it into an Identity. Nothing the
 client sends can change it: the hello `user` argument is ignored.
@@ -17,16 +17,18 @@ Roles: root, the kernel's owner (the uid it runs as) and members of the admin gr
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import logging
 import os
 import pwd
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
+from zmq.auth.base import Authenticator as ZapAuthenticator
 
 log = logging.getLogger("llmos.kernel")
 
@@ -145,18 +147,50 @@ def load_secret_key(path: Path) -> tuple[bytes, bytes]:
     return public, secret
 
 
-class Authenticator(ThreadAuthenticator):
+class Authenticator(ZapAuthenticator):
     """The ZAP handler: ipc peers get their SO_PEERCRED as User-Id; TCP peers must prove a CURVE
-    key listed in the authorized keys. Runs in its own thread; never blocks the kernel's loop."""
+    key listed in the authorized keys. Runs in its own thread; never blocks the kernel's loop.
+
+    The thread waits with zmq_poll (level-triggered), not pyzmq's ThreadAuthenticator, whose
+    asyncio poller over a plain socket's edge-triggered fd could miss a request: that handshake
+    and every later one then hung, and the kernel never heard from new clients (a stress test of
+    client connections hit it within a few hundred)."""
+
+    POLL_MS = 100            # how often the thread looks at its stop flag
 
     def __init__(self, context: zmq.Context, keys: dict[bytes, str] | None = None):
         super().__init__(context)
         self.keys = dict(keys or {})
         self.denied = 0          # handshakes refused (for logs and tests)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        super().start()
+        super().start()          # binds the ZAP socket; only the thread below touches it from now
         self.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self)
+        self._thread = threading.Thread(target=self._serve, name="llmos-zap", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        loop, poller = asyncio.new_event_loop(), zmq.Poller()
+        poller.register(self.zap_socket, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if poller.poll(self.POLL_MS):
+                    loop.run_until_complete(self.handle_zap_message(self.zap_socket.recv_multipart()))
+        finally:
+            loop.close()
+
+    def stop(self) -> None:
+        """Stop the thread, then close the ZAP socket (idempotent)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        super().stop()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def callback(self, domain: str, key: bytes) -> bool:       # the CURVE credentials provider
         ok = key in self.keys

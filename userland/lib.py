@@ -114,6 +114,9 @@ def _check_listening(endpoint: str) -> None:
         probe.close()
 
 
+_monitors = itertools.count(1)        # unique monitor addresses in this process
+
+
 def _dealer(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
     """A connected DEALER and its monitor socket (which reports the connection's loss)."""
     # No ZMQ_IMMEDIATE: with it, a reply that arrives just before the kernel closes the
@@ -124,7 +127,9 @@ def _dealer(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
     s.setsockopt(zmq.HEARTBEAT_IVL, int(HEARTBEAT_S * 1000))
     s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(DEAD_AFTER_S * 1000))
     curve.apply(s, endpoint)                # a kernel on TCP encrypts every connection
-    monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    # a unique inproc address: pyzmq's default names it after the socket's fd, which the next
+    # client reuses while libzmq may still hold the old address (it is unbound asynchronously)
+    monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED, addr=f"inproc://llmos-monitor-{next(_monitors)}")
     s.connect(endpoint)
     return s, monitor
 
@@ -302,7 +307,7 @@ class Client(_Stubs):
         self.call_timeout, self.connect_timeout = call_timeout, connect_timeout
         self._where, self._hello = (endpoint, token), (user, client or _prog())
         self._ids = itertools.count(1)
-        self._sock = self._monitor = None
+        self._sock = self._monitor = self._ctx = None
         self.reconnects = 0                     # how many times it reconnected to a (restarted) kernel
         self._connect()
 
@@ -313,7 +318,8 @@ class Client(_Stubs):
         self.endpoint, token = _target(*self._where)
         self._rcvtimeo = -1
         self._answered = 0.0                    # when the last reply came (monotonic)
-        self._sock, self._monitor = _dealer(zmq.Context.instance(), self.endpoint)
+        self._ctx = zmq.Context()                # its own: a connection never shares libzmq state
+        self._sock, self._monitor = _dealer(self._ctx, self.endpoint)
         self._gone = False
         try:
             self.info = self._call(Sys.HELLO, (token, *self._hello), self.connect_timeout, connecting=True)
@@ -398,6 +404,9 @@ class Client(_Stubs):
             if s is not None:
                 s.close(0)
         self._sock = self._monitor = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
 
     def __enter__(self):
         return self
