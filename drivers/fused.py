@@ -40,11 +40,9 @@ class Step(ctypes.Structure):
 
 
 def _qlin(lin: QLinear, keep: list) -> QLin:
-    parts = (QPart * len(lin.parts))()
-    col = 0
-    for i, (qtype, data) in enumerate(lin.parts):
-        parts[i] = QPart(qtype, data.ctypes.data, data.shape[0], data.shape[1], col)
-        col += data.shape[0]
+    parts = (QPart * len(lin._calls))()
+    for i, (a, _, col) in enumerate(lin._calls):       # the QLinear's own argument blocks
+        parts[i] = QPart(a.type, a.W, a.N, a.rb, col)
     keep.append(parts)
     return QLin(parts, len(lin.parts), lin.in_features, lin.out_features)
 
@@ -69,7 +67,7 @@ class FusedLayers:
         s.cos_t, s.sin_t, s.scale = model._cos.data_ptr(), model._sin.data_ptr(), model._scale
         self._layer = kernels().llmos_llama_layer
         self._layer.argtypes = [ctypes.POINTER(LayerW), ctypes.POINTER(Step), _p, _p]
-        self._kv = (0, 0, 0)
+        self._kv = (0, 0, 0)                # pool addresses and layer stride: set by begin()
 
     @staticmethod
     def of(model) -> FusedLayers | None:

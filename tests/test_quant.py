@@ -256,3 +256,12 @@ def test_flat_paged_attention_equals_torch_paged_attention(window, D, bs):
     with pytest.raises(ValueError, match="25 query rows, 24 tokens"):
         paged_attention_flat(quant.kernels(), qkv, H, D, k_cache, v_cache,
                              build_flat_metadata(spans[:-1] + [(21, 10, spans[-1][2])], order, bs), 0.3)
+
+
+def test_fused_parts_keep_each_part_s_output_columns():
+    """A fused QKV may mix quant types (one part each): every part writes its own columns."""
+    from llmos.drivers.fused import _qlin
+    a, b = np.zeros((4, 18 * 20), np.uint8), np.zeros((6, 18 * 34), np.uint8)
+    lin = _qlin(quant.QLinear([(3, a), (8, b)], 576), [])
+    assert [(lin.parts[i].type, lin.parts[i].N, lin.parts[i].col) for i in range(lin.n_parts)] == [(3, 4, 0), (8, 6, 4)]
+    assert (lin.n_parts, lin.K, lin.out) == (2, 576, 10)
