@@ -45,7 +45,7 @@ class Preempted(Exception):
     step's new tokens are stale and are rewritten when the step runs again."""
 
 
-@dataclass
+@dataclass(slots=True)
 class SeqInput:
     """One sequence's share of a step. block_table must cover start_pos + len(token_ids) tokens."""
     token_ids: list[int]

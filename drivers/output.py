@@ -22,6 +22,7 @@ class TurnOutput:
         self._stop_ids = frozenset() if ignore_eos else frozenset(tokenizer.stop_ids)
         self._decoder = tokenizer.stream()
         self._matcher = StopMatcher(stop)
+        self._stops = bool(stop)
 
     @property
     def stopped(self) -> bool:
@@ -33,6 +34,8 @@ class TurnOutput:
         if tok in self._stop_ids:
             return "", "eos"
         text = self._decoder.push(tok)
+        if not self._stops:
+            return text, None
         if not text or self._matcher.stopped:
             return "", None
         emit, stopped = self._matcher.feed(text)

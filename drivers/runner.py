@@ -41,22 +41,19 @@ def position_seed(seed: int, position: int) -> int:
 @dataclass
 class Batch:
     seqs: list[SeqInput] = field(default_factory=list)
-    params: list[SamplingParams] = field(default_factory=list)   # one per seq with want_logits
-    generators: list = field(default_factory=list)               # torch.Generator or None, same rows
-    seeds: list[int | None] = field(default_factory=list)        # the draw's seed, same rows
-    masks: list = field(default_factory=list)                    # grammar bitmask [W] or None, same rows
-    histories: list = field(default_factory=list)                # recent tokens (penalties) or None, same rows
+    rows: list[tuple] = field(default_factory=list)     # one per seq with want_logits, in order:
+    #   (SamplingParams, torch.Generator or None, the draw's seed or None, recent tokens for penalties or None)
+    masks: dict[int, object] = field(default_factory=dict)   # row -> grammar bitmask [W]; absent: none
 
-    def add(self, seq: SeqInput, params: SamplingParams | None = None, generator=None,
-            seed: int | None = None, history: list[int] | None = None) -> None:
-        """One sequence; params (and generator, seed, history) only when seq.want_logits."""
-        self.seqs.append(seq)
-        if seq.want_logits:
-            self.params.append(params)
-            self.generators.append(generator)
-            self.seeds.append(seed)
-            self.masks.append(None)
-            self.histories.append(history)
+    def columns(self, rows: slice = slice(None)) -> tuple[list, list, list, list, list]:
+        """(params, generators, seeds, masks, histories) of the given rows, as lists."""
+        picked = self.rows[rows]
+        start = rows.indices(len(self.rows))[0]
+        masks = [self.masks.get(start + i) for i in range(len(picked))]
+        if not picked:
+            return [], [], [], masks, []
+        params, generators, seeds, histories = map(list, zip(*picked))
+        return params, generators, seeds, masks, histories
 
 
 @dataclass
@@ -81,8 +78,7 @@ class ModelRunner:
     def run(self, batch: Batch) -> BatchResult:
         t0 = time.perf_counter()
         try:
-            tokens, logprobs, tops = self._run(batch.seqs, batch.params, batch.generators, batch.seeds,
-                                               batch.masks, batch.histories)
+            tokens, logprobs, tops = self._run(batch.seqs, *batch.columns())
             result = BatchResult(tokens, logprobs, tops=tops)
         except Preempted:
             n = len(batch.seqs)
@@ -95,8 +91,7 @@ class ModelRunner:
                 sl = slice(row, row + seq.want_logits)
                 row += seq.want_logits
                 try:
-                    t, lp, top = self._run([seq], batch.params[sl], batch.generators[sl], batch.seeds[sl],
-                                           batch.masks[sl], batch.histories[sl])
+                    t, lp, top = self._run([seq], *batch.columns(sl))
                     result.tokens[i], result.logprobs[i], result.tops[i] = t[0], lp[0], top[0]
                 except Preempted:
                     result = BatchResult([None] * n, [None] * n, preempted=True)

@@ -342,7 +342,7 @@ class StreamDecoder:
 
     def __init__(self, tokenizer: Tokenizer, skip_special: bool = False):
         self._tok, self._skip = tokenizer, skip_special
-        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self._held = b""                            # the start of a UTF-8 character split over tokens
         self._strip_next = tokenizer._strip_space   # sentencepiece dummy prefix: at start/after specials
 
     def push(self, token_id: int) -> str:
@@ -358,11 +358,15 @@ class StreamDecoder:
             if self._strip_next and ty == NORMAL and data[:1] == b" ":
                 data = data[1:]
             self._strip_next = False
-        return self._utf8.decode(data)
+        if self._held:
+            data = self._held + data
+        text, used = codecs.utf_8_decode(data, "replace", False)   # what an incremental decoder does
+        self._held = data[used:]
+        return text
 
     def finish(self) -> str:
         """Flush held-back bytes; the decoder is reset and can be reused."""
-        text = self._utf8.decode(b"", final=True)
-        self._utf8.reset()
+        text = codecs.utf_8_decode(self._held, "replace", True)[0]
+        self._held = b""
         self._strip_next = self._tok._strip_space
         return text

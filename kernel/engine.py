@@ -106,28 +106,30 @@ class Engine:
         work = self.sched.schedule()
         if not work:
             return None
-        plan, constrained = StepPlan(), []
-        entries, add, tables = plan.entries, plan.add, self.kv.tables     # the hot loop: one per process
+        plan, constrained, prefill = StepPlan(), [], 0
+        entries, seqs, rows = plan.entries, plan.seqs, plan.rows    # the hot loop: one per process
+        tables = self.kv.tables
         for p, n in work:
-            start, tokens, params = p.computed, p.tokens, p.params
+            start, tokens = p.computed, p.tokens
             want = start + n == len(tokens) and not p.feeding
             entries.append((p, p.epoch, n))
             if n > 1 or start < p.turn_start:
-                plan.prefill_tokens += n
+                prefill += n
             # the table's own list, not a copy: only schedule/commit ever change it
-            seq = SeqInput(tokens[start:start + n], start, tables[p.pid].blocks, want)
+            seqs.append(SeqInput(tokens[start:start + n], start, tables[p.pid].blocks, want))
             if not want:
-                add(seq)
                 continue
+            params = p.params           # a sampled row (drivers/runner.py Batch.rows)
             history = tokens[-params.penalty_last_n:] if params.penalized else None
             if p.seed is None:
-                add(seq, params, None, None, history)
+                rows.append((params, None, None, history))
             else:
                 if p.generator is None:
                     p.generator = self.runner.new_generator()
-                add(seq, params, p.generator, position_seed(p.seed, start + n), history)
+                rows.append((params, p.generator, position_seed(p.seed, start + n), history))
             if p.matcher is not None:
-                constrained.append((len(plan.masks) - 1, p.matcher))
+                constrained.append((len(rows) - 1, p.matcher))
+        plan.prefill_tokens = prefill
         if constrained:         # grammar masks of the whole batch at once, on this thread (the
             masks = fill_masks([m for _, m in constrained])     # matchers are the owner's)
             for (row, _), mask in zip(constrained, masks):
@@ -142,7 +144,7 @@ class Engine:
 
     def commit(self, plan: StepPlan, result: StepResult) -> list[Process]:
         """Apply the results of live processes; deliver text; free blocks of the exited."""
-        touched, ops = [], self.ops
+        touched, ops, now = [], self.ops, time.monotonic()
         try:
             for i, (p, epoch, n) in enumerate(plan.entries):
                 if p.epoch != epoch or result.preempted:    # it left RUNNING meanwhile (stopped,
@@ -159,9 +161,9 @@ class Engine:
                         p.stats.prefilled += n
                     if result.tokens[i] is not None:
                         self._deliver(p, result.tokens[i], result.logprobs[i],
-                                      result.tops[i] if result.tops else None)
+                                      result.tops[i] if result.tops else None, now)
                         if p.matcher is not None:
-                            self._force(p, epoch)
+                            self._force(p, epoch, now)
                     elif p.feeding and p.computed == len(p.tokens):
                         ops.end_feed(p)
                 except Exception as e:
@@ -176,6 +178,7 @@ class Engine:
                 c["prefill_tokens"] += plan.prefill_tokens
                 self.sched.observe(plan.prefill_tokens, result.seconds, sum(n for _, _, n in plan.entries))
         finally:
+            self.sched.note_charges()
             ops.in_flight = False
             ops.reclaim()
         if self.config.check_invariants:
@@ -183,22 +186,21 @@ class Engine:
             self.sched.check_invariants()
         return touched
 
-    def _force(self, p: Process, epoch: int) -> None:
+    def _force(self, p: Process, epoch: int, now: float) -> None:
         """Feed the tokens the grammar allows as the only continuation, without sampling (they
         are computed with the next step, as a chunk)."""
         for tok in p.matcher.forced():
             if p.epoch != epoch or p.state is not ProcState.RUNNING or p.matcher is None:
                 return                                  # the turn ended
-            self._deliver(p, tok, 0.0)
+            self._deliver(p, tok, 0.0, None, now)
 
-    def _deliver(self, p: Process, tok: int, logprob: float | None, top=None) -> None:
-        """top: the sampler's [(id, logprob), ...] when p asked for top_logprobs. Runs for every
-        generated token: lookups are bound once."""
+    def _deliver(self, p: Process, tok: int, logprob: float | None, top, now: float) -> None:
+        """top: the sampler's [(id, logprob), ...] when p asked for top_logprobs; now: the step's
+        time.monotonic(). Runs for every generated token: lookups are bound once."""
         matcher, params = p.matcher, p.params
         if matcher is not None and not matcher.consume(tok):        # a mask makes this impossible
             self.ops.exit(p, ExitStatus("error", message=f"grammar rejected token {tok}: {matcher.error}"))
             return
-        now = time.monotonic()
         p.tokens.append(tok)
         p.output_ids.append(tok)
         p.turn_tokens += 1

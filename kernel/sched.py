@@ -76,11 +76,14 @@ class Scheduler:
         self.sized = None                         # (target s, extra tokens) of the last plan, if sized
         self.extra_cap = 1 << 30                  # others' tokens a sized step may hold (AIMD)
         self.on_urgent = None                     # called when one becomes runnable meanwhile
+        self._shares_stale = True                 # the runnable set or a nice changed: _clock resplits
+        self._charged: dict[str, int] = {}        # owner -> tokens charged since note_charges()
 
     # ---- membership (engine calls these from mutators and commit) ---------------------------
     def enqueue(self, p: Process) -> None:
         """p is NEW (admitted at the next schedule) or has just become READY (wake, cont)."""
         p.weight = weight(p.nice)
+        self._shares_stale = True
         if p.state is ProcState.NEW:
             self.arrivals[p.pid] = p
         elif p.state is ProcState.READY:
@@ -94,6 +97,7 @@ class Scheduler:
 
     def dequeue(self, p: Process) -> None:
         """p left the runnable set (sleep, stop, exit)."""
+        self._shares_stale = True
         self.running.pop(p.pid, None)
         self.ready.pop(p.pid, None)
         self.arrivals.pop(p.pid, None)
@@ -101,14 +105,22 @@ class Scheduler:
     def renice(self, p: Process, nice: int) -> None:
         p.nice, p.weight = nice, weight(nice)
         p.deadline = p.vruntime + self.slice * NICE_0 / p.weight
+        self._shares_stale = True
 
     def charge(self, p: Process, tokens: int) -> None:
-        """p generated `tokens` tokens: advance its virtual time (and deadline when due)."""
+        """p generated `tokens` tokens: advance its virtual time (and deadline when due). The
+        owner's token count reaches the limits at note_charges() (the engine calls it once a step)."""
         p.vruntime += tokens * NICE_0 / p.weight
-        if self.limits is not None:
-            self.limits.note_tokens(p.owner, tokens)
+        self._charged[p.owner] = self._charged.get(p.owner, 0) + tokens
         if p.vruntime >= p.deadline:
             p.deadline = p.vruntime + self.slice * NICE_0 / p.weight
+
+    def note_charges(self) -> None:
+        """Hand the tokens charged since the last call to the limits (kernel/limits.py)."""
+        charged, self._charged = self._charged, {}
+        if self.limits is not None:
+            for owner, n in charged.items():
+                self.limits.note_tokens(owner, n)
 
     def observe(self, prefill_tokens: int, seconds: float, tokens: int = 0) -> None:
         """A measured step: a decode-only one feeds the step-time model (a prefill token costs a
@@ -152,13 +164,18 @@ class Scheduler:
             self.held = {o for o in owners if self.limits.throttled(o)}
 
     def _clock(self) -> None:
+        """Set V; first resplit the users' shares (p.weight) if the runnable set or a nice changed."""
         procs = [*self.running.values(), *self.ready.values()]
-        per_owner: dict[str, int] = {}
-        for p in procs:
-            per_owner[p.owner] = per_owner.get(p.owner, 0) + WEIGHTS[p.nice + 20]
+        if self._shares_stale:
+            per_owner: dict[str, int] = {}
+            for p in procs:
+                per_owner[p.owner] = per_owner.get(p.owner, 0) + WEIGHTS[p.nice + 20]
+            for p in procs:
+                p.weight = NICE_0 * WEIGHTS[p.nice + 20] / per_owner[p.owner]   # the user's share, split
+            self._shares_stale = False
         ws = wv = 0.0
         for p in procs:
-            w = p.weight = NICE_0 * WEIGHTS[p.nice + 20] / per_owner[p.owner]   # the user's share, split
+            w = p.weight
             ws += w
             wv += w * p.vruntime
         if ws:
@@ -222,15 +239,17 @@ class Scheduler:
         budget = self.config.max_step_tokens
         decodes, prefills, urgent = [], [], []
         model = self.step_model if self.step_model.ready() else None
-        held = self.held
-        for p in self.running.values():
-            target = None       # target_s is None unless p has latency_ms or a negative nice
+        held, decode, prefill = self.held, decodes.append, prefills.append
+        for p in self.running.values():     # target_s is None unless p has latency_ms or a negative nice
             if model is not None and (p.latency_ms is not None or p.nice < 0) and p.owner not in held:
                 target = target_s(p, model)
-            if target is not None:
-                urgent.append((target, p.pid, p))
+                if target is not None:
+                    urgent.append((target, p.pid, p))
+                    continue
+            if len(p.tokens) - p.computed == 1:
+                decode(p)
             else:
-                (decodes if len(p.tokens) - p.computed == 1 else prefills).append(p)
+                prefill(p)
         self.plain_step, self.sized = not urgent, None
         if urgent:          # latency goals: serve them first, size the step to the tightest one
             urgent.sort(key=lambda e: e[:2])
@@ -252,12 +271,13 @@ class Scheduler:
 
     def _serve(self, queue: list[Process], budget: int, plan: list, planned: set) -> int:
         """Plan `queue`'s tokens in order within `budget`; returns the budget left."""
+        held, memory_for, RUNNING = self.held, self._memory_for, ProcState.RUNNING
         for p in queue:
             if budget <= 0:
                 break
-            if p.state is not ProcState.RUNNING or p.owner in self.held:
+            if p.state is not RUNNING or p.owner in held:
                 continue                         # evicted by one ahead of it, or throttled
-            n = self._memory_for(p, budget, planned)
+            n = memory_for(p, budget, planned)
             if n:
                 plan.append((p, n))
                 planned.add(p.pid)
