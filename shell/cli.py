@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main([name, *rest]) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:     # the reader of stdout left (`llmos run ... | head`): end as SIGPIPE would
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

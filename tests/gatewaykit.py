@@ -112,11 +112,14 @@ def environ(env: dict):
 
 
 def settle(k, user: str | None = None, timeout: float = 10.0) -> list[dict]:
-    """Wait until no process remains in the kernel (of user, if given); returns what is left."""
+    """Wait until no process remains in the kernel (of user, if given; with no user, also until
+    the KV pool is free: a process killed during a step keeps its blocks until the step's commit);
+    returns what is left."""
     deadline = time.monotonic() + timeout
     while True:
         left = [p for p in k.ps() if user is None or p["owner"] == user]
-        if not left or time.monotonic() > deadline:
+        done = not left and (user is not None or k.meminfo()["kv"]["used"] == 0)
+        if done or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
 

@@ -105,6 +105,19 @@ def test_run_ctrl_c_sends_sigint(daemon, env, k):
     assert not any(p["command"].startswith("run go on") for p in k.ps())     # waited for and reaped
 
 
+def test_run_into_a_closed_pipe_exits_quietly_and_ends_its_process(daemon, env, k):
+    """`llmos run ... | head -c 1`: the reader leaves early; run exits as SIGPIPE would (141, no
+    traceback) and its process is not left generating."""
+    r = subprocess.run(f"{sys.executable} -m llmos.shell.cli run --max-tokens 400 --ignore-eos "
+                       f"'go on and on' | head -c 1", shell=True, env=env, capture_output=True, text=True,
+                       timeout=60, executable="/bin/bash")
+    assert len(r.stdout) == 1 and "Traceback" not in r.stderr and "Broken pipe" not in r.stderr, r.stderr
+    deadline = time.monotonic() + 10
+    while any(p["command"].startswith("run go on and on") for p in k.ps()):
+        assert time.monotonic() < deadline, k.ps()
+        time.sleep(0.05)
+
+
 def test_ps_and_kill(daemon, env, k):
     pid = k.spawn("a session", max_tokens=2, session=True, command="longjob")
     "".join(k.stream(pid))                               # a sleeping session: never exits by itself

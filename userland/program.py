@@ -112,6 +112,8 @@ def run(argv: list[str], io: IO, parser: ArgParser, body: Callable[[argparse.Nam
     except UsageError as e:
         io.error(f"{e} ({io.hint})", 2)
         return 2
+    except BrokenPipeError:         # our reader left (`llmos ps | head`), not a syscall: the CLI
+        raise                       # ends as SIGPIPE would (shell/cli.py)
     except OSError as e:
         io.error(error_text(e))
         if isinstance(e, (ConnectionError, lib.KernelNotAnswering)):
