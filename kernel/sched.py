@@ -271,13 +271,22 @@ class Scheduler:
 
     def _serve(self, queue: list[Process], budget: int, plan: list, planned: set) -> int:
         """Plan `queue`'s tokens in order within `budget`; returns the budget left."""
-        held, memory_for, RUNNING = self.held, self._memory_for, ProcState.RUNNING
+        held, RUNNING, kv = self.held, ProcState.RUNNING, self.kv
+        tables, reserve = kv.tables, kv.reserve
         for p in queue:
             if budget <= 0:
                 break
             if p.state is not RUNNING or p.owner in held:
                 continue                         # evicted by one ahead of it, or throttled
-            n = memory_for(p, budget, planned)
+            t = tables.get(p.pid)
+            if t is not None and t.blocks and t.swapped is None:      # the common case: running on
+                pid, start = p.pid, p.computed
+                n = min(len(p.tokens) - start, budget)
+                need = reserve(pid, start, n)    # blocks it lacks; evict for them if that suffices
+                if need and not (self._ensure(need, p, planned, False) and reserve(pid, start, n) == 0):
+                    n = 0
+            else:
+                n = self._start(p, budget, planned)
             if n:
                 plan.append((p, n))
                 planned.add(p.pid)
@@ -288,18 +297,12 @@ class Scheduler:
                 self.ready[p.pid] = p
         return budget
 
-    def _memory_for(self, p: Process, budget: int, planned) -> int:
-        """Get p the blocks for its next tokens (evicting others if that suffices); return how
-        many tokens it runs this step (0: none, it waits)."""
+    def _start(self, p: Process, budget: int, planned) -> int:
+        """Get p, which holds no blocks in the pool (fresh, recomputing or swapped out), the blocks
+        for its next tokens, evicting only lower priorities if that suffices; return how many
+        tokens it runs this step (0: none, it waits)."""
         kv, pid = self.kv, p.pid
         t = kv.tables.get(pid)
-        if t is not None and t.blocks and t.swapped is None:      # the common case: running on
-            n = min(len(p.tokens) - p.computed, budget)
-            need = kv.reserve(pid, p.computed, n)
-            if need and not (self._ensure(need, p, planned, False) and kv.reserve(pid, p.computed, n) == 0):
-                return 0
-            return n
-        # starting (fresh, recomputing or swapped out): only lower priorities yield memory
         if p.computed == 0 and t is None:
             hit = kv.match_prefix(pid, p.tokens, owner_namespace(p.owner))
             p.computed, p.stats.cached = hit, p.stats.cached + hit
