@@ -254,6 +254,8 @@ class Shell:
         finally:
             self._fg = False
             host.take_terminal(tty)
+        if job.status == 128 + signal.SIGINT:
+            TERMINAL.at_line_start = False      # the terminal echoed ^C: the prompt starts a new line
         if job.status is None and job.state == STOPPED:
             self.jobs.mark(job, STOPPED, background=False)
             TERMINAL.write("\n" + job.line(self.jobs.mark_of(job)) + "\n")
