@@ -425,7 +425,7 @@ class AsyncClient(_Stubs):
     def __init__(self):
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
-        self._sock = self._monitor = None
+        self._sock = self._monitor = self._ctx = None
         self._tasks: list[asyncio.Task] = []
         self._gone = False
         self._reconnecting = asyncio.Lock()     # one reconnection for every call that finds it gone
@@ -448,7 +448,8 @@ class AsyncClient(_Stubs):
         await self.close()
         self._gone = True                       # until the new connection exists
         self.endpoint, token = _target(*self._where)
-        self._sock, self._monitor = _dealer(zmq.asyncio.Context.instance(), self.endpoint)
+        self._ctx = zmq.asyncio.Context()        # its own, as Client's: no shared libzmq state
+        self._sock, self._monitor = _dealer(self._ctx, self.endpoint)
         self._gone = False
         self._tasks = [asyncio.ensure_future(self._read_replies()), asyncio.ensure_future(self._watch())]
         try:
@@ -549,6 +550,9 @@ class AsyncClient(_Stubs):
             if s is not None:
                 s.close(0)
         self._sock = self._monitor = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
 
     async def __aenter__(self):
         return self
