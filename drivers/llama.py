@@ -1,4 +1,5 @@
 """A Llama-family transformer in torch that reads and writes a paged KV pool.
+(Over 300 lines: loading and the forward of one model family share the layer layout.)
 
 ``forward`` takes a flat batch of sequences, each bringing some new tokens (a prefill chunk or one
 decode token) at some position, with its block table; it writes the new K/V into the pool, attends

@@ -1,4 +1,5 @@
 """Sampling: turn a step's logits into tokens, and cut generated text at stop strings.
+(Over 300 lines: the parameters, their validation and the batched sampling they drive are one contract.)
 
 Contracts
 - ``SamplingParams`` is frozen and checked once, at spawn (``validate()`` / ``from_dict()``);

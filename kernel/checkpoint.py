@@ -1,4 +1,5 @@
 """Checkpoints: a process's complete state to a file and back (CRIU for LLM processes).
+(Over 300 lines: one file format, its writer and its reader, which must change together.)
 
 File format (version 1; all integers little-endian):
 

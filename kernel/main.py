@@ -1,4 +1,5 @@
 """Boot the kernel (xv6: main.c): `llmos serve` in the foreground.
+(About 300 lines: the boot sequence and its options, in the order they are used.)
 
 Boot order, one log line per step:
     config → driver (the model) → KV pool → engine → models (the table: others load on first

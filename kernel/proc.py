@@ -1,4 +1,5 @@
 """Processes: the state enum, one owner function per transition, the output channel, the table.
+(Over 300 lines: the process record, its states and one function per transition, tied together by the diagram below.)
 
 State diagram (each arrow is made by exactly one function below, called by the module named):
 

@@ -1,5 +1,6 @@
 """Process operations on the process table (xv6: proc.c): spawn, write, close, signal, renice,
 fork, orphan, reap, and the turn and exit machinery that the engine's commit also uses.
+(Over 300 lines: every operation on a process's life shares the turn and exit machinery here.)
 
 Contracts:
   * Called on the engine's owner thread only. While a step is in flight (in_flight), an operation

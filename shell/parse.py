@@ -1,4 +1,5 @@
 """The shell's grammar: text → a list of pipelines. Pure functions, no I/O.
+(Over 300 lines: one grammar - the tokenizer, the parser and the tree it builds.)
 
     script    := [item (SEP item)*]          SEP is ';', '&' or a newline
     item      := pipeline ['&']              '&' runs the pipeline as a background job

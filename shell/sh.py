@@ -1,4 +1,5 @@
 """The llmos shell: parse a line, run its pipelines as jobs over kernel processes.
+(Over 300 lines: the Shell owns the foreground and the job table; its methods share that state.)
 
     llmos                      interactive (history in $LLMOS_HOME/history, completion, job control)
     llmos -c 'run "hi" ; ps'   run the commands, exit with the last one's status

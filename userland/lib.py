@@ -1,4 +1,6 @@
 """The userland library: syscalls to the llmos kernel (libc's syscall(2) and its wrappers).
+(Over 300 lines: the blocking and the asyncio client share the stubs, framing and reconnection rules,
+and the module-level API wraps them; split, the two clients would drift apart.)
 
     from llmos.userland import lib
     pid = lib.spawn([{"role": "user", "content": "Hi!"}], max_tokens=64)
