@@ -271,8 +271,7 @@ class Scheduler:
 
     def _serve(self, queue: list[Process], budget: int, plan: list, planned: set) -> int:
         """Plan `queue`'s tokens in order within `budget`; returns the budget left."""
-        held, RUNNING, kv = self.held, ProcState.RUNNING, self.kv
-        tables, reserve = kv.tables, kv.reserve
+        held, RUNNING, tables, reserve = self.held, ProcState.RUNNING, self.kv.tables, self.kv.reserve
         for p in queue:
             if budget <= 0:
                 break
@@ -280,11 +279,9 @@ class Scheduler:
                 continue                         # evicted by one ahead of it, or throttled
             t = tables.get(p.pid)
             if t is not None and t.blocks and t.swapped is None:      # the common case: running on
-                pid, start = p.pid, p.computed
-                n = min(len(p.tokens) - start, budget)
-                need = reserve(pid, start, n)    # blocks it lacks; evict for them if that suffices
-                if need and not (self._ensure(need, p, planned, False) and reserve(pid, start, n) == 0):
-                    n = 0
+                n = min(len(p.tokens) - p.computed, budget)
+                if reserve(p.pid, p.computed, n):    # it lacks blocks: evict for them if that suffices
+                    n = self._fit(p, n, planned, strict=False)
             else:
                 n = self._start(p, budget, planned)
             if n:
@@ -313,9 +310,14 @@ class Scheduler:
             t0 = time.perf_counter()
             kv.swap_in(pid)
             self._learn_swap(n_blocks, time.perf_counter() - t0)
-        n = min(len(p.tokens) - p.computed, budget)
-        need = kv.reserve(pid, p.computed, n)
-        if need and not (self._ensure(need, p, planned, True) and kv.reserve(pid, p.computed, n) == 0):
+        return self._fit(p, min(len(p.tokens) - p.computed, budget), planned, strict=True)
+
+    def _fit(self, p: Process, n: int, planned, strict: bool) -> int:
+        """Reserve p's blocks for its next n tokens, evicting others (see _victims) if that
+        suffices; n, or 0 when they cannot be had (nothing changed)."""
+        kv = self.kv
+        need = kv.reserve(p.pid, p.computed, n)
+        if need and not (self._ensure(need, p, planned, strict) and kv.reserve(p.pid, p.computed, n) == 0):
             return 0
         return n
 

@@ -136,6 +136,15 @@ def _dealer(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
     return s, monitor
 
 
+def _hang_up(sock, monitor, ctx) -> None:
+    """Close a connection's sockets, then end its own context (Client and AsyncClient)."""
+    for s in (sock, monitor):
+        if s is not None:
+            s.close(0)
+    if ctx is not None:
+        ctx.term()
+
+
 def _lost(monitor: zmq.Socket) -> bool:
     """True once the monitor has reported the connection's loss (never blocks)."""
     return bool(monitor.poll(0))
@@ -402,13 +411,8 @@ class Client(_Stubs):
                 return
 
     def close(self) -> None:
-        for s in (self._sock, self._monitor):
-            if s is not None:
-                s.close(0)
-        self._sock = self._monitor = None
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
+        _hang_up(self._sock, self._monitor, self._ctx)
+        self._sock = self._monitor = self._ctx = None
 
     def __enter__(self):
         return self
@@ -548,13 +552,8 @@ class AsyncClient(_Stubs):
         for task in self._tasks:
             task.cancel()
         self._tasks = []
-        for s in (self._sock, self._monitor):
-            if s is not None:
-                s.close(0)
-        self._sock = self._monitor = None
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
+        _hang_up(self._sock, self._monitor, self._ctx)
+        self._sock = self._monitor = self._ctx = None
 
     async def __aenter__(self):
         return self
