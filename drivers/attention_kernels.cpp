@@ -17,6 +17,7 @@
 #if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
+#include "simd_exp.h"
 
 typedef void (*TaskFn)(void* ctx, int64_t i);
 extern "C" void llmos_parallel(TaskFn fn, void* ctx, int64_t n);
@@ -80,24 +81,9 @@ inline void axpy(float a, const float* x, float* y, int64_t D) {     // y += a *
 inline float exp_sum(float* x, int64_t n) {
     int64_t j = 0; float sum = 0.f;
 #if defined(__AVX2__) && defined(__FMA__)
-    // Cephes' expf: x = k ln2 + r, e^r by a degree-5 polynomial, 2^k through the exponent bits
-    // (k <= -127 gives 0). About 1 ulp on [-88, 0].
     __m256 acc = _mm256_setzero_ps();
     for (; j + 8 <= n; j += 8) {
-        __m256 v = _mm256_max_ps(_mm256_loadu_ps(x + j), _mm256_set1_ps(-88.f));
-        const __m256 k = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        v = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), v);
-        v = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), v);
-        __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-        y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.3981999507e-3f));
-        y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(8.3334519073e-3f));
-        y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(4.1665795894e-2f));
-        y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.6666665459e-1f));
-        y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(5.0000001201e-1f));
-        y = _mm256_fmadd_ps(y, _mm256_mul_ps(v, v), _mm256_add_ps(v, _mm256_set1_ps(1.f)));
-        __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127));
-        e = _mm256_slli_epi32(_mm256_max_epi32(e, _mm256_setzero_si256()), 23);
-        y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+        const __m256 y = llmos_exp8(_mm256_loadu_ps(x + j));
         _mm256_storeu_ps(x + j, y);
         acc = _mm256_add_ps(acc, y);
     }

@@ -40,6 +40,7 @@ log = logging.getLogger("llmos.drivers")
 SOURCE = Path(__file__).with_name("quant_kernels.cpp")
 SOURCES = (SOURCE, Path(__file__).with_name("attention_kernels.cpp"),     # one library
            Path(__file__).with_name("layer_kernels.cpp"))
+HEADERS = (Path(__file__).with_name("simd_exp.h"),)                    # part of the build key
 KERNEL_TYPES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
 _p = ctypes.c_void_p
 _i = ctypes.c_int64
@@ -83,7 +84,7 @@ def kernels() -> ctypes.CDLL | None:
         return None
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-        key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + version.encode() + isa_summary().encode()
+        key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS) + version.encode() + isa_summary().encode()
                              + cpu_features()["model"].encode()).hexdigest()[:16]
         lib_path = _cache_dir() / f"quant-{key}.so"
         if not lib_path.exists():

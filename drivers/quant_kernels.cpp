@@ -33,6 +33,7 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #define LLMOS_AVX2 1
 #endif
+#include "simd_exp.h"
 
 enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
 
@@ -214,8 +215,17 @@ static void run(TaskFn f, void* c, int64_t count) {
 // Row t of the matmul's input: SwiGLU (x holds [gate | up], 2K wide) and/or RMSNorm, into out.
 static void prepare_row(const float* x, int64_t K, int swiglu, const float* norm_w, float eps, float* out) {
     const float* v = x;
-    if (swiglu) {
-        for (int64_t i = 0; i < K; i++) { float g = x[i]; out[i] = g / (1.f + expf(-g)) * x[K + i]; }
+    if (swiglu) {                    // silu(g) * u = g / (1 + e^-g) * u
+        int64_t i = 0;
+#if defined(LLMOS_AVX2)
+        const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
+        for (; i + 8 <= K; i += 8) {
+            const __m256 g = _mm256_loadu_ps(x + i);
+            const __m256 e = llmos_exp8(_mm256_sub_ps(zero, g));
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(x + K + i)));
+        }
+#endif
+        for (; i < K; i++) { float g = x[i]; out[i] = g / (1.f + expf(-g)) * x[K + i]; }
         v = out;
     }
     if (norm_w) {
@@ -339,7 +349,11 @@ static inline void micro(const float* w, int64_t K, const float* x, int64_t ldx,
         __m256 xv[C];
         for (int c = 0; c < C; c++) xv[c] = _mm256_loadu_ps(x + c * ldx + k);
         for (int r = 0; r < R; r++) {
-            const __m256 wv = _mm256_loadu_ps(w + r * K + k);
+            __m256 wv = _mm256_loadu_ps(w + r * K + k);
+            // Keep wv in a register: GCC otherwise folds the load into each of the C FMAs
+            // (C loads of the same vector), and the loads, not the FMAs, bound the loop:
+            // measured on Zen 3, 106 -> 134 GFLOP/s for a 3072 x 576 Q4_1 matrix x 64 tokens.
+            __asm__("" : "+x"(wv));
             for (int c = 0; c < C; c++) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
         }
     }

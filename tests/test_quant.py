@@ -90,6 +90,19 @@ def test_fused_parts_norm_swiglu_and_residual_add():
     assert out is residual and torch.allclose(out, expect, rtol=1e-6, atol=1e-6)
 
 
+def test_swiglu_of_extreme_gates_stays_finite_and_exact():
+    """The kernel's vectorised SiLU (drivers/simd_exp.h) clamps e^-g: gates of +-100 and +-1e30
+    give g (or 0) times up, never inf or NaN; ordinary gates match torch's silu closely."""
+    w = random_blocks(QT.Q8_0, 4, 32, seed=3)
+    lin, ref = quant.QLinear([(QT.Q8_0, w)], 32), quant.QLinear([(QT.Q8_0, w)], 32)
+    gate = torch.tensor([100.0, -100.0, 1e30, -1e30, 88.5, -88.5, 0.0, -0.0] * 3 + [1.5, -2.0] * 4)
+    up = torch.linspace(-1, 1, 32)
+    y = lin(torch.cat([gate, up]).unsqueeze(0), swiglu=True)
+    h = torch.nn.functional.silu(gate.double()) * up.double()
+    assert torch.isfinite(y).all()
+    assert torch.allclose(y.double(), ref(h.float().unsqueeze(0)).double(), rtol=1e-5, atol=1e-4)
+
+
 def test_bad_weights_and_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="no quantized kernel"):
         quant.QLinear([(int(QT.F16), np.zeros((2, 64), np.uint8))], 32)
