@@ -247,9 +247,12 @@ def test_model_bigger_than_memory_is_refused_with_sizes(tmp_path):
     assert fits.weight_bytes() < 10 ** 9
 
 
+@pytest.mark.parametrize("kv", ["fp32", "fp16"])
 @pytest.mark.parametrize("window", [None, 5, 19])
 @pytest.mark.parametrize("D,bs", [(16, 4), (64, 16), (24, 8)])   # vector paths and the scalar tails
-def test_flat_paged_attention_equals_torch_paged_attention(window, D, bs):
+def test_flat_paged_attention_equals_torch_paged_attention(window, D, bs, kv):
+    """Both task shapes (a task per token for many tokens, per token and KV head for few) and
+    both pool types match torch's attention; a token's output is the same bit for bit alone."""
     from llmos.drivers.attention import (build_flat_metadata, build_metadata, paged_attention,
                                          paged_attention_flat)
     g = torch.Generator().manual_seed(4)
@@ -263,9 +266,16 @@ def test_flat_paged_attention_equals_torch_paged_attention(window, D, bs):
     q = qkv[:, :H * D]
     want = paged_attention(q.reshape(T, H, D), k_cache, v_cache,
                            build_metadata(spans, order, bs, torch.device("cpu"), window=window), 0.3)
+    if kv == "fp16":
+        k_cache, v_cache = k_cache.half(), v_cache.half()
+        want = paged_attention(q.reshape(T, H, D), k_cache.float(), v_cache.float(),
+                               build_metadata(spans, order, bs, torch.device("cpu"), window=window), 0.3)
     got = paged_attention_flat(quant.kernels(), qkv, H, D, k_cache, v_cache,
                                build_flat_metadata(spans, order, bs), 0.3, window)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    alone = paged_attention_flat(quant.kernels(), qkv[T - 1:], H, D, k_cache, v_cache,     # few tokens
+                                 build_flat_metadata([(31, 1, spans[4][2])], [0], bs), 0.3, window)
+    assert torch.equal(alone[-1], got[-1])
     with pytest.raises(ValueError, match="25 query rows, 24 tokens"):
         paged_attention_flat(quant.kernels(), qkv, H, D, k_cache, v_cache,
                              build_flat_metadata(spans[:-1] + [(21, 10, spans[-1][2])], order, bs), 0.3)
