@@ -1,9 +1,9 @@
 // Paged attention on an fp32 or fp16 KV pool, for the CPU (llmos drivers/attention.py calls it through
 // drivers/quant.py's library, which compiles this file with quant_kernels.cpp and lends it its
-// thread pool). One task per (token, KV head): the query heads that share that KV head read each
-// key and value row once from the pool through the sequence's block table (no gather), staged as
-// fp32 a chunk of keys at a time so that all those heads work on rows in L1 (reading them from L2
-// or converting them once per head bounded the loops: ~2x slower at batch 64 on Zen 3).
+// thread pool). A task is a token and its KV heads (all of them when tokens are many, one when
+// few): the query heads that share a KV head read each key and value row of the pool once,
+// through the sequence's block table (no gather), each vector loaded (fp16: converted) once into
+// registers for up to 3 query heads (staging rows as fp32 in a buffer first cost ~25 % more).
 //
 // o[t, h] = sum_j softmax_j(scale * q[t, h] . k_j) v_j over keys j in [lo, pos[t]] of token t's
 // sequence, lo = pos[t] - window + 1 when window > 0 (sliding window), else 0. The keys of this
@@ -35,11 +35,26 @@ template <typename KV> struct Attn {
     int64_t kv_per_task;    // KV heads per task: KVH (a task per token) or 1 (per token and head)
 };
 
-inline float dot(const float* a, const float* b, int64_t D) {
+// 8 elements of a pool row as fp32 (fp16 rows converted with F16C).
+template <typename KV> inline float elem(const KV* p);
+template <> inline float elem<float>(const float* p) { return *p; }
+#if defined(__F16C__)
+template <> inline float elem<uint16_t>(const uint16_t* p) { return _cvtsh_ss(*p); }
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+template <typename KV> inline __m256 load8(const KV* p);
+template <> inline __m256 load8<float>(const float* p) { return _mm256_loadu_ps(p); }
+#if defined(__F16C__)
+template <> inline __m256 load8<uint16_t>(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+#endif
+#endif
+
+// q . k for one key (a key left over from the blocks of 4 below).
+template <typename KV> inline float dot(const float* q, const KV* k, int64_t D) {
 #if defined(__AVX2__) && defined(__FMA__)
     if (D % 8 == 0) {
         __m256 acc = _mm256_setzero_ps();
-        for (int64_t i = 0; i < D; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+        for (int64_t i = 0; i < D; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(k + i), acc);
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -47,38 +62,86 @@ inline float dot(const float* a, const float* b, int64_t D) {
     }
 #endif
     float s = 0.f;
-    for (int64_t i = 0; i < D; i++) s += a[i] * b[i];
+    for (int64_t i = 0; i < D; i++) s += q[i] * elem(k + i);
     return s;
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-// The dot products of q (D floats, D % 8 == 0) with 8 keys k, k + stride, ..., as one vector.
-inline __m256 dot8(const float* q, const float* k, int64_t stride, int64_t D) {
-    __m256 acc[8];
-    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+// Scores of HG query heads (q, D floats apart) against 4 keys k[0..4) (pool rows, D % 8 == 0)
+// into s[h * ld + i] = scale * q_h . k_i. Each key vector is loaded (converted) once for all HG
+// heads: 4 x HG accumulators, HG <= 3 keeps them, the queries and a key in the 16 registers.
+template <int HG, typename KV>
+inline void scores4(const float* q, const KV* const k[4], int64_t D, float scale, float* s, int64_t ld) {
+    __m256 acc[HG][4];
+    for (int h = 0; h < HG; h++) for (int i = 0; i < 4; i++) acc[h][i] = _mm256_setzero_ps();
     for (int64_t d = 0; d < D; d += 8) {
-        const __m256 qv = _mm256_loadu_ps(q + d);
-        for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + i * stride + d), acc[i]);
+        __m256 qv[HG];
+        for (int h = 0; h < HG; h++) qv[h] = _mm256_loadu_ps(q + h * D + d);
+        for (int i = 0; i < 4; i++) {
+            const __m256 kv = load8(k[i] + d);
+            for (int h = 0; h < HG; h++) acc[h][i] = _mm256_fmadd_ps(qv[h], kv, acc[h][i]);
+        }
     }
-    // Transposing reduction: lane i of the result = sum of acc[i]'s 8 lanes.
-    const __m256 a01 = _mm256_hadd_ps(acc[0], acc[1]), a23 = _mm256_hadd_ps(acc[2], acc[3]);
-    const __m256 a45 = _mm256_hadd_ps(acc[4], acc[5]), a67 = _mm256_hadd_ps(acc[6], acc[7]);
-    const __m256 b0 = _mm256_hadd_ps(a01, a23), b1 = _mm256_hadd_ps(a45, a67);
-    // b0 = [k0 k1 k2 k3 | k0 k1 k2 k3] partial (low/high 128-bit halves), b1 the same for k4..k7.
-    return _mm256_add_ps(_mm256_permute2f128_ps(b0, b1, 0x20), _mm256_permute2f128_ps(b0, b1, 0x31));
+    for (int h = 0; h < HG; h++) {     // lane i of the result = the sum of acc[h][i]'s 8 lanes
+        const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(acc[h][0], acc[h][1]), _mm256_hadd_ps(acc[h][2], acc[h][3]));
+        const __m128 sum = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+        _mm_storeu_ps(s + h * ld, _mm_mul_ps(_mm_set1_ps(scale), sum));
+    }
 }
 #endif
 
-inline void axpy(float a, const float* x, float* y, int64_t D) {     // y += a * x
+template <typename KV> inline void axpy(float a, const KV* x, float* y, int64_t D) {     // y += a * x
 #if defined(__AVX2__) && defined(__FMA__)
     if (D % 8 == 0) {
         const __m256 av = _mm256_set1_ps(a);
         for (int64_t i = 0; i < D; i += 8)
-            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load8(x + i), _mm256_loadu_ps(y + i)));
         return;
     }
 #endif
-    for (int64_t i = 0; i < D; i++) y[i] += a * x[i];
+    for (int64_t i = 0; i < D; i++) y[i] += a * elem(x + i);
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// o[h * D + d] = sum_j p[h * ld + j] * v_j[d] for HG heads (HG <= 3) over keys j < n, v_j = the
+// pool row at v + rows[j] (D % 32 == 0). 32 columns at a time: each value vector is loaded
+// (converted) once for all HG heads, 4 x HG accumulators in registers; every output accumulates
+// over the keys in order. pf: bytes of each row from v on to request 8 keys ahead (0: none).
+template <int HG, typename KV>
+inline void values32(const float* p, int64_t n, const KV* v, const int64_t* rows, int64_t D, float* o,
+                     int64_t pf) {
+    const int64_t ld = n;
+    for (int64_t d0 = 0; d0 < D; d0 += 32) {
+        __m256 acc[HG][4];
+        for (int h = 0; h < HG; h++) for (int r = 0; r < 4; r++) acc[h][r] = _mm256_setzero_ps();
+        for (int64_t j = 0; j < n; j++) {
+            if (d0 == 0 && j + 8 < n)      // the row 8 keys on, from memory meanwhile
+                for (int64_t off = 0; off < pf; off += 64) _mm_prefetch((const char*)(v + rows[j + 8]) + off, _MM_HINT_T0);
+            const KV* vj = v + rows[j] + d0;
+            __m256 pj[HG];
+            for (int h = 0; h < HG; h++) pj[h] = _mm256_set1_ps(p[h * ld + j]);
+            for (int r = 0; r < 4; r++) {
+                const __m256 x = load8(vj + 8 * r);
+                for (int h = 0; h < HG; h++) acc[h][r] = _mm256_fmadd_ps(pj[h], x, acc[h][r]);
+            }
+        }
+        for (int h = 0; h < HG; h++) for (int r = 0; r < 4; r++) _mm256_storeu_ps(o + h * D + d0 + 8 * r, acc[h][r]);
+    }
+}
+#endif
+
+// The largest of x[0..n), NaNs skipped (-inf when all are NaN or n == 0). As a scalar loop this
+// was a dependency chain of one max per key: ~5 % of the attention's time at batch 64.
+inline float max_of(const float* x, int64_t n) {
+    float m = -INFINITY; int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 acc = _mm256_set1_ps(-INFINITY);
+    for (; j + 8 <= n; j += 8) acc = _mm256_max_ps(_mm256_loadu_ps(x + j), acc);   // NaN in x: acc kept
+    alignas(32) float lanes[8]; _mm256_store_ps(lanes, acc);
+    for (int l = 0; l < 8; l++) m = lanes[l] > m ? lanes[l] : m;
+#endif
+    for (; j < n; j++) m = x[j] > m ? x[j] : m;
+    return m;
 }
 
 // e^x for x <= 0 (softmax after the max is subtracted) into x in place, returns their sum.
@@ -98,103 +161,89 @@ inline float exp_sum(float* x, int64_t n) {
     return sum;
 }
 
-constexpr int64_t CHUNK = 16;      // keys staged at a time: a chunk's rows stay in L1 (12 KB for 3 x 64)
-
-// Keys (values when `values`) [from, to) of KV heads [g0, g0 + gn) as fp32 into out, key by key
-// (gn * D floats per key, heads in order), walked block by block (no division per key). One key's
-// heads lie side by side in the pool, so gn > 1 reads whole slot rows.
-template <typename KV>
-void stage(const Attn<KV>& a, const int64_t* table, int64_t g0, int64_t gn, int64_t from, int64_t to,
-           bool values, float* out) {
-    const int64_t w = gn * a.D, bs = a.block_size, row = a.KVH * a.D;
-    const KV* pool = values ? a.v : a.k;
-    for (int64_t key = from; key < to;) {
-        const int64_t blk = key / bs, stop = (blk + 1) * bs < to ? (blk + 1) * bs : to;
-        const int64_t base = table[blk] * bs - blk * bs;       // slot = base + key
-        for (; key < stop; key++) {
-            const KV* src = pool + (base + key) * row + g0 * a.D;
-            float* dst = out + (key - from) * w;
-            if constexpr (sizeof(KV) == 4) {
-                memcpy(dst, src, w * sizeof(float));
-            } else {
-#if defined(__F16C__)
-                int64_t d = 0;
-                for (; d + 8 <= w; d += 8)
-                    _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + d))));
-                for (; d < w; d++) dst[d] = _cvtsh_ss(src[d]);
-#endif
-            }
-        }
-    }
-}
-
 // Task i: token t and KV heads [g0, g0 + gn) (all of them, or one: see kv_per_task), each with
-// the G query heads that share it. Keys are taken CHUNK at a time, staged as fp32 once for all
-// those heads: scores for the chunk (8 keys at a time with one transposing reduction where D
-// allows, the rest one by one; which keys go 8 at a time depends only on (lo, end)), then the
-// softmax per head, then the values chunk by chunk, each output accumulating over the keys in
-// order. A (token, head)'s arithmetic is the same whatever the task's shape.
+// the G query heads that share it: the scores (scores4), the softmax per head, the values
+// (values32), the pool's rows requested a few keys ahead. A (token, head)'s arithmetic is the
+// same whatever the task's shape.
 template <typename KV>
 void attn_task(void* p, int64_t i) {
     const Attn<KV>& a = *(const Attn<KV>*)p;
     const int64_t gn = a.kv_per_task, t = i * gn / a.KVH, g0 = i * gn % a.KVH;
-    const int64_t G = a.H / a.KVH, D = a.D, w = gn * D;
+    const int64_t G = a.H / a.KVH, D = a.D;
     const int64_t end = a.pos[t] + 1, lo = a.window > 0 && end > a.window ? end - a.window : 0, n = end - lo;
     const int64_t* table = a.tables + a.seq_of[t] * a.max_blocks;
-    thread_local std::vector<float> scores, staged;
+    thread_local std::vector<float> scores;
+    thread_local std::vector<int64_t> rows;                 // pool offset of each key's row
     if ((int64_t)scores.size() < gn * G * n) scores.resize((size_t)(gn * G * n));
-    if ((int64_t)staged.size() < CHUNK * w) staged.resize((size_t)(CHUNK * w));
-    float* buf = staged.data();
     const float* q = a.q + t * a.ldq + g0 * G * D;        // query heads of KV heads g0.. in order
-    for (int64_t c0 = lo; c0 < end; c0 += CHUNK) {
-        const int64_t m = end - c0 < CHUNK ? end - c0 : CHUNK;
-        stage(a, table, g0, gn, c0, c0 + m, false, buf);
-        for (int64_t gi = 0; gi < gn; gi++) {
-            const float* k = buf + gi * D; float* s = scores.data() + gi * G * n + c0 - lo;
-            int64_t j = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-            for (; D % 8 == 0 && j + 8 <= m; j += 8)
-                for (int64_t h = 0; h < G; h++)
-                    _mm256_storeu_ps(s + h * n + j, _mm256_mul_ps(_mm256_set1_ps(a.scale),
-                                                                  dot8(q + (gi * G + h) * D, k + j * w, w, D)));
-#endif
-            for (; j < m; j++)
-                for (int64_t h = 0; h < G; h++) s[h * n + j] = a.scale * dot(q + (gi * G + h) * D, k + j * w, D);
-        }
+    // Scores straight from the pool: the key rows' addresses once, then blocks of 4 keys (all the
+    // task's KV heads of those keys, so whole slot rows are read together) for up to 3 query heads
+    // at a time; the keys left over one by one. Which keys go 4 at a time depends only on (lo, end).
+    if ((int64_t)rows.size() < n) rows.resize((size_t)n);
+    for (int64_t key = lo; key < end;) {
+        const int64_t blk = key / a.block_size, stop = (blk + 1) * a.block_size < end ? (blk + 1) * a.block_size : end;
+        const int64_t base = table[blk] * a.block_size - blk * a.block_size;     // slot = base + key
+        for (; key < stop; key++) rows[key - lo] = (base + key) * a.KVH * D;
     }
+    const KV* const kpool = a.k + g0 * D;
+    const int64_t span = gn * D * (int64_t)sizeof(KV);     // bytes of a key's row this task reads
+    auto scores_of = [&](int64_t j, int64_t nk) {           // keys j .. j+nk-1, every head
+        for (int64_t gi = 0; gi < gn; gi++)
+            for (int64_t h0 = 0; h0 < G; h0 += 3) {
+                const int64_t hg = G - h0 < 3 ? G - h0 : 3;
+                const float* qh = q + (gi * G + h0) * D;
+                float* s = scores.data() + (gi * G + h0) * n + j;
+                const KV* kg = kpool + gi * D;
+#if defined(__AVX2__) && defined(__FMA__)
+                if (nk == 4) {
+                    const KV* const k4[4] = {kg + rows[j], kg + rows[j + 1], kg + rows[j + 2], kg + rows[j + 3]};
+                    if (hg == 3) scores4<3>(qh, k4, D, a.scale, s, n);
+                    else if (hg == 2) scores4<2>(qh, k4, D, a.scale, s, n);
+                    else scores4<1>(qh, k4, D, a.scale, s, n);
+                    continue;
+                }
+#endif
+                for (int64_t h = 0; h < hg; h++) s[h * n] = a.scale * dot(qh + h * D, kg + rows[j], D);
+            }
+    };
+    int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    constexpr int64_t AHEAD = 8;       // keys whose rows are requested ahead of their scores
+    for (; D % 8 == 0 && j + 4 <= n; j += 4) {
+        for (int64_t r = j + AHEAD; r < j + AHEAD + 4 && r < n; r++)
+            for (int64_t off = 0; off < span; off += 64) _mm_prefetch((const char*)(kpool + rows[r]) + off, _MM_HINT_T0);
+        scores_of(j, 4);
+    }
+#endif
+    for (; j < n; j++) scores_of(j, 1);
     float* const out = a.out + t * a.ldo + g0 * G * D;     // output heads in the same order as q
     for (int64_t h = 0; h < gn * G; h++) {
-        float* sh = scores.data() + h * n; float m = -INFINITY;
-        for (int64_t j = 0; j < n; j++) m = sh[j] > m ? sh[j] : m;
+        float* sh = scores.data() + h * n; const float m = max_of(sh, n);
         for (int64_t j = 0; j < n; j++) sh[j] -= m;
         const float inv = 1.f / exp_sum(sh, n);
         for (int64_t j = 0; j < n; j++) sh[j] *= inv;
-        for (int64_t d = 0; d < D; d++) out[h * D + d] = 0.f;
     }
-    for (int64_t c0 = lo; c0 < end; c0 += CHUNK) {
-        const int64_t m = end - c0 < CHUNK ? end - c0 : CHUNK;
-        stage(a, table, g0, gn, c0, c0 + m, true, buf);
-        for (int64_t h = 0; h < gn * G; h++) {
-            const float* sh = scores.data() + h * n + c0 - lo;
-            const float* v0 = buf + (h / G) * D;
-            float* o = out + h * D;
+    // Values straight from the pool, each row read once for all the heads that share it.
+    const KV* const vpool = a.v + g0 * D;
+    for (int64_t gi = 0; gi < gn; gi++)
+        for (int64_t h0 = 0; h0 < G; h0 += 3) {
+            const int64_t hg = G - h0 < 3 ? G - h0 : 3;
+            const float* p = scores.data() + (gi * G + h0) * n;
+            float* o = out + (gi * G + h0) * D;
 #if defined(__AVX2__) && defined(__FMA__)
-            if (D % 64 == 0) {             // 64 output columns in registers across the chunk
-                for (int64_t d0 = 0; d0 < D; d0 += 64) {
-                    __m256 acc[8];
-                    for (int r = 0; r < 8; r++) acc[r] = _mm256_loadu_ps(o + d0 + 8 * r);
-                    for (int64_t j = 0; j < m; j++) {
-                        const float* v = v0 + j * w + d0; const __m256 pj = _mm256_set1_ps(sh[j]);
-                        for (int r = 0; r < 8; r++) acc[r] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8 * r), acc[r]);
-                    }
-                    for (int r = 0; r < 8; r++) _mm256_storeu_ps(o + d0 + 8 * r, acc[r]);
-                }
+            if (D % 32 == 0) {
+                const int64_t pf = gi == 0 && h0 == 0 ? span : 0;       // the first pass fetches whole rows
+                if (hg == 3) values32<3>(p, n, vpool + gi * D, rows.data(), D, o, pf);
+                else if (hg == 2) values32<2>(p, n, vpool + gi * D, rows.data(), D, o, pf);
+                else values32<1>(p, n, vpool + gi * D, rows.data(), D, o, pf);
                 continue;
             }
 #endif
-            for (int64_t j = 0; j < m; j++) axpy(sh[j], v0 + j * w, o, D);
+            for (int64_t h = 0; h < hg; h++) {
+                for (int64_t d = 0; d < D; d++) o[h * D + d] = 0.f;
+                for (int64_t j = 0; j < n; j++) axpy(p[h * n + j], vpool + gi * D + rows[j], o + h * D, D);
+            }
         }
-    }
 }
 
 }  // namespace
