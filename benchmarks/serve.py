@@ -186,7 +186,8 @@ def main(argv: list[str]) -> int:
     except (ModelFileError, ValueError, OSError) as e:
         print(f"llmos bench serve: {e}", file=sys.stderr)
         return 1
-    head = {"model": path.name, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", "")}
+    head = {"model": path.name, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
+            "weights": model.weight_format() if hasattr(model, "weight_format") else None}
 
     if args.overhead:
         rows = [overhead(model, int(n), args.input_len, args.overhead_steps, kw)
@@ -235,7 +236,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(res))
         return 0
     k = res["kernel"]
-    print(f"{head['model']} on {head['device']} ({head['dtype']}): {args.num_procs} processes, "
+    print(f"{head['model']} on {head['device']} ({head['weights'] or head['dtype']}): {args.num_procs} processes, "
           f"{args.input_len} in / {args.output_len} out")
     print(f"  duration            {k['duration_s']:.2f} s in {k['steps']} steps")
     print(f"  request throughput  {k['request_throughput']:.2f} req/s")
