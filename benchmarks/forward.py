@@ -172,14 +172,13 @@ def main(argv: list[str]) -> int:
             record(engine, f"prefill {args.prefill}", prefill_seconds(model, args.prefill), args.prefill)
         del model
     if args.vs:
-        from .llamacpp import LlamaCpp
-        llm = LlamaCpp(str(path), threads, n_ctx=max(args.prefill, args.context + max(batches) * (args.steps + 4)) + 64)
+        from .llamacpp import measure
+        tok_s = measure(str(path), threads, max(args.prefill, args.context + max(batches) * (args.steps + 4)) + 64,
+                        batches, args.context, args.steps, args.prefill)
         for b in batches:
-            tok_s = llm.decode_tok_s(b, args.context, args.steps)
-            record("llama.cpp", f"decode b{b}", b / tok_s, b)
+            record("llama.cpp", f"decode b{b}", b / tok_s[f"decode b{b}"], b)
         if args.prefill:
-            record("llama.cpp", f"prefill {args.prefill}", args.prefill / llm.prefill_tok_s(args.prefill), args.prefill)
-        llm.close()
+            record("llama.cpp", f"prefill {args.prefill}", args.prefill / tok_s[f"prefill {args.prefill}"], args.prefill)
         say("ratios (llmos / llama.cpp, tok/s):")
         base = {r["figure"]: r["tokens_per_s"] for r in results if r.get("engine") == "llama.cpp"}
         for r in results:

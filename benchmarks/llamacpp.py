@@ -3,12 +3,18 @@
 Uses llama-cpp-python's low-level API (the optional `bench` extra: pip install 'llmos[bench]',
 which builds llama.cpp from source for this CPU): one context with a unified KV cache for up to
 64 sequences, batches filled by hand as llama-batched-bench does. Figures are tokens per second.
+``measure`` runs it in a child process with the user's environment, as a user would run
+llama.cpp: this file imports nothing of llmos, so neither llmos's OpenMP wait policy (see
+llmos/__init__.py) nor torch's OpenMP runtime reaches it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import statistics
+import subprocess
+import sys
 import time
 
 
@@ -78,3 +84,29 @@ class LlamaCpp:
             self.L.llama_memory_clear(self.mem, True)
             best = min(best, self.prefill(0, n))
         return n / best
+
+
+def measure(path: str, threads: int, n_ctx: int, batches: list[int], context: int, steps: int,
+            prefill: int) -> dict[str, float]:
+    """Tokens/s per figure ('decode b1', ..., 'prefill 512'), from a child process."""
+    import llmos
+    job = {"path": path, "threads": threads, "n_ctx": n_ctx, "batches": batches, "context": context,
+           "steps": steps, "prefill": prefill}
+    r = subprocess.run([sys.executable, __file__, json.dumps(job)], capture_output=True, text=True,
+                       env=llmos.user_environ(), timeout=3600)
+    if r.returncode != 0:
+        raise RuntimeError(f"llama.cpp run failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _child(job: dict) -> dict[str, float]:
+    llm = LlamaCpp(job["path"], job["threads"], job["n_ctx"])
+    out = {f"decode b{b}": llm.decode_tok_s(b, job["context"], job["steps"]) for b in job["batches"]}
+    if job["prefill"]:
+        out[f"prefill {job['prefill']}"] = llm.prefill_tok_s(job["prefill"])
+    llm.close()
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child(json.loads(sys.argv[1]))))

@@ -10,6 +10,7 @@ fp32 rounding is left: a few ulps of sum_i |w_i x_i| per output.
 from __future__ import annotations
 
 import logging
+import os
 
 import gguf
 import numpy as np
@@ -288,3 +289,27 @@ def test_fused_parts_keep_each_part_s_output_columns():
     lin = _qlin(quant.QLinear([(3, a), (8, b)], 576), [])
     assert [(lin.parts[i].type, lin.parts[i].N, lin.parts[i].col) for i in range(lin.n_parts)] == [(3, 4, 0), (8, 6, 4)]
     assert (lin.n_parts, lin.K, lin.out) == (2, 576, 10)
+
+
+def test_importing_llmos_makes_openmp_wait_passively_unless_the_user_chose(tmp_path):
+    """llmos/__init__.py: torch's spinning OpenMP workers would take the cores from the kernels'
+    pool. A user's own OMP_WAIT_POLICY wins, and user_environ() hands other engines (llama.cpp in
+    the benchmarks) the environment as the user set it."""
+    import subprocess
+    import sys
+    code = ("import os, llmos; e = llmos.user_environ(); "
+            "print(os.environ['OMP_WAIT_POLICY'], e.get('OMP_WAIT_POLICY', '-'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["PASSIVE", "-"]
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, OMP_WAIT_POLICY="active"),
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["active", "active"]
+
+
+def test_llama_cpp_comparison_failing_is_one_clear_error(tmp_path):
+    """bench forward --vs llama.cpp measures in a child process; its failure (no llama-cpp-python,
+    or a file it cannot load) is one line naming the cause, not a hang or a traceback."""
+    from llmos.benchmarks.llamacpp import measure
+    with pytest.raises(RuntimeError, match="llama.cpp run failed: "):
+        measure(str(tmp_path / "missing.gguf"), 1, 64, [1], 4, 1, 0)
