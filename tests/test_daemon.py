@@ -89,7 +89,7 @@ def test_run_reads_stdin_and_reports_bad_options(daemon, env):
 
 
 def test_run_ctrl_c_sends_sigint(daemon, env, k):
-    proc = subprocess.Popen([sys.executable, "-m", "llmos.shell.cli", "run", "--max-tokens", "400", "go on"],
+    proc = subprocess.Popen([sys.executable, "-m", "llmos.shell.cli", "run", "--max-tokens", "400", "--ignore-eos", "go on"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
