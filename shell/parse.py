@@ -196,7 +196,7 @@ def parse(line: str) -> list[Pipeline]:
             redirects.append(_redirect(tok, tokens[i], redirects))
         elif tok.text == "|":
             end_command(tok)
-            while i + 1 < len(tokens) and tokens[i + 1].text == "\n":
+            while i + 1 < len(tokens) and tokens[i + 1].kind == "op" and tokens[i + 1].text == "\n":
                 i += 1                                          # a pipe continues on the next line
         elif tok.text in (";", "\n"):
             end_pipeline(tok, False)

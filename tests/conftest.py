@@ -18,6 +18,14 @@ import pytest
 
 os.environ["LLMOS_DEBUG"] = "1"     # engines (in kernels started by tests too) check invariants
 
+# Property tests draw the same examples on every run (CI must not fail by chance on a new
+# example); HYPOTHESIS_PROFILE=explore draws fresh ones, as a search for bugs.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, deadline=None, database=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tinymodel  # noqa: E402
 

@@ -240,6 +240,12 @@ def pipelines(draw):
     return Pipeline(tuple(commands), draw(st.booleans()))
 
 
+def test_a_quoted_newline_after_a_pipe_is_a_word():
+    """Only an unquoted newline continues a pipe onto the next line (hypothesis found this)."""
+    assert parse("a | '\n' b") == [Pipeline((Command(("a",)), Command(("\n", "b"))), False)]
+    assert parse("a |\n b") == [Pipeline((Command(("a",)), Command(("b",))), False)]
+
+
 @given(st.lists(pipelines(), max_size=4))
 def test_unparse_round_trips(ps):
     assert parse(unparse(ps)) == ps
