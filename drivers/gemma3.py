@@ -25,7 +25,7 @@ from .attention import (build_flat_metadata, build_metadata, paged_attention, pa
                         store_kv_flat)
 from .kvstore import KVStorage
 from .llama import LlamaModel, Preempted, SeqInput
-from .quant import kernels, rope_
+from .quant import kernels, rms_norm_, rope_
 
 
 def _rope_tables(base: float, scale: float, head_dim: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,17 +57,25 @@ class Gemma3Model(LlamaModel):
         c = self.config
         T, H, KVH, D = qkv.shape[0], c.n_heads, c.n_kv_heads, c.head_dim
         qk = qkv[:, :(H + KVH) * D].view(T, H + KVH, D)
-        q = F.rms_norm(qk[:, :H].float(), (D,), layer.extra["attn_q_norm"], c.rms_eps)
-        k = F.rms_norm(qk[:, H:].float(), (D,), layer.extra["attn_k_norm"], c.rms_eps)
         cos, sin = (self._cos_local, self._sin_local) if local else (self._cos, self._sin)
-        if self.quantized:                                   # fp32, in place, one C call
-            qk[:, :H], qk[:, H:] = q, k
+        if self.quantized:                                   # fp32, in place, three C calls
+            rms_norm_(qkv, H, layer.extra["attn_q_norm"], c.rms_eps)
+            rms_norm_(qkv, KVH, layer.extra["attn_k_norm"], c.rms_eps, offset=H * D)
             rope_(qkv, H + KVH, D, positions, cos, sin)
             return qk[:, :H], qk[:, H:]
+        q = F.rms_norm(qk[:, :H].float(), (D,), layer.extra["attn_q_norm"], c.rms_eps)
+        k = F.rms_norm(qk[:, H:].float(), (D,), layer.extra["attn_k_norm"], c.rms_eps)
         both = torch.cat([q, k], 1)
         cs, sn, half = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1), D // 2
         both = (both * cs + torch.cat([-both[..., half:], both[..., :half]], -1) * sn).to(self.dtype)
         return both[:, :H], both[:, H:]
+
+    def _add_normed(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
+        """x += RMSNorm(y) * w (x: the fp32 residual stream); in C on the quantized path."""
+        if self.quantized:
+            rms_norm_(y, 1, w, self.config.rms_eps, add_to=x)
+        else:
+            x += F.rms_norm(y.float(), (self.config.hidden_size,), w, self.config.rms_eps)
 
     @torch.inference_mode()
     def forward(self, seqs: list[SeqInput], kv: KVStorage, interrupt=None) -> torch.Tensor:
@@ -98,10 +106,9 @@ class Gemma3Model(LlamaModel):
                 v_cache.view(-1, KVH, D).index_copy_(0, meta.slots, v.to(v_cache.dtype))
                 a = paged_attention(q.to(k_cache.dtype), k_cache, v_cache, local_meta if local else meta,
                                     self._scale)
-            x += F.rms_norm(layer.wo(a).float(), (c.hidden_size,), layer.extra["post_attention_norm"], eps)
-            gate, up = layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps).chunk(2, dim=-1)
-            y = layer.w_down((F.gelu(gate.float(), approximate="tanh") * up.float()).to(gate.dtype))
-            x += F.rms_norm(y.float(), (c.hidden_size,), layer.extra["post_ffw_norm"], eps)
+            self._add_normed(x, layer.wo(a), layer.extra["post_attention_norm"])
+            y = layer.w_down(layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps), geglu=True)
+            self._add_normed(x, y, layer.extra["post_ffw_norm"])
         if want.numel() == 0:
             return torch.empty(0, c.vocab_size, device=dev)
         if interrupt is not None and interrupt.is_set():       # and before the output layer

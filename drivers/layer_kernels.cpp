@@ -14,7 +14,7 @@
 
 extern "C" {
 int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb, const float* X, int64_t T,
-                  int64_t ldx, float* Y, int64_t ldy, int add, int swiglu, const float* norm_w, float eps);
+                  int64_t ldx, float* Y, int64_t ldy, int add, int glu, const float* norm_w, float eps);
 void llmos_rope(float* x, int64_t T, int64_t ldx, int64_t n_heads, int64_t D, const int64_t* pos,
                 const float* cos_t, const float* sin_t);
 int llmos_kv_store(const float* qkv, int64_t ldq, int64_t T, int64_t H, int64_t KVH, int64_t D,
@@ -38,12 +38,12 @@ struct Step {
     int64_t block_size; float scale; int64_t window; int64_t f16;
 };
 
-int linear(const QLin& l, const float* X, int64_t T, int64_t ldx, float* Y, int add, int swiglu,
+int linear(const QLin& l, const float* X, int64_t T, int64_t ldx, float* Y, int add, int glu,
            const float* norm_w, float eps) {
     for (int64_t i = 0; i < l.n_parts; i++) {
         const QPart& p = l.parts[i];
         const int rc = llmos_qmatmul((int)p.type, p.W, p.N, l.K, p.rb, X, T, ldx, Y + p.col, l.out, add,
-                                     swiglu, norm_w, eps);
+                                     glu, norm_w, eps);
         if (rc) return rc;
     }
     return 0;

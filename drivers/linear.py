@@ -16,11 +16,15 @@ import torch.nn.functional as F
 INT8_MAX_ROWS = 4   # at or below this many rows the int8 weight-only kernel wins on CPU
 
 
-def prepare(x: torch.Tensor, norm: torch.Tensor | None, eps: float, swiglu: bool) -> torch.Tensor:
-    """What a linear does to its input first: SwiGLU (x = [gate | up]), then RMSNorm."""
+def prepare(x: torch.Tensor, norm: torch.Tensor | None, eps: float, swiglu: bool,
+            geglu: bool = False) -> torch.Tensor:
+    """What a linear does to its input first: SwiGLU or GEGLU (x = [gate | up]), then RMSNorm."""
     if swiglu:
         gate, up = x.chunk(2, dim=-1)
         x = F.silu(gate) * up
+    elif geglu:                                          # GELU(tanh) in fp32, back to x's type
+        gate, up = x.chunk(2, dim=-1)
+        x = (F.gelu(gate.float(), approximate="tanh") * up.float()).to(gate.dtype)
     if norm is not None:
         x = F.rms_norm(x, (x.shape[-1],), norm, eps)
     return x
@@ -41,9 +45,9 @@ class Linear:
             self.scales = scales.to(torch.bfloat16)
 
     def __call__(self, x: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0,
-                 swiglu: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+                 swiglu: bool = False, out: torch.Tensor | None = None, geglu: bool = False) -> torch.Tensor:
         """out given: out += result in place (out stays fp32) and out is returned."""
-        x = prepare(x, norm, eps, swiglu)
+        x = prepare(x, norm, eps, swiglu, geglu)
         if x.dtype != self.weight.dtype:
             x = x.to(self.weight.dtype)
         if self.w8 is not None and x.shape[0] <= INT8_MAX_ROWS:

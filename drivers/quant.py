@@ -50,7 +50,7 @@ class QArgs(ctypes.Structure):
     """llmos_qmatmul_args's argument block (its C twin is in quant_kernels.cpp): one per weight
     part, the weight's fields set once, the step's (X, T, Y, ...) before each call."""
     _fields_ = [("type", _i), ("W", _p), ("N", _i), ("K", _i), ("rb", _i), ("X", _p), ("T", _i),
-                ("ldx", _i), ("Y", _p), ("ldy", _i), ("add", _i), ("swiglu", _i), ("norm_w", _p),
+                ("ldx", _i), ("Y", _p), ("ldy", _i), ("add", _i), ("glu", _i), ("norm_w", _p),
                 ("eps", ctypes.c_float)]
 
 
@@ -102,6 +102,8 @@ def kernels() -> ctypes.CDLL | None:
     lib.llmos_qmatmul_args.argtypes = [ctypes.POINTER(QArgs)]
     lib.llmos_dequant_rows.argtypes = [ctypes.c_int, _p, _i, _i, _p, _i, _p]
     lib.llmos_rope.argtypes = [_p, _i, _i, _i, _i, _p, _p, _p]
+    lib.llmos_rms_norm.argtypes = [_p, _i, _i, _i, _i, _p, ctypes.c_float, _p, _i]
+    lib.llmos_rms_norm.restype = None
     lib.llmos_rope.restype = None
     lib.llmos_paged_attention.argtypes = [_p, _i, _i, _i, _i, _i, _p, _p, _i, _p, _i, _p, _p, _i,
                                           ctypes.c_float, _p, _i, ctypes.c_int]
@@ -157,15 +159,16 @@ class QLinear:
         self._args = self._lib.llmos_qmatmul_args
 
     def __call__(self, x: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0,
-                 swiglu: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
-        """x: fp32 [T, K] ([T, 2K] with swiglu). out given: out += result in place, returned."""
-        swiglu = int(swiglu)
+                 swiglu: bool = False, out: torch.Tensor | None = None, geglu: bool = False) -> torch.Tensor:
+        """x: fp32 [T, K] ([T, 2K] = [gate | up] with swiglu: silu(gate) * up, or geglu:
+        gelu_tanh(gate) * up). out given: out += result in place, returned."""
+        glu = 1 if swiglu else 2 if geglu else 0        # quant_kernels.cpp's GLU_*
         if x.dtype != torch.float32:
             x = x.float()
         if not x.is_contiguous():
             x = x.contiguous()
         T = x.shape[0]
-        if x.shape[1] != self.in_features * (2 if swiglu else 1):
+        if x.shape[1] != self.in_features * (2 if glu else 1):
             raise ValueError(f"input has {x.shape[1]} features, weight expects {self.in_features}")
         add = int(out is not None)
         if out is None:
@@ -177,7 +180,7 @@ class QLinear:
         nw = None if norm is None else norm.data_ptr()
         xp, op, ldx = x.data_ptr(), out.data_ptr(), x.shape[1]
         for a, ptr, col in self._calls:
-            a.X, a.T, a.ldx, a.Y, a.add, a.swiglu, a.norm_w, a.eps = xp, T, ldx, op + 4 * col, add, swiglu, nw, eps
+            a.X, a.T, a.ldx, a.Y, a.add, a.glu, a.norm_w, a.eps = xp, T, ldx, op + 4 * col, add, glu, nw, eps
             rc = self._args(ptr)
             if rc != 0:
                 raise ValueError(f"quantized matmul failed ({rc}): type {a.type}, K {self.in_features}")
@@ -200,6 +203,20 @@ class QLinear:
     def stream_bytes(self, rows: int) -> int:
         """Weight bytes one product reads (all of them, whatever the number of rows)."""
         return self.nbytes()
+
+
+def rms_norm_(x: torch.Tensor, groups: int, w: torch.Tensor, eps: float, add_to: torch.Tensor | None = None,
+              offset: int = 0) -> None:
+    """RMSNorm, in C, of `groups` consecutive D-wide groups (D = w's size) starting at column
+    `offset` of each row of fp32 x [T, *]: in place, or (add_to: fp32 [T, groups * D]) added into
+    add_to with x unchanged."""
+    assert x.dtype == torch.float32 and x.is_contiguous() and w.dtype == torch.float32 and w.is_contiguous()
+    D = w.numel()
+    assert offset + groups * D <= x.shape[1]
+    if add_to is not None:
+        assert add_to.dtype == torch.float32 and add_to.is_contiguous() and add_to.shape == (x.shape[0], groups * D)
+    kernels().llmos_rms_norm(x.data_ptr() + 4 * offset, x.shape[0], x.shape[1], groups, D, w.data_ptr(), eps,
+                             None if add_to is None else add_to.data_ptr(), 0 if add_to is None else add_to.shape[1])
 
 
 def rope_(qkv: torch.Tensor, n_heads: int, head_dim: int, positions: torch.Tensor,

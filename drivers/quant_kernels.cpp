@@ -212,20 +212,44 @@ static void run(TaskFn f, void* c, int64_t count) {
 }
 }  // namespace pool
 // ---- input preparation ----------------------------------------------------------------------
-// Row t of the matmul's input: SwiGLU (x holds [gate | up], 2K wide) and/or RMSNorm, into out.
-static void prepare_row(const float* x, int64_t K, int swiglu, const float* norm_w, float eps, float* out) {
+// Gated activations of the matmul's input (x holds [gate | up], 2K wide): act(gate) * up.
+enum { GLU_NONE = 0, GLU_SILU = 1, GLU_GELU_TANH = 2 };
+constexpr float GELU_C = 0.7978845608f;     // sqrt(2 / pi)
+
+// Row t of the matmul's input: a gated activation (glu) and/or RMSNorm, into out.
+//   SiLU:      g / (1 + e^-g)
+//   GELU-tanh: 0.5 g (1 + tanh(c (g + 0.044715 g^3))), tanh(u) = 1 - 2 / (e^2u + 1)
+static void prepare_row(const float* x, int64_t K, int glu, const float* norm_w, float eps, float* out) {
     const float* v = x;
-    if (swiglu) {                    // silu(g) * u = g / (1 + e^-g) * u
+    if (glu) {
         int64_t i = 0;
 #if defined(LLMOS_AVX2)
-        const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
+        const __m256 one = _mm256_set1_ps(1.f), two = _mm256_set1_ps(2.f), half = _mm256_set1_ps(.5f), zero = _mm256_setzero_ps();
         for (; i + 8 <= K; i += 8) {
             const __m256 g = _mm256_loadu_ps(x + i);
-            const __m256 e = llmos_exp8(_mm256_sub_ps(zero, g));
-            _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(x + K + i)));
+            __m256 a;
+            if (glu == GLU_SILU) {
+                a = _mm256_div_ps(g, _mm256_add_ps(one, llmos_exp8(_mm256_sub_ps(zero, g))));
+            } else {
+                const __m256 u = _mm256_mul_ps(_mm256_set1_ps(GELU_C),
+                    _mm256_add_ps(g, _mm256_mul_ps(_mm256_set1_ps(0.044715f), _mm256_mul_ps(g, _mm256_mul_ps(g, g)))));
+                const __m256 t = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(llmos_exp8(_mm256_add_ps(u, u)), one)));
+                a = _mm256_mul_ps(_mm256_mul_ps(half, g), _mm256_add_ps(one, t));
+            }
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(a, _mm256_loadu_ps(x + K + i)));
         }
 #endif
-        for (; i < K; i++) { float g = x[i]; out[i] = g / (1.f + expf(-g)) * x[K + i]; }
+        for (; i < K; i++) {
+            const float g = x[i];
+            float a;
+            if (glu == GLU_SILU) {
+                a = g / (1.f + expf(-g));
+            } else {
+                const float u = GELU_C * (g + 0.044715f * (g * (g * g)));
+                a = (.5f * g) * (1.f + (1.f - 2.f / (expf(fminf(u + u, 88.f)) + 1.f)));
+            }
+            out[i] = a * x[K + i];
+        }
         v = out;
     }
     if (norm_w) {
@@ -235,12 +259,12 @@ static void prepare_row(const float* x, int64_t K, int swiglu, const float* norm
     }
 }
 
-struct Prep { const float* X; int64_t K, ldx; int swiglu; const float* norm_w; float eps; float* out; int64_t T; };
+struct Prep { const float* X; int64_t K, ldx; int glu; const float* norm_w; float eps; float* out; int64_t T; };
 constexpr int64_t PREP_ROWS = 8;
 static void prep_task(void* p, int64_t i) {
     const Prep& j = *(const Prep*)p;
     for (int64_t t = i * PREP_ROWS; t < j.T && t < (i + 1) * PREP_ROWS; t++)
-        prepare_row(j.X + t * j.ldx, j.K, j.swiglu, j.norm_w, j.eps, j.out + t * j.K);
+        prepare_row(j.X + t * j.ldx, j.K, j.glu, j.norm_w, j.eps, j.out + t * j.K);
 }
 
 struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
@@ -450,18 +474,19 @@ const char* llmos_quant_isa(void) {
 
 int llmos_quant_supported(int type) { return block_bytes(type) > 0; }
 
-// Y[t*ldy + n] (+)= sum_k W[n,k] * f(X)[t,k]. X is [T, ldx] fp32; f = optional SwiGLU (then X
-// holds 2K columns: gate, up) then optional RMSNorm with weight norm_w. Returns 0, or -1 for a
+// Y[t*ldy + n] (+)= sum_k W[n,k] * f(X)[t,k]. X is [T, ldx] fp32; f = an optional gated
+// activation glu (GLU_SILU: SwiGLU, GLU_GELU_TANH: GEGLU; then X holds 2K columns: gate, up)
+// then optional RMSNorm with weight norm_w. Returns 0, or -1 for a
 // type without a kernel, -2 for a K that is not a whole number of blocks.
 int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
                   const float* X, int64_t T, int64_t ldx, float* Y, int64_t ldy, int add,
-                  int swiglu, const float* norm_w, float eps) {
+                  int glu, const float* norm_w, float eps) {
     if (!block_bytes(type)) return -1;
     if (K % block_elems(type)) return -2;
     std::vector<float> xp;
-    if (swiglu || norm_w) {
+    if (glu || norm_w) {
         xp.resize((size_t)(T * K));
-        Prep prep{X, K, ldx, swiglu, norm_w, eps, xp.data(), T};
+        Prep prep{X, K, ldx, glu, norm_w, eps, xp.data(), T};
         pool::run(prep_task, &prep, (T + PREP_ROWS - 1) / PREP_ROWS);
         X = xp.data(); ldx = K;
     }
@@ -492,11 +517,11 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
 // pointer costs ~0.5 us against ~2.2 us for fourteen converted arguments, on every matmul.
 struct QArgs {
     int64_t type; const uint8_t* W; int64_t N, K, rb; const float* X; int64_t T, ldx;
-    float* Y; int64_t ldy, add, swiglu; const float* norm_w; float eps;
+    float* Y; int64_t ldy, add, glu; const float* norm_w; float eps;
 };
 int llmos_qmatmul_args(const QArgs* a) {
     return llmos_qmatmul((int)a->type, a->W, a->N, a->K, a->rb, a->X, a->T, a->ldx, a->Y, a->ldy,
-                         (int)a->add, (int)a->swiglu, a->norm_w, a->eps);
+                         (int)a->add, (int)a->glu, a->norm_w, a->eps);
 }
 
 // Runs fn(ctx, i) for i in [0, n) on the pool (drivers/attention_kernels.cpp uses it).
@@ -516,6 +541,25 @@ int llmos_dequant_rows(int type, const uint8_t* W, int64_t K, int64_t rb, const 
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < K / 32; j++) deq32_scalar(type, W + ids[i] * rb, j, out + i * K + j * 32);
     return 0;
+}
+
+// RMSNorm of each D-wide group of T rows (row stride ld): v * w / sqrt(mean(v^2) + eps), with
+// the sum of squares in double as in the matmuls' input preparation. add_to null: in place;
+// else add_to[t*ld_add + g*D + i] += the normalised value (x unchanged).
+void llmos_rms_norm(float* x, int64_t T, int64_t ld, int64_t groups, int64_t D, const float* w, float eps,
+                    float* add_to, int64_t ld_add) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t g = 0; g < groups; g++) {
+            float* v = x + t * ld + g * D;
+            double ss = 0; for (int64_t i = 0; i < D; i++) ss += (double)v[i] * v[i];
+            const float r = 1.f / sqrtf((float)(ss / D) + eps);
+            if (add_to) {
+                float* o = add_to + t * ld_add + g * D;
+                for (int64_t i = 0; i < D; i++) o[i] += v[i] * r * w[i];
+            } else {
+                for (int64_t i = 0; i < D; i++) v[i] = v[i] * r * w[i];
+            }
+        }
 }
 
 // Rotate-half RoPE in place on x[t, h*D .. h*D+D) for heads [0, n_heads) of each of T rows

@@ -313,3 +313,36 @@ def test_llama_cpp_comparison_failing_is_one_clear_error(tmp_path):
     from llmos.benchmarks.llamacpp import measure
     with pytest.raises(RuntimeError, match="llama.cpp run failed: "):
         measure(str(tmp_path / "missing.gguf"), 1, 64, [1], 4, 1, 0)
+
+
+def test_geglu_input_matches_torch_gelu_tanh_and_stays_finite():
+    """QLinear(geglu=True): gelu_tanh(gate) * up in C (Gemma 3's FFN), for ordinary and extreme gates."""
+    w = random_blocks(QT.Q8_0, 4, 32, seed=5)
+    lin = quant.QLinear([(QT.Q8_0, w)], 32)
+    g = torch.Generator().manual_seed(5)
+    up = torch.randn(32, generator=g)
+    for gate in (torch.randn(32, generator=g) * 3, torch.tensor([60.0, -60.0, 1e30, -1e30, 0.0, -0.0, 9.0, -9.0] * 4)):
+        y = lin(torch.cat([gate, up]).unsqueeze(0), geglu=True)
+        h = torch.nn.functional.gelu(gate.double(), approximate="tanh") * up.double()
+        want = lin(h.float().unsqueeze(0))
+        assert torch.isfinite(y).all()
+        assert torch.allclose(y, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+    fp32 = Linear(torch.randn(4, 32, generator=g))       # the float path's GEGLU: the same formula
+    x = torch.cat([gate[:20], torch.randn(12, generator=g), up]).unsqueeze(0)
+    assert torch.allclose(fp32(x, geglu=True), fp32(torch.nn.functional.gelu(x[:, :32], approximate="tanh") * x[:, 32:]))
+
+
+def test_rms_norm_kernel_in_place_by_groups_and_added_into_a_stream():
+    g = torch.Generator().manual_seed(6)
+    T, H, D = 3, 4, 16
+    x = torch.randn(T, 7 + H * D, generator=g)
+    w = torch.rand(D, generator=g) + 0.5
+    want = torch.nn.functional.rms_norm(x[:, 7:].reshape(T, H, D), (D,), w, 1e-6).reshape(T, H * D)
+    y = x.clone()
+    quant.rms_norm_(y, H, w, 1e-6, offset=7)
+    assert torch.allclose(y[:, 7:], want, atol=1e-5) and torch.equal(y[:, :7], x[:, :7])
+    stream, src = torch.randn(T, D, generator=g), torch.randn(T, D, generator=g)
+    expect = stream + torch.nn.functional.rms_norm(src, (D,), w, 1e-6)
+    before = src.clone()
+    quant.rms_norm_(src, 1, w, 1e-6, add_to=stream)
+    assert torch.allclose(stream, expect, atol=1e-5) and torch.equal(src, before)
