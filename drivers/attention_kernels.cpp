@@ -76,7 +76,10 @@ inline void scores4(const float* q, const KV* const k[4], int64_t D, float scale
     for (int h = 0; h < HG; h++) for (int i = 0; i < 4; i++) acc[h][i] = _mm256_setzero_ps();
     for (int64_t d = 0; d < D; d += 8) {
         __m256 qv[HG];
-        for (int h = 0; h < HG; h++) qv[h] = _mm256_loadu_ps(q + h * D + d);
+        for (int h = 0; h < HG; h++) {
+            qv[h] = _mm256_loadu_ps(q + h * D + d);
+            __asm__("" : "+x"(qv[h]));     // in a register: GCC would reload it in each of its 4 FMAs
+        }
         for (int i = 0; i < 4; i++) {
             const __m256 kv = load8(k[i] + d);
             for (int h = 0; h < HG; h++) acc[h][i] = _mm256_fmadd_ps(qv[h], kv, acc[h][i]);
