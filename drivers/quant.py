@@ -12,7 +12,7 @@ compiler is found or the build fails, ``kernels()`` returns None (logged once) a
 dequantises to fp32.
 
 ``QLinear`` is y = f(x) @ W.T where W is one or more row-blocks (fused QKV, gate/up), each in a
-quant type the kernel knows, f an optional SwiGLU and/or RMSNorm done in the same C call, and the
+quant type the kernel knows, f an optional SwiGLU or GEGLU and/or RMSNorm done in the same C call, and the
 result optionally added into a residual stream in place. ``Linear`` has the same call
 signature on a float tensor (drivers/linear.py's Linear: the fp32 path, and the fallback for
 types without a kernel, dequantised once).

@@ -3,7 +3,7 @@
 // unpacking, and all of them share one tiled micro-kernel; splitting would scatter that.
 //
 // y[t, n] (+)= sum_k W[n, k] * f(x)[t, k] for W in Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, Q5_0, Q5_1,
-// f an optional SwiGLU and/or RMSNorm of the fp32 input. The activations stay fp32: each weight
+// f an optional SwiGLU or GEGLU and/or RMSNorm of the fp32 input. The activations stay fp32: each weight
 // 32-block is dequantised in registers, w = fma(q, d, m) (per-16 d and m for Q6_K's sub-scales),
 // into a small per-thread panel of NR rows x K, and an fp32 FMA micro-kernel multiplies the panel
 // by up to NC tokens at a time. On an AVX2 CPU without VNNI this is as fast per weight as an int8
