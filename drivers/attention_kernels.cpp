@@ -35,7 +35,7 @@ template <typename KV> struct Attn {
     int64_t kv_per_task;    // KV heads per task: KVH (a task per token) or 1 (per token and head)
 };
 
-// 8 elements of a pool row as fp32 (fp16 rows converted with F16C).
+// One element (elem) or 8 (load8) of a pool row as fp32 (fp16 converted with F16C).
 template <typename KV> inline float elem(const KV* p);
 template <> inline float elem<float>(const float* p) { return *p; }
 #if defined(__F16C__)
@@ -106,14 +106,13 @@ template <typename KV> inline void axpy(float a, const KV* x, float* y, int64_t 
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-// o[h * D + d] = sum_j p[h * ld + j] * v_j[d] for HG heads (HG <= 3) over keys j < n, v_j = the
+// o[h * D + d] = sum_j p[h * n + j] * v_j[d] for HG heads (HG <= 3) over keys j < n, v_j = the
 // pool row at v + rows[j] (D % 32 == 0). 32 columns at a time: each value vector is loaded
 // (converted) once for all HG heads, 4 x HG accumulators in registers; every output accumulates
 // over the keys in order. pf: bytes of each row from v on to request 8 keys ahead (0: none).
 template <int HG, typename KV>
 inline void values32(const float* p, int64_t n, const KV* v, const int64_t* rows, int64_t D, float* o,
                      int64_t pf) {
-    const int64_t ld = n;
     for (int64_t d0 = 0; d0 < D; d0 += 32) {
         __m256 acc[HG][4];
         for (int h = 0; h < HG; h++) for (int r = 0; r < 4; r++) acc[h][r] = _mm256_setzero_ps();
@@ -122,7 +121,7 @@ inline void values32(const float* p, int64_t n, const KV* v, const int64_t* rows
                 for (int64_t off = 0; off < pf; off += 64) _mm_prefetch((const char*)(v + rows[j + 8]) + off, _MM_HINT_T0);
             const KV* vj = v + rows[j] + d0;
             __m256 pj[HG];
-            for (int h = 0; h < HG; h++) pj[h] = _mm256_set1_ps(p[h * ld + j]);
+            for (int h = 0; h < HG; h++) pj[h] = _mm256_set1_ps(p[h * n + j]);
             for (int r = 0; r < 4; r++) {
                 const __m256 x = load8(vj + 8 * r);
                 for (int h = 0; h < HG; h++) acc[h][r] = _mm256_fmadd_ps(pj[h], x, acc[h][r]);

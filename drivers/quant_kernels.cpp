@@ -212,6 +212,15 @@ static void run(TaskFn f, void* c, int64_t count) {
 }
 }  // namespace pool
 // ---- input preparation ----------------------------------------------------------------------
+// RMSNorm of one D-wide vector v, v * w / sqrt(mean(v^2) + eps) with the sum of squares in
+// double, into out (out may be v), or added into out when `add`.
+static void rms_norm_row(const float* v, int64_t D, const float* w, float eps, float* out, bool add) {
+    double ss = 0; for (int64_t i = 0; i < D; i++) ss += (double)v[i] * v[i];
+    const float r = 1.f / sqrtf((float)(ss / D) + eps);
+    if (add) for (int64_t i = 0; i < D; i++) out[i] += v[i] * r * w[i];
+    else for (int64_t i = 0; i < D; i++) out[i] = v[i] * r * w[i];
+}
+
 // Gated activations of the matmul's input (x holds [gate | up], 2K wide): act(gate) * up.
 enum { GLU_NONE = 0, GLU_SILU = 1, GLU_GELU_TANH = 2 };
 constexpr float GELU_C = 0.7978845608f;     // sqrt(2 / pi)
@@ -252,11 +261,7 @@ static void prepare_row(const float* x, int64_t K, int glu, const float* norm_w,
         }
         v = out;
     }
-    if (norm_w) {
-        double ss = 0; for (int64_t i = 0; i < K; i++) ss += (double)v[i] * v[i];
-        float r = 1.f / sqrtf((float)(ss / K) + eps);
-        for (int64_t i = 0; i < K; i++) out[i] = v[i] * r * norm_w[i];
-    }
+    if (norm_w) rms_norm_row(v, K, norm_w, eps, out, false);
 }
 
 struct Prep { const float* X; int64_t K, ldx; int glu; const float* norm_w; float eps; float* out; int64_t T; };
@@ -559,22 +564,15 @@ int llmos_dequant_rows(int type, const uint8_t* W, int64_t K, int64_t rb, const 
     return 0;
 }
 
-// RMSNorm of each D-wide group of T rows (row stride ld): v * w / sqrt(mean(v^2) + eps), with
-// the sum of squares in double as in the matmuls' input preparation. add_to null: in place;
+// RMSNorm (rms_norm_row) of each D-wide group of T rows (row stride ld). add_to null: in place;
 // else add_to[t*ld_add + g*D + i] += the normalised value (x unchanged).
 void llmos_rms_norm(float* x, int64_t T, int64_t ld, int64_t groups, int64_t D, const float* w, float eps,
                     float* add_to, int64_t ld_add) {
     for (int64_t t = 0; t < T; t++)
         for (int64_t g = 0; g < groups; g++) {
             float* v = x + t * ld + g * D;
-            double ss = 0; for (int64_t i = 0; i < D; i++) ss += (double)v[i] * v[i];
-            const float r = 1.f / sqrtf((float)(ss / D) + eps);
-            if (add_to) {
-                float* o = add_to + t * ld_add + g * D;
-                for (int64_t i = 0; i < D; i++) o[i] += v[i] * r * w[i];
-            } else {
-                for (int64_t i = 0; i < D; i++) v[i] = v[i] * r * w[i];
-            }
+            if (add_to) rms_norm_row(v, D, w, eps, add_to + t * ld_add + g * D, true);
+            else rms_norm_row(v, D, w, eps, v, false);
         }
 }
 

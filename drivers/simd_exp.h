@@ -1,5 +1,5 @@
 // e^x on 8 floats at once (AVX2 + FMA), shared by the kernels that need it: softmax in
-// drivers/attention_kernels.cpp and SwiGLU's SiLU in drivers/quant_kernels.cpp.
+// drivers/attention_kernels.cpp, SiLU and GELU-tanh in drivers/quant_kernels.cpp.
 // Cephes' expf: x = k ln2 + r, e^r by a degree-5 polynomial, 2^k through the exponent bits.
 // About 1 ulp on [-88, 88]; x is clamped to that range (below -87.3 the result is 0 or a tiny
 // normal, above 88 it is ~1.65e38, never inf or NaN for finite x).
