@@ -3,8 +3,9 @@
 The kernels are C++ (drivers/quant_kernels.cpp): built with the system compiler on first use for
 this CPU (``-march=native``) into ``$LLMOS_HOME/kernels/``, keyed by source, compiler and CPU
 flags, and loaded with ctypes. Each weight block is dequantised to fp32 in registers and multiplied
-by the fp32 activations with FMA (AVX2; a scalar path elsewhere): one token streams the weights
-(GEMV), more tokens reuse a dequantised panel of rows in an FMA micro-kernel (GEMM). Exact up to
+by the fp32 activations with FMA (16 lanes with AVX-512F, 8 with AVX2, drivers/simd_vec.h; a scalar
+path elsewhere): one token streams the weights (GEMV), more tokens reuse a dequantised panel of
+rows in an FMA micro-kernel (GEMM). Exact up to
 fp32 rounding, and bit-identical for a token whatever the batch. Why not a library: torch's
 ``_weight_int8pack_mm`` / ``_weight_int4pack_mm_for_cpu`` were slower than fp32 on an AVX2 EPYC
 and do not read GGML block layouts; llama.cpp's Python bindings are not a kernel library. When no
@@ -40,7 +41,10 @@ log = logging.getLogger("llmos.drivers")
 SOURCE = Path(__file__).with_name("quant_kernels.cpp")
 SOURCES = (SOURCE, Path(__file__).with_name("attention_kernels.cpp"),     # one library
            Path(__file__).with_name("layer_kernels.cpp"))
-HEADERS = (Path(__file__).with_name("simd_exp.h"),)                    # part of the build key
+HEADERS = (Path(__file__).with_name("simd_exp.h"), Path(__file__).with_name("simd_vec.h"))  # in the build key
+# LLMOS_QUANT values that build another code path than this CPU's own: the AVX-512 kernels through
+# SIMDe (Debian's libsimde-dev), so that the 16-lane code runs and is tested on any x86 CPU. Slow.
+EMULATED = {"avx512-simde": ("-DLLMOS_SIMDE_AVX512",)}
 KERNEL_TYPES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
 _p = ctypes.c_void_p
 _i = ctypes.c_int64
@@ -59,13 +63,13 @@ def _cache_dir() -> Path:
     return home() / "kernels"
 
 
-def _build(compiler: str, out: Path) -> None:
+def _build(compiler: str, out: Path, flags: tuple[str, ...] = ()) -> None:
     """Compile SOURCES into the shared library `out` (atomic rename; safe against a concurrent build)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         so = Path(tmp) / out.name
         cmd = [compiler, "-O3", "-march=native", "-ffp-contract=off", "-std=c++17", "-pthread",
-               "-shared", "-fPIC", *[str(p) for p in SOURCES], "-o", str(so)]
+               "-shared", "-fPIC", *flags, *[str(p) for p in SOURCES], "-o", str(so)]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: {res.stderr.strip()[-800:]}")
@@ -74,10 +78,16 @@ def _build(compiler: str, out: Path) -> None:
 
 @functools.cache
 def kernels() -> ctypes.CDLL | None:
-    """The compiled kernel library for this CPU, or None (logged) when it cannot be built."""
-    if os.environ.get("LLMOS_QUANT", "") == "off":
+    """The compiled kernel library for this CPU, or None (logged) when it cannot be built.
+    LLMOS_QUANT=off disables the kernels; LLMOS_QUANT=avx512-simde builds the emulated AVX-512
+    path (EMULATED) instead of this CPU's."""
+    mode = os.environ.get("LLMOS_QUANT", "")
+    if mode == "off":
         log.info("quantized kernels disabled by LLMOS_QUANT=off")
         return None
+    if mode and mode not in EMULATED:
+        log.warning("LLMOS_QUANT=%s is not one of off, %s: building this CPU's kernels", mode, ", ".join(EMULATED))
+    flags = EMULATED.get(mode, ())
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not compiler:
         log.warning("no C++ compiler found: quantized weights are dequantised to fp32")
@@ -85,12 +95,12 @@ def kernels() -> ctypes.CDLL | None:
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
         key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS) + version.encode() + isa_summary().encode()
-                             + cpu_features()["model"].encode()).hexdigest()[:16]
+                             + cpu_features()["model"].encode() + " ".join(flags).encode()).hexdigest()[:16]
         lib_path = _cache_dir() / f"quant-{key}.so"
         if not lib_path.exists():
             log.info("building quantized kernels for %s (%s) into %s",
                      cpu_features()["model"], isa_summary(), lib_path)
-            _build(compiler, lib_path)
+            _build(compiler, lib_path, flags)
         lib = ctypes.CDLL(str(lib_path))
     except Exception as e:  # compiler missing pieces, read-only cache, bad toolchain...
         log.warning("quantized kernels unavailable (%s): quantized weights are dequantised to fp32",
@@ -114,7 +124,7 @@ def kernels() -> ctypes.CDLL | None:
 
 
 def kernel_isa() -> str:
-    """Which code path the built kernels use ('avx2-fma' or 'scalar'), or
+    """Which code path the built kernels use ('avx512f', 'avx2-fma' or 'scalar'), or
     'none (dequantised fp32)' when they could not be built."""
     lib = kernels()
     return lib.llmos_quant_isa().decode() if lib is not None else "none (dequantised fp32)"

@@ -34,6 +34,7 @@
 #define LLMOS_AVX2 1
 #endif
 #include "simd_exp.h"
+#include "simd_vec.h"
 
 enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
 
@@ -282,54 +283,49 @@ constexpr int NC = 2;           // tokens per micro-kernel call: 12 accumulators
 constexpr int64_t KCHUNK = 768; // K per pass over a panel: 6 rows x 768 fp32 + 2 tokens' rows stay in L1
 constexpr int GV = 4;           // rows per one-token (GEMV) call
 
-// ---- AVX2 + FMA: dequantise a 32-block into registers, FMA micro-kernel ----------------------
-#if defined(LLMOS_AVX2)
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+// ---- vector path (simd_vec.h: AVX-512F or AVX2 + FMA): dequantise a 32-block into registers,
+// FMA micro-kernel -----------------------------------------------------------------------------
+#if defined(LLMOS_VEC)
+constexpr int VB = 32 / VN;     // vectors per 32-block
 
-static inline __m256i u8x8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
-
-// The 32 weights of block j of `row` as fp32, in order, in out[0..4) (8 each).
-template <int TYPE> static inline void deq32(const uint8_t* row, int64_t j, __m256 out[4]) {
-    __m256i v[4]; float d0, m0, d1, m1;
-    const __m256i lo4 = _mm256_set1_epi32(0xF);
+// The 32 weights of block j of `row` as fp32, in order: out[i] holds weights i*VN .. i*VN+VN-1.
+template <int TYPE> static inline void deq32(const uint8_t* row, int64_t j, vf out[VB]) {
+    vi v[VB]; float d0, m0, d1, m1;
+    const vi lo4 = vset1i(0xF);
     if constexpr (TYPE == Q4_0 || TYPE == Q4_1 || TYPE == Q5_0 || TYPE == Q5_1) {
         const uint8_t* b = row + j * (TYPE == Q4_0 ? 18 : TYPE == Q4_1 ? 20 : TYPE == Q5_0 ? 22 : 24);
         const uint8_t* qs = b + (TYPE == Q4_0 ? 2 : TYPE == Q4_1 ? 4 : TYPE == Q5_0 ? 6 : 8);
-        const __m256i a = u8x8(qs), c = u8x8(qs + 8);
-        v[0] = _mm256_and_si256(a, lo4); v[1] = _mm256_and_si256(c, lo4);
-        v[2] = _mm256_srli_epi32(a, 4);  v[3] = _mm256_srli_epi32(c, 4);
+        constexpr int L = 16 / VN;      // 16 bytes: weights 0-15 in the low nibbles, 16-31 in the high
+        vi a[L];
+        for (int g = 0; g < L; g++) a[g] = vu8(qs + g * VN);
+        for (int g = 0; g < L; g++) { v[g] = vand(a[g], lo4); v[L + g] = vsrli<4>(a[g]); }
         d0 = rdh(b);
         if constexpr (TYPE == Q5_0 || TYPE == Q5_1) {
             uint32_t qh; memcpy(&qh, b + (TYPE == Q5_0 ? 2 : 4), 4);
-            const __m256i h = _mm256_set1_epi32((int)qh), one = _mm256_set1_epi32(1);
-            __m256i sh = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            for (int i = 0; i < 4; i++) {
-                v[i] = _mm256_or_si256(v[i], _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(h, sh), one), 4));
-                sh = _mm256_add_epi32(sh, _mm256_set1_epi32(8));
+            const vi h = vset1i((int)qh), one = vset1i(1);
+            vi sh = viota();
+            for (int i = 0; i < VB; i++) {
+                v[i] = vor(v[i], vslli<4>(vand(vsrlv(h, sh), one)));
+                sh = vadd(sh, vset1i(VN));
             }
         }
         m0 = TYPE == Q4_0 ? -8.f * d0 : TYPE == Q5_0 ? -16.f * d0 : rdh(b + 2);
         d1 = d0; m1 = m0;
     } else if constexpr (TYPE == Q8_0) {
         const uint8_t* b = row + j * 34;
-        for (int i = 0; i < 4; i++) v[i] = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(b + 2 + 8 * i)));
+        for (int i = 0; i < VB; i++) v[i] = vs8(b + 2 + VN * i);
         d0 = d1 = rdh(b); m0 = m1 = 0.f;
     } else if constexpr (TYPE == Q4_K || TYPE == Q5_K) {
         const int sub = (int)(j & 7);
         const uint8_t* b = row + (j >> 3) * (TYPE == Q4_K ? 144 : 176);
         const uint8_t* qs = b + (TYPE == Q4_K ? 16 : 48) + (sub >> 1) * 32;
         const __m128i shift = _mm_cvtsi32_si128((sub & 1) * 4);
-        for (int i = 0; i < 4; i++) v[i] = _mm256_and_si256(_mm256_srl_epi32(u8x8(qs + 8 * i), shift), lo4);
+        for (int i = 0; i < VB; i++) v[i] = vand(vsrl(vu8(qs + VN * i), shift), lo4);
         if constexpr (TYPE == Q5_K) {
             const __m128i hs = _mm_cvtsi32_si128(sub);
-            const __m256i one = _mm256_set1_epi32(1);
-            for (int i = 0; i < 4; i++)
-                v[i] = _mm256_or_si256(v[i], _mm256_slli_epi32(_mm256_and_si256(_mm256_srl_epi32(u8x8(b + 16 + 8 * i), hs), one), 4));
+            const vi one = vset1i(1);
+            for (int i = 0; i < VB; i++)
+                v[i] = vor(v[i], vslli<4>(vand(vsrl(vu8(b + 16 + VN * i), hs), one)));
         }
         int sc, mn; scale_min_k4(sub, b + 4, &sc, &mn);
         d0 = d1 = rdh(b) * sc; m0 = m1 = -rdh(b + 2) * mn;
@@ -338,66 +334,63 @@ template <int TYPE> static inline void deq32(const uint8_t* row, int64_t j, __m2
         const uint8_t* b = row + (j >> 3) * 210;
         const uint8_t* ql = b + n * 64 + (t & 1) * 32; const uint8_t* qh = b + 128 + n * 32;
         const __m128i ls = _mm_cvtsi32_si128(t >= 2 ? 4 : 0), hs = _mm_cvtsi32_si128(2 * t);
-        const __m256i three = _mm256_set1_epi32(3);
-        for (int i = 0; i < 4; i++)
-            v[i] = _mm256_or_si256(_mm256_and_si256(_mm256_srl_epi32(u8x8(ql + 8 * i), ls), lo4),
-                                   _mm256_slli_epi32(_mm256_and_si256(_mm256_srl_epi32(u8x8(qh + 8 * i), hs), three), 4));
+        const vi three = vset1i(3);
+        for (int i = 0; i < VB; i++)
+            v[i] = vor(vand(vsrl(vu8(ql + VN * i), ls), lo4), vslli<4>(vand(vsrl(vu8(qh + VN * i), hs), three)));
         const int8_t* s = (const int8_t*)(b + 192) + n * 8 + 2 * t;
         const float d = rdh(b + 208);
         d0 = d * s[0]; d1 = d * s[1]; m0 = -32.f * d0; m1 = -32.f * d1;
     }
-    const __m256 D0 = _mm256_set1_ps(d0), M0 = _mm256_set1_ps(m0), D1 = _mm256_set1_ps(d1), M1 = _mm256_set1_ps(m1);
-    out[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v[0]), D0, M0);
-    out[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v[1]), D0, M0);
-    out[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v[2]), D1, M1);
-    out[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v[3]), D1, M1);
+    // Weights 0-15 take (d0, m0), 16-31 (d1, m1): Q6_K's two sub-scales; the same pair elsewhere.
+    const vf D0 = vset1(d0), M0 = vset1(m0), D1 = vset1(d1), M1 = vset1(m1);
+    for (int i = 0; i < VB; i++) out[i] = vfma(vcvt(v[i]), i * VN < 16 ? D0 : D1, i * VN < 16 ? M0 : M1);
 }
 
 // One token against R rows, dequantising in registers (no panel): the same products in the
 // same order as micro<R, 1> on a dequantised panel.
 template <int TYPE, int R>
 static inline void gemv_rows(const uint8_t* W, int64_t rb, int64_t nb, const float* x, float* y, int add) {
-    __m256 acc[R];
-    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+    vf acc[R];
+    for (int r = 0; r < R; r++) acc[r] = vzero();
     for (int64_t b = 0; b < nb; b++) {
         for (int r = 0; r < R; r++) {
-            __m256 w[4]; deq32<TYPE>(W + r * rb, b, w);
-            for (int i = 0; i < 4; i++) acc[r] = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(x + b * 32 + 8 * i), acc[r]);
+            vf w[VB]; deq32<TYPE>(W + r * rb, b, w);
+            for (int i = 0; i < VB; i++) acc[r] = vfma(w[i], vload(x + b * 32 + VN * i), acc[r]);
         }
     }
-    for (int r = 0; r < R; r++) { const float v = hsum(acc[r]); y[r] = add ? y[r] + v : v; }
+    for (int r = 0; r < R; r++) { const float v = vhsum(acc[r]); y[r] = add ? y[r] + v : v; }
 }
 
 
 // R panel rows (fp32, row stride K) x C tokens, over k in [k0, k1): y[c*ldy + r] (+)= sum_k w[r][k] * x[c][k].
-// Per (r, c) always: acc = fma(w[k..k+8], x[k..k+8], acc) for k = 0, 8, ..., then hsum(acc). A long
-// K runs in chunks (the panel's chunk stays in L1 across the tokens: 576 x 1536 at 64 tokens,
+// Per (r, c) always: acc = fma(w[k..k+VN], x[k..k+VN], acc) for k = 0, VN, ..., then vhsum(acc). A
+// long K runs in chunks (the panel's chunk stays in L1 across the tokens: 576 x 1536 at 64 tokens,
 // 141 -> 162 GFLOP/s on Zen 3): `carry` holds the R x C accumulators between chunks, stored and
 // reloaded exactly, so the sums are the same as in one pass.
 template <int R, int C>
 static inline void micro(const float* w, int64_t K, int64_t k0, int64_t k1, const float* x, int64_t ldx,
                          float* y, int64_t ldy, int add, float* carry) {
-    __m256 acc[R][C];
+    vf acc[R][C];
     for (int r = 0; r < R; r++) for (int c = 0; c < C; c++)
-        acc[r][c] = k0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(carry + 8 * (r * C + c));
-    for (int64_t k = k0; k < k1; k += 8) {
-        __m256 xv[C];
-        for (int c = 0; c < C; c++) xv[c] = _mm256_loadu_ps(x + c * ldx + k);
+        acc[r][c] = k0 == 0 ? vzero() : vload(carry + VN * (r * C + c));
+    for (int64_t k = k0; k < k1; k += VN) {
+        vf xv[C];
+        for (int c = 0; c < C; c++) xv[c] = vload(x + c * ldx + k);
         for (int r = 0; r < R; r++) {
-            __m256 wv = _mm256_loadu_ps(w + r * K + k);
+            vf wv = vload(w + r * K + k);
             // Keep wv in a register: GCC otherwise folds the load into each of the C FMAs
             // (C loads of the same vector), and the loads, not the FMAs, bound the loop:
             // measured on Zen 3, 106 -> 134 GFLOP/s for a 3072 x 576 Q4_1 matrix x 64 tokens.
-            __asm__("" : "+x"(wv));
-            for (int c = 0; c < C; c++) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+            LLMOS_PIN(wv);
+            for (int c = 0; c < C; c++) acc[r][c] = vfma(wv, xv[c], acc[r][c]);
         }
     }
     if (k1 < K) {
-        for (int r = 0; r < R; r++) for (int c = 0; c < C; c++) _mm256_storeu_ps(carry + 8 * (r * C + c), acc[r][c]);
+        for (int r = 0; r < R; r++) for (int c = 0; c < C; c++) vstore(carry + VN * (r * C + c), acc[r][c]);
         return;
     }
     for (int r = 0; r < R; r++) for (int c = 0; c < C; c++) {
-        const float v = hsum(acc[r][c]);
+        const float v = vhsum(acc[r][c]);
         float* o = y + c * ldy + r;
         *o = add ? *o + v : v;
     }
@@ -431,14 +424,14 @@ static void gemm_task(void* p, int64_t i) {
     thread_local std::vector<float> panel;
     if ((int64_t)panel.size() < NR * K) panel.resize((size_t)(NR * K));
     float* const w = panel.data();
-    thread_local std::vector<float> carry(8 * NR * TCHUNK);   // accumulators between K chunks
+    thread_local std::vector<float> carry(VN * NR * TCHUNK);   // accumulators between K chunks
     for (int64_t r0 = r_begin; r0 < r_end; r0 += NR) {
         const int64_t R = r_end - r0 < NR ? r_end - r0 : NR;
         prefetch(W + (r0 + 2 * NR) * rb, NR * rb);
         for (int64_t r = 0; r < R; r++)
             for (int64_t b = 0; b < nb; b++) {
-                __m256 v[4]; deq32<TYPE>(W + (r0 + r) * rb, b, v);
-                for (int q = 0; q < 4; q++) _mm256_storeu_ps(w + r * K + b * 32 + 8 * q, v[q]);
+                vf v[VB]; deq32<TYPE>(W + (r0 + r) * rb, b, v);
+                for (int q = 0; q < VB; q++) vstore(w + r * K + b * 32 + VN * q, v[q]);
             }
         const float* x = X + t0 * ldx; float* y = Y + t0 * ldy + r0;
         for (int64_t k0 = 0; k0 < K; k0 += KCHUNK) {
@@ -446,13 +439,13 @@ static void gemm_task(void* p, int64_t i) {
             float* cy = carry.data();
             if (R == NR) {
                 int64_t c = 0;
-                for (; c + NC <= tn; c += NC, cy += 8 * NR * NC) micro<NR, NC>(w, K, k0, k1, x + c * ldx, ldx, y + c * ldy, ldy, add, cy);
-                for (; c < tn; c++, cy += 8 * NR) micro<NR, 1>(w, K, k0, k1, x + c * ldx, ldx, y + c * ldy, ldy, add, cy);
+                for (; c + NC <= tn; c += NC, cy += VN * NR * NC) micro<NR, NC>(w, K, k0, k1, x + c * ldx, ldx, y + c * ldy, ldy, add, cy);
+                for (; c < tn; c++, cy += VN * NR) micro<NR, 1>(w, K, k0, k1, x + c * ldx, ldx, y + c * ldy, ldy, add, cy);
             } else {
                 for (int64_t r = 0; r < R; r++) {
                     int64_t c = 0;
-                    for (; c + NC <= tn; c += NC, cy += 8 * NC) micro<1, NC>(w + r * K, K, k0, k1, x + c * ldx, ldx, y + c * ldy + r, ldy, add, cy);
-                    for (; c < tn; c++, cy += 8) micro<1, 1>(w + r * K, K, k0, k1, x + c * ldx, ldx, y + c * ldy + r, ldy, add, cy);
+                    for (; c + NC <= tn; c += NC, cy += VN * NC) micro<1, NC>(w + r * K, K, k0, k1, x + c * ldx, ldx, y + c * ldy + r, ldy, add, cy);
+                    for (; c < tn; c++, cy += VN) micro<1, 1>(w + r * K, K, k0, k1, x + c * ldx, ldx, y + c * ldy + r, ldy, add, cy);
                 }
             }
         }
@@ -486,7 +479,11 @@ static void scalar_task(void* p, int64_t i) {
 extern "C" {
 
 const char* llmos_quant_isa(void) {
-#if defined(LLMOS_AVX2)
+#if defined(LLMOS_SIMDE_AVX512)
+    return "avx512f (SIMDe emulation)";
+#elif defined(LLMOS_AVX512)
+    return "avx512f";
+#elif defined(LLMOS_VEC)
     return "avx2-fma";
 #else
     return "scalar";
@@ -518,7 +515,7 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
     job.rows_per_task = ((N + want - 1) / want + ROUND - 1) / ROUND * ROUND;
     job.row_tasks = (N + job.rows_per_task - 1) / job.rows_per_task;
     TaskFn fn = scalar_task;
-#if defined(LLMOS_AVX2)
+#if defined(LLMOS_VEC)
     switch (type) {
         case Q4_0: fn = gemm_task<Q4_0>; break;
         case Q4_1: fn = gemm_task<Q4_1>; break;

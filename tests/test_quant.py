@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -33,6 +34,25 @@ HALF_FIELDS = {QT.Q4_0: [0], QT.Q5_0: [0], QT.Q8_0: [0], QT.Q4_1: [0, 2], QT.Q5_
 pytestmark = pytest.mark.skipif(quant.kernels() is None, reason="no C++ compiler: kernels not built")
 
 
+@pytest.fixture(params=["native", "avx512-simde"])
+def isa(request, monkeypatch):
+    """Runs a test on this CPU's kernels, then on the AVX-512 kernels (16 lanes) built through
+    SIMDe's emulation of the intrinsics, so the AVX-512 code is checked on a CPU without it
+    (.ci/run installs Debian's libsimde-dev)."""
+    if request.param == "native":
+        yield quant.kernel_isa()
+        return
+    if not Path("/usr/include/simde/x86/avx512.h").exists():
+        pytest.skip("SIMDe headers (Debian libsimde-dev) are not installed")
+    monkeypatch.setenv("LLMOS_QUANT", request.param)
+    quant.kernels.cache_clear()
+    try:
+        assert quant.kernel_isa() == "avx512f (SIMDe emulation)"
+        yield quant.kernel_isa()
+    finally:
+        quant.kernels.cache_clear()        # the next kernels() is this CPU's again
+
+
 def random_blocks(qtype, rows: int, k: int, seed: int = 0) -> np.ndarray:
     """Random bytes in qtype's block layout, with sane fp16 scale fields: [rows, row_bytes]."""
     rng = np.random.default_rng(seed)
@@ -46,7 +66,7 @@ def random_blocks(qtype, rows: int, k: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("qtype", KERNEL_TYPES, ids=lambda q: q.name)
 @pytest.mark.parametrize("rows,k,tokens", [(1, 256, 1), (7, 256, 3), (13, 512, 70), (33, 768, 9)])
-def test_kernel_matches_dequantised_matmul(qtype, rows, k, tokens):
+def test_kernel_matches_dequantised_matmul(qtype, rows, k, tokens, isa):
     w = random_blocks(qtype, rows, k, seed=rows * 1000 + tokens)
     wf = torch.from_numpy(dequantize(w, qtype).reshape(rows, k).astype(np.float64))
     x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(rows))
@@ -66,7 +86,7 @@ def test_row_lookup_equals_gguf_dequantisation(qtype):
 
 @pytest.mark.parametrize("K", [512, 1792])              # 1792: the GEMM runs K in chunks of 768
 @pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q6_K, QT.Q8_0], ids=lambda q: q.name)
-def test_a_token_gets_the_same_bits_alone_or_in_any_batch(qtype, K):
+def test_a_token_gets_the_same_bits_alone_or_in_any_batch(qtype, K, isa):
     w = random_blocks(qtype, 37, K, seed=5)
     lin = quant.QLinear([(qtype, w)], K)
     x = torch.randn(130, K, generator=torch.Generator().manual_seed(9))
@@ -76,7 +96,7 @@ def test_a_token_gets_the_same_bits_alone_or_in_any_batch(qtype, K):
     assert torch.equal(lin(x[5:12]), batch[5:12])
 
 
-def test_fused_parts_norm_swiglu_and_residual_add():
+def test_fused_parts_norm_swiglu_and_residual_add(isa):
     a, b = random_blocks(QT.Q4_K, 5, 256, seed=1), random_blocks(QT.Q6_K, 3, 256, seed=2)
     fused = quant.QLinear([(QT.Q4_K, a), (QT.Q6_K, b)], 256)
     parts = [quant.QLinear([(QT.Q4_K, a)], 256), quant.QLinear([(QT.Q6_K, b)], 256)]
@@ -134,7 +154,7 @@ def test_rope_kernel_equals_torch_rotate_half():
 
 
 @pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_1])
-def test_quantized_model_tracks_fp32_and_keeps_weights_quantized(tmp_path, qtype):
+def test_quantized_model_tracks_fp32_and_keeps_weights_quantized(tmp_path, qtype, isa):
     path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=qtype)
     ref, qm = LlamaModel.load(path, dtype="fp32"), LlamaModel.load(path)
     assert qm.quantized and not ref.quantized
@@ -146,7 +166,7 @@ def test_quantized_model_tracks_fp32_and_keeps_weights_quantized(tmp_path, qtype
     assert (a - b).abs().max() < 1e-3 * a.abs().max()
 
 
-def test_quantized_model_is_batch_invariant(tmp_path):
+def test_quantized_model_is_batch_invariant(tmp_path, isa):
     path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q4_1)
     m = LlamaModel.load(path)
     prompts = [list(range(10, 30)), list(range(50, 57)), [7, 8, 9]]
@@ -181,7 +201,7 @@ def test_fp16_kv_pool_halves_the_bytes_and_tracks_fp32_kv(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q8_0], ids=lambda q: q.name)
-def test_fused_layers_equal_the_python_loop_bit_for_bit(tmp_path, qtype):
+def test_fused_layers_equal_the_python_loop_bit_for_bit(tmp_path, qtype, isa):
     """drivers/fused.py runs each layer in one C call: same kernels, same order, same bits."""
     path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=qtype)
     m = LlamaModel.load(path)
@@ -347,3 +367,24 @@ def test_rms_norm_kernel_in_place_by_groups_and_added_into_a_stream():
     before = src.clone()
     quant.rms_norm_(src, 1, w, 1e-6, add_to=stream)
     assert torch.allclose(stream, expect, atol=1e-5) and torch.equal(src, before)
+
+
+def test_the_kernels_built_for_this_cpu_use_its_widest_vectors():
+    """Dispatch at start-up: -march=native on an AVX-512F CPU builds the 16-lane path, on an AVX2 +
+    FMA CPU the 8-lane one (drivers/simd_vec.h); the ISA names it in uname, the bench and the log."""
+    from llmos.drivers.cpu import cpu_features
+    f = cpu_features()
+    want = "avx512f" if f["avx512f"] and f["fma"] else "avx2-fma" if f["avx2"] and f["fma"] else "scalar"
+    assert quant.kernel_isa() == want
+
+
+def test_an_unknown_llmos_quant_value_is_named_and_this_cpu_s_kernels_build(monkeypatch, caplog):
+    monkeypatch.setenv("LLMOS_QUANT", "avx1024")
+    quant.kernels.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="llmos.drivers"):
+            lib = quant.kernels()
+        assert lib is not None and lib.llmos_quant_isa().decode() == quant.kernel_isa()
+        assert "LLMOS_QUANT=avx1024 is not one of off, avx512-simde" in caplog.text
+    finally:
+        quant.kernels.cache_clear()

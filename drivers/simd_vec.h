@@ -1,0 +1,115 @@
+// The matmul kernels' vector width, chosen when the library is built (-march=native): AVX-512F
+// (16 fp32 lanes) where the CPU has it, else AVX2 + FMA (8 lanes). drivers/quant_kernels.cpp
+// writes its dequantisation and micro-kernels once on these names; VN is the lane count.
+//
+// LLMOS_SIMDE_AVX512 (tests only) builds the AVX-512 code on a CPU without AVX-512 through SIMDe's
+// portable implementations of the same intrinsics, so the 16-lane code runs in CI on any x86 CPU.
+#pragma once
+#include <cstdint>
+
+#if defined(LLMOS_SIMDE_AVX512)
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#define LLMOS_AVX512 1
+// SIMDe 0.7 (Debian 12's) lacks three conversions; each is the same operation on two halves.
+#ifndef _mm512_cvtepi32_ps
+static inline simde__m512 llmos_cvtepi32_ps(simde__m512i v) {
+    const simde__m512d lo = _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_cvtepi32_ps(_mm512_castsi512_si256(v))));
+    return _mm512_castpd_ps(_mm512_insertf64x4(lo, _mm256_castps_pd(_mm256_cvtepi32_ps(_mm512_extracti64x4_epi64(v, 1))), 1));
+}
+#define _mm512_cvtepi32_ps llmos_cvtepi32_ps
+#endif
+#ifndef _mm512_cvtepu8_epi32
+static inline simde__m512i llmos_cvtepu8_epi32(__m128i b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepu8_epi32(b)), _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)), 1);
+}
+#define _mm512_cvtepu8_epi32 llmos_cvtepu8_epi32
+#endif
+#ifndef _mm512_cvtepi8_epi32
+static inline simde__m512i llmos_cvtepi8_epi32(__m128i b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)), 1);
+}
+#define _mm512_cvtepi8_epi32 llmos_cvtepi8_epi32
+#endif
+#elif defined(__AVX512F__) && defined(__FMA__)
+#include <immintrin.h>
+#define LLMOS_AVX512 1
+#endif
+
+#if defined(LLMOS_AVX512) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#define LLMOS_VEC 1
+
+// Sum of 8 lanes in a fixed order (pairs of halves, then pairs, then the last two).
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+#if defined(LLMOS_SIMDE_AVX512)
+typedef simde__m512 vf;
+typedef simde__m512i vi;
+#endif
+#if defined(LLMOS_AVX512)
+#if !defined(LLMOS_SIMDE_AVX512)
+typedef __m512 vf;
+typedef __m512i vi;
+#endif
+constexpr int VN = 16;
+static inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
+static inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
+static inline vf vzero() { return _mm512_setzero_ps(); }
+static inline vf vset1(float f) { return _mm512_set1_ps(f); }
+static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf vcvt(vi v) { return _mm512_cvtepi32_ps(v); }
+// VN bytes at p, zero- or sign-extended to 32-bit lanes.
+static inline vi vu8(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p)); }
+static inline vi vs8(const uint8_t* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)); }
+static inline vi vset1i(int v) { return _mm512_set1_epi32(v); }
+static inline vi viota() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+static inline vi vadd(vi a, vi b) { return _mm512_add_epi32(a, b); }
+static inline vi vand(vi a, vi b) { return _mm512_and_si512(a, b); }
+static inline vi vor(vi a, vi b) { return _mm512_or_si512(a, b); }
+template <int S> static inline vi vsrli(vi a) { return _mm512_srli_epi32(a, S); }
+template <int S> static inline vi vslli(vi a) { return _mm512_slli_epi32(a, S); }
+static inline vi vsrl(vi a, __m128i count) { return _mm512_srl_epi32(a, count); }
+static inline vi vsrlv(vi a, vi counts) { return _mm512_srlv_epi32(a, counts); }
+// Lanes 0-7 plus lanes 8-15, then hsum8.
+static inline float vhsum(vf v) {
+    return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v),
+                               _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+}
+#else
+typedef __m256 vf;
+typedef __m256i vi;
+constexpr int VN = 8;
+static inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
+static inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
+static inline vf vzero() { return _mm256_setzero_ps(); }
+static inline vf vset1(float f) { return _mm256_set1_ps(f); }
+static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf vcvt(vi v) { return _mm256_cvtepi32_ps(v); }
+static inline vi vu8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
+static inline vi vs8(const uint8_t* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
+static inline vi vset1i(int v) { return _mm256_set1_epi32(v); }
+static inline vi viota() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+static inline vi vadd(vi a, vi b) { return _mm256_add_epi32(a, b); }
+static inline vi vand(vi a, vi b) { return _mm256_and_si256(a, b); }
+static inline vi vor(vi a, vi b) { return _mm256_or_si256(a, b); }
+template <int S> static inline vi vsrli(vi a) { return _mm256_srli_epi32(a, S); }
+template <int S> static inline vi vslli(vi a) { return _mm256_slli_epi32(a, S); }
+static inline vi vsrl(vi a, __m128i count) { return _mm256_srl_epi32(a, count); }
+static inline vi vsrlv(vi a, vi counts) { return _mm256_srlv_epi32(a, counts); }
+static inline float vhsum(vf v) { return hsum8(v); }
+#endif
+
+// Keeps v in a register: GCC otherwise folds a load of v into each instruction that uses it
+// (see the GEMM micro-kernel). SIMDe's vectors are not register operands, so no pin there.
+#if defined(LLMOS_SIMDE_AVX512)
+#define LLMOS_PIN(v) ((void)0)
+#else
+#define LLMOS_PIN(v) __asm__("" : "+v"(v))
+#endif
+#endif  // LLMOS_VEC
