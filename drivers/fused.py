@@ -1,10 +1,12 @@
-"""The Llama decoder layer as one C call on the quantized CPU path (drivers/layer_kernels.cpp).
+"""A decoder layer as one C call on the quantized CPU path (drivers/layer_kernels.cpp): Llama,
+Qwen2 and Gemma 3 layers.
 
-``FusedLayers.of(model)`` builds, once, each layer's argument block from its QLinear weights and
-norms; ``run(li, ...)`` then runs layer li for a step with one ctypes call instead of ~12 Python
-calls into the same kernels (bit-identical: the same kernels, in the same order, on the same
-buffers). Built only when every layer's four matmuls are QLinear (a type without a kernel keeps
-the Python loop). ``LLMOS_FUSED=off`` turns it off (A/B runs, tests).
+``FusedLayers.of(model)`` builds, once, each layer's argument block from its QLinear weights,
+norms and RoPE tables (the model's ``_layer_rope(li)``; Gemma's per-head and post norms from
+``layer.extra``); ``forward(x, meta, kv)`` then runs each layer of a step with one ctypes call
+instead of ~12-17 Python calls into the same kernels (bit-identical: the same kernels, in the same
+order, on the same buffers). Built only when every layer's four matmuls are QLinear (a type
+without a kernel keeps the Python loop). ``LLMOS_FUSED=off`` turns it off (A/B runs, tests).
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ class QLin(ctypes.Structure):
 
 class LayerW(ctypes.Structure):
     _fields_ = [("qkv", QLin), ("o", QLin), ("gu", QLin), ("down", QLin),
-                ("attn_norm", _p), ("ffn_norm", _p), ("bqkv", _p)]
+                ("attn_norm", _p), ("ffn_norm", _p), ("bqkv", _p), ("q_norm", _p), ("k_norm", _p),
+                ("post_attn_norm", _p), ("post_ffw_norm", _p), ("cos_t", _p), ("sin_t", _p),
+                ("window", _i), ("glu", _i)]
 
 
 class Step(ctypes.Structure):
     _fields_ = [("x", _p), ("T", _i), ("hidden", _i), ("eps", _f), ("qkv", _p), ("att", _p), ("gu", _p),
-                ("H", _i), ("KVH", _i), ("D", _i), ("pos", _p), ("cos_t", _p), ("sin_t", _p),
+                ("out", _p), ("H", _i), ("KVH", _i), ("D", _i), ("pos", _p),
                 ("slots", _p), ("tables", _p), ("max_blocks", _i), ("seq_of", _p), ("block_size", _i),
-                ("scale", _f), ("window", _i), ("f16", _i)]
+                ("scale", _f), ("f16", _i)]
 
 
 def _qlin(lin: QLinear, keep: list) -> QLin:
@@ -53,26 +57,29 @@ class FusedLayers:
     def __init__(self, model):
         c, self._keep = model.config, []
         self.blocks = []
-        for layer in model.layers:
+        ptr = lambda t: None if t is None else t.data_ptr()          # noqa: E731
+        for li, layer in enumerate(model.layers):
+            cos, sin, window = model._layer_rope(li)
+            norms = [layer.extra.get(n) for n in ("attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm")]
             w = LayerW(_qlin(layer.wqkv, self._keep), _qlin(layer.wo, self._keep), _qlin(layer.w_gate_up, self._keep),
                        _qlin(layer.w_down, self._keep), layer.attn_norm.data_ptr(), layer.ffn_norm.data_ptr(),
-                       None if layer.bqkv is None else layer.bqkv.data_ptr())
-            self._keep += [layer.attn_norm, layer.ffn_norm, layer.bqkv]
+                       ptr(layer.bqkv), *map(ptr, norms), cos.data_ptr(), sin.data_ptr(), window or 0, model._glu)
+            self._keep += [layer.attn_norm, layer.ffn_norm, layer.bqkv, cos, sin, *norms]
             self.blocks.append((w, ctypes.pointer(w)))
         self.qkv_out, self.gu_out = model.layers[0].wqkv.out_features, model.layers[0].w_gate_up.out_features
         self.step = Step()
         self._step_ptr = ctypes.pointer(self.step)
         s = self.step
         s.hidden, s.eps, s.H, s.KVH, s.D = c.hidden_size, c.rms_eps, c.n_heads, c.n_kv_heads, c.head_dim
-        s.cos_t, s.sin_t, s.scale = model._cos.data_ptr(), model._sin.data_ptr(), model._scale
-        self._layer = kernels().llmos_llama_layer
+        s.scale = model._scale
+        self._layer = kernels().llmos_decoder_layer
         self._layer.argtypes = [ctypes.POINTER(LayerW), ctypes.POINTER(Step), _p, _p]
         self._kv = (0, 0, 0)                # pool addresses and layer stride: set by begin()
 
     @staticmethod
     def of(model) -> FusedLayers | None:
         """The model's fused layers, or None when a layer has a matmul without a kernel (or off)."""
-        if os.environ.get("LLMOS_FUSED", "") == "off" or kernels() is None or type(model).__name__ != "LlamaModel":
+        if os.environ.get("LLMOS_FUSED", "") == "off" or kernels() is None:
             return None
         names = ("wqkv", "wo", "w_gate_up", "w_down")
         if not all(isinstance(getattr(l, n), QLinear) for l in model.layers for n in names):
@@ -83,11 +90,13 @@ class FusedLayers:
         """Set this step's fields; returns the step's scratch buffers (keep them alive until the
         last layer ran)."""
         T, s = x.shape[0], self.step
-        bufs = [torch.empty(T, self.qkv_out), torch.empty(T, s.H * s.D), torch.empty(T, self.gu_out)]
-        s.x, s.T, s.qkv, s.att, s.gu = x.data_ptr(), T, bufs[0].data_ptr(), bufs[1].data_ptr(), bufs[2].data_ptr()
+        bufs = [torch.empty(T, self.qkv_out), torch.empty(T, s.H * s.D), torch.empty(T, self.gu_out),
+                torch.empty(T, s.hidden)]
+        s.x, s.T = x.data_ptr(), T
+        s.qkv, s.att, s.gu, s.out = (b.data_ptr() for b in bufs)
         s.pos, s.slots, s.tables, s.seq_of = (meta.positions.data_ptr(), meta.slots.data_ptr(),
                                               meta.tables.data_ptr(), meta.seq_of.data_ptr())
-        s.max_blocks, s.block_size, s.window = meta.tables.shape[1], kv.block_size, 0
+        s.max_blocks, s.block_size = meta.tables.shape[1], kv.block_size
         s.f16 = int(kv.k.dtype == torch.float16)
         self._kv = (kv.k.data_ptr(), kv.v.data_ptr(), kv.k[0].numel() * kv.k.element_size())
         return bufs
@@ -98,3 +107,14 @@ class FusedLayers:
         rc = self._layer(self.blocks[li][1], self._step_ptr, k0 + li * stride, v0 + li * stride)
         if rc != 0:
             raise ValueError(f"fused layer {li} failed ({rc})")
+
+    def forward(self, x: torch.Tensor, meta, kv, interrupt=None) -> None:
+        """Every layer on the residual stream x (updated in place) for the step `meta` describes;
+        raises Preempted between layers once `interrupt` is set."""
+        from .llama import Preempted
+        scratch = self.begin(x, meta, kv)
+        for li in range(len(self.blocks)):
+            if interrupt is not None and interrupt.is_set():
+                raise Preempted
+            self.run(li)
+        del scratch

@@ -25,7 +25,7 @@ from .attention import (build_flat_metadata, build_metadata, paged_attention, pa
                         store_kv_flat)
 from .kvstore import KVStorage
 from .llama import LlamaModel, Preempted, SeqInput
-from .quant import kernels, rms_norm_, rope_
+from .quant import GLU_GELU_TANH, kernels, rms_norm_, rope_
 
 
 def _rope_tables(base: float, scale: float, head_dim: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,12 +52,19 @@ class Gemma3Model(LlamaModel):
         self._cos_local, self._sin_local = _rope_tables(p.rope_local_base, 1.0, D, n, self.device)
         self._scale = p.attn_scale
 
-    def _qk_norm_rope(self, qkv: torch.Tensor, positions: torch.Tensor, layer, local: bool):
+    _glu = GLU_GELU_TANH
+
+    def _layer_rope(self, li: int) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+        if li in self._global:
+            return self._cos, self._sin, None
+        return self._cos_local, self._sin_local, self.params.sliding_window
+
+    def _qk_norm_rope(self, qkv: torch.Tensor, positions: torch.Tensor, li: int):
         """Per-head RMSNorm of q and k, then RoPE with the layer's tables; returns q, k views."""
-        c = self.config
+        c, layer = self.config, self.layers[li]
         T, H, KVH, D = qkv.shape[0], c.n_heads, c.n_kv_heads, c.head_dim
         qk = qkv[:, :(H + KVH) * D].view(T, H + KVH, D)
-        cos, sin = (self._cos_local, self._sin_local) if local else (self._cos, self._sin)
+        cos, sin, _ = self._layer_rope(li)
         if self.quantized:                                   # fp32, in place, three C calls
             rms_norm_(qkv, H, layer.extra["attn_q_norm"], c.rms_eps)
             rms_norm_(qkv, KVH, layer.extra["attn_k_norm"], c.rms_eps, offset=H * D)
@@ -89,12 +96,15 @@ class Gemma3Model(LlamaModel):
         positions = flat.positions if flat else torch.tensor(pos, dtype=torch.long, device=dev)
         x = self._embed(torch.tensor(ids, dtype=torch.long, device=dev)) * p.embed_scale
         T, H, KVH, D, eps = len(ids), c.n_heads, c.n_kv_heads, c.head_dim, c.rms_eps
-        for li, layer in enumerate(self.layers):
+        fused = self._fused_layers() if flat is not None else None
+        if fused is not None:             # the loop below, each layer one C call (drivers/fused.py)
+            fused.forward(x, flat, kv, interrupt)
+        for li, layer in enumerate(self.layers if fused is None else ()):
             if interrupt is not None and interrupt.is_set():
                 raise Preempted
             local = li not in self._global
             qkv = layer.wqkv(x, norm=layer.attn_norm, eps=eps)
-            q, k = self._qk_norm_rope(qkv, positions, layer, local)
+            q, k = self._qk_norm_rope(qkv, positions, li)
             k_cache, v_cache = kv.k[li], kv.v[li]
             if flat is not None:                  # quantized CPU path: rotated q, k are in qkv
                 store_kv_flat(kernels(), qkv, H, D, k_cache, v_cache, flat)

@@ -35,7 +35,7 @@ from .device import pick_device, pick_dtype
 from .gguf import GGUFModelFile, ModelConfig, ModelFileError
 from .kvstore import KVStorage
 from .linear import Linear
-from .quant import KERNEL_TYPES, QLinear, has_kernel, kernel_isa, kernels, rope_
+from .quant import GLU_SILU, KERNEL_TYPES, QLinear, has_kernel, kernel_isa, kernels, rope_
 
 log = logging.getLogger("llmos.drivers")
 
@@ -228,12 +228,7 @@ class LlamaModel:
         T, H, KVH, D, eps = len(ids), c.n_heads, c.n_kv_heads, c.head_dim, c.rms_eps
         fused = self._fused_layers() if isinstance(meta, FlatMetadata) else None
         if fused is not None:             # the loop below, each layer one C call (drivers/fused.py)
-            scratch = fused.begin(x, meta, kv)
-            for li in range(len(self.layers)):
-                if interrupt is not None and interrupt.is_set():
-                    raise Preempted
-                fused.run(li)
-            del scratch
+            fused.forward(x, meta, kv, interrupt)
         for li, layer in enumerate(self.layers if fused is None else ()):
             if interrupt is not None and interrupt.is_set():
                 raise Preempted
@@ -267,6 +262,12 @@ class LlamaModel:
             from .fused import FusedLayers
             self._fused = FusedLayers.of(self)
         return self._fused
+
+    _glu = GLU_SILU                       # the FFN's gated activation, for drivers/fused.py
+
+    def _layer_rope(self, li: int) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+        """Layer li's RoPE cos/sin tables and attention window (None: all positions)."""
+        return self._cos, self._sin, None
 
     def _flat_attention(self, kv: KVStorage) -> bool:
         """Attention and K/V writes in C (drivers/attention_kernels.cpp): the quantized path on a

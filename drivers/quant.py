@@ -45,6 +45,7 @@ HEADERS = (Path(__file__).with_name("simd_exp.h"), Path(__file__).with_name("sim
 # LLMOS_QUANT values that build another code path than this CPU's own: the AVX-512 kernels through
 # SIMDe (Debian's libsimde-dev), so that the 16-lane code runs and is tested on any x86 CPU. Slow.
 EMULATED = {"avx512-simde": ("-DLLMOS_SIMDE_AVX512",)}
+GLU_SILU, GLU_GELU_TANH = 1, 2          # quant_kernels.cpp's gated activations of a matmul's input
 KERNEL_TYPES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
 _p = ctypes.c_void_p
 _i = ctypes.c_int64
@@ -172,7 +173,7 @@ class QLinear:
                  swiglu: bool = False, out: torch.Tensor | None = None, geglu: bool = False) -> torch.Tensor:
         """x: fp32 [T, K] ([T, 2K] = [gate | up] with swiglu: silu(gate) * up, or geglu:
         gelu_tanh(gate) * up). out given: out += result in place, returned."""
-        glu = 1 if swiglu else 2 if geglu else 0        # quant_kernels.cpp's GLU_*
+        glu = GLU_SILU if swiglu else GLU_GELU_TANH if geglu else 0
         if x.dtype != torch.float32:
             x = x.float()
         if not x.is_contiguous():

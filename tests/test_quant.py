@@ -21,6 +21,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize
 
+import tinyarch
 import tinymodel
 from llmos.drivers import quant
 from llmos.drivers.gguf import ModelFileError
@@ -200,11 +201,18 @@ def test_fp16_kv_pool_halves_the_bytes_and_tracks_fp32_kv(tmp_path, monkeypatch)
     assert (a2 - b2).abs().max() < 1e-2 * b2.abs().max()
 
 
-@pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q8_0], ids=lambda q: q.name)
-def test_fused_layers_equal_the_python_loop_bit_for_bit(tmp_path, qtype, isa):
-    """drivers/fused.py runs each layer in one C call: same kernels, same order, same bits."""
-    path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=qtype)
+@pytest.mark.parametrize("arch,qtype", [("llama", QT.Q4_1), ("llama", QT.Q8_0), ("gemma3", QT.Q8_0)])
+def test_fused_layers_equal_the_python_loop_bit_for_bit(tmp_path, arch, qtype, isa):
+    """drivers/fused.py runs each layer in one C call: same kernels, same order, same bits. Gemma 3:
+    per-head q/k norms, post norms, GEGLU, sliding-window layers (window 8 < the 20-token prompt)
+    with their own RoPE table, and global layers."""
+    if arch == "llama":
+        path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=qtype)
+    else:
+        path = tinyarch.build_arch_model(tmp_path / "g.gguf", "gemma3", n_layers=6, head_dim=32,
+                                         sliding_window=8, qtype=qtype)
     m = LlamaModel.load(path)
+    assert type(m).__name__ == {"llama": "LlamaModel", "gemma3": "Gemma3Model"}[arch]
     assert m._fused_layers() is not None
     prompts, tables = [list(range(10, 30)), [7, 8, 9]], [list(range(1, 9)), list(range(9, 17))]
 
