@@ -27,6 +27,8 @@
 #include <condition_variable>
 #include <mutex>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -288,18 +290,48 @@ constexpr int GV = 4;           // rows per one-token (GEMV) call
 #if defined(LLMOS_VEC)
 constexpr int VB = 32 / VN;     // vectors per 32-block
 
-// The 32 weights of block j of `row` as fp32, in order: out[i] holds weights i*VN .. i*VN+VN-1.
-template <int TYPE> static inline void deq32(const uint8_t* row, int64_t j, vf out[VB]) {
-    vi v[VB]; float d0, m0, d1, m1;
+// Weights are read a super-block at a time: one 32-block, or a K-quant's 256 weights (8 sub-blocks
+// of 32). scales() reads what a super-block's sub-blocks need beyond their quants, once (a
+// K-quant's 12 packed 6-bit scales cost more than its quants when unpacked per sub-block: Q4_K
+// GEMV on Zen 3 21 -> ? cycles a 32-block); deq<SUB> then dequantises sub-block SUB with its
+// shifts known at compile time.
+template <int TYPE> constexpr int SUBS = (TYPE == Q4_K || TYPE == Q5_K || TYPE == Q6_K) ? 8 : 1;
+template <int TYPE> constexpr int64_t SUPER_BYTES = TYPE == Q4_0 ? 18 : TYPE == Q4_1 ? 20 : TYPE == Q5_0 ? 22 :
+    TYPE == Q5_1 ? 24 : TYPE == Q8_0 ? 34 : TYPE == Q4_K ? 144 : TYPE == Q5_K ? 176 : 210;
+
+// Weights 16h .. 16h+15 of sub-block s are fma(q, D[2s+h], M[2s+h]) (Q6_K has a scale per 16
+// weights; the other types repeat one pair).
+template <int TYPE> struct Scales { float D[2 * SUBS<TYPE>], M[2 * SUBS<TYPE>]; };
+
+template <int TYPE> static inline void scales(const uint8_t* b, Scales<TYPE>& s) {
+    if constexpr (TYPE == Q4_K || TYPE == Q5_K) {
+        const float d = rdh(b), dmin = rdh(b + 2);
+        for (int sub = 0; sub < 8; sub++) {
+            int sc, mn; scale_min_k4(sub, b + 4, &sc, &mn);
+            s.D[2 * sub] = s.D[2 * sub + 1] = d * sc;
+            s.M[2 * sub] = s.M[2 * sub + 1] = -dmin * mn;
+        }
+    } else if constexpr (TYPE == Q6_K) {       // ql[128] qh[64] scales[16] d
+        const float d = rdh(b + 208); const int8_t* sc = (const int8_t*)(b + 192);
+        for (int i = 0; i < 16; i++) { s.D[i] = d * sc[i]; s.M[i] = -32.f * s.D[i]; }
+    } else {
+        const float d = rdh(b);
+        s.D[0] = s.D[1] = d;
+        s.M[0] = s.M[1] = TYPE == Q4_0 ? -8.f * d : TYPE == Q5_0 ? -16.f * d : TYPE == Q8_0 ? 0.f : rdh(b + 2);
+    }
+}
+
+// The 32 weights of sub-block SUB of super-block b as fp32, in order: out[i] holds weights
+// i*VN .. i*VN+VN-1.
+template <int TYPE, int SUB> static inline void deq(const uint8_t* b, const Scales<TYPE>& s, vf out[VB]) {
+    vi v[VB];
     const vi lo4 = vset1i(0xF);
     if constexpr (TYPE == Q4_0 || TYPE == Q4_1 || TYPE == Q5_0 || TYPE == Q5_1) {
-        const uint8_t* b = row + j * (TYPE == Q4_0 ? 18 : TYPE == Q4_1 ? 20 : TYPE == Q5_0 ? 22 : 24);
         const uint8_t* qs = b + (TYPE == Q4_0 ? 2 : TYPE == Q4_1 ? 4 : TYPE == Q5_0 ? 6 : 8);
         constexpr int L = 16 / VN;      // 16 bytes: weights 0-15 in the low nibbles, 16-31 in the high
         vi a[L];
         for (int g = 0; g < L; g++) a[g] = vu8(qs + g * VN);
         for (int g = 0; g < L; g++) { v[g] = vand(a[g], lo4); v[L + g] = vsrli<4>(a[g]); }
-        d0 = rdh(b);
         if constexpr (TYPE == Q5_0 || TYPE == Q5_1) {
             // Weight e's fifth bit is bit e of qh: shifted right by e - 4 it lands on bit 4 (the
             // first vector shifts qh << 4 right by e, as e < 4 there). Three operations a vector;
@@ -311,41 +343,46 @@ template <int TYPE> static inline void deq32(const uint8_t* row, int64_t j, vf o
                 v[i] = vor(v[i], vand(vsrlv(i ? h : vslli<4>(h), e), bit4));
             }
         }
-        m0 = TYPE == Q4_0 ? -8.f * d0 : TYPE == Q5_0 ? -16.f * d0 : rdh(b + 2);
-        d1 = d0; m1 = m0;
     } else if constexpr (TYPE == Q8_0) {
-        const uint8_t* b = row + j * 34;
         for (int i = 0; i < VB; i++) v[i] = vs8(b + 2 + VN * i);
-        d0 = d1 = rdh(b); m0 = m1 = 0.f;
     } else if constexpr (TYPE == Q4_K || TYPE == Q5_K) {
-        const int sub = (int)(j & 7);
-        const uint8_t* b = row + (j >> 3) * (TYPE == Q4_K ? 144 : 176);
-        const uint8_t* qs = b + (TYPE == Q4_K ? 16 : 48) + (sub >> 1) * 32;
-        const __m128i shift = _mm_cvtsi32_si128((sub & 1) * 4);
-        for (int i = 0; i < VB; i++) v[i] = vand(vsrl(vu8(qs + VN * i), shift), lo4);
-        if constexpr (TYPE == Q5_K) {
-            const __m128i hs = _mm_cvtsi32_si128(sub);
-            const vi one = vset1i(1);
-            for (int i = 0; i < VB; i++)
-                v[i] = vor(v[i], vslli<4>(vand(vsrl(vu8(b + 16 + VN * i), hs), one)));
+        // Sub-blocks 2p and 2p+1 are the low and high nibbles of the same 32 bytes; Q5_K's fifth
+        // bits are bit SUB of qh[32].
+        const uint8_t* qs = b + (TYPE == Q4_K ? 16 : 48) + (SUB >> 1) * 32;
+        for (int i = 0; i < VB; i++) {
+            const vi u = vu8(qs + VN * i);
+            v[i] = (SUB & 1) ? vsrli<4>(u) : vand(u, lo4);
         }
-        int sc, mn; scale_min_k4(sub, b + 4, &sc, &mn);
-        d0 = d1 = rdh(b) * sc; m0 = m1 = -rdh(b + 2) * mn;
-    } else {  // Q6_K: ql[128] qh[64] scales[16] d; sub-block (n, t) of 32
-        const int sub = (int)(j & 7), n = sub >> 2, t = sub & 3;
-        const uint8_t* b = row + (j >> 3) * 210;
+        if constexpr (TYPE == Q5_K) {
+            const vi bit = vset1i(1 << SUB);
+            for (int i = 0; i < VB; i++) {
+                const vi h = vand(vu8(b + 16 + VN * i), bit);
+                if constexpr (SUB <= 4) v[i] = vor(v[i], vslli<4 - SUB>(h));
+                else v[i] = vor(v[i], vsrli<SUB - 4>(h));
+            }
+        }
+    } else {  // Q6_K: sub-block (n, t) = (SUB / 4, SUB % 4): 4 bits of ql, bits 2t, 2t+1 of qh
+        constexpr int n = SUB >> 2, t = SUB & 3;
         const uint8_t* ql = b + n * 64 + (t & 1) * 32; const uint8_t* qh = b + 128 + n * 32;
-        const __m128i ls = _mm_cvtsi32_si128(t >= 2 ? 4 : 0), hs = _mm_cvtsi32_si128(2 * t);
-        const vi three = vset1i(3);
-        for (int i = 0; i < VB; i++)
-            v[i] = vor(vand(vsrl(vu8(ql + VN * i), ls), lo4), vslli<4>(vand(vsrl(vu8(qh + VN * i), hs), three)));
-        const int8_t* s = (const int8_t*)(b + 192) + n * 8 + 2 * t;
-        const float d = rdh(b + 208);
-        d0 = d * s[0]; d1 = d * s[1]; m0 = -32.f * d0; m1 = -32.f * d1;
+        const vi two = vset1i(3 << (2 * t));
+        for (int i = 0; i < VB; i++) {
+            const vi l = vu8(ql + VN * i), h = vand(vu8(qh + VN * i), two);
+            const vi lo = t >= 2 ? vsrli<4>(l) : vand(l, lo4);
+            if constexpr (t == 0) v[i] = vor(lo, vslli<4>(h));
+            else if constexpr (t == 1) v[i] = vor(lo, vslli<2>(h));
+            else if constexpr (t == 2) v[i] = vor(lo, h);
+            else v[i] = vor(lo, vsrli<2>(h));
+        }
     }
-    // Weights 0-15 take (d0, m0), 16-31 (d1, m1): Q6_K's two sub-scales; the same pair elsewhere.
-    const vf D0 = vset1(d0), M0 = vset1(m0), D1 = vset1(d1), M1 = vset1(m1);
-    for (int i = 0; i < VB; i++) out[i] = vfma(vcvt(v[i]), i * VN < 16 ? D0 : D1, i * VN < 16 ? M0 : M1);
+    for (int i = 0; i < VB; i++) {
+        const int h = 2 * SUB + (i * VN >= 16);
+        out[i] = vfma(vcvt(v[i]), vset1(s.D[h]), vset1(s.M[h]));
+    }
+}
+
+// f(std::integral_constant<int, S>) for S = 0 .. N-1, unrolled.
+template <class F, int... S> static inline void unroll(F&& f, std::integer_sequence<int, S...>) {
+    (f(std::integral_constant<int, S>{}), ...);
 }
 
 // One token against R rows, dequantising in registers (no panel): the same products in the
@@ -354,13 +391,37 @@ template <int TYPE, int R>
 static inline void gemv_rows(const uint8_t* W, int64_t rb, int64_t nb, const float* x, float* y, int add) {
     vf acc[R];
     for (int r = 0; r < R; r++) acc[r] = vzero();
-    for (int64_t b = 0; b < nb; b++) {
-        for (int r = 0; r < R; r++) {
-            vf w[VB]; deq32<TYPE>(W + r * rb, b, w);
-            for (int i = 0; i < VB; i++) acc[r] = vfma(w[i], vload(x + b * 32 + VN * i), acc[r]);
-        }
+    for (int64_t sb = 0; sb < nb / SUBS<TYPE>; sb++) {
+        const uint8_t* b = W + sb * SUPER_BYTES<TYPE>;
+        // The next group of R rows streams in while this one computes, a super-block at a time
+        // (fetching it all up front stalled on the memory system; from DRAM on one Zen 3 core,
+        // cycles a 32-block: Q4_1 11.3 -> 8.6, Q8_0 12.1 -> 8.6, Q4_K 25.8 -> 14.7, Q6_K 37.5 -> 20.2).
+        for (int r = 0; r < R; r++)
+            for (int64_t o = 0; o < SUPER_BYTES<TYPE>; o += 64) _mm_prefetch((const char*)(b + (R + r) * rb + o), _MM_HINT_T0);
+        Scales<TYPE> s[R];
+        for (int r = 0; r < R; r++) scales<TYPE>(b + r * rb, s[r]);
+        const float* xs = x + sb * SUBS<TYPE> * 32;
+        unroll([&](auto SUB) {
+            for (int r = 0; r < R; r++) {
+                vf w[VB]; deq<TYPE, decltype(SUB)::value>(b + r * rb, s[r], w);
+                for (int i = 0; i < VB; i++) acc[r] = vfma(w[i], vload(xs + SUB * 32 + VN * i), acc[r]);
+            }
+        }, std::make_integer_sequence<int, SUBS<TYPE>>{});
     }
     for (int r = 0; r < R; r++) { const float v = vhsum(acc[r]); y[r] = add ? y[r] + v : v; }
+}
+
+// Row `row` (nb 32-blocks) dequantised into out[0 .. 32 nb).
+template <int TYPE> static inline void deq_row(const uint8_t* row, int64_t nb, float* out) {
+    for (int64_t sb = 0; sb < nb / SUBS<TYPE>; sb++) {
+        const uint8_t* b = row + sb * SUPER_BYTES<TYPE>;
+        Scales<TYPE> s; scales<TYPE>(b, s);
+        float* o = out + sb * SUBS<TYPE> * 32;
+        unroll([&](auto SUB) {
+            vf v[VB]; deq<TYPE, decltype(SUB)::value>(b, s, v);
+            for (int i = 0; i < VB; i++) vstore(o + SUB * 32 + VN * i, v[i]);
+        }, std::make_integer_sequence<int, SUBS<TYPE>>{});
+    }
 }
 
 
@@ -399,8 +460,8 @@ static inline void micro(const float* w, int64_t K, int64_t k0, int64_t k1, cons
 }
 
 // The hardware prefetcher does not keep up with these loops (measured on a Zen 3 VM: a 30 MB
-// GEMV streamed 2.2 GB/s without this, ~9 GB/s with): each panel fetches the one after the next,
-// each GEMV group of rows the next group.
+// GEMV streamed 2.2 GB/s without this, ~9 GB/s with): each panel fetches the one after the next
+// (gemv_rows fetches its next group of rows as it goes).
 static inline void prefetch(const uint8_t* p, int64_t n) {
     for (int64_t off = 0; off < n; off += 64) _mm_prefetch((const char*)p + off, _MM_HINT_T0);
 }
@@ -416,10 +477,7 @@ static void gemm_task(void* p, int64_t i) {
     if (tn == 1) {                   // one token: dequantise in registers, no panel
         const float* x = X + t0 * ldx; float* y = Y + t0 * ldy;
         int64_t r = r_begin;
-        for (; r + GV <= r_end; r += GV) {
-            prefetch(W + (r + GV) * rb, GV * rb);     // the next group (2 ahead: ~5% slower)
-            gemv_rows<TYPE, GV>(W + r * rb, rb, nb, x, y + r, add);
-        }
+        for (; r + GV <= r_end; r += GV) gemv_rows<TYPE, GV>(W + r * rb, rb, nb, x, y + r, add);
         for (; r < r_end; r++) gemv_rows<TYPE, 1>(W + r * rb, rb, nb, x, y + r, add);
         return;
     }
@@ -430,11 +488,7 @@ static void gemm_task(void* p, int64_t i) {
     for (int64_t r0 = r_begin; r0 < r_end; r0 += NR) {
         const int64_t R = r_end - r0 < NR ? r_end - r0 : NR;
         prefetch(W + (r0 + 2 * NR) * rb, NR * rb);
-        for (int64_t r = 0; r < R; r++)
-            for (int64_t b = 0; b < nb; b++) {
-                vf v[VB]; deq32<TYPE>(W + (r0 + r) * rb, b, v);
-                for (int q = 0; q < VB; q++) vstore(w + r * K + b * 32 + VN * q, v[q]);
-            }
+        for (int64_t r = 0; r < R; r++) deq_row<TYPE>(W + (r0 + r) * rb, nb, w + r * K);
         const float* x = X + t0 * ldx; float* y = Y + t0 * ldy + r0;
         for (int64_t k0 = 0; k0 < K; k0 += KCHUNK) {
             const int64_t k1 = K - k0 <= KCHUNK ? K : k0 + KCHUNK;
