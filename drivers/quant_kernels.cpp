@@ -283,7 +283,10 @@ constexpr int64_t TCHUNK = 64;   // tokens whose activations stay in L2 while a 
 constexpr int NR = 6;           // weight rows per dequantised panel
 constexpr int NC = 2;           // tokens per micro-kernel call: 12 accumulators, x in registers
 constexpr int64_t KCHUNK = 768; // K per pass over a panel: 6 rows x 768 fp32 + 2 tokens' rows stay in L1
-constexpr int GV = 4;           // rows per one-token (GEMV) call
+// Rows per one-token (GEMV) call: 4 share each load of x; types with costlier unpacking run out of
+// registers at 4 (one Zen 3 core, cycles a 32-block from DRAM at 2: Q5_0 13.6 -> 12.4, Q6_K
+// 21.2 -> 20.3; Q4_1 and Q8_0 are faster at 4).
+template <int TYPE> constexpr int GV = (TYPE == Q5_0 || TYPE == Q5_1 || TYPE == Q5_K || TYPE == Q6_K) ? 2 : 4;
 
 // ---- vector path (simd_vec.h: AVX-512F or AVX2 + FMA): dequantise a 32-block into registers,
 // FMA micro-kernel -----------------------------------------------------------------------------
@@ -299,25 +302,34 @@ template <int TYPE> constexpr int SUBS = (TYPE == Q4_K || TYPE == Q5_K || TYPE =
 template <int TYPE> constexpr int64_t SUPER_BYTES = TYPE == Q4_0 ? 18 : TYPE == Q4_1 ? 20 : TYPE == Q5_0 ? 22 :
     TYPE == Q5_1 ? 24 : TYPE == Q8_0 ? 34 : TYPE == Q4_K ? 144 : TYPE == Q5_K ? 176 : 210;
 
-// Weights 16h .. 16h+15 of sub-block s are fma(q, D[2s+h], M[2s+h]) (Q6_K has a scale per 16
-// weights; the other types repeat one pair).
-template <int TYPE> struct Scales { float D[2 * SUBS<TYPE>], M[2 * SUBS<TYPE>]; };
+// Weights of sub-block s are fma(q, D[s], M[s]); Q6_K has a pair per 16 weights: weights
+// 16h .. 16h+15 take D[2s+h], M[2s+h].
+template <int TYPE> constexpr int HALVES = TYPE == Q6_K ? 2 : 1;
+template <int TYPE> struct Scales { float D[HALVES<TYPE> * SUBS<TYPE>], M[HALVES<TYPE> * SUBS<TYPE>]; };
 
 template <int TYPE> static inline void scales(const uint8_t* b, Scales<TYPE>& s) {
     if constexpr (TYPE == Q4_K || TYPE == Q5_K) {
-        const float d = rdh(b), dmin = rdh(b + 2);
-        for (int sub = 0; sub < 8; sub++) {
-            int sc, mn; scale_min_k4(sub, b + 4, &sc, &mn);
-            s.D[2 * sub] = s.D[2 * sub + 1] = d * sc;
-            s.M[2 * sub] = s.M[2 * sub + 1] = -dmin * mn;
-        }
+        // The 8 sub-blocks' 6-bit scale and min from 12 bytes q = b + 4, one sub-block a lane
+        // (scale_min_k4's formulas; ~15 vector operations against ~100 scalar ones):
+        //   j < 4: sc = q[j] & 63,                       mn = q[j+4] & 63
+        //   j >= 4: sc = q[j+4] & 15 | (q[j-4] >> 6) << 4, mn = q[j+4] >> 4 | (q[j] >> 6) << 4
+        const __m256i qj = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(b + 4)));
+        const __m256i qj4 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(b + 8)));
+        const __m256i qjm4 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)b));    // q[j-4] for j >= 4
+        const __m256i m63 = _mm256_set1_epi32(63), m15 = _mm256_set1_epi32(15);
+        const __m256i sc = _mm256_blend_epi32(_mm256_and_si256(qj, m63),
+            _mm256_or_si256(_mm256_and_si256(qj4, m15), _mm256_slli_epi32(_mm256_srli_epi32(qjm4, 6), 4)), 0xF0);
+        const __m256i mn = _mm256_blend_epi32(_mm256_and_si256(qj4, m63),
+            _mm256_or_si256(_mm256_srli_epi32(qj4, 4), _mm256_slli_epi32(_mm256_srli_epi32(qj, 6), 4)), 0xF0);
+        _mm256_storeu_ps(s.D, _mm256_mul_ps(_mm256_set1_ps(rdh(b)), _mm256_cvtepi32_ps(sc)));
+        _mm256_storeu_ps(s.M, _mm256_mul_ps(_mm256_set1_ps(-rdh(b + 2)), _mm256_cvtepi32_ps(mn)));
     } else if constexpr (TYPE == Q6_K) {       // ql[128] qh[64] scales[16] d
         const float d = rdh(b + 208); const int8_t* sc = (const int8_t*)(b + 192);
         for (int i = 0; i < 16; i++) { s.D[i] = d * sc[i]; s.M[i] = -32.f * s.D[i]; }
     } else {
         const float d = rdh(b);
-        s.D[0] = s.D[1] = d;
-        s.M[0] = s.M[1] = TYPE == Q4_0 ? -8.f * d : TYPE == Q5_0 ? -16.f * d : TYPE == Q8_0 ? 0.f : rdh(b + 2);
+        s.D[0] = d;
+        s.M[0] = TYPE == Q4_0 ? -8.f * d : TYPE == Q5_0 ? -16.f * d : TYPE == Q8_0 ? 0.f : rdh(b + 2);
     }
 }
 
@@ -375,7 +387,7 @@ template <int TYPE, int SUB> static inline void deq(const uint8_t* b, const Scal
         }
     }
     for (int i = 0; i < VB; i++) {
-        const int h = 2 * SUB + (i * VN >= 16);
+        const int h = HALVES<TYPE> == 2 ? 2 * SUB + (i * VN >= 16) : SUB;
         out[i] = vfma(vcvt(v[i]), vset1(s.D[h]), vset1(s.M[h]));
     }
 }
@@ -477,7 +489,7 @@ static void gemm_task(void* p, int64_t i) {
     if (tn == 1) {                   // one token: dequantise in registers, no panel
         const float* x = X + t0 * ldx; float* y = Y + t0 * ldy;
         int64_t r = r_begin;
-        for (; r + GV <= r_end; r += GV) gemv_rows<TYPE, GV>(W + r * rb, rb, nb, x, y + r, add);
+        for (; r + GV<TYPE> <= r_end; r += GV<TYPE>) gemv_rows<TYPE, GV<TYPE>>(W + r * rb, rb, nb, x, y + r, add);
         for (; r < r_end; r++) gemv_rows<TYPE, 1>(W + r * rb, rb, nb, x, y + r, add);
         return;
     }
@@ -567,7 +579,7 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
     Job job{type, W, N, K, rb, X, ldx, T, Y, ldy, add, 0, 0};
     const int64_t want = 8 * (int64_t)pool::nthreads;          // tasks per token chunk
     constexpr int64_t ROUND = 12;                               // whole panels and GEMV groups
-    static_assert(ROUND % NR == 0 && ROUND % GV == 0, "tasks split rows at panel boundaries");
+    static_assert(ROUND % NR == 0 && ROUND % GV<Q4_0> == 0 && ROUND % GV<Q6_K> == 0, "tasks split rows at panel boundaries");
     job.rows_per_task = ((N + want - 1) / want + ROUND - 1) / ROUND * ROUND;
     job.row_tasks = (N + job.rows_per_task - 1) / job.rows_per_task;
     TaskFn fn = scalar_task;
