@@ -81,6 +81,11 @@ static inline float vhsum(vf v) {
     return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v),
                                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
 }
+// Lanes 0-7 from the 8 int32 at lo, 8-15 from hi (32-byte aligned).
+static inline vi vload_8_8(const int32_t* lo, const int32_t* hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256((const __m256i*)lo)),
+                              _mm256_load_si256((const __m256i*)hi), 1);
+}
 #else
 typedef __m256 vf;
 typedef __m256i vi;
@@ -103,6 +108,7 @@ template <int S> static inline vi vslli(vi a) { return _mm256_slli_epi32(a, S); 
 static inline vi vsrl(vi a, __m128i count) { return _mm256_srl_epi32(a, count); }
 static inline vi vsrlv(vi a, vi counts) { return _mm256_srlv_epi32(a, counts); }
 static inline float vhsum(vf v) { return hsum8(v); }
+static inline vi vload_8_8(const int32_t* lo, const int32_t*) { return _mm256_load_si256((const __m256i*)lo); }
 #endif
 
 // Keeps v in a register: GCC otherwise folds a load of v into each instruction that uses it
