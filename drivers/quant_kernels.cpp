@@ -334,9 +334,13 @@ template <int TYPE> static inline void scales(const uint8_t* b, Scales<TYPE>& s)
             _mm256_or_si256(_mm256_srli_epi32(qj4, 4), _mm256_slli_epi32(_mm256_srli_epi32(qj, 6), 4)), 0xF0);
         _mm256_storeu_ps(s.D, _mm256_mul_ps(_mm256_set1_ps(rdh(b)), _mm256_cvtepi32_ps(sc)));
         _mm256_storeu_ps(s.M, _mm256_mul_ps(_mm256_set1_ps(-rdh(b + 2)), _mm256_cvtepi32_ps(mn)));
-    } else if constexpr (TYPE == Q6_K) {       // ql[128] qh[64] scales[16] d
-        const float d = rdh(b + 208); const int8_t* sc = (const int8_t*)(b + 192);
-        for (int i = 0; i < 16; i++) { s.D[i] = d * sc[i]; s.M[i] = -32.f * s.D[i]; }
+    } else if constexpr (TYPE == Q6_K) {       // ql[128] qh[64] scales[16] d: D = d * scale, M = -32 D
+        const __m256 d = _mm256_set1_ps(rdh(b + 208)), m32 = _mm256_set1_ps(-32.f);
+        for (int h = 0; h < 2; h++) {
+            const __m256 D = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(b + 192 + 8 * h)))));
+            _mm256_storeu_ps(s.D + 8 * h, D);
+            _mm256_storeu_ps(s.M + 8 * h, _mm256_mul_ps(m32, D));
+        }
     } else {
         const float d = rdh(b);
         s.D[0] = d;
