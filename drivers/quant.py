@@ -42,9 +42,10 @@ SOURCE = Path(__file__).with_name("quant_kernels.cpp")
 SOURCES = (SOURCE, Path(__file__).with_name("attention_kernels.cpp"),     # one library
            Path(__file__).with_name("layer_kernels.cpp"))
 HEADERS = (Path(__file__).with_name("simd_exp.h"), Path(__file__).with_name("simd_vec.h"))  # in the build key
-# LLMOS_QUANT values that build another code path than this CPU's own: the AVX-512 kernels through
-# SIMDe (Debian's libsimde-dev), so that the 16-lane code runs and is tested on any x86 CPU. Slow.
-EMULATED = {"avx512-simde": ("-DLLMOS_SIMDE_AVX512",)}
+# LLMOS_QUANT values that build another code path than this CPU's own, so that each runs and is
+# tested on any x86 CPU: the AVX-512 kernels through SIMDe (Debian's libsimde-dev; slow), and the
+# scalar kernels of CPUs without AVX2 (the last -march wins).
+EMULATED = {"avx512-simde": ("-DLLMOS_SIMDE_AVX512",), "scalar": ("-march=x86-64",)}
 GLU_SILU, GLU_GELU_TANH = 1, 2          # quant_kernels.cpp's gated activations of a matmul's input
 KERNEL_TYPES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
 _p = ctypes.c_void_p
@@ -80,8 +81,8 @@ def _build(compiler: str, out: Path, flags: tuple[str, ...] = ()) -> None:
 @functools.cache
 def kernels() -> ctypes.CDLL | None:
     """The compiled kernel library for this CPU, or None (logged) when it cannot be built.
-    LLMOS_QUANT=off disables the kernels; LLMOS_QUANT=avx512-simde builds the emulated AVX-512
-    path (EMULATED) instead of this CPU's."""
+    LLMOS_QUANT=off disables the kernels; LLMOS_QUANT=avx512-simde or scalar builds that path
+    (EMULATED) instead of this CPU's."""
     mode = os.environ.get("LLMOS_QUANT", "")
     if mode == "off":
         log.info("quantized kernels disabled by LLMOS_QUANT=off")

@@ -35,20 +35,23 @@ HALF_FIELDS = {QT.Q4_0: [0], QT.Q5_0: [0], QT.Q8_0: [0], QT.Q4_1: [0, 2], QT.Q5_
 pytestmark = pytest.mark.skipif(quant.kernels() is None, reason="no C++ compiler: kernels not built")
 
 
-@pytest.fixture(params=["native", "avx512-simde"])
+EMULATED_ISA = {"avx512-simde": "avx512f (SIMDe emulation)", "scalar": "scalar"}
+
+
+@pytest.fixture(params=["native", *EMULATED_ISA])
 def isa(request, monkeypatch):
     """Runs a test on this CPU's kernels, then on the AVX-512 kernels (16 lanes) built through
-    SIMDe's emulation of the intrinsics, so the AVX-512 code is checked on a CPU without it
-    (.ci/run installs Debian's libsimde-dev)."""
+    SIMDe's emulation of the intrinsics, and on the scalar kernels of CPUs without AVX2, so each
+    path is checked on any x86 CPU (.ci/run installs Debian's libsimde-dev)."""
     if request.param == "native":
         yield quant.kernel_isa()
         return
-    if not Path("/usr/include/simde/x86/avx512.h").exists():
+    if request.param == "avx512-simde" and not Path("/usr/include/simde/x86/avx512.h").exists():
         pytest.skip("SIMDe headers (Debian libsimde-dev) are not installed")
     monkeypatch.setenv("LLMOS_QUANT", request.param)
     quant.kernels.cache_clear()
     try:
-        assert quant.kernel_isa() == "avx512f (SIMDe emulation)"
+        assert quant.kernel_isa() == EMULATED_ISA[request.param]
         yield quant.kernel_isa()
     finally:
         quant.kernels.cache_clear()        # the next kernels() is this CPU's again
@@ -393,6 +396,6 @@ def test_an_unknown_llmos_quant_value_is_named_and_this_cpu_s_kernels_build(monk
         with caplog.at_level(logging.WARNING, logger="llmos.drivers"):
             lib = quant.kernels()
         assert lib is not None and lib.llmos_quant_isa().decode() == quant.kernel_isa()
-        assert "LLMOS_QUANT=avx1024 is not one of off, avx512-simde" in caplog.text
+        assert "LLMOS_QUANT=avx1024 is not one of off, avx512-simde, scalar" in caplog.text
     finally:
         quant.kernels.cache_clear()
