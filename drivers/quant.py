@@ -42,10 +42,12 @@ SOURCE = Path(__file__).with_name("quant_kernels.cpp")
 SOURCES = (SOURCE, Path(__file__).with_name("attention_kernels.cpp"),     # one library
            Path(__file__).with_name("layer_kernels.cpp"))
 HEADERS = (Path(__file__).with_name("simd_exp.h"), Path(__file__).with_name("simd_vec.h"))  # in the build key
-# LLMOS_QUANT values that build another code path than this CPU's own, so that each runs and is
-# tested on any x86 CPU: the AVX-512 kernels through SIMDe (Debian's libsimde-dev; slow), and the
-# scalar kernels of CPUs without AVX2 (the last -march wins).
-EMULATED = {"avx512-simde": ("-DLLMOS_SIMDE_AVX512",), "scalar": ("-march=x86-64",)}
+# LLMOS_QUANT values that build another code path than this CPU's widest: the AVX-512 kernels
+# through SIMDe (Debian's libsimde-dev; slow) and the scalar kernels of CPUs without AVX2 (the
+# last -march wins), so that each runs and is tested on any x86 CPU; and the AVX2 kernels on an
+# AVX-512 CPU (A/B runs; a fallback should the 16-lane path be slower there).
+ISA_BUILDS = {"avx512-simde": ("-DLLMOS_SIMDE_AVX512",), "scalar": ("-march=x86-64",),
+              "avx2": ("-mno-avx512f",)}
 GLU_SILU, GLU_GELU_TANH = 1, 2          # quant_kernels.cpp's gated activations of a matmul's input
 KERNEL_TYPES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
 _p = ctypes.c_void_p
@@ -81,15 +83,15 @@ def _build(compiler: str, out: Path, flags: tuple[str, ...] = ()) -> None:
 @functools.cache
 def kernels() -> ctypes.CDLL | None:
     """The compiled kernel library for this CPU, or None (logged) when it cannot be built.
-    LLMOS_QUANT=off disables the kernels; LLMOS_QUANT=avx512-simde or scalar builds that path
-    (EMULATED) instead of this CPU's."""
+    LLMOS_QUANT=off disables the kernels; LLMOS_QUANT=avx512-simde, scalar or avx2 builds that
+    path (ISA_BUILDS) instead of this CPU's widest."""
     mode = os.environ.get("LLMOS_QUANT", "")
     if mode == "off":
         log.info("quantized kernels disabled by LLMOS_QUANT=off")
         return None
-    if mode and mode not in EMULATED:
-        log.warning("LLMOS_QUANT=%s is not one of off, %s: building this CPU's kernels", mode, ", ".join(EMULATED))
-    flags = EMULATED.get(mode, ())
+    if mode and mode not in ISA_BUILDS:
+        log.warning("LLMOS_QUANT=%s is not one of off, %s: building this CPU's kernels", mode, ", ".join(ISA_BUILDS))
+    flags = ISA_BUILDS.get(mode, ())
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not compiler:
         log.warning("no C++ compiler found: quantized weights are dequantised to fp32")

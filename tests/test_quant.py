@@ -396,6 +396,19 @@ def test_an_unknown_llmos_quant_value_is_named_and_this_cpu_s_kernels_build(monk
         with caplog.at_level(logging.WARNING, logger="llmos.drivers"):
             lib = quant.kernels()
         assert lib is not None and lib.llmos_quant_isa().decode() == quant.kernel_isa()
-        assert "LLMOS_QUANT=avx1024 is not one of off, avx512-simde, scalar" in caplog.text
+        assert "LLMOS_QUANT=avx1024 is not one of off, avx512-simde, scalar, avx2" in caplog.text
+    finally:
+        quant.kernels.cache_clear()
+
+
+def test_llmos_quant_avx2_builds_the_8_lane_kernels_on_any_avx2_cpu(monkeypatch):
+    """On an AVX-512 CPU, LLMOS_QUANT=avx2 runs the AVX2 kernels instead (A/B, fallback)."""
+    from llmos.drivers.cpu import cpu_features
+    if not (cpu_features()["avx2"] and cpu_features()["fma"]):
+        pytest.skip("no AVX2 here")
+    monkeypatch.setenv("LLMOS_QUANT", "avx2")
+    quant.kernels.cache_clear()
+    try:
+        assert quant.kernel_isa() == "avx2-fma"
     finally:
         quant.kernels.cache_clear()
