@@ -296,15 +296,16 @@ constexpr int VB = 32 / VN;     // vectors per 32-block
 // Weights are read a super-block at a time: one 32-block, or a K-quant's 256 weights (8 sub-blocks
 // of 32). scales() unpacks what the super-block's sub-blocks need beyond their quants, once;
 // deq<SUB> then dequantises sub-block SUB with its shifts known at compile time (a Q4_K GEMV on one
-// Zen 3 core, weights from DRAM: 25.8 cycles a 32-block when each sub-block unpacked its own scale
-// and shifted by a run-time count, 11.7 now, the prefetch change below included).
+// Zen 3 core, weights from DRAM: ~29.5 cycles a 32-block when each sub-block unpacked its own
+// scale and shifted by a run-time count, ~12 now, the prefetch change in gemv_rows included).
 template <int TYPE> constexpr int SUBS = (TYPE == Q4_K || TYPE == Q5_K || TYPE == Q6_K) ? 8 : 1;
 template <int TYPE> constexpr int64_t SUPER_BYTES = TYPE == Q4_0 ? 18 : TYPE == Q4_1 ? 20 : TYPE == Q5_0 ? 22 :
     TYPE == Q5_1 ? 24 : TYPE == Q8_0 ? 34 : TYPE == Q4_K ? 144 : TYPE == Q5_K ? 176 : 210;
 
 // FIFTH.v[b][j] = 16 * bit j of byte b: a byte of Q5_0/Q5_1 high bits as 8 int32 lanes, ready to
 // or into the low 4 bits: one load a vector, where shifting and masking the bits took three
-// operations (Q5_0 GEMV on one Zen 3 core, weights from DRAM: 14.0 -> 9.8 cycles a 32-block).
+// operations (Q5_0 GEMV on one Zen 3 core, weights from DRAM, 4 rows a group: 14.0 -> 10.7 cycles
+// a 32-block).
 struct FifthBits {
     alignas(32) int32_t v[256][8];
     constexpr FifthBits() : v() {
