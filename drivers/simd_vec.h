@@ -51,12 +51,11 @@ static inline float hsum8(__m256 v) {
 #if defined(LLMOS_SIMDE_AVX512)
 typedef simde__m512 vf;
 typedef simde__m512i vi;
-#endif
-#if defined(LLMOS_AVX512)
-#if !defined(LLMOS_SIMDE_AVX512)
+#elif defined(LLMOS_AVX512)
 typedef __m512 vf;
 typedef __m512i vi;
 #endif
+#if defined(LLMOS_AVX512)
 constexpr int VN = 16;
 static inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
 static inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
