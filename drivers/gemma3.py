@@ -102,19 +102,18 @@ class Gemma3Model(LlamaModel):
         for li, layer in enumerate(self.layers if fused is None else ()):
             if interrupt is not None and interrupt.is_set():
                 raise Preempted
-            local = li not in self._global
+            window = self._layer_rope(li)[2]          # None: a global layer
             qkv = layer.wqkv(x, norm=layer.attn_norm, eps=eps)
             q, k = self._qk_norm_rope(qkv, positions, li)
             k_cache, v_cache = kv.k[li], kv.v[li]
             if flat is not None:                  # quantized CPU path: rotated q, k are in qkv
                 store_kv_flat(kernels(), qkv, H, D, k_cache, v_cache, flat)
-                a = paged_attention_flat(kernels(), qkv, H, D, k_cache, v_cache, flat, self._scale,
-                                         p.sliding_window if local else None)
+                a = paged_attention_flat(kernels(), qkv, H, D, k_cache, v_cache, flat, self._scale, window)
             else:
                 v = qkv[:, (H + KVH) * D:].view(T, KVH, D)
                 k_cache.view(-1, KVH, D).index_copy_(0, meta.slots, k.to(k_cache.dtype))
                 v_cache.view(-1, KVH, D).index_copy_(0, meta.slots, v.to(v_cache.dtype))
-                a = paged_attention(q.to(k_cache.dtype), k_cache, v_cache, local_meta if local else meta,
+                a = paged_attention(q.to(k_cache.dtype), k_cache, v_cache, meta if window is None else local_meta,
                                     self._scale)
             self._add_normed(x, layer.wo(a), layer.extra["post_attention_norm"])
             y = layer.w_down(layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps), geglu=True)
