@@ -98,8 +98,8 @@ def kernels() -> ctypes.CDLL | None:
         return None
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-        key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS)
-                             + f"{version}{isa_summary()}{cpu_features()['model']}{' '.join(flags)}".encode()).hexdigest()[:16]
+        build = f"{version}{isa_summary()}{cpu_features()['model']}{' '.join(flags)}"
+        key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS) + build.encode()).hexdigest()[:16]
         lib_path = _cache_dir() / f"quant-{key}.so"
         if not lib_path.exists():
             log.info("building quantized kernels for %s (%s) into %s",
