@@ -35,7 +35,7 @@ from .device import pick_device, pick_dtype
 from .gguf import GGUFModelFile, ModelConfig, ModelFileError
 from .kvstore import KVStorage
 from .linear import Linear
-from .quant import GLU_SILU, KERNEL_TYPES, QLinear, has_kernel, kernel_isa, kernels, rope_
+from .quant import GLU_SILU, QLinear, has_kernel, kernel_isa, kernels, rope_, type_name
 
 log = logging.getLogger("llmos.drivers")
 
@@ -294,7 +294,7 @@ class LlamaModel:
         """What the matmuls run on, e.g. 'Q4_1+Q8_0 on avx2 kernels' or 'fp32'."""
         if not self.quantized:
             return str(self.dtype).replace("torch.", "")
-        types = sorted({KERNEL_TYPES[q] for m in self._linears() if isinstance(m, QLinear)
+        types = sorted({type_name(q) for m in self._linears() if isinstance(m, QLinear)
                         for q, _ in m.parts})
         return f"{'+'.join(types)} on {kernel_isa()} kernels"
 

@@ -5,7 +5,9 @@ this CPU (``-march=native``) into ``$LLMOS_HOME/kernels/``, keyed by source, com
 flags, and loaded with ctypes. Each weight block is dequantised to fp32 in registers and multiplied
 by the fp32 activations with FMA (16 lanes with AVX-512F, 8 with AVX2, drivers/simd_vec.h; a scalar
 path elsewhere): one token streams the weights (GEMV), more tokens reuse a dequantised panel of
-rows in an FMA micro-kernel (GEMM). Exact up to
+rows in an FMA micro-kernel (GEMM). Q4_0, Q4_1 and Q8_0 are repacked at load so that a vector's
+lanes hold rows (drivers/rowgroup_kernels.h: one FMA per weight vector instead of two; the file's
+pages are then released). Exact up to
 fp32 rounding, and bit-identical for a token whatever the batch. Why not a library: torch's
 ``_weight_int8pack_mm`` / ``_weight_int4pack_mm_for_cpu`` were slower than fp32 on an AVX2 EPYC
 and do not read GGML block layouts; llama.cpp's Python bindings are not a kernel library. When no
@@ -25,6 +27,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import mmap
 import os
 import shutil
 import subprocess
@@ -41,7 +44,7 @@ log = logging.getLogger("llmos.drivers")
 SOURCE = Path(__file__).with_name("quant_kernels.cpp")
 SOURCES = (SOURCE, Path(__file__).with_name("attention_kernels.cpp"),     # one library
            Path(__file__).with_name("layer_kernels.cpp"))
-HEADERS = (Path(__file__).with_name("simd_exp.h"), Path(__file__).with_name("simd_vec.h"))  # in the build key
+HEADERS = tuple(Path(__file__).with_name(h) for h in ("simd_exp.h", "simd_vec.h", "rowgroup_kernels.h"))  # in the key
 # LLMOS_QUANT values that build another code path than this CPU's widest: the AVX-512 kernels
 # through SIMDe (Debian's libsimde-dev; slow) and the scalar kernels of CPUs without AVX2 (the
 # last -march wins), so that each runs and is tested on any x86 CPU; and the AVX2 kernels on an
@@ -50,6 +53,7 @@ ISA_BUILDS = {"avx512-simde": ("-DLLMOS_SIMDE_AVX512",), "scalar": ("-march=x86-
               "avx2": ("-mno-avx512f",)}
 GLU_SILU, GLU_GELU_TANH = 1, 2          # quant_kernels.cpp's gated activations of a matmul's input
 KERNEL_TYPES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
+RG_TYPES = 100      # kernel type RG_TYPES + t: type t's rows repacked row-grouped (rowgroup_kernels.h)
 _p = ctypes.c_void_p
 _i = ctypes.c_int64
 
@@ -115,6 +119,9 @@ def kernels() -> ctypes.CDLL | None:
                                   ctypes.c_int, _p, ctypes.c_float]
     lib.llmos_qmatmul_args.argtypes = [ctypes.POINTER(QArgs)]
     lib.llmos_dequant_rows.argtypes = [ctypes.c_int, _p, _i, _i, _p, _i, _p]
+    lib.llmos_rowgroup_bytes.argtypes = [ctypes.c_int, _i, _i]
+    lib.llmos_rowgroup_bytes.restype = ctypes.c_int64
+    lib.llmos_rowgroup_pack.argtypes = [ctypes.c_int, _p, _i, _i, _i, _p]
     lib.llmos_rope.argtypes = [_p, _i, _i, _i, _i, _p, _p, _p]
     lib.llmos_rms_norm.argtypes = [_p, _i, _i, _i, _i, _p, ctypes.c_float, _p, _i]
     lib.llmos_rms_norm.restype = None
@@ -145,6 +152,28 @@ def has_kernel(qtype: int) -> bool:
     return int(qtype) in KERNEL_TYPES and kernels() is not None
 
 
+def type_name(ktype: int) -> str:
+    """A kernel type's GGML name ('Q4_1'), row-grouped or not."""
+    return KERNEL_TYPES[ktype % RG_TYPES]
+
+
+def _release_file_pages(a: np.ndarray) -> None:
+    """Drops the resident pages of a (when it is a view of a memory-mapped file) from this process:
+    after repacking, the file's copy is not read again, and its pages would count in the RSS a
+    second time. Anything else is left alone (another array's memory must not be discarded)."""
+    base = a
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None:
+        return
+    page = mmap.PAGESIZE
+    start = -(-a.ctypes.data // page) * page
+    end = (a.ctypes.data + a.nbytes) // page * page
+    if end > start:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)   # MADV_DONTNEED
+
+
 class QLinear:
     """y = f(x) @ W.T with W the row-concatenation of `parts`: (qtype, uint8 array [rows, row_bytes])
     in kernel types. Arrays may be np.memmap views of the model file. The weights are immutable;
@@ -162,7 +191,7 @@ class QLinear:
                 raise ValueError(f"no quantized kernel for GGML type {int(qtype)}")
             if data.dtype != np.uint8 or data.ndim != 2 or not data.flags.c_contiguous:
                 raise ValueError("quantized rows must be a C-contiguous uint8 [rows, row_bytes] array")
-        self.parts = [(int(q), d) for q, d in parts]
+        self.parts = [self._row_grouped(int(q), d, in_features) for q, d in parts]
         self.in_features = in_features
         self.out_features = sum(d.shape[0] for _, d in parts)
         self._calls, col = [], 0        # (argument block, pointer to it, first column)
@@ -199,6 +228,20 @@ class QLinear:
             if rc != 0:
                 raise ValueError(f"quantized matmul failed ({rc}): type {a.type}, K {self.in_features}")
         return out
+
+    def _row_grouped(self, qtype: int, data: np.ndarray, K: int) -> tuple[int, np.ndarray]:
+        """(RG_TYPES + qtype, data repacked) where the kernels have a row-grouped kernel for qtype,
+        else (qtype, data). The repacked array keeps data's shape (its buffer has the last
+        group's padding rows beyond it)."""
+        rows, rb = data.shape
+        n = int(self._lib.llmos_rowgroup_bytes(qtype, rows, K))
+        if n <= 0 or n % rb:
+            return qtype, data
+        buf = np.empty((n // rb, rb), dtype=np.uint8)
+        if self._lib.llmos_rowgroup_pack(qtype, data.ctypes.data, rows, K, rb, buf.ctypes.data) != 0:
+            return qtype, data
+        _release_file_pages(data)
+        return RG_TYPES + qtype, buf[:rows]
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Dequantised rows `ids` of W as fp32 [len(ids), K] (embedding lookup)."""

@@ -39,6 +39,7 @@
 #include "simd_vec.h"
 
 enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+constexpr int RG_TYPES = 100;   // type RG_TYPES + t: t's weights repacked row-grouped (rowgroup_kernels.h)
 
 static inline float h2f(uint16_t h) {
 #if defined(__F16C__)
@@ -278,6 +279,7 @@ static void prep_task(void* p, int64_t i) {
 struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     int type; const uint8_t* W; int64_t N, K, rb; const float* X; int64_t ldx, T; float* Y; int64_t ldy;
     int add; int64_t rows_per_task, row_tasks;
+    const float* xsum;      // row-grouped types: X's 32-block sums, [T, K / 32]
 };
 constexpr int64_t TCHUNK = 64;   // tokens whose activations stay in L2 while a panel is reused
 constexpr int NR = 6;           // weight rows per dequantised panel
@@ -538,6 +540,8 @@ static void gemm_task(void* p, int64_t i) {
         }
     }
 }
+
+#include "rowgroup_kernels.h"
 #endif
 
 // ---- scalar kernel (CPUs without AVX2 + FMA) ---------------------------------------------------
@@ -579,6 +583,27 @@ const char* llmos_quant_isa(void) {
 
 int llmos_quant_supported(int type) { return block_bytes(type) > 0; }
 
+// Bytes of W ([N, K] in `type`) repacked row-grouped (drivers/rowgroup_kernels.h), or 0 where
+// this build has no row-grouped kernel for the type (then W is used as it is).
+int64_t llmos_rowgroup_bytes(int type, int64_t N, int64_t K) {
+#if defined(LLMOS_VEC)
+    if (rg_supported(type) && K % 32 == 0 && N > 0) return (N + VN - 1) / VN * rg_group_bytes(type, K);
+#endif
+    (void)type; (void)N; (void)K;
+    return 0;
+}
+
+// Repacks W into out (llmos_rowgroup_bytes(type, N, K) bytes); llmos_qmatmul then takes it as type
+// RG + type. Returns 0, or -1 where llmos_rowgroup_bytes is 0.
+int llmos_rowgroup_pack(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb, uint8_t* out) {
+    if (!llmos_rowgroup_bytes(type, N, K)) return -1;
+#if defined(LLMOS_VEC)
+    rg_pack(type, W, N, K, rb, out);
+#endif
+    (void)W; (void)rb; (void)out;
+    return 0;
+}
+
 // Y[t*ldy + n] (+)= sum_k W[n,k] * f(X)[t,k]. X is [T, ldx] fp32; f = an optional gated
 // activation glu (GLU_SILU: SwiGLU, GLU_GELU_TANH: GEGLU; then X holds 2K columns: gate, up)
 // then optional RMSNorm with weight norm_w. Returns 0, or -1 for a
@@ -586,8 +611,9 @@ int llmos_quant_supported(int type) { return block_bytes(type) > 0; }
 int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
                   const float* X, int64_t T, int64_t ldx, float* Y, int64_t ldy, int add,
                   int glu, const float* norm_w, float eps) {
-    if (!block_bytes(type)) return -1;
-    if (K % block_elems(type)) return -2;
+    const int base = type > RG_TYPES ? type - RG_TYPES : type;
+    if (!block_bytes(base) || (base != type && !llmos_rowgroup_bytes(base, N, K))) return -1;
+    if (K % block_elems(base)) return -2;
     std::vector<float> xp;
     if (glu || norm_w) {
         xp.resize((size_t)(T * K));
@@ -595,11 +621,21 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
         pool::run(prep_task, &prep, (T + PREP_ROWS - 1) / PREP_ROWS);
         X = xp.data(); ldx = K;
     }
-    Job job{type, W, N, K, rb, X, ldx, T, Y, ldy, add, 0, 0};
+    Job job{type, W, N, K, rb, X, ldx, T, Y, ldy, add, 0, 0, nullptr};
     const int64_t want = 8 * (int64_t)pool::nthreads;          // tasks per token chunk
     constexpr int64_t ROUND = 12;                               // whole panels and GEMV groups
     static_assert(ROUND % NR == 0 && ROUND % GV<Q4_0> == 0 && ROUND % GV<Q6_K> == 0, "tasks split rows at panel boundaries");
-    job.rows_per_task = ((N + want - 1) / want + ROUND - 1) / ROUND * ROUND;
+    int64_t round = ROUND;
+    std::vector<float> xsum;
+#if defined(LLMOS_VEC)
+    if (base != type) {             // row-grouped: tasks take whole GEMV passes of groups
+        round = RG_GV * VN;
+        xsum.resize((size_t)(T * (K / 32)));
+        for (int64_t t = 0; t < T; t++) block_sums(X + t * ldx, K / 32, xsum.data() + t * (K / 32));
+        job.xsum = xsum.data();
+    }
+#endif
+    job.rows_per_task = ((N + want - 1) / want + round - 1) / round * round;
     job.row_tasks = (N + job.rows_per_task - 1) / job.rows_per_task;
     TaskFn fn = scalar_task;
 #if defined(LLMOS_VEC)
@@ -612,6 +648,9 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
         case Q4_K: fn = gemm_task<Q4_K>; break;
         case Q5_K: fn = gemm_task<Q5_K>; break;
         case Q6_K: fn = gemm_task<Q6_K>; break;
+        case RG_Q4_0: fn = rg_task<Q4_0>; break;
+        case RG_Q4_1: fn = rg_task<Q4_1>; break;
+        case RG_Q8_0: fn = rg_task<Q8_0>; break;
     }
 #endif
     pool::run(fn, &job, job.row_tasks * ((T + TCHUNK - 1) / TCHUNK));
@@ -641,8 +680,15 @@ int64_t llmos_quant_stragglers(void) { return pool::stragglers.load(); }
 // out[i, :] = dequantised row ids[i] of W ([*, K] in `type`, rb bytes per row).
 int llmos_dequant_rows(int type, const uint8_t* W, int64_t K, int64_t rb, const int64_t* ids,
                        int64_t n, float* out) {
-    if (!block_bytes(type)) return -1;
-    if (K % block_elems(type)) return -2;
+    const int base = type > RG_TYPES ? type - RG_TYPES : type;
+    if (!block_bytes(base) || (base != type && !llmos_rowgroup_bytes(base, 1, K))) return -1;
+    if (K % block_elems(base)) return -2;
+#if defined(LLMOS_VEC)
+    if (base != type) {
+        for (int64_t i = 0; i < n; i++) rg_dequant_row(base, W, K, ids[i], out + i * K);
+        return 0;
+    }
+#endif
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < K / 32; j++) deq32_scalar(type, W + ids[i] * rb, j, out + i * K + j * 32);
     return 0;

@@ -62,6 +62,8 @@ static inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
 static inline vf vzero() { return _mm512_setzero_ps(); }
 static inline vf vset1(float f) { return _mm512_set1_ps(f); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf vcvt(vi v) { return _mm512_cvtepi32_ps(v); }
 // VN bytes at p, zero- or sign-extended to 32-bit lanes.
 static inline vi vu8(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p)); }
@@ -94,6 +96,8 @@ static inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
 static inline vf vzero() { return _mm256_setzero_ps(); }
 static inline vf vset1(float f) { return _mm256_set1_ps(f); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf vcvt(vi v) { return _mm256_cvtepi32_ps(v); }
 static inline vi vu8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
 static inline vi vs8(const uint8_t* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)); }

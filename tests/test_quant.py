@@ -100,6 +100,71 @@ def test_a_token_gets_the_same_bits_alone_or_in_any_batch(qtype, K, isa):
     assert torch.equal(lin(x[5:12]), batch[5:12])
 
 
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0], ids=lambda q: q.name)
+def test_row_grouped_weights_give_the_block_layout_s_products_in_any_batch(qtype, isa):
+    """Q4_0/Q4_1/Q8_0 are repacked with rows in the vector lanes wherever the kernels are vector
+    ones; 131 rows: whole GEMV passes, single groups and a last group with padding rows."""
+    lib = quant.kernels()
+    rows, K = 131, 512
+    w = random_blocks(qtype, rows, K, seed=11)
+    lin = quant.QLinear([(qtype, w)], K)
+    vector = not isa.startswith("scalar")
+    assert lin.parts[0][0] == (quant.RG_TYPES + qtype if vector else qtype)
+    x = torch.randn(70, K, generator=torch.Generator().manual_seed(4))
+    got = lin(x)
+    want = torch.empty(70, rows)          # the block layout's kernel on the file's bytes
+    assert lib.llmos_qmatmul(qtype, w.ctypes.data, rows, K, w.shape[1], x.data_ptr(), 70, K, want.data_ptr(),
+                             rows, 0, 0, None, 0.0) == 0
+    bound = x.abs() @ torch.from_numpy(dequantize(w, qtype).reshape(rows, K)).abs().T
+    assert torch.all((got - want).abs() <= 2e-6 * bound + 1e-6)
+    for t in (0, 1, 63, 64, 69):
+        assert torch.equal(lin(x[t:t + 1]), got[t:t + 1])
+    assert torch.equal(lin(x[3:8]), got[3:8])
+    ids = torch.tensor([130, 0, 64, 7])
+    want_rows = torch.empty(4, K)
+    lib.llmos_dequant_rows(qtype, w.ctypes.data, K, w.shape[1], ids.data_ptr(), 4, want_rows.data_ptr())
+    assert torch.equal(lin.rows(ids), want_rows)
+
+
+def test_row_grouped_kernel_refuses_types_it_does_not_have():
+    lib = quant.kernels()
+    w = random_blocks(QT.Q5_0, 8, 256)
+    assert lib.llmos_rowgroup_bytes(int(QT.Q5_0), 8, 256) == 0
+    assert lib.llmos_rowgroup_pack(int(QT.Q5_0), w.ctypes.data, 8, 256, w.shape[1], w.ctypes.data) == -1
+    y = torch.empty(1, 8)
+    x = torch.zeros(1, 256)
+    assert lib.llmos_qmatmul(quant.RG_TYPES + int(QT.Q5_0), w.ctypes.data, 8, 256, w.shape[1], x.data_ptr(), 1, 256,
+                             y.data_ptr(), 8, 0, 0, None, 0.0) == -1
+    assert lib.llmos_rowgroup_bytes(int(QT.Q4_1), 8, 100) == 0          # K not a whole number of blocks
+
+
+def _resident_kib(addr: int) -> int:
+    """Rss of the mapping holding addr, from /proc/self/smaps."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside and head == "Rss:":
+            return int(line.split()[1])
+    raise AssertionError("no mapping holds the address")
+
+
+def test_repacking_releases_the_file_s_pages_and_nothing_else(tmp_path):
+    path = tmp_path / "w.bin"
+    path.write_bytes(np.arange(1 << 22, dtype=np.uint8).tobytes())
+    mapped = np.memmap(path, mode="r")
+    view = np.asarray(mapped[4096:]).view(np.uint8)
+    assert int(view.sum(dtype=np.int64)) > 0 and _resident_kib(view.ctypes.data) >= 4000
+    quant._release_file_pages(view)
+    assert _resident_kib(view.ctypes.data) < 100
+    assert np.array_equal(view[:1000], np.arange(4096, 5096, dtype=np.int64).astype(np.uint8))   # read again
+    anon = np.arange(1 << 22, dtype=np.uint8)       # not a file's: must stay as it is
+    quant._release_file_pages(anon)
+    assert np.array_equal(anon, np.arange(1 << 22, dtype=np.uint8))
+
+
 def test_fused_parts_norm_swiglu_and_residual_add(isa):
     a, b = random_blocks(QT.Q4_K, 5, 256, seed=1), random_blocks(QT.Q6_K, 3, 256, seed=2)
     fused = quant.QLinear([(QT.Q4_K, a), (QT.Q6_K, b)], 256)
@@ -319,7 +384,8 @@ def test_fused_parts_keep_each_part_s_output_columns():
     from llmos.drivers.fused import _qlin
     a, b = np.zeros((4, 18 * 20), np.uint8), np.zeros((6, 18 * 34), np.uint8)
     lin = _qlin(quant.QLinear([(3, a), (8, b)], 576), [])
-    assert [(lin.parts[i].type, lin.parts[i].N, lin.parts[i].col) for i in range(lin.n_parts)] == [(3, 4, 0), (8, 6, 4)]
+    assert [(lin.parts[i].type % quant.RG_TYPES, lin.parts[i].N, lin.parts[i].col)
+            for i in range(lin.n_parts)] == [(3, 4, 0), (8, 6, 4)]
     assert (lin.n_parts, lin.K, lin.out) == (2, 576, 10)
 
 
