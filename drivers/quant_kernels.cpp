@@ -587,7 +587,7 @@ int llmos_quant_supported(int type) { return block_bytes(type) > 0; }
 // this build has no row-grouped kernel for the type (then W is used as it is).
 int64_t llmos_rowgroup_bytes(int type, int64_t N, int64_t K) {
 #if defined(LLMOS_VEC)
-    if (rg_supported(type) && K % 32 == 0 && N > 0) return (N + VN - 1) / VN * rg_group_bytes(type, K);
+    if (rg_supported(type) && K % block_elems(type) == 0 && N > 0) return (N + VN - 1) / VN * rg_group_bytes(type, K);
 #endif
     (void)type; (void)N; (void)K;
     return 0;
@@ -651,6 +651,7 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
         case RG_Q4_0: fn = rg_task<Q4_0>; break;
         case RG_Q4_1: fn = rg_task<Q4_1>; break;
         case RG_Q8_0: fn = rg_task<Q8_0>; break;
+        case RG_Q4_K: fn = rg_task<Q4_K>; break;
     }
 #endif
     pool::run(fn, &job, job.row_tasks * ((T + TCHUNK - 1) / TCHUNK));

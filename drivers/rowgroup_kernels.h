@@ -1,4 +1,4 @@
-// Row-grouped matmuls: Q4_0, Q4_1 and Q8_0 weights repacked at load so that the VN lanes of a
+// Row-grouped matmuls: Q4_0, Q4_1, Q8_0 and Q4_K weights repacked at load so that the VN lanes of a
 // vector hold VN rows (one group) at the same k. Included by drivers/quant_kernels.cpp inside its
 // vector section, after the Job struct and pool; llmos_qmatmul dispatches the RG_* types here.
 //
@@ -10,24 +10,40 @@
 // so a weight vector costs one FMA with x broadcast (a Q4_1 GEMV on one Zen 3 core, weights from
 // DRAM: ~9.0 cycles a 32-block in the block layout, ~5.2 here).
 //
-// Layout of a group (VN rows; the last group's missing rows are zero), block b at b * VN * bytes:
-//   Q4_0: d[VN] fp16, then 16 x VN bytes: byte r of entry i = q[r][i] | q[r][i + 16] << 4
-//   Q4_1: d[VN] fp16, m[VN] fp16, then the same 16 x VN bytes
-//   Q8_0: d[VN] fp16, then 32 x VN int8: entry k holds q[r][k]
-// the same bytes per block as GGML's (VN x 18, 20, 34). Q4_0's m is -8 d.
+// A group is VN rows (the last group's missing rows are zero), stored super-block by super-block
+// (RG_QS below has the fields): the same bytes as GGML's blocks (VN x 18, 20, 34), Q4_K's 6-bit
+// scales unpacked (VN x 148 against 144). Q4_0's m is -8 d; Q4_K's d and m are its sub-blocks'.
 //
-// Every (row, token) pair computes, for each block in order: s = 0; s = fma(q, x, s) over the
-// block's k in the order KPERM gives (Q4: k = 0, 16, 1, 17, ...); acc = fma(s, d, acc); then
-// acc = fma(m, xsum, acc) with xsum from block_sums (not for Q8_0). The GEMV (one token,
+// Every (row, token) pair computes, for each 32-block in order: s = 0; s = fma(q, x, s) over the
+// block's k in the order KPERM gives (Q4_0/Q4_1: k = 0, 16, 1, 17, ...); acc = fma(s, d, acc);
+// then acc = fma(m, xsum, acc) with xsum from block_sums (not for Q8_0). The GEMV (one token,
 // accumulators in registers) and the GEMM (a dequantised panel, accumulators in memory) do
 // exactly this, so results are bit-identical at any batch size, as in the block layout.
 
-enum { RG_Q4_0 = RG_TYPES + Q4_0, RG_Q4_1 = RG_TYPES + Q4_1, RG_Q8_0 = RG_TYPES + Q8_0 };
-static bool rg_supported(int type) { return type == Q4_0 || type == Q4_1 || type == Q8_0; }
-static int64_t rg_group_bytes(int type, int64_t K) { return K / 32 * VN * block_bytes(type); }
+enum { RG_Q4_0 = RG_TYPES + Q4_0, RG_Q4_1 = RG_TYPES + Q4_1, RG_Q8_0 = RG_TYPES + Q8_0, RG_Q4_K = RG_TYPES + Q4_K };
+static bool rg_supported(int type) { return type == Q4_0 || type == Q4_1 || type == Q8_0 || type == Q4_K; }
 
-// The k of the kk-th product of a block.
-template <int TYPE> static constexpr int KPERM(int kk) { return TYPE == Q8_0 ? kk : (kk >> 1) + 16 * (kk & 1); }
+// Bytes of one row's super-block (32 weights, or a K-quant's 256) in the row-grouped layout:
+// GGML's, but Q4_K's packed 6-bit scales and mins are unpacked to a byte each.
+template <int TYPE> constexpr int RG_SB = TYPE == Q4_K ? 148 : SUPER_BYTES<TYPE>;
+static int rg_super_bytes(int type) {
+    switch (type) { case Q4_0: return RG_SB<Q4_0>; case Q4_1: return RG_SB<Q4_1>; case Q8_0: return RG_SB<Q8_0>;
+        case Q4_K: return RG_SB<Q4_K>; default: return 0; }
+}
+static int64_t rg_group_bytes(int type, int64_t K) { return K / block_elems(type) * VN * rg_super_bytes(type); }
+
+// Where a group super-block's fields start, in units of VN bytes (one byte a row):
+//   Q4_0: d[2] qs[16]          Q4_1: d[2] m[2] qs[16]          Q8_0: d[2] qs[32]
+//   Q4_K: d[2] dmin[2] sc[8] mn[8] qs[128]
+// Q4_K's qs entry 32p + j holds weight 64p + j (low nibble, sub-block 2p) and 64p + 32 + j (high,
+// sub-block 2p + 1). (Q5_K stays in the block layout: its fifth bits, a bit plane per sub-block,
+// cost more to place in these lanes than the layout saved: a GEMV on one Zen 3 core went from
+// 8.5 to 9.5 ms.)
+template <int TYPE> constexpr int RG_QS = TYPE == Q4_1 ? 4 : TYPE == Q4_K ? 20 : 2;
+
+// The k (within its 32-block) of a block's kk-th product: Q4_0/Q4_1 take the two nibbles of a
+// byte in turn (k = 0, 16, 1, 17, ...); the others go in order.
+template <int TYPE> static constexpr int KPERM(int kk) { return TYPE == Q4_0 || TYPE == Q4_1 ? (kk >> 1) + 16 * (kk & 1) : kk; }
 
 // Sums of each 32-block of x, in a fixed order (both kernels read them from here).
 static void block_sums(const float* x, int64_t nb, float* out) {
@@ -51,54 +67,110 @@ static inline vf vh2f(const uint8_t* p) {
 #endif
 }
 
-template <int TYPE> constexpr int RG_QOFF = (TYPE == Q4_1 ? 4 : 2) * VN;    // quants' offset in a block
-
-// Block b's d and m vectors of the group at g.
-template <int TYPE> static inline void rg_scales(const uint8_t* blk, vf& d, vf& m) {
-    d = vh2f(blk);
-    if constexpr (TYPE == Q4_1) m = vh2f(blk + 2 * VN);
-    else m = vmul(d, vset1(-8.f));       // Q4_0; unused for Q8_0
+// The d and m vectors of sub-block sub of the group super-block at sb.
+template <int TYPE> static inline void rg_scales(const uint8_t* sb, int sub, vf& d, vf& m) {
+    if constexpr (TYPE == Q4_K) {
+        d = vmul(vh2f(sb), vcvt(vu8(sb + (4 + sub) * VN)));
+        m = vmul(vmul(vh2f(sb + 2 * VN), vset1(-1.f)), vcvt(vu8(sb + (12 + sub) * VN)));
+    } else {
+        d = vh2f(sb);
+        if constexpr (TYPE == Q4_1) m = vh2f(sb + 2 * VN);
+        else m = vmul(d, vset1(-8.f));       // Q4_0; unused for Q8_0
+    }
 }
 
-// The kk-th quant vector of a block (kk in KPERM order) as fp32.
-// (Callers unroll their kk loops fully, so kk is a constant here; GCC did not inline the
-// lambdas of unroll() in these loops.)
+// The kk-th quant vector (KPERM order) of a 32-block type's block, as fp32. (Callers unroll
+// their kk loops fully, so kk is a constant here: GCC did not inline unroll()'s lambdas here.)
 template <int TYPE> static inline vf rg_q(const uint8_t* blk, int kk) {
-    if constexpr (TYPE == Q8_0) return vcvt(vs8(blk + RG_QOFF<TYPE> + kk * VN));
-    const vi u = vu8(blk + RG_QOFF<TYPE> + (kk >> 1) * VN);
+    if constexpr (TYPE == Q8_0) return vcvt(vs8(blk + RG_QS<TYPE> * VN + kk * VN));
+    const vi u = vu8(blk + RG_QS<TYPE> * VN + (kk >> 1) * VN);
     return vcvt((kk & 1) ? vsrli<4>(u) : vand(u, vset1i(0xF)));
+}
+
+// Q4_K's quant vectors for weight j of sub-blocks 2p (lo) and 2p + 1 (hi), as fp32.
+template <int TYPE> static inline void rg_q_pair(const uint8_t* sb, int p, int j, vf& lo, vf& hi) {
+    const vi u = vu8(sb + (RG_QS<TYPE> + 32 * p + j) * VN);
+    lo = vcvt(vand(u, vset1i(0xF))); hi = vcvt(vsrli<4>(u));
 }
 
 // G groups (G * VN rows from W, groups gstride bytes apart) times one token x into out[G * VN].
 template <int TYPE, int G>
 static inline void rg_gemv_groups(const uint8_t* W, int64_t gstride, int64_t nb, const float* x, const float* xsum,
                                   float* out) {
-    constexpr int64_t BB = VN * SUPER_BYTES<TYPE>;
+    constexpr int64_t SB = VN * RG_SB<TYPE>;
     vf acc[G];
     for (int g = 0; g < G; g++) acc[g] = vzero();
-    for (int64_t b = 0; b < nb; b++) {
+    for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
+        const uint8_t* sb = W + sbi * SB;
         for (int g = 0; g < G; g++)
-            for (int64_t o = 0; o < BB; o += 64) _mm_prefetch((const char*)(W + (G + g) * gstride + b * BB + o), _MM_HINT_T0);
-        vf s[G];
-        for (int g = 0; g < G; g++) s[g] = vzero();
-        const float* xb = x + 32 * b;
+            for (int64_t o = 0; o < SB; o += 64) _mm_prefetch((const char*)(sb + (G + g) * gstride + o), _MM_HINT_T0);
+        if constexpr (SUBS<TYPE> == 1) {
+            vf s[G];
+            for (int g = 0; g < G; g++) s[g] = vzero();
+            const float* xb = x + 32 * sbi;
 #pragma GCC unroll 32
-        for (int kk = 0; kk < 32; kk++) {
-            const vf xv = vset1(xb[KPERM<TYPE>(kk)]);
-            for (int g = 0; g < G; g++) s[g] = vfma(rg_q<TYPE>(W + g * gstride + b * BB, kk), xv, s[g]);
-        }
-        for (int g = 0; g < G; g++) {
-            vf d, m; rg_scales<TYPE>(W + g * gstride + b * BB, d, m);
-            acc[g] = vfma(s[g], d, acc[g]);
-            if constexpr (TYPE != Q8_0) acc[g] = vfma(m, vset1(xsum[b]), acc[g]);
+            for (int kk = 0; kk < 32; kk++) {
+                const vf xv = vset1(xb[KPERM<TYPE>(kk)]);
+                for (int g = 0; g < G; g++) s[g] = vfma(rg_q<TYPE>(sb + g * gstride, kk), xv, s[g]);
+            }
+            for (int g = 0; g < G; g++) {
+                vf d, m; rg_scales<TYPE>(sb + g * gstride, 0, d, m);
+                acc[g] = vfma(s[g], d, acc[g]);
+                if constexpr (TYPE != Q8_0) acc[g] = vfma(m, vset1(xsum[sbi]), acc[g]);
+            }
+        } else {
+            for (int p = 0; p < 4; p++) {      // sub-blocks 2p and 2p + 1: two chains a group
+                vf s0[G], s1[G];
+                for (int g = 0; g < G; g++) s0[g] = s1[g] = vzero();
+                const float* xb = x + 256 * sbi + 64 * p;
+#pragma GCC unroll 32
+                for (int j = 0; j < 32; j++) {
+                    const vf x0 = vset1(xb[j]), x1 = vset1(xb[32 + j]);
+                    for (int g = 0; g < G; g++) {
+                        vf lo, hi; rg_q_pair<TYPE>(sb + g * gstride, p, j, lo, hi);
+                        s0[g] = vfma(lo, x0, s0[g]); s1[g] = vfma(hi, x1, s1[g]);
+                    }
+                }
+                const float* xs = xsum + 8 * sbi + 2 * p;
+                for (int g = 0; g < G; g++) {
+                    vf d, m; rg_scales<TYPE>(sb + g * gstride, 2 * p, d, m);
+                    acc[g] = vfma(m, vset1(xs[0]), vfma(s0[g], d, acc[g]));
+                    rg_scales<TYPE>(sb + g * gstride, 2 * p + 1, d, m);
+                    acc[g] = vfma(m, vset1(xs[1]), vfma(s1[g], d, acc[g]));
+                }
+            }
         }
     }
     for (int g = 0; g < G; g++) vstore(out + g * VN, acc[g]);
 }
 
+// The group at grp dequantised into a panel: its quant vectors in KPERM order (q + 32 b VN for
+// 32-block b) and each block's d and m vectors (d + b VN, m + b VN).
+template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, float* q, float* d, float* m) {
+    for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
+        const uint8_t* sb = grp + sbi * VN * RG_SB<TYPE>;
+        for (int sub = 0; sub < SUBS<TYPE>; sub++) {
+            const int64_t b = sbi * SUBS<TYPE> + sub;
+            vf dv, mv; rg_scales<TYPE>(sb, sub, dv, mv);
+            vstore(d + b * VN, dv); vstore(m + b * VN, mv);
+        }
+        float* o = q + sbi * SUBS<TYPE> * 32 * VN;
+        if constexpr (SUBS<TYPE> == 1) {
+#pragma GCC unroll 32
+            for (int kk = 0; kk < 32; kk++) vstore(o + kk * VN, rg_q<TYPE>(sb, kk));
+        } else {
+            for (int p = 0; p < 4; p++)
+                for (int j = 0; j < 32; j++) {
+                    vf lo, hi; rg_q_pair<TYPE>(sb, p, j, lo, hi);
+                    vstore(o + (64 * p + j) * VN, lo); vstore(o + (64 * p + 32 + j) * VN, hi);
+                }
+        }
+    }
+}
+
 // out[c * ldo + v * VN ..] = the RV groups of panel rows times C tokens (xs[c], their block sums
-// xsums[c]); the panel holds each group's quant vectors (pstride floats apart) in KPERM order, and
-// its d and m vectors (dstride floats apart).
+// xsums[c]); each group's panel (rg_panel) is pstride floats after the last, its d and m
+// vectors dstride floats.
 template <int TYPE, int RV, int C>
 __attribute__((always_inline)) static inline void rg_micro(const float* q, int64_t pstride, const float* d,
         const float* m, int64_t dstride, int64_t nb, const float* const* xs, const float* const* xsums,
@@ -169,15 +241,7 @@ static void rg_task(void* p, int64_t i) {
     for (int64_t g0 = g_begin; g0 < g_end; g0 += RG_RV) {
         const int rv = (int)std::min<int64_t>(RG_RV, g_end - g0);
         prefetch(j.W + (g0 + RG_RV) * gs, RG_RV * gs);
-        for (int v = 0; v < rv; v++)
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t* blk = j.W + (g0 + v) * gs + b * VN * block_bytes(TYPE);
-                vf dv, mv; rg_scales<TYPE>(blk, dv, mv);
-                vstore(d + v * VN * nb + b * VN, dv); vstore(m + v * VN * nb + b * VN, mv);
-                float* o = q + v * VN * K + 32 * b * VN;
-#pragma GCC unroll 32
-                for (int kk = 0; kk < 32; kk++) vstore(o + kk * VN, rg_q<TYPE>(blk, kk));
-            }
+        for (int v = 0; v < rv; v++) rg_panel<TYPE>(j.W + (g0 + v) * gs, nb, q + v * VN * K, d + v * VN * nb, m + v * VN * nb);
         const float* xs[RG_NC]; const float* sums[RG_NC];
         int64_t c = 0;
         for (; c + RG_NC <= tn; c += RG_NC) {
@@ -196,35 +260,55 @@ static void rg_task(void* p, int64_t i) {
     }
 }
 
-// Repacks W ([N, K] in TYPE's GGML blocks, rb bytes a row) into the row-grouped layout at out.
+// Repacks W ([N, K] in type's GGML blocks, rb bytes a row) into the row-grouped layout at out.
 static void rg_pack(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb, uint8_t* out) {
-    const int64_t nb = K / 32, bb = block_bytes(type), gs = rg_group_bytes(type, K), ng = (N + VN - 1) / VN;
-    const int qoff = type == Q4_1 ? 4 : 2;
+    const int64_t nsb = K / block_elems(type), bb = block_bytes(type), sbb = VN * rg_super_bytes(type);
+    const int64_t gs = rg_group_bytes(type, K), ng = (N + VN - 1) / VN;
     memset(out, 0, (size_t)(ng * gs));
     for (int64_t n = 0; n < N; n++) {
-        const int64_t g = n / VN, r = n % VN;
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t* src = W + n * rb + b * bb;
-            uint8_t* blk = out + g * gs + b * VN * bb;
-            memcpy(blk + 2 * r, src, 2);
-            if (type == Q4_1) memcpy(blk + 2 * VN + 2 * r, src + 2, 2);
-            for (int e = 0; e < bb - qoff; e++) blk[qoff * VN + e * VN + r] = src[qoff + e];
+        const int64_t r = n % VN;
+        for (int64_t s = 0; s < nsb; s++) {
+            const uint8_t* src = W + n * rb + s * bb;
+            uint8_t* dst = out + (n / VN) * gs + s * sbb;
+            auto put = [&](int field, const uint8_t* from, int count) {      // count bytes, one a VN-byte entry
+                for (int e = 0; e < count; e++) dst[(field + e) * VN + r] = from[e];
+            };
+            memcpy(dst + 2 * r, src, 2);                                    // d
+            if (type == Q4_1 || type == Q4_K) memcpy(dst + 2 * VN + 2 * r, src + 2, 2);   // m, dmin
+            if (type == Q4_K) {
+                for (int j = 0; j < 8; j++) {
+                    int sc, mn; scale_min_k4(j, src + 4, &sc, &mn);
+                    dst[(4 + j) * VN + r] = (uint8_t)sc; dst[(12 + j) * VN + r] = (uint8_t)mn;
+                }
+                put(20, src + 16, 128);
+            } else {
+                const int qoff = type == Q4_1 ? 4 : 2;
+                put(qoff, src + qoff, (int)bb - qoff);
+            }
         }
     }
 }
 
-// Row n of a row-grouped W, dequantised (w = q d + m, as the block layout's deq32_scalar).
+// Row n of a row-grouped W, dequantised as the block layout's deq32_scalar does (w = q d + m).
 static void rg_dequant_row(int type, const uint8_t* W, int64_t K, int64_t n, float* out) {
-    const int64_t nb = K / 32, bb = block_bytes(type), r = n % VN;
-    const int qoff = type == Q4_1 ? 4 : 2;
+    const int64_t nb = K / 32, sbb = VN * rg_super_bytes(type), r = n % VN;
     const uint8_t* grp = W + (n / VN) * rg_group_bytes(type, K);
+    auto at = [&](const uint8_t* sb, int field) { return sb[field * VN + r]; };
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* blk = grp + b * VN * bb;
-        const float d = rdh(blk + 2 * r), m = type == Q4_1 ? rdh(blk + 2 * VN + 2 * r) : type == Q4_0 ? -8.f * d : 0.f;
+        const int subs = block_elems(type) / 32, sub = (int)(b % subs);
+        const uint8_t* sb = grp + (b / subs) * sbb;
+        float d = rdh(sb + 2 * r), m;
+        if (type == Q4_K) { m = -rdh(sb + 2 * VN + 2 * r) * at(sb, 12 + sub); d = d * at(sb, 4 + sub); }
+        else m = type == Q4_1 ? rdh(sb + 2 * VN + 2 * r) : type == Q4_0 ? -8.f * d : 0.f;
         for (int k = 0; k < 32; k++) {
             int q;
-            if (type == Q8_0) q = (int8_t)blk[qoff * VN + k * VN + r];
-            else { const uint8_t byte = blk[qoff * VN + (k & 15) * VN + r]; q = k < 16 ? byte & 0xF : byte >> 4; }
+            if (type == Q8_0) q = (int8_t)at(sb, 2 + k);
+            else if (type == Q4_0 || type == Q4_1) {
+                const uint8_t byte = at(sb, (type == Q4_1 ? 4 : 2) + (k & 15)); q = k < 16 ? byte & 0xF : byte >> 4;
+            } else {
+                const uint8_t byte = at(sb, 20 + 32 * (sub / 2) + k);
+                q = sub & 1 ? byte >> 4 : byte & 0xF;
+            }
             out[b * 32 + k] = fmaf((float)q, d, m);
         }
     }
