@@ -1,4 +1,4 @@
-// Row-grouped matmuls: Q4_0, Q4_1, Q8_0 and Q4_K weights repacked at load so that the VN lanes of a
+// Row-grouped matmuls: Q4_0, Q4_1, Q8_0, Q4_K and Q6_K weights repacked at load so that the VN lanes of a
 // vector hold VN rows (one group) at the same k. Included by drivers/quant_kernels.cpp inside its
 // vector section, after the Job struct and pool; llmos_qmatmul dispatches the RG_* types here.
 //
@@ -11,39 +11,59 @@
 // DRAM: ~9.0 cycles a 32-block in the block layout, ~5.2 here).
 //
 // A group is VN rows (the last group's missing rows are zero), stored super-block by super-block
-// (RG_QS below has the fields): the same bytes as GGML's blocks (VN x 18, 20, 34), Q4_K's 6-bit
-// scales unpacked (VN x 148 against 144). Q4_0's m is -8 d; Q4_K's d and m are its sub-blocks'.
+// (RG_QS below has the fields): the same bytes as GGML's blocks (VN x 18, 20, 34, 210), Q4_K's
+// 6-bit scales unpacked (VN x 148 against 144). Q4_0's m is -8 d; Q4_K's d and m are its
+// sub-blocks'; Q6_K's d is per 16 weights, and its -32 is subtracted from the quants.
 //
-// Every (row, token) pair computes, for each 32-block in order: s = 0; s = fma(q, x, s) over the
-// block's k in the order KPERM gives (Q4_0/Q4_1: k = 0, 16, 1, 17, ...); acc = fma(s, d, acc);
-// then acc = fma(m, xsum, acc) with xsum from block_sums (not for Q8_0). The GEMV (one token,
+// Every (row, token) pair computes, for each chunk (CH below) in order: s = 0; s = fma(q, x, s)
+// over the chunk's k in the order KPERM gives (Q4_0/Q4_1: k = 0, 16, 1, 17, ...); acc = fma(s, d,
+// acc); then acc = fma(m, xsum, acc) with xsum from block_sums (not for Q8_0 and Q6_K). The GEMV (one token,
 // accumulators in registers) and the GEMM (a dequantised panel, accumulators in memory) do
 // exactly this, so results are bit-identical at any batch size, as in the block layout.
 
-enum { RG_Q4_0 = RG_TYPES + Q4_0, RG_Q4_1 = RG_TYPES + Q4_1, RG_Q8_0 = RG_TYPES + Q8_0, RG_Q4_K = RG_TYPES + Q4_K };
-static bool rg_supported(int type) { return type == Q4_0 || type == Q4_1 || type == Q8_0 || type == Q4_K; }
+enum { RG_Q4_0 = RG_TYPES + Q4_0, RG_Q4_1 = RG_TYPES + Q4_1, RG_Q8_0 = RG_TYPES + Q8_0, RG_Q4_K = RG_TYPES + Q4_K,
+       RG_Q6_K = RG_TYPES + Q6_K };
+static bool rg_supported(int type) {
+    return type == Q4_0 || type == Q4_1 || type == Q8_0 || type == Q4_K || type == Q6_K;
+}
 
 // Bytes of one row's super-block (32 weights, or a K-quant's 256) in the row-grouped layout:
 // GGML's, but Q4_K's packed 6-bit scales and mins are unpacked to a byte each.
 template <int TYPE> constexpr int RG_SB = TYPE == Q4_K ? 148 : SUPER_BYTES<TYPE>;
 static int rg_super_bytes(int type) {
     switch (type) { case Q4_0: return RG_SB<Q4_0>; case Q4_1: return RG_SB<Q4_1>; case Q8_0: return RG_SB<Q8_0>;
-        case Q4_K: return RG_SB<Q4_K>; default: return 0; }
+        case Q4_K: return RG_SB<Q4_K>; case Q6_K: return RG_SB<Q6_K>; default: return 0; }
 }
 static int64_t rg_group_bytes(int type, int64_t K) { return K / block_elems(type) * VN * rg_super_bytes(type); }
 
 // Where a group super-block's fields start, in units of VN bytes (one byte a row):
 //   Q4_0: d[2] qs[16]          Q4_1: d[2] m[2] qs[16]          Q8_0: d[2] qs[32]
-//   Q4_K: d[2] dmin[2] sc[8] mn[8] qs[128]
+//   Q4_K: d[2] dmin[2] sc[8] mn[8] qs[128]          Q6_K: d[2] sc[16] then 64 triples (ql0, ql1, qh)
 // Q4_K's qs entry 32p + j holds weight 64p + j (low nibble, sub-block 2p) and 64p + 32 + j (high,
-// sub-block 2p + 1). (Q5_K stays in the block layout: its fifth bits, a bit plane per sub-block,
-// cost more to place in these lanes than the layout saved: a GEMV on one Zen 3 core went from
-// 8.5 to 9.5 ms.)
+// sub-block 2p + 1). Q6_K's triple 32n + j is GGML's ql[64n + j], ql[64n + 32 + j], qh[32n + j]:
+// the four weights 128n + 32t + j, t = 0..3 (rg_q6). Q5_K stays in the block layout: its fifth
+// bits, a bit plane per sub-block, cost more to place in these lanes than the layout saved (a
+// GEMV on one Zen 3 core went from 8.5 to 9.5 ms); Q5_0/Q5_1 have not been tried.
 template <int TYPE> constexpr int RG_QS = TYPE == Q4_1 ? 4 : TYPE == Q4_K ? 20 : 2;
 
-// The k (within its 32-block) of a block's kk-th product: Q4_0/Q4_1 take the two nibbles of a
-// byte in turn (k = 0, 16, 1, 17, ...); the others go in order.
-template <int TYPE> static constexpr int KPERM(int kk) { return TYPE == Q4_0 || TYPE == Q4_1 ? (kk >> 1) + 16 * (kk & 1) : kk; }
+// Products are summed in chunks of CH weights with one d (and m) each: 32-blocks, Q4_K's
+// sub-blocks, Q6_K's 16-weight scale groups (its -32 is in the quants, so it has no m).
+template <int TYPE> constexpr int CH = TYPE == Q6_K ? 16 : 32;
+template <int TYPE> constexpr bool HAS_M = TYPE != Q8_0 && TYPE != Q6_K;
+
+// The k of chunk c's kk-th product is rg_xbase(c) + KPERM(kk): Q4_0/Q4_1 take the two nibbles of
+// a byte in turn (k = 0, 16, 1, 17, ...); Q6_K's chunks go (n, h, t) = (c / 8, c / 4 % 2, c % 4)
+// over weights 128n + 32t + 16h .. +15 (the GEMV's order, which sums t = 0..3 side by side).
+template <int TYPE> static constexpr int KPERM(int kk) {
+    return TYPE == Q4_0 || TYPE == Q4_1 ? (kk >> 1) + 16 * (kk & 1) : kk;
+}
+template <int TYPE> static inline int64_t rg_xbase(int64_t c) {
+    if constexpr (TYPE == Q6_K) {
+        const int64_t ci = c & 15;
+        return 256 * (c >> 4) + 128 * (ci >> 3) + 32 * (ci & 3) + 16 * ((ci >> 2) & 1);
+    }
+    return 32 * c;
+}
 
 // Sums of each 32-block of x, in a fixed order (both kernels read them from here).
 static void block_sums(const float* x, int64_t nb, float* out) {
@@ -87,6 +107,21 @@ template <int TYPE> static inline vf rg_q(const uint8_t* blk, int kk) {
     return vcvt((kk & 1) ? vsrli<4>(u) : vand(u, vset1i(0xF)));
 }
 
+// Q6_K's quant vector (q - 32) for weight 128n + 32T + j, as fp32, and the d vector of its
+// scale group idx (8n + 2T + j / 16).
+template <int T> static inline vf rg_q6(const uint8_t* sb, int n, int j) {
+    const uint8_t* e = sb + (18 + 3 * (32 * n + j)) * VN;
+    const vi l = vu8(e + (T & 1) * VN), h = vu8(e + 2 * VN);
+    const vi lo = T >= 2 ? vsrli<4>(l) : vand(l, vset1i(0xF));
+    vi hb;
+    if constexpr (T == 0) hb = vslli<4>(vand(h, vset1i(0x3)));
+    else if constexpr (T == 1) hb = vslli<2>(vand(h, vset1i(0xC)));
+    else if constexpr (T == 2) hb = vand(h, vset1i(0x30));
+    else hb = vand(vsrli<2>(h), vset1i(0x30));
+    return vcvt(vadd(vor(lo, hb), vset1i(-32)));
+}
+static inline vf rg_q6_scale(const uint8_t* sb, int idx) { return vmul(vh2f(sb), vcvt(vs8(sb + (2 + idx) * VN))); }
+
 // Q4_K's quant vectors for weight j of sub-blocks 2p (lo) and 2p + 1 (hi), as fp32.
 template <int TYPE> static inline void rg_q_pair(const uint8_t* sb, int p, int j, vf& lo, vf& hi) {
     const vi u = vu8(sb + (RG_QS<TYPE> + 32 * p + j) * VN);
@@ -116,8 +151,27 @@ static inline void rg_gemv_groups(const uint8_t* W, int64_t gstride, int64_t nb,
             for (int g = 0; g < G; g++) {
                 vf d, m; rg_scales<TYPE>(sb + g * gstride, 0, d, m);
                 acc[g] = vfma(s[g], d, acc[g]);
-                if constexpr (TYPE != Q8_0) acc[g] = vfma(m, vset1(xsum[sbi]), acc[g]);
+                if constexpr (HAS_M<TYPE>) acc[g] = vfma(m, vset1(xsum[sbi]), acc[g]);
             }
+        } else if constexpr (TYPE == Q6_K) {
+            for (int n = 0; n < 2; n++)
+                for (int h = 0; h < 2; h++) {   // chunks (n, h, t) for t = 0..3: four chains a group
+                    vf s[G][4];
+                    for (int g = 0; g < G; g++) for (int t = 0; t < 4; t++) s[g][t] = vzero();
+                    const float* xb = x + 256 * sbi + 128 * n + 16 * h;
+#pragma GCC unroll 16
+                    for (int jj = 0; jj < 16; jj++)
+                        for (int g = 0; g < G; g++) {
+                            const uint8_t* sg = sb + g * gstride;
+                            s[g][0] = vfma(rg_q6<0>(sg, n, 16 * h + jj), vset1(xb[jj]), s[g][0]);
+                            s[g][1] = vfma(rg_q6<1>(sg, n, 16 * h + jj), vset1(xb[32 + jj]), s[g][1]);
+                            s[g][2] = vfma(rg_q6<2>(sg, n, 16 * h + jj), vset1(xb[64 + jj]), s[g][2]);
+                            s[g][3] = vfma(rg_q6<3>(sg, n, 16 * h + jj), vset1(xb[96 + jj]), s[g][3]);
+                        }
+                    for (int g = 0; g < G; g++)
+                        for (int t = 0; t < 4; t++)
+                            acc[g] = vfma(s[g][t], rg_q6_scale(sb + g * gstride, 8 * n + 2 * t + h), acc[g]);
+                }
         } else {
             for (int p = 0; p < 4; p++) {      // sub-blocks 2p and 2p + 1: two chains a group
                 vf s0[G], s1[G];
@@ -144,11 +198,22 @@ static inline void rg_gemv_groups(const uint8_t* W, int64_t gstride, int64_t nb,
     for (int g = 0; g < G; g++) vstore(out + g * VN, acc[g]);
 }
 
-// The group at grp dequantised into a panel: its quant vectors in KPERM order (q + 32 b VN for
-// 32-block b) and each block's d and m vectors (d + b VN, m + b VN).
+// The group at grp dequantised into a panel: its quant vectors chunk by chunk in KPERM order (q +
+// CH c VN for chunk c) and each chunk's d and m vectors (d + c VN, m + c VN).
 template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, float* q, float* d, float* m) {
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
         const uint8_t* sb = grp + sbi * VN * RG_SB<TYPE>;
+        if constexpr (TYPE == Q6_K) {
+            for (int ci = 0; ci < 16; ci++)      // chunk ci = (n, h, t) = (ci / 8, ci / 4 % 2, ci % 4)
+                vstore(d + (16 * sbi + ci) * VN, rg_q6_scale(sb, 8 * (ci >> 3) + 2 * (ci & 3) + ((ci >> 2) & 1)));
+            for (int n = 0; n < 2; n++)
+                for (int j = 0; j < 32; j++) {
+                    float* o = q + ((16 * sbi + 8 * n + 4 * (j >> 4)) * 16 + (j & 15)) * VN;
+                    vstore(o, rg_q6<0>(sb, n, j)); vstore(o + 16 * VN, rg_q6<1>(sb, n, j));
+                    vstore(o + 32 * VN, rg_q6<2>(sb, n, j)); vstore(o + 48 * VN, rg_q6<3>(sb, n, j));
+                }
+            continue;
+        }
         for (int sub = 0; sub < SUBS<TYPE>; sub++) {
             const int64_t b = sbi * SUBS<TYPE> + sub;
             vf dv, mv; rg_scales<TYPE>(sb, sub, dv, mv);
@@ -169,31 +234,32 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, float* 
 }
 
 // out[c * ldo + v * VN ..] = the RV groups of panel rows times C tokens (xs[c], their block sums
-// xsums[c]); each group's panel (rg_panel) is pstride floats after the last, its d and m
-// vectors dstride floats.
+// xsums[c]) over nch chunks; each group's panel (rg_panel) is pstride floats after the last, its
+// d and m vectors dstride floats.
 template <int TYPE, int RV, int C>
 __attribute__((always_inline)) static inline void rg_micro(const float* q, int64_t pstride, const float* d,
-        const float* m, int64_t dstride, int64_t nb, const float* const* xs, const float* const* xsums,
+        const float* m, int64_t dstride, int64_t nch, const float* const* xs, const float* const* xsums,
         float* out, int64_t ldo) {
     for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, vzero());
-    for (int64_t b = 0; b < nb; b++) {
+    for (int64_t b = 0; b < nch; b++) {
         vf s[RV][C];
         for (int v = 0; v < RV; v++) for (int c = 0; c < C; c++) s[v][c] = vzero();
+        const int64_t xb = rg_xbase<TYPE>(b);
 #pragma GCC unroll 32
-        for (int kk = 0; kk < 32; kk++) {
+        for (int kk = 0; kk < CH<TYPE>; kk++) {
             vf w[RV];
-            for (int v = 0; v < RV; v++) { w[v] = vload(q + v * pstride + (32 * b + kk) * VN); LLMOS_PIN(w[v]); }
+            for (int v = 0; v < RV; v++) { w[v] = vload(q + v * pstride + (CH<TYPE> * b + kk) * VN); LLMOS_PIN(w[v]); }
             for (int c = 0; c < C; c++) {
-                const vf xv = vset1(xs[c][32 * b + KPERM<TYPE>(kk)]);
+                const vf xv = vset1(xs[c][xb + KPERM<TYPE>(kk)]);
                 for (int v = 0; v < RV; v++) s[v][c] = vfma(w[v], xv, s[v][c]);
             }
         }
         for (int v = 0; v < RV; v++) {
-            const vf dv = vload(d + v * dstride + b * VN), mv = vload(m + v * dstride + b * VN);
+            const vf dv = vload(d + v * dstride + b * VN);
             for (int c = 0; c < C; c++) {
                 float* o = out + c * ldo + v * VN;
                 vf a = vfma(s[v][c], dv, vload(o));
-                if constexpr (TYPE != Q8_0) a = vfma(mv, vset1(xsums[c][b]), a);
+                if constexpr (HAS_M<TYPE>) a = vfma(vload(m + v * dstride + b * VN), vset1(xsums[c][b]), a);
                 vstore(o, a);
             }
         }
@@ -206,24 +272,26 @@ static inline void rg_put(const float* acc, int64_t n, float* y, int64_t ldy, in
 }
 
 constexpr int RG_GV = 4;    // groups per GEMV pass: independent FMA chains (4 cycles of latency each)
+template <int TYPE> constexpr int RG_G = TYPE == Q6_K ? 1 : RG_GV;   // Q6_K: four chains a group already
 constexpr int RG_RV = 2, RG_NC = 4;     // GEMM micro-kernel: groups x tokens
 
 // A task of a row-grouped matmul: Job's rows are group-aligned; X's block sums are in j.xsum.
 template <int TYPE>
 static void rg_task(void* p, int64_t i) {
     const Job& j = *(const Job*)p;
-    const int64_t K = j.K, nb = K / 32, gs = rg_group_bytes(TYPE, K);
+    const int64_t K = j.K, nb = K / 32, nch = K / CH<TYPE>, gs = rg_group_bytes(TYPE, K);
+    constexpr int G = RG_G<TYPE>;
     const int64_t t0 = (i / j.row_tasks) * TCHUNK, tn = j.T - t0 < TCHUNK ? j.T - t0 : TCHUNK;
     const int64_t r_begin = (i % j.row_tasks) * j.rows_per_task;
     const int64_t r_end = r_begin + j.rows_per_task < j.N ? r_begin + j.rows_per_task : j.N;
     const int64_t g_begin = r_begin / VN, g_end = (r_end + VN - 1) / VN;
-    alignas(64) float acc[RG_GV * VN];
+    alignas(64) float acc[G * VN];
     if (tn == 1) {
         const float* x = j.X + t0 * j.ldx; const float* xs = j.xsum + t0 * nb; float* y = j.Y + t0 * j.ldy;
         int64_t g = g_begin;
-        for (; g + RG_GV <= g_end; g += RG_GV) {
-            rg_gemv_groups<TYPE, RG_GV>(j.W + g * gs, gs, nb, x, xs, acc);
-            rg_put(acc, std::min<int64_t>(RG_GV * VN, j.N - g * VN), y + g * VN, 1, j.add);
+        for (; g + G <= g_end; g += G) {
+            rg_gemv_groups<TYPE, G>(j.W + g * gs, gs, nb, x, xs, acc);
+            rg_put(acc, std::min<int64_t>(G * VN, j.N - g * VN), y + g * VN, 1, j.add);
         }
         for (; g < g_end; g++) {
             rg_gemv_groups<TYPE, 1>(j.W + g * gs, gs, nb, x, xs, acc);
@@ -232,28 +300,32 @@ static void rg_task(void* p, int64_t i) {
         return;
     }
     thread_local std::vector<float> panel, out;
-    const int64_t need = RG_RV * VN * (K + 2 * nb) + 16;
+    const int64_t need = RG_RV * VN * (K + 2 * nch) + 16;
     if ((int64_t)panel.size() < need) panel.resize((size_t)need);
     if ((int64_t)out.size() < TCHUNK * RG_RV * VN) out.resize((size_t)(TCHUNK * RG_RV * VN));
     float* const q = (float*)(((uintptr_t)panel.data() + 63) & ~(uintptr_t)63);
-    float* const d = q + RG_RV * VN * K; float* const m = d + RG_RV * VN * nb;
+    float* const d = q + RG_RV * VN * K; float* const m = d + RG_RV * VN * nch;
     const int64_t ldo = RG_RV * VN;
     for (int64_t g0 = g_begin; g0 < g_end; g0 += RG_RV) {
         const int rv = (int)std::min<int64_t>(RG_RV, g_end - g0);
         prefetch(j.W + (g0 + RG_RV) * gs, RG_RV * gs);
-        for (int v = 0; v < rv; v++) rg_panel<TYPE>(j.W + (g0 + v) * gs, nb, q + v * VN * K, d + v * VN * nb, m + v * VN * nb);
+        for (int v = 0; v < rv; v++)
+            rg_panel<TYPE>(j.W + (g0 + v) * gs, nb, q + v * VN * K, d + v * VN * nch, m + v * VN * nch);
         const float* xs[RG_NC]; const float* sums[RG_NC];
         int64_t c = 0;
         for (; c + RG_NC <= tn; c += RG_NC) {
-            for (int u = 0; u < RG_NC; u++) { xs[u] = j.X + (t0 + c + u) * j.ldx; sums[u] = j.xsum + (t0 + c + u) * nb; }
-            if (rv == RG_RV) rg_micro<TYPE, RG_RV, RG_NC>(q, VN * K, d, m, VN * nb, nb, xs, sums, out.data() + c * ldo, ldo);
-            else rg_micro<TYPE, 1, RG_NC>(q, VN * K, d, m, VN * nb, nb, xs, sums, out.data() + c * ldo, ldo);
+            for (int u = 0; u < RG_NC; u++) {
+                xs[u] = j.X + (t0 + c + u) * j.ldx; sums[u] = j.xsum + (t0 + c + u) * nb;
+            }
+            float* o = out.data() + c * ldo;
+            if (rv == RG_RV) rg_micro<TYPE, RG_RV, RG_NC>(q, VN * K, d, m, VN * nch, nch, xs, sums, o, ldo);
+            else rg_micro<TYPE, 1, RG_NC>(q, VN * K, d, m, VN * nch, nch, xs, sums, o, ldo);
         }
         for (; c < tn; c++) {
             xs[0] = j.X + (t0 + c) * j.ldx; sums[0] = j.xsum + (t0 + c) * nb;
             for (int v = 0; v < rv; v++)
-                rg_micro<TYPE, 1, 1>(q + v * VN * K, VN * K, d + v * VN * nb, m + v * VN * nb, VN * nb, nb, xs, sums,
-                                     out.data() + c * ldo + v * VN, ldo);
+                rg_micro<TYPE, 1, 1>(q + v * VN * K, VN * K, d + v * VN * nch, m + v * VN * nch, VN * nch, nch, xs,
+                                     sums, out.data() + c * ldo + v * VN, ldo);
         }
         const int64_t rows = std::min<int64_t>(rv * VN, j.N - g0 * VN);
         for (int64_t t = 0; t < tn; t++) rg_put(out.data() + t * ldo, rows, j.Y + (t0 + t) * j.ldy + g0 * VN, 1, j.add);
@@ -273,6 +345,18 @@ static void rg_pack(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb
             auto put = [&](int field, const uint8_t* from, int count) {      // count bytes, one a VN-byte entry
                 for (int e = 0; e < count; e++) dst[(field + e) * VN + r] = from[e];
             };
+            if (type == Q6_K) {
+                memcpy(dst + 2 * r, src + 208, 2);
+                put(2, src + 192, 16);
+                for (int n6 = 0; n6 < 2; n6++)
+                    for (int jj = 0; jj < 32; jj++) {
+                        const int e = 18 + 3 * (32 * n6 + jj);
+                        dst[e * VN + r] = src[64 * n6 + jj];
+                        dst[(e + 1) * VN + r] = src[64 * n6 + 32 + jj];
+                        dst[(e + 2) * VN + r] = src[128 + 32 * n6 + jj];
+                    }
+                continue;
+            }
             memcpy(dst + 2 * r, src, 2);                                    // d
             if (type == Q4_1 || type == Q4_K) memcpy(dst + 2 * VN + 2 * r, src + 2, 2);   // m, dmin
             if (type == Q4_K) {
@@ -298,6 +382,16 @@ static void rg_dequant_row(int type, const uint8_t* W, int64_t K, int64_t n, flo
         const int subs = block_elems(type) / 32, sub = (int)(b % subs);
         const uint8_t* sb = grp + (b / subs) * sbb;
         float d = rdh(sb + 2 * r), m;
+        if (type == Q6_K) {         // deq32_scalar's d * sc and -32 d * sc per 16 weights
+            for (int k = 0; k < 32; k++) {
+                const int w = 32 * sub + k, n6 = w / 128, t = (w % 128) / 32, j6 = w % 32;
+                const uint8_t l = at(sb, 18 + 3 * (32 * n6 + j6) + (t & 1)), h = at(sb, 18 + 3 * (32 * n6 + j6) + 2);
+                const int q = (t >= 2 ? l >> 4 : l & 0xF) | ((h >> (2 * t)) & 3) << 4;
+                const float sc = (float)(int8_t)at(sb, 2 + w / 16);
+                out[b * 32 + k] = fmaf((float)q, d * sc, -32.f * d * sc);
+            }
+            continue;
+        }
         if (type == Q4_K) { m = -rdh(sb + 2 * VN + 2 * r) * at(sb, 12 + sub); d = d * at(sb, 4 + sub); }
         else m = type == Q4_1 ? rdh(sb + 2 * VN + 2 * r) : type == Q4_0 ? -8.f * d : 0.f;
         for (int k = 0; k < 32; k++) {

@@ -100,9 +100,9 @@ def test_a_token_gets_the_same_bits_alone_or_in_any_batch(qtype, K, isa):
     assert torch.equal(lin(x[5:12]), batch[5:12])
 
 
-@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q4_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q4_K, QT.Q6_K], ids=lambda q: q.name)
 def test_row_grouped_weights_give_the_block_layout_s_products_in_any_batch(qtype, isa):
-    """Q4_0/Q4_1/Q8_0/Q4_K are repacked with rows in the vector lanes wherever the kernels are vector
+    """Q4_0/Q4_1/Q8_0/Q4_K/Q6_K are repacked with rows in the vector lanes wherever the kernels are vector
     ones; 131 rows: whole GEMV passes, single groups and a last group with padding rows."""
     lib = quant.kernels()
     rows, K = 131, 512
