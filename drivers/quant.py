@@ -232,7 +232,10 @@ class QLinear:
     def _row_grouped(self, qtype: int, data: np.ndarray, K: int) -> tuple[int, np.ndarray]:
         """(RG_TYPES + qtype, data repacked) where the kernels have a row-grouped kernel for qtype,
         else (qtype, data). The repacked array keeps data's shape (its buffer has the last
-        group's padding rows beyond it)."""
+        group's padding rows beyond it). LLMOS_ROWGROUP=off keeps every matrix in the file's
+        block layout (A/B runs; a fallback)."""
+        if os.environ.get("LLMOS_ROWGROUP") == "off":
+            return qtype, data
         rows, rb = data.shape
         n = int(self._lib.llmos_rowgroup_bytes(qtype, rows, K))
         if n <= 0:

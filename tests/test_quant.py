@@ -126,6 +126,13 @@ def test_row_grouped_weights_give_the_block_layout_s_products_in_any_batch(qtype
     assert torch.equal(lin.rows(ids), want_rows)
 
 
+def test_llmos_rowgroup_off_keeps_the_file_s_block_layout(monkeypatch):
+    w = random_blocks(QT.Q4_1, 16, 256)
+    monkeypatch.setenv("LLMOS_ROWGROUP", "off")
+    lin = quant.QLinear([(QT.Q4_1, w)], 256)
+    assert lin.parts[0][0] == QT.Q4_1 and lin.parts[0][1] is w
+
+
 def test_row_grouped_kernel_refuses_types_it_does_not_have():
     lib = quant.kernels()
     w = random_blocks(QT.Q5_0, 8, 256)
