@@ -44,7 +44,7 @@ static int64_t rg_group_bytes(int type, int64_t K) { return K / block_elems(type
 // the four weights 128n + 32t + j, t = 0..3 (rg_q6). Q5_K stays in the block layout: its fifth
 // bits, a bit plane per sub-block, cost more to place in these lanes than the layout saved (a
 // GEMV on one Zen 3 core went from 8.5 to 9.5 ms); Q5_0/Q5_1 have not been tried.
-template <int TYPE> constexpr int RG_QS = TYPE == Q4_1 ? 4 : TYPE == Q4_K ? 20 : 2;
+template <int TYPE> constexpr int RG_QS = TYPE == Q4_1 ? 4 : TYPE == Q4_K ? 20 : TYPE == Q6_K ? 18 : 2;
 
 // Products are summed in chunks of CH weights with one d (and m) each: 32-blocks, Q4_K's
 // sub-blocks, Q6_K's 16-weight scale groups (its -32 is in the quants, so it has no m).
@@ -110,7 +110,7 @@ template <int TYPE> static inline vf rg_q(const uint8_t* blk, int kk) {
 // Q6_K's quant vector (q - 32) for weight 128n + 32T + j, as fp32, and the d vector of its
 // scale group idx (8n + 2T + j / 16).
 template <int T> static inline vf rg_q6(const uint8_t* sb, int n, int j) {
-    const uint8_t* e = sb + (18 + 3 * (32 * n + j)) * VN;
+    const uint8_t* e = sb + (RG_QS<Q6_K> + 3 * (32 * n + j)) * VN;
     const vi l = vu8(e + (T & 1) * VN), h = vu8(e + 2 * VN);
     const vi lo = T >= 2 ? vsrli<4>(l) : vand(l, vset1i(0xF));
     vi hb;
@@ -350,7 +350,7 @@ static void rg_pack(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb
                 put(2, src + 192, 16);
                 for (int n6 = 0; n6 < 2; n6++)
                     for (int jj = 0; jj < 32; jj++) {
-                        const int e = 18 + 3 * (32 * n6 + jj);
+                        const int e = RG_QS<Q6_K> + 3 * (32 * n6 + jj);
                         dst[e * VN + r] = src[64 * n6 + jj];
                         dst[(e + 1) * VN + r] = src[64 * n6 + 32 + jj];
                         dst[(e + 2) * VN + r] = src[128 + 32 * n6 + jj];
@@ -385,7 +385,8 @@ static void rg_dequant_row(int type, const uint8_t* W, int64_t K, int64_t n, flo
         if (type == Q6_K) {         // deq32_scalar's d * sc and -32 d * sc per 16 weights
             for (int k = 0; k < 32; k++) {
                 const int w = 32 * sub + k, n6 = w / 128, t = (w % 128) / 32, j6 = w % 32;
-                const uint8_t l = at(sb, 18 + 3 * (32 * n6 + j6) + (t & 1)), h = at(sb, 18 + 3 * (32 * n6 + j6) + 2);
+                const int e = RG_QS<Q6_K> + 3 * (32 * n6 + j6);
+                const uint8_t l = at(sb, e + (t & 1)), h = at(sb, e + 2);
                 const int q = (t >= 2 ? l >> 4 : l & 0xF) | ((h >> (2 * t)) & 3) << 4;
                 const float sc = (float)(int8_t)at(sb, 2 + w / 16);
                 out[b * 32 + k] = fmaf((float)q, d * sc, -32.f * d * sc);
