@@ -259,7 +259,9 @@ class QLinear:
         return out
 
     def nbytes(self) -> int:
-        return sum(d.nbytes for _, d in self.parts)
+        """Bytes the weights occupy (a row-grouped part: its whole buffer, Q4_K's unpacked scales and the
+        last group's padding rows included)."""
+        return sum((d.base if q >= RG_TYPES else d).nbytes for q, d in self.parts)
 
     def stream_bytes(self, rows: int) -> int:
         """Weight bytes one product reads (all of them, whatever the number of rows)."""

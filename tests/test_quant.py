@@ -120,6 +120,9 @@ def test_row_grouped_weights_give_the_block_layout_s_products_in_any_batch(qtype
     for t in (0, 1, 63, 64, 69):
         assert torch.equal(lin(x[t:t + 1]), got[t:t + 1])
     assert torch.equal(lin(x[3:8]), got[3:8])
+    if vector:      # nbytes counts the repacked buffer: whole groups of rows, Q4_K's scales unpacked
+        n = lib.llmos_rowgroup_bytes(qtype, rows, K)
+        assert n >= w.nbytes and lin.nbytes() == -(-n // w.shape[1]) * w.shape[1]
     ids = torch.tensor([130, 0, 64, 7])
     want_rows = torch.empty(4, K)
     lib.llmos_dequant_rows(qtype, w.ctypes.data, K, w.shape[1], ids.data_ptr(), 4, want_rows.data_ptr())
