@@ -259,8 +259,8 @@ class QLinear:
         return out
 
     def nbytes(self) -> int:
-        """Bytes the weights occupy (a row-grouped part: its whole buffer, Q4_K's unpacked scales and the
-        last group's padding rows included)."""
+        """Bytes the weights occupy (a row-grouped part: its whole buffer, Q4_K's unpacked scales
+        and the last group's padding rows included)."""
         return sum((d.base if q >= RG_TYPES else d).nbytes for q, d in self.parts)
 
     def stream_bytes(self, rows: int) -> int:

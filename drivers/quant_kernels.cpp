@@ -587,7 +587,8 @@ int llmos_quant_supported(int type) { return block_bytes(type) > 0; }
 // this build has no row-grouped kernel for the type (then W is used as it is).
 int64_t llmos_rowgroup_bytes(int type, int64_t N, int64_t K) {
 #if defined(LLMOS_VEC)
-    if (rg_supported(type) && K % block_elems(type) == 0 && N > 0) return (N + VN - 1) / VN * rg_group_bytes(type, K);
+    if (rg_supported(type) && K % block_elems(type) == 0 && N > 0)
+        return (N + VN - 1) / VN * rg_group_bytes(type, K);
 #endif
     (void)type; (void)N; (void)K;
     return 0;
@@ -611,7 +612,7 @@ int llmos_rowgroup_pack(int type, const uint8_t* W, int64_t N, int64_t K, int64_
 int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
                   const float* X, int64_t T, int64_t ldx, float* Y, int64_t ldy, int add,
                   int glu, const float* norm_w, float eps) {
-    const int base = type > RG_TYPES ? type - RG_TYPES : type;
+    const int base = type >= RG_TYPES ? type - RG_TYPES : type;
     if (!block_bytes(base) || (base != type && !llmos_rowgroup_bytes(base, N, K))) return -1;
     if (K % block_elems(base)) return -2;
     std::vector<float> xp;
@@ -682,7 +683,7 @@ int64_t llmos_quant_stragglers(void) { return pool::stragglers.load(); }
 // out[i, :] = dequantised row ids[i] of W ([*, K] in `type`, rb bytes per row).
 int llmos_dequant_rows(int type, const uint8_t* W, int64_t K, int64_t rb, const int64_t* ids,
                        int64_t n, float* out) {
-    const int base = type > RG_TYPES ? type - RG_TYPES : type;
+    const int base = type >= RG_TYPES ? type - RG_TYPES : type;
     if (!block_bytes(base) || (base != type && !llmos_rowgroup_bytes(base, 1, K))) return -1;
     if (K % block_elems(base)) return -2;
 #if defined(LLMOS_VEC)
