@@ -44,8 +44,9 @@ static int64_t rg_group_bytes(int type, int64_t K) { return K / block_elems(type
 // t = 0..3, as (q0 | (q2 & 3) << 6, q1 | (q3 & 3) << 6, q2 >> 2 | (q3 >> 2) << 4): two of them
 // are one AND away, the others four operations; GGML's ql/qh split took 15 for the four (a GEMV
 // on one Zen 3 core, 32768 x 2048 from DRAM: 7.07 -> 6.07 ms). Q5_K stays in the block layout:
-// its fifth bits, a bit plane per sub-block, cost more to place in these lanes than the layout
-// saved (8.5 -> 9.5 ms); Q5_0/Q5_1 have not been tried.
+// in these lanes its fifth bits cost more than the layout saved, whether kept as GGML's bit plane
+// per sub-block (8.5 -> 9.5 ms) or regrouped as Q6_K's are (8.4-8.6 -> 9.1-9.4 ms: two byte loads
+// and six shifts a pair of vectors, on the pipes the FMAs use). Q5_0/Q5_1 have not been tried.
 template <int TYPE> constexpr int RG_QS = TYPE == Q4_1 ? 4 : TYPE == Q4_K ? 20 : TYPE == Q6_K ? 18 : 2;
 
 // Products are summed in chunks of CH weights with one d (and m) each: 32-blocks, Q4_K's
