@@ -35,7 +35,7 @@ from .device import pick_device, pick_dtype
 from .gguf import GGUFModelFile, ModelConfig, ModelFileError
 from .kvstore import KVStorage
 from .linear import Linear
-from .quant import GLU_SILU, QLinear, has_kernel, kernel_isa, kernels, rope_, type_name
+from .quant import GLU_SILU, RG_TYPES, QLinear, has_kernel, kernel_isa, kernels, rope_, type_name
 
 log = logging.getLogger("llmos.drivers")
 
@@ -291,12 +291,15 @@ class LlamaModel:
         return sum(m.stream_bytes(rows) for m in mats)
 
     def weight_format(self) -> str:
-        """What the matmuls run on, e.g. 'Q4_1+Q8_0 on avx2 kernels' or 'fp32'."""
+        """What the matmuls run on, e.g. 'Q4_1+Q8_0 on avx2-fma kernels (row-grouped: Q4_1+Q8_0)' or
+        'fp32'."""
         if not self.quantized:
             return str(self.dtype).replace("torch.", "")
-        types = sorted({type_name(q) for m in self._linears() if isinstance(m, QLinear)
-                        for q, _ in m.parts})
-        return f"{'+'.join(types)} on {kernel_isa()} kernels"
+        kinds = {q for m in self._linears() if isinstance(m, QLinear) for q, _ in m.parts}
+        types = sorted({type_name(q) for q in kinds})
+        grouped = sorted({type_name(q) for q in kinds if q >= RG_TYPES})
+        rg = f" (row-grouped: {'+'.join(grouped)})" if grouped else ""
+        return f"{'+'.join(types)} on {kernel_isa()} kernels{rg}"
 
 
 def _kv_dtype(dtype: torch.dtype, device: torch.device, quantized: bool) -> torch.dtype:

@@ -239,6 +239,8 @@ def test_quantized_model_tracks_fp32_and_keeps_weights_quantized(tmp_path, qtype
     assert qm.quantized and not ref.quantized
     assert isinstance(qm.layers[0].wqkv, quant.QLinear) and len(qm.layers[0].wqkv.parts) == 1
     assert qm.weight_bytes() < ref.weight_bytes() / 3
+    grouped = qtype != QT.Q5_1 and not isa.startswith("scalar")        # the format names the layout in use
+    assert qm.weight_format().endswith(f"kernels (row-grouped: {qtype.name})" if grouped else "kernels")
     ids = list(range(10, 40))
     a = ref.forward([SeqInput(ids, 0, list(range(8)))], ref.new_kv(8, 4))[0]
     b = qm.forward([SeqInput(ids, 0, list(range(8)))], qm.new_kv(8, 4))[0]
