@@ -651,6 +651,8 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
         case Q6_K: fn = gemm_task<Q6_K>; break;
         case RG_Q4_0: fn = rg_task<Q4_0>; break;
         case RG_Q4_1: fn = rg_task<Q4_1>; break;
+        case RG_Q5_0: fn = rg_task<Q5_0>; break;
+        case RG_Q5_1: fn = rg_task<Q5_1>; break;
         case RG_Q8_0: fn = rg_task<Q8_0>; break;
         case RG_Q4_K: fn = rg_task<Q4_K>; break;
         case RG_Q6_K: fn = rg_task<Q6_K>; break;

@@ -1,6 +1,7 @@
-// Row-grouped matmuls: Q4_0, Q4_1, Q8_0, Q4_K and Q6_K weights repacked at load so that the VN lanes of a
-// vector hold VN rows (one group) at the same k. Included by drivers/quant_kernels.cpp inside its
-// vector section, after the Job struct and pool; llmos_qmatmul dispatches the RG_* types here.
+// Row-grouped matmuls: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K weights repacked at load so
+// that the VN lanes of a vector hold VN rows (one group) at the same k. Included by
+// drivers/quant_kernels.cpp inside its vector section, after the Job struct and pool;
+// llmos_qmatmul dispatches the RG_* types here.
 //
 // Why: the 32-block layout puts k in the lanes, so each weight vector must be dequantised,
 // w = q d + m, before its FMA with x: two FMAs per weight vector, plus each row's scales
@@ -11,20 +12,22 @@
 // DRAM: ~9.0 cycles a 32-block in the block layout, ~5.2 here).
 //
 // A group is VN rows (the last group's missing rows are zero), stored super-block by super-block
-// (RG_QS below has the fields): the same bytes as GGML's blocks (VN x 18, 20, 34, 210), Q4_K's
-// 6-bit scales unpacked (VN x 148 against 144). Q4_0's m is -8 d; Q4_K's d and m are its
-// sub-blocks'; Q6_K's d is per 16 weights, and its -32 is subtracted from the quants.
+// (RG_QS below has the fields): as many bytes as GGML's blocks (VN x 18, 20, 22, 24, 34, 210),
+// Q4_K's 6-bit scales unpacked (VN x 148 against 144). Q4_0's m is -8 d and Q5_0's -16 d; Q4_K's d
+// and m are its sub-blocks'; Q6_K's d is per 16 weights, and its -32 is subtracted from the quants.
 //
 // Every (row, token) pair computes, for each chunk (CH below) in order: s = 0; s = fma(q, x, s)
-// over the chunk's k in the order KPERM gives (Q4_0/Q4_1: k = 0, 16, 1, 17, ...); acc = fma(s, d,
-// acc); then acc = fma(m, xsum, acc) with xsum from block_sums (not for Q8_0 and Q6_K). The GEMV (one token,
-// accumulators in registers) and the GEMM (a dequantised panel, accumulators in memory) do
-// exactly this, so results are bit-identical at any batch size, as in the block layout.
+// over the chunk's k in the order KPERM gives (Q4_0/Q4_1/Q5_0/Q5_1: k = 0, 16, 1, 17, ...);
+// acc = fma(s, d, acc); then acc = fma(m, xsum, acc) with xsum from block_sums (not for Q8_0 and
+// Q6_K). The GEMV (one token, accumulators in registers) and the GEMM (a dequantised panel,
+// accumulators in memory) do exactly this, so results are bit-identical at any batch size, as in
+// the block layout.
 
-enum { RG_Q4_0 = RG_TYPES + Q4_0, RG_Q4_1 = RG_TYPES + Q4_1, RG_Q8_0 = RG_TYPES + Q8_0, RG_Q4_K = RG_TYPES + Q4_K,
-       RG_Q6_K = RG_TYPES + Q6_K };
+enum { RG_Q4_0 = RG_TYPES + Q4_0, RG_Q4_1 = RG_TYPES + Q4_1, RG_Q5_0 = RG_TYPES + Q5_0, RG_Q5_1 = RG_TYPES + Q5_1,
+       RG_Q8_0 = RG_TYPES + Q8_0, RG_Q4_K = RG_TYPES + Q4_K, RG_Q6_K = RG_TYPES + Q6_K };
 static bool rg_supported(int type) {
-    return type == Q4_0 || type == Q4_1 || type == Q8_0 || type == Q4_K || type == Q6_K;
+    return type == Q4_0 || type == Q4_1 || type == Q5_0 || type == Q5_1 || type == Q8_0 || type == Q4_K
+        || type == Q6_K;
 }
 
 // Bytes of one row's super-block (32 weights, or a K-quant's 256) in the row-grouped layout:
@@ -32,22 +35,29 @@ static bool rg_supported(int type) {
 template <int TYPE> constexpr int RG_SB = TYPE == Q4_K ? 148 : SUPER_BYTES<TYPE>;
 static int rg_super_bytes(int type) {
     switch (type) { case Q4_0: return RG_SB<Q4_0>; case Q4_1: return RG_SB<Q4_1>; case Q8_0: return RG_SB<Q8_0>;
+        case Q5_0: return RG_SB<Q5_0>; case Q5_1: return RG_SB<Q5_1>;
         case Q4_K: return RG_SB<Q4_K>; case Q6_K: return RG_SB<Q6_K>; default: return 0; }
 }
 static int64_t rg_group_bytes(int type, int64_t K) { return K / block_elems(type) * VN * rg_super_bytes(type); }
 
 // Where a group super-block's fields start, in units of VN bytes (one byte a row):
 //   Q4_0: d[2] qs[16]          Q4_1: d[2] m[2] qs[16]          Q8_0: d[2] qs[32]
+//   Q5_0: d[2] b[16] e[4]      Q5_1: d[2] m[2] b[16] e[4]
 //   Q4_K: d[2] dmin[2] sc[8] mn[8] qs[128]          Q6_K: d[2] sc[16] then 64 triples
 // Q4_K's qs entry 32p + j holds weight 64p + j (low nibble, sub-block 2p) and 64p + 32 + j (high,
-// sub-block 2p + 1). Q6_K's triple 32n + j holds the 6-bit quants q0..q3 of weights 128n + 32t + j,
-// t = 0..3, as (q0 | (q2 & 3) << 6, q1 | (q3 & 3) << 6, q2 >> 2 | (q3 >> 2) << 4): two of them
-// are one AND away, the others four operations; GGML's ql/qh split took 15 for the four (a GEMV
-// on one Zen 3 core, 32768 x 2048 from DRAM: 7.07 -> 6.07 ms). Q5_K stays in the block layout:
-// in these lanes its fifth bits cost more than the layout saved, whether kept as GGML's bit plane
-// per sub-block (8.5 -> 9.5 ms) or regrouped as Q6_K's are (8.4-8.6 -> 9.1-9.4 ms: two byte loads
-// and six shifts a pair of vectors, on the pipes the FMAs use). Q5_0/Q5_1 have not been tried.
-template <int TYPE> constexpr int RG_QS = TYPE == Q4_1 ? 4 : TYPE == Q4_K ? 20 : TYPE == Q6_K ? 18 : 2;
+// sub-block 2p + 1).
+// Q5_0/Q5_1's b[i] holds the 5-bit quants u = q(i), v = q(i + 16) as u | (v & 7) << 5, and
+// e[i / 4] has v >> 3 at bits 2 (i % 4): u is one AND away, v four operations (GGML's bit plane
+// of fifth bits needs a shift and a mask a weight; a GEMV on one Zen 3 core, 32768 x 2048 from
+// DRAM: Q5_0 6.95 -> 4.9 ms against the block layout).
+// Q6_K's triple 32n + j holds the 6-bit quants q0..q3 of weights 128n + 32t + j, t = 0..3, as
+// (q0 | (q2 & 3) << 6, q1 | (q3 & 3) << 6, q2 >> 2 | (q3 >> 2) << 4): two of them are one AND
+// away, the others four operations, where GGML's ql/qh split took 15 for the four (7.07 -> 6.07 ms).
+// Q5_K stays in the block layout: in these lanes its fifth bits cost more than the layout saved,
+// whether kept as GGML's bit plane per sub-block (8.5 -> 9.5 ms) or regrouped as Q6_K's are
+// (8.4-8.6 -> 9.1-9.4 ms: a pair of vectors came from two byte loads and a shift by sub-block).
+template <int TYPE> constexpr int RG_QS = TYPE == Q4_1 || TYPE == Q5_1 ? 4 : TYPE == Q4_K ? 20
+                                          : TYPE == Q6_K ? 18 : 2;
 
 // Products are summed in chunks of CH weights with one d (and m) each: 32-blocks, Q4_K's
 // sub-blocks, Q6_K's 16-weight scale groups (its -32 is in the quants, so it has no m).
@@ -58,7 +68,7 @@ template <int TYPE> constexpr bool HAS_M = TYPE != Q8_0 && TYPE != Q6_K;
 // a byte in turn (k = 0, 16, 1, 17, ...); Q6_K's chunks go (n, h, t) = (c / 8, c / 4 % 2, c % 4)
 // over weights 128n + 32t + 16h .. +15 (the GEMV's order, which sums t = 0..3 side by side).
 template <int TYPE> static constexpr int KPERM(int kk) {
-    return TYPE == Q4_0 || TYPE == Q4_1 ? (kk >> 1) + 16 * (kk & 1) : kk;
+    return TYPE == Q4_0 || TYPE == Q4_1 || TYPE == Q5_0 || TYPE == Q5_1 ? (kk >> 1) + 16 * (kk & 1) : kk;
 }
 template <int TYPE> static inline int64_t rg_xbase(int64_t c) {
     if constexpr (TYPE == Q6_K) {
@@ -97,8 +107,8 @@ template <int TYPE> static inline void rg_scales(const uint8_t* sb, int sub, vf&
         m = vmul(vmul(vh2f(sb + 2 * VN), vset1(-1.f)), vcvt(vu8(sb + (12 + sub) * VN)));
     } else {
         d = vh2f(sb);
-        if constexpr (TYPE == Q4_1) m = vh2f(sb + 2 * VN);
-        else m = vmul(d, vset1(-8.f));       // Q4_0; unused for Q8_0
+        if constexpr (TYPE == Q4_1 || TYPE == Q5_1) m = vh2f(sb + 2 * VN);
+        else m = vmul(d, vset1(TYPE == Q5_0 ? -16.f : -8.f));       // Q4_0, Q5_0; unused for Q8_0
     }
 }
 
@@ -106,6 +116,13 @@ template <int TYPE> static inline void rg_scales(const uint8_t* sb, int sub, vf&
 // their kk loops fully, so kk is a constant here: GCC did not inline unroll()'s lambdas here.)
 template <int TYPE> static inline vf rg_q(const uint8_t* blk, int kk) {
     if constexpr (TYPE == Q8_0) return vcvt(vs8(blk + RG_QS<TYPE> * VN + kk * VN));
+    if constexpr (TYPE == Q5_0 || TYPE == Q5_1) {
+        const int i = kk >> 1;
+        const vi b = vu8(blk + (RG_QS<TYPE> + i) * VN);
+        if (!(kk & 1)) return vcvt(vand(b, vset1i(31)));
+        const vi e = vsrlv(vslli<3>(vu8(blk + (RG_QS<TYPE> + 16 + i / 4) * VN)), vset1i(2 * (i % 4)));
+        return vcvt(vor(vsrli<5>(b), vand(e, vset1i(0x18))));
+    }
     const vi u = vu8(blk + RG_QS<TYPE> * VN + (kk >> 1) * VN);
     return vcvt((kk & 1) ? vsrli<4>(u) : vand(u, vset1i(0xF)));
 }
@@ -364,7 +381,18 @@ static void rg_pack(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb
                 continue;
             }
             memcpy(dst + 2 * r, src, 2);                                    // d
-            if (type == Q4_1 || type == Q4_K) memcpy(dst + 2 * VN + 2 * r, src + 2, 2);   // m, dmin
+            if (type == Q4_1 || type == Q5_1 || type == Q4_K) memcpy(dst + 2 * VN + 2 * r, src + 2, 2);   // m, dmin
+            if (type == Q5_0 || type == Q5_1) {     // GGML: qh (4 bytes, bit w = weight w's fifth bit), qs[16]
+                const uint8_t* qs = src + (type == Q5_0 ? 6 : 8);
+                uint32_t qh; memcpy(&qh, src + (type == Q5_0 ? 2 : 4), 4);
+                auto q5 = [&](int w) { return (w < 16 ? qs[w] & 0xF : qs[w - 16] >> 4) | ((qh >> w) & 1) << 4; };
+                const int qo = RG_QS<Q5_1> * (type == Q5_1) + RG_QS<Q5_0> * (type == Q5_0);
+                for (int i = 0; i < 16; i++) {
+                    dst[(qo + i) * VN + r] = (uint8_t)(q5(i) | (q5(i + 16) & 7) << 5);
+                    dst[(qo + 16 + i / 4) * VN + r] |= (uint8_t)((q5(i + 16) >> 3) << (2 * (i % 4)));
+                }
+                continue;
+            }
             if (type == Q4_K) {
                 for (int j = 0; j < 8; j++) {
                     int sc, mn; scale_min_k4(j, src + 4, &sc, &mn);
@@ -400,10 +428,15 @@ static void rg_dequant_row(int type, const uint8_t* W, int64_t K, int64_t n, flo
             continue;
         }
         if (type == Q4_K) { m = -rdh(sb + 2 * VN + 2 * r) * at(sb, 12 + sub); d = d * at(sb, 4 + sub); }
-        else m = type == Q4_1 ? rdh(sb + 2 * VN + 2 * r) : type == Q4_0 ? -8.f * d : 0.f;
+        else m = type == Q4_1 || type == Q5_1 ? rdh(sb + 2 * VN + 2 * r) : type == Q4_0 ? -8.f * d
+                 : type == Q5_0 ? -16.f * d : 0.f;
         for (int k = 0; k < 32; k++) {
             int q;
             if (type == Q8_0) q = (int8_t)at(sb, 2 + k);
+            else if (type == Q5_0 || type == Q5_1) {
+                const int qo = type == Q5_1 ? 4 : 2, i = k & 15, b = at(sb, qo + i);
+                q = k < 16 ? b & 31 : b >> 5 | ((at(sb, qo + 16 + i / 4) >> (2 * (i % 4))) & 3) << 3;
+            }
             else if (type == Q4_0 || type == Q4_1) {
                 const uint8_t byte = at(sb, (type == Q4_1 ? 4 : 2) + (k & 15)); q = k < 16 ? byte & 0xF : byte >> 4;
             } else {

@@ -100,9 +100,9 @@ def test_a_token_gets_the_same_bits_alone_or_in_any_batch(qtype, K, isa):
     assert torch.equal(lin(x[5:12]), batch[5:12])
 
 
-@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q4_K, QT.Q6_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.Q4_K, QT.Q6_K], ids=lambda q: q.name)
 def test_row_grouped_weights_give_the_block_layout_s_products_in_any_batch(qtype, isa):
-    """Q4_0/Q4_1/Q8_0/Q4_K/Q6_K are repacked with rows in the vector lanes wherever the kernels are vector
+    """Every type but Q5_K is repacked with rows in the vector lanes wherever the kernels are vector
     ones; 131 rows: whole GEMV passes, single groups and a last group with padding rows."""
     lib = quant.kernels()
     rows, K = 131, 512
@@ -138,12 +138,12 @@ def test_llmos_rowgroup_off_keeps_the_file_s_block_layout(monkeypatch):
 
 def test_row_grouped_kernel_refuses_types_it_does_not_have():
     lib = quant.kernels()
-    w = random_blocks(QT.Q5_0, 8, 256)
-    assert lib.llmos_rowgroup_bytes(int(QT.Q5_0), 8, 256) == 0
-    assert lib.llmos_rowgroup_pack(int(QT.Q5_0), w.ctypes.data, 8, 256, w.shape[1], w.ctypes.data) == -1
+    w = random_blocks(QT.Q5_K, 8, 256)
+    assert lib.llmos_rowgroup_bytes(int(QT.Q5_K), 8, 256) == 0
+    assert lib.llmos_rowgroup_pack(int(QT.Q5_K), w.ctypes.data, 8, 256, w.shape[1], w.ctypes.data) == -1
     y = torch.empty(1, 8)
     x = torch.zeros(1, 256)
-    assert lib.llmos_qmatmul(quant.RG_TYPES + int(QT.Q5_0), w.ctypes.data, 8, 256, w.shape[1], x.data_ptr(), 1, 256,
+    assert lib.llmos_qmatmul(quant.RG_TYPES + int(QT.Q5_K), w.ctypes.data, 8, 256, w.shape[1], x.data_ptr(), 1, 256,
                              y.data_ptr(), 8, 0, 0, None, 0.0) == -1
     assert lib.llmos_rowgroup_bytes(int(QT.Q4_1), 8, 100) == 0          # K not a whole number of blocks
 
@@ -239,7 +239,7 @@ def test_quantized_model_tracks_fp32_and_keeps_weights_quantized(tmp_path, qtype
     assert qm.quantized and not ref.quantized
     assert isinstance(qm.layers[0].wqkv, quant.QLinear) and len(qm.layers[0].wqkv.parts) == 1
     assert qm.weight_bytes() < ref.weight_bytes() / 3
-    grouped = qtype != QT.Q5_1 and not isa.startswith("scalar")        # the format names the layout in use
+    grouped = not isa.startswith("scalar")        # the format names the layout in use
     assert qm.weight_format().endswith(f"kernels (row-grouped: {qtype.name})" if grouped else "kernels")
     ids = list(range(10, 40))
     a = ref.forward([SeqInput(ids, 0, list(range(8)))], ref.new_kv(8, 4))[0]
