@@ -6,7 +6,7 @@ this CPU (``-march=native``) into ``$LLMOS_HOME/kernels/``, keyed by source, com
 flags, and loaded with ctypes. Each weight block is dequantised to fp32 in registers and multiplied
 by the fp32 activations with FMA (16 lanes with AVX-512F, 8 with AVX2, drivers/simd_vec.h; a scalar
 path elsewhere): one token streams the weights (GEMV), more tokens reuse a dequantised panel of
-rows in an FMA micro-kernel (GEMM). Q4_0, Q4_1, Q8_0, Q4_K and Q6_K are repacked at load so that
+rows in an FMA micro-kernel (GEMM). All but Q5_K are repacked at load so that
 a vector's lanes hold rows (drivers/rowgroup_kernels.h: one FMA per weight vector instead of two;
 the file's pages are then released). Exact up to fp32 rounding, and bit-identical for a token
 whatever the batch. Why not a library: torch's
