@@ -386,7 +386,7 @@ static void rg_pack(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb
                 const uint8_t* qs = src + (type == Q5_0 ? 6 : 8);
                 uint32_t qh; memcpy(&qh, src + (type == Q5_0 ? 2 : 4), 4);
                 auto q5 = [&](int w) { return (w < 16 ? qs[w] & 0xF : qs[w - 16] >> 4) | ((qh >> w) & 1) << 4; };
-                const int qo = RG_QS<Q5_1> * (type == Q5_1) + RG_QS<Q5_0> * (type == Q5_0);
+                const int qo = type == Q5_1 ? RG_QS<Q5_1> : RG_QS<Q5_0>;
                 for (int i = 0; i < 16; i++) {
                     dst[(qo + i) * VN + r] = (uint8_t)(q5(i) | (q5(i + 16) & 7) << 5);
                     dst[(qo + 16 + i / 4) * VN + r] |= (uint8_t)((q5(i + 16) >> 3) << (2 * (i % 4)));
