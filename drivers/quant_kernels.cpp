@@ -279,7 +279,7 @@ static void prep_task(void* p, int64_t i) {
 struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     int type; const uint8_t* W; int64_t N, K, rb; const float* X; int64_t ldx, T; float* Y; int64_t ldy;
     int add; int64_t rows_per_task, row_tasks;
-    const float* xsum;      // row-grouped types: X's 32-block sums, [T, K / 32]
+    const float* xsum;      // row-grouped types with an m term (rg_has_m): X's 32-block sums, [T, K / 32]
 };
 constexpr int64_t TCHUNK = 64;   // tokens whose activations stay in L2 while a panel is reused
 constexpr int NR = 6;           // weight rows per dequantised panel
@@ -631,9 +631,11 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
 #if defined(LLMOS_VEC)
     if (base != type) {             // row-grouped: tasks take whole GEMV passes of groups
         round = RG_GV * VN;
-        xsum.resize((size_t)(T * (K / 32)));
-        for (int64_t t = 0; t < T; t++) block_sums(X + t * ldx, K / 32, xsum.data() + t * (K / 32));
-        job.xsum = xsum.data();
+        if (rg_has_m(base)) {
+            xsum.resize((size_t)(T * (K / 32)));
+            for (int64_t t = 0; t < T; t++) block_sums(X + t * ldx, K / 32, xsum.data() + t * (K / 32));
+            job.xsum = xsum.data();
+        }
     }
 #endif
     job.rows_per_task = ((N + want - 1) / want + round - 1) / round * round;

@@ -62,7 +62,8 @@ template <int TYPE> constexpr int RG_QS = TYPE == Q4_1 || TYPE == Q5_1 ? 4 : TYP
 // Products are summed in chunks of CH weights with one d (and m) each: 32-blocks, Q4_K's
 // sub-blocks, Q6_K's 16-weight scale groups (its -32 is in the quants, so it has no m).
 template <int TYPE> constexpr int CH = TYPE == Q6_K ? 16 : 32;
-template <int TYPE> constexpr bool HAS_M = TYPE != Q8_0 && TYPE != Q6_K;
+static constexpr bool rg_has_m(int type) { return type != Q8_0 && type != Q6_K; }   // reads X's block sums
+template <int TYPE> constexpr bool HAS_M = rg_has_m(TYPE);
 
 // The k of chunk c's kk-th product is rg_xbase(c) + KPERM(kk): Q4_0/Q4_1 take the two nibbles of
 // a byte in turn (k = 0, 16, 1, 17, ...); Q6_K's chunks go (n, h, t) = (c / 8, c / 4 % 2, c % 4)
@@ -293,7 +294,8 @@ constexpr int RG_GV = 4;    // groups per GEMV pass: independent FMA chains (4 c
 template <int TYPE> constexpr int RG_G = TYPE == Q6_K ? 1 : RG_GV;   // Q6_K: four chains a group already
 constexpr int RG_RV = 2, RG_NC = 4;     // GEMM micro-kernel: groups x tokens
 
-// A task of a row-grouped matmul: Job's rows are group-aligned; X's block sums are in j.xsum.
+// A task of a row-grouped matmul: Job's rows are group-aligned; X's block sums are in j.xsum
+// (types with an m term).
 template <int TYPE>
 static void rg_task(void* p, int64_t i) {
     const Job& j = *(const Job*)p;
@@ -303,9 +305,10 @@ static void rg_task(void* p, int64_t i) {
     const int64_t r_begin = (i % j.row_tasks) * j.rows_per_task;
     const int64_t r_end = r_begin + j.rows_per_task < j.N ? r_begin + j.rows_per_task : j.N;
     const int64_t g_begin = r_begin / VN, g_end = (r_end + VN - 1) / VN;
+    auto sums_of = [&](int64_t t) -> const float* { return HAS_M<TYPE> ? j.xsum + t * nb : nullptr; };
     alignas(64) float acc[G * VN];
     if (tn == 1) {
-        const float* x = j.X + t0 * j.ldx; const float* xs = j.xsum + t0 * nb; float* y = j.Y + t0 * j.ldy;
+        const float* x = j.X + t0 * j.ldx; const float* xs = sums_of(t0); float* y = j.Y + t0 * j.ldy;
         int64_t g = g_begin;
         for (; g + G <= g_end; g += G) {
             rg_gemv_groups<TYPE, G>(j.W + g * gs, gs, nb, x, xs, acc);
@@ -333,14 +336,14 @@ static void rg_task(void* p, int64_t i) {
         int64_t c = 0;
         for (; c + RG_NC <= tn; c += RG_NC) {
             for (int u = 0; u < RG_NC; u++) {
-                xs[u] = j.X + (t0 + c + u) * j.ldx; sums[u] = j.xsum + (t0 + c + u) * nb;
+                xs[u] = j.X + (t0 + c + u) * j.ldx; sums[u] = sums_of(t0 + c + u);
             }
             float* o = out.data() + c * ldo;
             if (rv == RG_RV) rg_micro<TYPE, RG_RV, RG_NC>(q, VN * K, d, m, VN * nch, nch, xs, sums, o, ldo);
             else rg_micro<TYPE, 1, RG_NC>(q, VN * K, d, m, VN * nch, nch, xs, sums, o, ldo);
         }
         for (; c < tn; c++) {
-            xs[0] = j.X + (t0 + c) * j.ldx; sums[0] = j.xsum + (t0 + c) * nb;
+            xs[0] = j.X + (t0 + c) * j.ldx; sums[0] = sums_of(t0 + c);
             for (int v = 0; v < rv; v++)
                 rg_micro<TYPE, 1, 1>(q + v * VN * K, VN * K, d + v * VN * nch, m + v * VN * nch, VN * nch, nch, xs,
                                      sums, out.data() + c * ldo + v * VN, ldo);
