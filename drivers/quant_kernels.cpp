@@ -190,8 +190,12 @@ static void run(TaskFn f, void* c, int64_t count) {
         for (int i = 1; i < nthreads; i++) std::thread(worker).detach();
         started = true;
     }
+    // First a generation with no task left to claim: a worker still inside work() with the last
+    // job's word in hand then fails its CAS, where it would otherwise see the new n beside the old
+    // generation and run a task of this job before it is published (and count it in `done` early).
+    const uint32_t gen = (uint32_t)(word.load() >> 32) + 2;
+    word.store((uint64_t)(gen - 1) << 32 | 0xffffffffu);
     fn.store(f); ctx.store(c); n.store(count); done.store(0);
-    uint32_t gen = (uint32_t)(word.load() >> 32) + 1;
     word.store((uint64_t)gen << 32);
     if (sleepers.load() > 0) { std::lock_guard<std::mutex> lk(sleep_mu); wake.notify_all(); }
     const auto begin = std::chrono::steady_clock::now();

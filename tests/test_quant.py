@@ -247,6 +247,22 @@ def test_quantized_model_tracks_fp32_and_keeps_weights_quantized(tmp_path, qtype
     assert (a - b).abs().max() < 1e-3 * a.abs().max()
 
 
+def test_thread_pool_runs_each_task_once_and_returns_after_the_last(tmp_path):
+    """300k back-to-back jobs on two threads: no task runs twice and no job returns before its
+    last task has run. (A worker that read the last job's generation, then the next job's task
+    count, once claimed a task before that job was published: a few in 100k jobs ran twice, and
+    their jobs returned early, while a kernel still read the caller's finished stack frame.)"""
+    import shutil
+    import subprocess
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    lib = Path(quant.kernels()._name)
+    exe = tmp_path / "pool_stress"
+    subprocess.run([compiler, "-O2", "-std=c++17", str(Path(__file__).with_name("pool_stress.cpp")), str(lib),
+                    f"-Wl,-rpath,{lib.parent}", "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe), "300000"], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["0", "0"], out.stdout
+
+
 def test_quantized_model_is_batch_invariant(tmp_path, isa):
     path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q4_1)
     m = LlamaModel.load(path)

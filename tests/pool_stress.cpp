@@ -1,0 +1,31 @@
+// Hammers the kernels' thread pool (llmos_parallel) with back-to-back jobs of 2 and 64 tasks and
+// counts the tasks that had not run exactly once when their job returned ("early") and at the
+// end ("wrong"). Built and run by tests/test_quant.py against the kernel library.
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+extern "C" void llmos_parallel(void (*)(void*, int64_t), void*, int64_t);
+extern "C" void llmos_quant_set_threads(int);
+
+struct Hits { std::atomic<int>* at; };
+static void hit(void* p, int64_t i) { ((Hits*)p)->at[i].fetch_add(1, std::memory_order_relaxed); }
+
+int main(int argc, char** argv) {
+    const int64_t jobs = argc > 1 ? atoll(argv[1]) : 100000;
+    llmos_quant_set_threads(2);
+    std::vector<std::atomic<int>> hits(jobs * 64);
+    int64_t early = 0, wrong = 0;
+    for (int64_t j = 0; j < jobs; j++) {
+        const int64_t count = j % 2 ? 64 : 2;
+        Hits h{&hits[j * 64]};              // on the stack, as the kernels' job structs are
+        llmos_parallel(hit, &h, count);
+        for (int64_t i = 0; i < count; i++) early += h.at[i].load() != 1;
+    }
+    for (int64_t j = 0; j < jobs; j++)
+        for (int64_t i = 0; i < 64; i++) wrong += hits[j * 64 + i].load() != (i < (j % 2 ? 64 : 2) ? 1 : 0);
+    printf("%lld %lld\n", (long long)early, (long long)wrong);
+    return 0;
+}
