@@ -14,7 +14,7 @@
 // A group is VN rows (the last group's missing rows are zero), stored super-block by super-block
 // (RG_QS below has the fields): as many bytes as GGML's blocks (VN x 18, 20, 22, 24, 34, 210),
 // Q4_K's 6-bit scales unpacked (VN x 148 against 144). Q4_0's m is -8 d and Q5_0's -16 d; Q4_K's d
-// and m are its sub-blocks'; Q6_K's d is per 16 weights, and its -32 is subtracted from the quants.
+// and m are its sub-blocks'; Q6_K's d is per 16 weights, and its quants are stored as q - 32.
 //
 // Every (row, token) pair computes, for each chunk (CH below) in order: s = 0; s = fma(q, x, s)
 // over the chunk's k in the order KPERM gives (Q4_0/Q4_1/Q5_0/Q5_1: k = 0, 16, 1, 17, ...);
@@ -50,9 +50,13 @@ static int64_t rg_group_bytes(int type, int64_t K) { return K / block_elems(type
 // e[i / 4] has v >> 3 at bits 2 (i % 4): u is one AND away, v four operations (GGML's bit plane
 // of fifth bits needs a shift and a mask a weight; a GEMV on one Zen 3 core, 32768 x 2048 from
 // DRAM: Q5_0 6.95 -> 4.9 ms against the block layout).
-// Q6_K's triple 32n + j holds the 6-bit quants q0..q3 of weights 128n + 32t + j, t = 0..3, as
-// (q0 | (q2 & 3) << 6, q1 | (q3 & 3) << 6, q2 >> 2 | (q3 >> 2) << 4): two of them are one AND
-// away, the others four operations, where GGML's ql/qh split took 15 for the four (7.07 -> 6.07 ms).
+// Q6_K's triple 32n + j holds the quants of weights 128n + 32t + j, t = 0..3, as signed 6-bit
+// s_t = q_t - 32 (two's complement: q_t ^ 32): (s0 << 2 | s2 & 3, s1 << 2 | s3 & 3, (s2 >> 2) << 4 |
+// s3 >> 2). Sign-extended bytes give s0 and s1 in one shift each, s2 and s3 in four operations
+// each: 13 for the four with their loads, where unsigned triples took 13 and four adds of -32, and
+// GGML's ql/qh split 15 and the adds (one Zen 3 core, 32768 x 2048 from DRAM: 9.7-10.5 ms in the
+// block layout, 7.07 with GGML's bits regrouped, 6.07 with unsigned triples; side by side on a
+// slower day, unsigned 6.27-6.32 against signed 5.63-5.77).
 // Q5_K stays in the block layout: in these lanes its fifth bits cost more than the layout saved,
 // whether kept as GGML's bit plane per sub-block (8.5 -> 9.5 ms) or regrouped as Q6_K's are
 // (8.4-8.6 -> 9.1-9.4 ms: a pair of vectors came from two byte loads and a shift by sub-block).
@@ -132,12 +136,11 @@ template <int TYPE> static inline vf rg_q(const uint8_t* blk, int kk) {
 // scale group idx (8n + 2T + j / 16).
 template <int T> static inline vf rg_q6(const uint8_t* sb, int n, int j) {
     const uint8_t* e = sb + (RG_QS<Q6_K> + 3 * (32 * n + j)) * VN;
-    const vi a = vu8(e + (T & 1) * VN);
-    vi q;
-    if constexpr (T < 2) q = vand(a, vset1i(63));
-    else if constexpr (T == 2) q = vor(vsrli<6>(a), vslli<2>(vand(vu8(e + 2 * VN), vset1i(15))));
-    else q = vor(vsrli<6>(a), vand(vsrli<2>(vu8(e + 2 * VN)), vset1i(0x3C)));
-    return vcvt(vadd(q, vset1i(-32)));
+    const vi a = vs8(e + (T & 1) * VN);         // s_T << 2 | two bits of s_{T+2}, sign-extended
+    if constexpr (T < 2) return vcvt(vsrai<2>(a));
+    const vi c = vs8(e + 2 * VN);
+    const vi hi = T == 2 ? vand(vsrai<2>(c), vset1i(~3)) : vsrai<26>(vslli<28>(c));    // s_T & ~3
+    return vcvt(vor(hi, vand(a, vset1i(3))));
 }
 static inline vf rg_q6_scale(const uint8_t* sb, int idx) { return vmul(vh2f(sb), vcvt(vs8(sb + (2 + idx) * VN))); }
 
@@ -377,9 +380,10 @@ static void rg_pack(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb
                             q[t] = (t >= 2 ? ql >> 4 : ql & 0xF) | ((src[128 + 32 * n6 + jj] >> (2 * t)) & 3) << 4;
                         }
                         const int e = RG_QS<Q6_K> + 3 * (32 * n6 + jj);
-                        dst[e * VN + r] = (uint8_t)(q[0] | (q[2] & 3) << 6);
-                        dst[(e + 1) * VN + r] = (uint8_t)(q[1] | (q[3] & 3) << 6);
-                        dst[(e + 2) * VN + r] = (uint8_t)(q[2] >> 2 | (q[3] >> 2) << 4);
+                        for (int t = 0; t < 4; t++) q[t] ^= 32;          // q - 32 as a signed 6-bit field
+                        dst[e * VN + r] = (uint8_t)(q[0] << 2 | (q[2] & 3));
+                        dst[(e + 1) * VN + r] = (uint8_t)(q[1] << 2 | (q[3] & 3));
+                        dst[(e + 2) * VN + r] = (uint8_t)((q[2] >> 2) << 4 | q[3] >> 2);
                     }
                 continue;
             }
@@ -423,10 +427,10 @@ static void rg_dequant_row(int type, const uint8_t* W, int64_t K, int64_t n, flo
             for (int k = 0; k < 32; k++) {
                 const int w = 32 * sub + k, n6 = w / 128, t = (w % 128) / 32, j6 = w % 32;
                 const int e = RG_QS<Q6_K> + 3 * (32 * n6 + j6);
-                const uint8_t a = at(sb, e + (t & 1)), c = at(sb, e + 2);
-                const int q = t < 2 ? a & 63 : a >> 6 | ((t == 2 ? c & 15 : c >> 4) << 2);
+                const int8_t a = (int8_t)at(sb, e + (t & 1)), c = (int8_t)at(sb, e + 2);   // see rg_q6
+                const int s = t < 2 ? a >> 2 : (t == 2 ? c >> 4 : (int8_t)(c << 4) >> 4) * 4 | (a & 3);
                 const float sc = (float)(int8_t)at(sb, 2 + w / 16);
-                out[b * 32 + k] = fmaf((float)q, d * sc, -32.f * d * sc);
+                out[b * 32 + k] = fmaf((float)(s + 32), d * sc, -32.f * d * sc);
             }
             continue;
         }

@@ -11,7 +11,7 @@
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
 #define LLMOS_AVX512 1
-// SIMDe 0.7 (Debian 12's) lacks three conversions; each is the same operation on two halves.
+// SIMDe 0.7 (Debian 12's) lacks three conversions and a shift; each is the same operation on two halves.
 #ifndef _mm512_cvtepi32_ps
 static inline simde__m512 llmos_cvtepi32_ps(simde__m512i v) {
     const simde__m512d lo = _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_cvtepi32_ps(_mm512_castsi512_si256(v))));
@@ -30,6 +30,13 @@ static inline simde__m512i llmos_cvtepi8_epi32(__m128i b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)), 1);
 }
 #define _mm512_cvtepi8_epi32 llmos_cvtepi8_epi32
+#endif
+#ifndef _mm512_srai_epi32
+static inline simde__m512i llmos_srai_epi32(simde__m512i v, int s) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srai_epi32(_mm512_castsi512_si256(v), s)),
+                              _mm256_srai_epi32(_mm512_extracti64x4_epi64(v, 1), s), 1);
+}
+#define _mm512_srai_epi32 llmos_srai_epi32
 #endif
 #elif defined(__AVX512F__) && defined(__FMA__)
 #include <immintrin.h>
@@ -75,6 +82,7 @@ static inline vi vand(vi a, vi b) { return _mm512_and_si512(a, b); }
 static inline vi vor(vi a, vi b) { return _mm512_or_si512(a, b); }
 template <int S> static inline vi vsrli(vi a) { return _mm512_srli_epi32(a, S); }
 template <int S> static inline vi vslli(vi a) { return _mm512_slli_epi32(a, S); }
+template <int S> static inline vi vsrai(vi a) { return _mm512_srai_epi32(a, S); }
 static inline vi vsrl(vi a, __m128i count) { return _mm512_srl_epi32(a, count); }
 static inline vi vsrlv(vi a, vi counts) { return _mm512_srlv_epi32(a, counts); }
 // Lanes 0-7 plus lanes 8-15, then hsum8.
@@ -108,6 +116,7 @@ static inline vi vand(vi a, vi b) { return _mm256_and_si256(a, b); }
 static inline vi vor(vi a, vi b) { return _mm256_or_si256(a, b); }
 template <int S> static inline vi vsrli(vi a) { return _mm256_srli_epi32(a, S); }
 template <int S> static inline vi vslli(vi a) { return _mm256_slli_epi32(a, S); }
+template <int S> static inline vi vsrai(vi a) { return _mm256_srai_epi32(a, S); }
 static inline vi vsrl(vi a, __m128i count) { return _mm256_srl_epi32(a, count); }
 static inline vi vsrlv(vi a, vi counts) { return _mm256_srlv_epi32(a, counts); }
 static inline float vhsum(vf v) { return hsum8(v); }
