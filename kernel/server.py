@@ -534,6 +534,8 @@ class Server:
                 continue
             self.pre_hello.pop(fd, None)
             suspects = [s for s in self.sessions.values() if s.fd in (fd, None)]
+            for s in suspects:      # closed: the next connection may get the same number, and a
+                s.fd = None         # session still holding it would shield that one from _expire
             if suspects:
                 for delay in (0.01, 0.25):   # the ROUTER drops the pipe just after the event
                     self.loop.call_later(delay, self._probe, suspects)

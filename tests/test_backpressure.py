@@ -49,8 +49,9 @@ class Slow:
     """A DEALER that says hello and then sends without reading (its receive path is tiny)."""
 
     def __init__(self, srv):
-        self.ctx = zmq.Context()
-        self.s = self.ctx.socket(zmq.DEALER)
+        # the process's shared context: a peer a failed test never closed must not leave a context
+        # for the garbage collector to end (pyzmq's Context.__del__ can hang on open sockets)
+        self.s = zmq.Context.instance().socket(zmq.DEALER)
         self.s.setsockopt(zmq.LINGER, 0)
         self.s.setsockopt(zmq.RCVHWM, 5)
         self.s.setsockopt(zmq.RCVBUF, 4096)
@@ -92,7 +93,6 @@ class Slow:
 
     def close(self):
         self.s.close(0)
-        self.ctx.term()
 
 
 def fill(srv, slow) -> None:

@@ -86,8 +86,9 @@ class Raw:
     """A bare DEALER for sending arbitrary frames."""
 
     def __init__(self, endpoint: str, ident: bytes | None = None):
-        self.ctx = zmq.Context()
-        self.s = self.ctx.socket(zmq.DEALER)
+        # the process's shared context: a peer a failed test never closed must not leave a context
+        # for the garbage collector to end (pyzmq's Context.__del__ can hang on open sockets)
+        self.s = zmq.Context.instance().socket(zmq.DEALER)
         self.s.setsockopt(zmq.LINGER, 0)
         if ident is not None:
             self.s.setsockopt(zmq.ROUTING_ID, ident)
@@ -106,7 +107,6 @@ class Raw:
 
     def close(self):
         self.s.close(0)
-        self.ctx.term()
 
 
 @pytest.fixture
@@ -252,6 +252,44 @@ def test_a_vanished_client_loses_its_session(srv):
     finally:
         child.kill()
         child.wait()
+
+
+DROPPED_IN_A_CYCLE = """
+import asyncio, gc
+from llmos.userland import lib
+c = lib.Client(client="cyclic")
+c.null()
+c.me = c                                  # a cycle, as a traceback that holds the client makes
+del c
+async def dropped():
+    a = await lib.AsyncClient.connect(client="cyclic-async")
+    await a.null()
+    a.me = a
+asyncio.run(dropped())
+gc.collect()                              # finalises each client's context and sockets
+print("collected", flush=True)
+"""
+
+
+def test_a_client_dropped_in_a_reference_cycle_is_collected_without_hanging(srv):
+    """pyzmq's Context.__del__ closes its sockets through weak references, which the garbage
+    collector clears first: a dropped connection's context then waited for its open sockets
+    forever (in the middle of whatever allocation ran the collector)."""
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", DROPPED_IN_A_CYCLE], capture_output=True,
+                         text=True, timeout=30)
+    assert out.stdout.strip() == "collected", out.stderr[-2000:]
+
+
+def test_a_closed_connection_s_fd_is_not_kept_by_its_session(srv):
+    """The kernel learns of a lost peer a moment after the disconnect (a probe); meanwhile the
+    session must not hold the closed fd's number, which the next connection may get: _expire
+    spares a connection whose fd a session holds, so one that never says hello would stay."""
+    c = lib.Client(client="leaving")
+    c.null()
+    sess = srv.call(lambda: next(s for s in srv.server.sessions.values() if s.client == "leaving"))
+    assert sess.fd is not None
+    c.close()
+    wait_until(lambda: sess.fd is None, timeout=5, what="the session to drop the closed fd")
 
 
 def test_a_peer_may_not_choose_its_routing_id(srv):

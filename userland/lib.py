@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import errno as E
+import functools
 import itertools
 import os
 import socket
@@ -117,6 +118,37 @@ def _check_listening(endpoint: str) -> None:
 
 
 _monitors = itertools.count(1)        # unique monitor addresses in this process
+
+
+class _HoldsItsSockets:
+    """A connection's own context, which closes its sockets before it ends. pyzmq's
+    Context.__del__ finds them through weak references, which the garbage collector clears before
+    it finalises a reference cycle (a Client dropped while a traceback still holds it): it then
+    calls term() with the sockets open, and term() waits for them forever."""
+    _held: list
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._held = []
+
+    def _add_socket(self, socket) -> None:
+        super()._add_socket(socket)
+        self._held.append(socket)
+
+    def __del__(self) -> None:
+        for s in getattr(self, "_held", ()):
+            s.close(0)
+        super().__del__()
+
+
+class _Context(_HoldsItsSockets, zmq.Context):
+    pass
+
+
+@functools.cache
+def _async_context_class() -> type:
+    import zmq.asyncio                  # only where an AsyncClient is made
+    return type("_AsyncContext", (_HoldsItsSockets, zmq.asyncio.Context), {})
 
 
 def _dealer(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
@@ -329,7 +361,7 @@ class Client(_Stubs):
         self.endpoint, token = _target(*self._where)
         self._rcvtimeo = -1
         self._answered = 0.0                    # when the last reply came (monotonic)
-        self._ctx = zmq.Context()                # its own: a connection never shares libzmq state
+        self._ctx = _Context()                   # its own: a connection never shares libzmq state
         self._sock, self._monitor = _dealer(self._ctx, self.endpoint)
         self._gone = False
         try:
@@ -450,11 +482,10 @@ class AsyncClient(_Stubs):
 
     async def _connect(self) -> None:
         """Resolve the kernel (its endpoint and current token), connect and say hello."""
-        import zmq.asyncio
         await self.close()
         self._gone = True                       # until the new connection exists
         self.endpoint, token = _target(*self._where)
-        self._ctx = zmq.asyncio.Context()        # its own, as Client's: no shared libzmq state
+        self._ctx = _async_context_class()()     # its own, as Client's: no shared libzmq state
         self._sock, self._monitor = _dealer(self._ctx, self.endpoint)
         self._gone = False
         self._tasks = [asyncio.ensure_future(self._read_replies()), asyncio.ensure_future(self._watch())]
