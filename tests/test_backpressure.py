@@ -23,7 +23,7 @@ from llmos.kernel.abi import Sys
 from llmos.kernel.waitq import WaitQueues
 from llmos.userland import lib
 from kernelkit import make_engine
-from test_server import ServerThread, wait_until
+from test_server import ServerThread, raw_dealer, wait_until
 
 PROMPT, TOKENS = "Once upon a time", 300
 
@@ -49,10 +49,7 @@ class Slow:
     """A DEALER that says hello and then sends without reading (its receive path is tiny)."""
 
     def __init__(self, srv):
-        # the process's shared context: a peer a failed test never closed must not leave a context
-        # for the garbage collector to end (pyzmq's Context.__del__ can hang on open sockets)
-        self.s = zmq.Context.instance().socket(zmq.DEALER)
-        self.s.setsockopt(zmq.LINGER, 0)
+        self.s = raw_dealer()
         self.s.setsockopt(zmq.RCVHWM, 5)
         self.s.setsockopt(zmq.RCVBUF, 4096)
         self.s.connect(srv.endpoint)

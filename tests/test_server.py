@@ -82,14 +82,20 @@ def wait_until(cond, timeout=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def raw_dealer() -> zmq.Socket:
+    """An unconnected DEALER (LINGER 0) for a raw test peer, on the process's shared context: a peer a
+    failed test never closed must not leave a context for the garbage collector to end (pyzmq's
+    Context.__del__ can hang on open sockets)."""
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    return s
+
+
 class Raw:
     """A bare DEALER for sending arbitrary frames."""
 
     def __init__(self, endpoint: str, ident: bytes | None = None):
-        # the process's shared context: a peer a failed test never closed must not leave a context
-        # for the garbage collector to end (pyzmq's Context.__del__ can hang on open sockets)
-        self.s = zmq.Context.instance().socket(zmq.DEALER)
-        self.s.setsockopt(zmq.LINGER, 0)
+        self.s = raw_dealer()
         if ident is not None:
             self.s.setsockopt(zmq.ROUTING_ID, ident)
         self.s.connect(endpoint)

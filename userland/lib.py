@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import errno as E
-import functools
 import itertools
 import os
 import socket
@@ -44,6 +43,7 @@ import threading
 import time
 
 import zmq
+import zmq.asyncio
 
 from llmos.kernel import abi
 from llmos.kernel.abi import Sys
@@ -145,10 +145,8 @@ class _Context(_HoldsItsSockets, zmq.Context):
     pass
 
 
-@functools.cache
-def _async_context_class() -> type:
-    import zmq.asyncio                  # only where an AsyncClient is made
-    return type("_AsyncContext", (_HoldsItsSockets, zmq.asyncio.Context), {})
+class _AsyncContext(_HoldsItsSockets, zmq.asyncio.Context):
+    pass
 
 
 def _dealer(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
@@ -485,7 +483,7 @@ class AsyncClient(_Stubs):
         await self.close()
         self._gone = True                       # until the new connection exists
         self.endpoint, token = _target(*self._where)
-        self._ctx = _async_context_class()()     # its own, as Client's: no shared libzmq state
+        self._ctx = _AsyncContext()              # its own, as Client's: no shared libzmq state
         self._sock, self._monitor = _dealer(self._ctx, self.endpoint)
         self._gone = False
         self._tasks = [asyncio.ensure_future(self._read_replies()), asyncio.ensure_future(self._watch())]
