@@ -284,6 +284,8 @@ struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     int type; const uint8_t* W; int64_t N, K, rb; const float* X; int64_t ldx, T; float* Y; int64_t ldy;
     int add; int64_t rows_per_task, row_tasks;
     const float* xsum;      // row-grouped types with an m term (rg_has_m): X's 32-block sums, [T, K / 32]
+    const float* grid_g = nullptr;    // row-grouped: X's grid (rowgroup_kernels.h), [T, K / 32],
+    const int32_t* pairs = nullptr;   // and its int16 pairs, [T, K / 2] (more than one token)
 };
 constexpr int64_t TCHUNK = 64;   // tokens whose activations stay in L2 while a panel is reused
 constexpr int NR = 6;           // weight rows per dequantised panel
@@ -631,9 +633,16 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
     constexpr int64_t ROUND = 12;                               // whole panels and GEMV groups
     static_assert(ROUND % NR == 0 && ROUND % GV<Q4_0> == 0 && ROUND % GV<Q6_K> == 0, "tasks split rows at panel boundaries");
     int64_t round = ROUND;
-    std::vector<float> xsum;
+    std::vector<float> xsum, xq, grid_g;
+    std::vector<int32_t> pairs;
 #if defined(LLMOS_VEC)
-    if (base != type) {             // row-grouped: tasks take whole GEMV passes of groups
+    if (base != type) {             // row-grouped: x on the grid; tasks take whole GEMV passes of groups
+        xq.resize((size_t)(T * K)); grid_g.resize((size_t)(T * (K / 32)));
+        if (T > 1) pairs.resize((size_t)(T * (K / 2)));
+        Grid grid{X, ldx, K, T, rg_split_pairs(base), xq.data(), grid_g.data(), T > 1 ? pairs.data() : nullptr};
+        pool::run(grid_task, &grid, (T + PREP_ROWS - 1) / PREP_ROWS);
+        X = xq.data(); ldx = K;
+        job.X = X; job.ldx = K; job.grid_g = grid_g.data(); job.pairs = grid.pairs;
         round = RG_GV * VN;
         if (rg_has_m(base)) {
             xsum.resize((size_t)(T * (K / 32)));

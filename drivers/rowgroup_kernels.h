@@ -92,6 +92,65 @@ static void block_sums(const float* x, int64_t nb, float* out) {
     }
 }
 
+// ---- the activations' grid ---------------------------------------------------------------------
+// The row-grouped kernels take x on a grid: each 32-block of a token's x becomes integers xi in
+// [-GRID_MAX, GRID_MAX] times a power of two g = 2^(e - 12), e the exponent of the block's largest
+// |x| (in [2^(e-1), 2^e)): 13 significant bits where bf16 keeps 8 and llama.cpp's Q8 activations 7.
+// On the grid every product q xi g (|q| <= 128) and every partial sum of a chunk (<= 32 products:
+// < 2^24 g) is exact in fp32, so the fp32 GEMV's chunk sums are the GEMM's integer ones (vpmaddwd
+// on int16 pairs, rg_imicro) in whatever order either adds them: a token's results stay
+// bit-identical at any batch size. A block with a NaN or an infinity has g = NaN (so do its results).
+constexpr int GRID_MAX = 4095;
+
+// A split type pairs k with k + 16 in a 32-block (KPERM), the others k with k + 1.
+static constexpr bool rg_split_pairs(int type) { return type == Q4_0 || type == Q4_1 || type == Q5_0 || type == Q5_1; }
+
+// Token row x (K wide) on the grid: xq (the fp32 values), g[K / 32] and, where pairs is not null,
+// the int16 pairs of each block in the type's pair order (pairs[16 b + i], low half first).
+static void grid_row(const float* x, int64_t K, bool split, float* xq, float* g, int32_t* pairs) {
+    for (int64_t b = 0; b < K / 32; b++) {
+        const float* v = x + 32 * b;
+        float amax = 0.f; bool finite = true;
+        for (int i = 0; i < 32; i++) {
+            const float a = std::fabs(v[i]);
+            finite &= a <= 3.402823466e38f;
+            amax = a > amax ? a : amax;
+        }
+        int32_t xi[32];
+        if (!finite) {
+            g[b] = NAN;
+            for (int i = 0; i < 32; i++) { xi[i] = 0; xq[32 * b + i] = NAN; }
+        } else {
+            int e = 0;
+            std::frexp(amax, &e);
+            e = std::max(e - 12, -149);                    // 2^-149: the smallest float, exact below
+            const int up = std::min(-e, 126);              // 2^-e in two exact factors
+            const float a = std::ldexp(1.f, up), c = std::ldexp(1.f, -e - up);
+            g[b] = std::ldexp(1.f, e);
+            for (int i = 0; i < 32; i++) {
+                const float r = std::rint(v[i] * a * c);
+                xi[i] = (int32_t)std::min(std::max(r, -(float)GRID_MAX), (float)GRID_MAX);
+                xq[32 * b + i] = (float)xi[i] * g[b];
+            }
+        }
+        if (!pairs) continue;
+        for (int i = 0; i < 16; i++) {
+            const int lo = split ? i : 2 * i, hi = split ? i + 16 : 2 * i + 1;
+            pairs[16 * b + i] = (int32_t)(((uint32_t)xi[lo] & 0xFFFFu) | (uint32_t)xi[hi] << 16);
+        }
+    }
+}
+
+// X on the grid for a row-grouped matmul, a task a PREP_ROWS tokens: xq [T, K], g [T, K / 32],
+// pairs [T, K / 2] (null for one token: the GEMV reads xq only).
+struct Grid { const float* X; int64_t ldx, K, T; bool split; float* xq; float* g; int32_t* pairs; };
+static void grid_task(void* p, int64_t i) {
+    const Grid& j = *(const Grid*)p;
+    for (int64_t t = i * PREP_ROWS; t < j.T && t < (i + 1) * PREP_ROWS; t++)
+        grid_row(j.X + t * j.ldx, j.K, j.split, j.xq + t * j.K, j.g + t * (j.K / 32),
+                 j.pairs ? j.pairs + t * (j.K / 2) : nullptr);
+}
+
 // VN fp16 at p as fp32.
 static inline vf vh2f(const uint8_t* p) {
 #if defined(LLMOS_SIMDE_AVX512)
@@ -117,37 +176,42 @@ template <int TYPE> static inline void rg_scales(const uint8_t* sb, int sub, vf&
     }
 }
 
-// The kk-th quant vector (KPERM order) of a 32-block type's block, as fp32. (Callers unroll
-// their kk loops fully, so kk is a constant here: GCC did not inline unroll()'s lambdas here.)
-template <int TYPE> static inline vf rg_q(const uint8_t* blk, int kk) {
-    if constexpr (TYPE == Q8_0) return vcvt(vs8(blk + RG_QS<TYPE> * VN + kk * VN));
+// The kk-th quant vector (KPERM order) of a 32-block type's block. (Callers unroll their kk loops
+// fully, so kk is a constant here: GCC did not inline unroll()'s lambdas here.)
+template <int TYPE> static inline vi rg_qi(const uint8_t* blk, int kk) {
+    if constexpr (TYPE == Q8_0) return vs8(blk + RG_QS<TYPE> * VN + kk * VN);
     if constexpr (TYPE == Q5_0 || TYPE == Q5_1) {
         const int i = kk >> 1;
         const vi b = vu8(blk + (RG_QS<TYPE> + i) * VN);
-        if (!(kk & 1)) return vcvt(vand(b, vset1i(31)));
+        if (!(kk & 1)) return vand(b, vset1i(31));
         const vi e = vsrlv(vslli<3>(vu8(blk + (RG_QS<TYPE> + 16 + i / 4) * VN)), vset1i(2 * (i % 4)));
-        return vcvt(vor(vsrli<5>(b), vand(e, vset1i(0x18))));
+        return vor(vsrli<5>(b), vand(e, vset1i(0x18)));
     }
     const vi u = vu8(blk + RG_QS<TYPE> * VN + (kk >> 1) * VN);
-    return vcvt((kk & 1) ? vsrli<4>(u) : vand(u, vset1i(0xF)));
+    return (kk & 1) ? vsrli<4>(u) : vand(u, vset1i(0xF));
 }
+template <int TYPE> static inline vf rg_q(const uint8_t* blk, int kk) { return vcvt(rg_qi<TYPE>(blk, kk)); }
 
-// Q6_K's quant vector (q - 32) for weight 128n + 32T + j, as fp32, and the d vector of its
-// scale group idx (8n + 2T + j / 16).
-template <int T> static inline vf rg_q6(const uint8_t* sb, int n, int j) {
+// Q6_K's quant vector (q - 32) for weight 128n + 32T + j, and the d vector of its scale group idx
+// (8n + 2T + j / 16).
+template <int T> static inline vi rg_q6i(const uint8_t* sb, int n, int j) {
     const uint8_t* e = sb + (RG_QS<Q6_K> + 3 * (32 * n + j)) * VN;
     const vi a = vs8(e + (T & 1) * VN);         // s_T << 2 | two bits of s_{T+2}, sign-extended
-    if constexpr (T < 2) return vcvt(vsrai<2>(a));
+    if constexpr (T < 2) return vsrai<2>(a);
     const vi c = vs8(e + 2 * VN);
     const vi hi = T == 2 ? vand(vsrai<2>(c), vset1i(~3)) : vsrai<26>(vslli<28>(c));    // s_T & ~3
-    return vcvt(vor(hi, vand(a, vset1i(3))));
+    return vor(hi, vand(a, vset1i(3)));
 }
+template <int T> static inline vf rg_q6(const uint8_t* sb, int n, int j) { return vcvt(rg_q6i<T>(sb, n, j)); }
 static inline vf rg_q6_scale(const uint8_t* sb, int idx) { return vmul(vh2f(sb), vcvt(vs8(sb + (2 + idx) * VN))); }
 
-// Q4_K's quant vectors for weight j of sub-blocks 2p (lo) and 2p + 1 (hi), as fp32.
-template <int TYPE> static inline void rg_q_pair(const uint8_t* sb, int p, int j, vf& lo, vf& hi) {
+// Q4_K's quant vectors for weight j of sub-blocks 2p (lo) and 2p + 1 (hi).
+template <int TYPE> static inline void rg_qi_pair(const uint8_t* sb, int p, int j, vi& lo, vi& hi) {
     const vi u = vu8(sb + (RG_QS<TYPE> + 32 * p + j) * VN);
-    lo = vcvt(vand(u, vset1i(0xF))); hi = vcvt(vsrli<4>(u));
+    lo = vand(u, vset1i(0xF)); hi = vsrli<4>(u);
+}
+template <int TYPE> static inline void rg_q_pair(const uint8_t* sb, int p, int j, vf& lo, vf& hi) {
+    vi l, h; rg_qi_pair<TYPE>(sb, p, j, l, h); lo = vcvt(l); hi = vcvt(h);
 }
 
 // G groups (G * VN rows from W, groups gstride bytes apart) times one token x into out[G * VN].
@@ -220,19 +284,25 @@ static inline void rg_gemv_groups(const uint8_t* W, int64_t gstride, int64_t nb,
     for (int g = 0; g < G; g++) vstore(out + g * VN, acc[g]);
 }
 
-// The group at grp dequantised into a panel: its quant vectors chunk by chunk in KPERM order (q +
-// CH c VN for chunk c) and each chunk's d and m vectors (d + c VN, m + c VN).
-template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, float* q, float* d, float* m) {
+// The group at grp unpacked into an integer panel: chunk c's quants as CH / 2 vectors of int16 pairs
+// (quants kk and kk + 1 in KPERM order, low half first) at q + CH / 2 c VN, its d and m vectors at
+// d + c VN, m + c VN.
+template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t* q, float* d, float* m) {
+    auto put = [&](int64_t chunk, int kk, vi a, vi b) {
+        vstore_i(q + (chunk * (CH<TYPE> / 2) + kk / 2) * VN, vor(vand(a, vset1i(0xFFFF)), vslli<16>(b)));
+    };
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
         const uint8_t* sb = grp + sbi * VN * RG_SB<TYPE>;
         if constexpr (TYPE == Q6_K) {
             for (int ci = 0; ci < 16; ci++)      // chunk ci = (n, h, t) = (ci / 8, ci / 4 % 2, ci % 4)
                 vstore(d + (16 * sbi + ci) * VN, rg_q6_scale(sb, 8 * (ci >> 3) + 2 * (ci & 3) + ((ci >> 2) & 1)));
             for (int n = 0; n < 2; n++)
-                for (int j = 0; j < 32; j++) {
-                    float* o = q + ((16 * sbi + 8 * n + 4 * (j >> 4)) * 16 + (j & 15)) * VN;
-                    vstore(o, rg_q6<0>(sb, n, j)); vstore(o + 16 * VN, rg_q6<1>(sb, n, j));
-                    vstore(o + 32 * VN, rg_q6<2>(sb, n, j)); vstore(o + 48 * VN, rg_q6<3>(sb, n, j));
+                for (int j = 0; j < 32; j += 2) {
+                    const int64_t c = 16 * sbi + 8 * n + 4 * (j >> 4);
+                    put(c, j & 15, rg_q6i<0>(sb, n, j), rg_q6i<0>(sb, n, j + 1));
+                    put(c + 1, j & 15, rg_q6i<1>(sb, n, j), rg_q6i<1>(sb, n, j + 1));
+                    put(c + 2, j & 15, rg_q6i<2>(sb, n, j), rg_q6i<2>(sb, n, j + 1));
+                    put(c + 3, j & 15, rg_q6i<3>(sb, n, j), rg_q6i<3>(sb, n, j + 1));
                 }
             continue;
         }
@@ -241,46 +311,50 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, float* 
             vf dv, mv; rg_scales<TYPE>(sb, sub, dv, mv);
             vstore(d + b * VN, dv); vstore(m + b * VN, mv);
         }
-        float* o = q + sbi * SUBS<TYPE> * 32 * VN;
         if constexpr (SUBS<TYPE> == 1) {
-#pragma GCC unroll 32
-            for (int kk = 0; kk < 32; kk++) vstore(o + kk * VN, rg_q<TYPE>(sb, kk));
+#pragma GCC unroll 16
+            for (int kk = 0; kk < 32; kk += 2) put(sbi, kk, rg_qi<TYPE>(sb, kk), rg_qi<TYPE>(sb, kk + 1));
         } else {
             for (int p = 0; p < 4; p++)
-                for (int j = 0; j < 32; j++) {
-                    vf lo, hi; rg_q_pair<TYPE>(sb, p, j, lo, hi);
-                    vstore(o + (64 * p + j) * VN, lo); vstore(o + (64 * p + 32 + j) * VN, hi);
+                for (int j = 0; j < 32; j += 2) {
+                    vi lo0, hi0, lo1, hi1;
+                    rg_qi_pair<TYPE>(sb, p, j, lo0, hi0); rg_qi_pair<TYPE>(sb, p, j + 1, lo1, hi1);
+                    put(8 * sbi + 2 * p, j, lo0, lo1); put(8 * sbi + 2 * p + 1, j, hi0, hi1);
                 }
         }
     }
 }
 
-// out[c * ldo + v * VN ..] = the RV groups of panel rows times C tokens (xs[c], their block sums
-// xsums[c]) over nch chunks; each group's panel (rg_panel) is pstride floats after the last, its
-// d and m vectors dstride floats.
+// out[c * ldo + v * VN ..] = the RV groups of panel rows times C tokens over nch chunks: token c's
+// grid pairs xp[c], its grid g[c] and block sums xsums[c]; each group's panel (rg_panel) is pstride
+// int32 after the last, its d and m vectors dstride floats. A chunk's integer sum S (exact, < 2^24)
+// becomes S g in fp32, exactly the GEMV's fp32 chunk sum, then acc = fma(S g, d, acc) (+ m xsum).
 template <int TYPE, int RV, int C>
-__attribute__((always_inline)) static inline void rg_micro(const float* q, int64_t pstride, const float* d,
-        const float* m, int64_t dstride, int64_t nch, const float* const* xs, const float* const* xsums,
-        float* out, int64_t ldo) {
+__attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, int64_t pstride, const float* d,
+        const float* m, int64_t dstride, int64_t nch, const int32_t* const* xp, const float* const* g,
+        const float* const* xsums, float* out, int64_t ldo) {
+    constexpr int P = CH<TYPE> / 2;
     for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, vzero());
     for (int64_t b = 0; b < nch; b++) {
-        vf s[RV][C];
-        for (int v = 0; v < RV; v++) for (int c = 0; c < C; c++) s[v][c] = vzero();
+        vi s[RV][C];
+        for (int v = 0; v < RV; v++) for (int c = 0; c < C; c++) s[v][c] = vset1i(0);
         const int64_t xb = rg_xbase<TYPE>(b);
-#pragma GCC unroll 32
-        for (int kk = 0; kk < CH<TYPE>; kk++) {
-            vf w[RV];
-            for (int v = 0; v < RV; v++) { w[v] = vload(q + v * pstride + (CH<TYPE> * b + kk) * VN); LLMOS_PIN(w[v]); }
+#pragma GCC unroll 16
+        for (int pp = 0; pp < P; pp++) {
+            vi w[RV];
+            for (int v = 0; v < RV; v++) { w[v] = vload_i(q + v * pstride + (P * b + pp) * VN); LLMOS_PIN(w[v]); }
             for (int c = 0; c < C; c++) {
-                const vf xv = vset1(xs[c][xb + KPERM<TYPE>(kk)]);
-                for (int v = 0; v < RV; v++) s[v][c] = vfma(w[v], xv, s[v][c]);
+                const vi xv = vset1i(xp[c][xb / 2 + pp]);
+                // Pinned: integer sums reassociate, and GCC then computes every product before adding
+                // any (spilling them all: 30 -> 64 GMAC/s on one Zen 3 core once pinned).
+                for (int v = 0; v < RV; v++) { s[v][c] = vdpwssd(s[v][c], w[v], xv); LLMOS_PIN(s[v][c]); }
             }
         }
         for (int v = 0; v < RV; v++) {
             const vf dv = vload(d + v * dstride + b * VN);
             for (int c = 0; c < C; c++) {
                 float* o = out + c * ldo + v * VN;
-                vf a = vfma(s[v][c], dv, vload(o));
+                vf a = vfma(vmul(vcvt(s[v][c]), vset1(g[c][xb / 32])), dv, vload(o));
                 if constexpr (HAS_M<TYPE>) a = vfma(vload(m + v * dstride + b * VN), vset1(xsums[c][b]), a);
                 vstore(o, a);
             }
@@ -295,7 +369,9 @@ static inline void rg_put(const float* acc, int64_t n, float* y, int64_t ldy, in
 
 constexpr int RG_GV = 4;    // groups per GEMV pass: independent FMA chains (4 cycles of latency each)
 template <int TYPE> constexpr int RG_G = TYPE == Q6_K ? 1 : RG_GV;   // Q6_K: four chains a group already
-constexpr int RG_RV = 2, RG_NC = 4;     // GEMM micro-kernel: groups x tokens
+// GEMM micro-kernel: groups x tokens. 8 integer accumulators; at 2 x 6 (12) GCC spilled on AVX2's 16
+// registers (one Zen 3 core, Q4_1 3072 x 2048 x 64: 2 x 4 ~100 GFLOP/s, 3 x 3 ~97, 2 x 6 ~80).
+constexpr int RG_RV = 2, RG_NC = 4;
 
 // A task of a row-grouped matmul: Job's rows are group-aligned; X's block sums are in j.xsum
 // (types with an m term).
@@ -323,33 +399,34 @@ static void rg_task(void* p, int64_t i) {
         }
         return;
     }
-    thread_local std::vector<float> panel, out;
-    const int64_t need = RG_RV * VN * (K + 2 * nch) + 16;
-    if ((int64_t)panel.size() < need) panel.resize((size_t)need);
+    thread_local std::vector<int32_t> panel;
+    thread_local std::vector<float> scales, out;
+    if ((int64_t)panel.size() < RG_RV * VN * K / 2 + 16) panel.resize((size_t)(RG_RV * VN * K / 2 + 16));
+    if ((int64_t)scales.size() < 2 * RG_RV * VN * nch) scales.resize((size_t)(2 * RG_RV * VN * nch));
     if ((int64_t)out.size() < TCHUNK * RG_RV * VN) out.resize((size_t)(TCHUNK * RG_RV * VN));
-    float* const q = (float*)(((uintptr_t)panel.data() + 63) & ~(uintptr_t)63);
-    float* const d = q + RG_RV * VN * K; float* const m = d + RG_RV * VN * nch;
-    const int64_t ldo = RG_RV * VN;
+    int32_t* const q = (int32_t*)(((uintptr_t)panel.data() + 63) & ~(uintptr_t)63);
+    float* const d = scales.data(); float* const m = d + RG_RV * VN * nch;
+    const int64_t ldo = RG_RV * VN, ps = VN * K / 2, ds = VN * nch;
+    const int32_t* xp[RG_NC]; const float* g[RG_NC]; const float* sums[RG_NC];
+    auto tokens = [&](int64_t c, int n) {      // micro-kernel arguments of tokens c .. c + n - 1
+        for (int u = 0; u < n; u++) {
+            xp[u] = j.pairs + (t0 + c + u) * (K / 2); g[u] = j.grid_g + (t0 + c + u) * nb; sums[u] = sums_of(t0 + c + u);
+        }
+    };
     for (int64_t g0 = g_begin; g0 < g_end; g0 += RG_RV) {
         const int rv = (int)std::min<int64_t>(RG_RV, g_end - g0);
         prefetch(j.W + (g0 + RG_RV) * gs, RG_RV * gs);
-        for (int v = 0; v < rv; v++)
-            rg_panel<TYPE>(j.W + (g0 + v) * gs, nb, q + v * VN * K, d + v * VN * nch, m + v * VN * nch);
-        const float* xs[RG_NC]; const float* sums[RG_NC];
+        for (int v = 0; v < rv; v++) rg_panel<TYPE>(j.W + (g0 + v) * gs, nb, q + v * ps, d + v * ds, m + v * ds);
         int64_t c = 0;
         for (; c + RG_NC <= tn; c += RG_NC) {
-            for (int u = 0; u < RG_NC; u++) {
-                xs[u] = j.X + (t0 + c + u) * j.ldx; sums[u] = sums_of(t0 + c + u);
-            }
-            float* o = out.data() + c * ldo;
-            if (rv == RG_RV) rg_micro<TYPE, RG_RV, RG_NC>(q, VN * K, d, m, VN * nch, nch, xs, sums, o, ldo);
-            else rg_micro<TYPE, 1, RG_NC>(q, VN * K, d, m, VN * nch, nch, xs, sums, o, ldo);
+            tokens(c, RG_NC);
+            if (rv == RG_RV) rg_imicro<TYPE, RG_RV, RG_NC>(q, ps, d, m, ds, nch, xp, g, sums, out.data() + c * ldo, ldo);
+            else rg_imicro<TYPE, 1, RG_NC>(q, ps, d, m, ds, nch, xp, g, sums, out.data() + c * ldo, ldo);
         }
         for (; c < tn; c++) {
-            xs[0] = j.X + (t0 + c) * j.ldx; sums[0] = sums_of(t0 + c);
-            for (int v = 0; v < rv; v++)
-                rg_micro<TYPE, 1, 1>(q + v * VN * K, VN * K, d + v * VN * nch, m + v * VN * nch, VN * nch, nch, xs,
-                                     sums, out.data() + c * ldo + v * VN, ldo);
+            tokens(c, 1);
+            if (rv == RG_RV) rg_imicro<TYPE, RG_RV, 1>(q, ps, d, m, ds, nch, xp, g, sums, out.data() + c * ldo, ldo);
+            else rg_imicro<TYPE, 1, 1>(q, ps, d, m, ds, nch, xp, g, sums, out.data() + c * ldo, ldo);
         }
         const int64_t rows = std::min<int64_t>(rv * VN, j.N - g0 * VN);
         for (int64_t t = 0; t < tn; t++) rg_put(out.data() + t * ldo, rows, j.Y + (t0 + t) * j.ldy + g0 * VN, 1, j.add);

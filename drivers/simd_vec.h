@@ -38,7 +38,7 @@ static inline simde__m512i llmos_srai_epi32(simde__m512i v, int s) {
 }
 #define _mm512_srai_epi32 llmos_srai_epi32
 #endif
-#elif defined(__AVX512F__) && defined(__FMA__)
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__FMA__)
 #include <immintrin.h>
 #define LLMOS_AVX512 1
 #endif
@@ -85,6 +85,18 @@ template <int S> static inline vi vslli(vi a) { return _mm512_slli_epi32(a, S); 
 template <int S> static inline vi vsrai(vi a) { return _mm512_srai_epi32(a, S); }
 static inline vi vsrl(vi a, __m128i count) { return _mm512_srl_epi32(a, count); }
 static inline vi vsrlv(vi a, vi counts) { return _mm512_srlv_epi32(a, counts); }
+static inline vi vload_i(const int32_t* p) { return _mm512_loadu_si512((const void*)p); }
+static inline void vstore_i(int32_t* p, vi v) { _mm512_storeu_si512((void*)p, v); }
+// acc + the pairwise products of a and b's int16 halves (VNNI: one instruction).
+static inline vi vdpwssd(vi acc, vi a, vi b) {
+#if defined(LLMOS_SIMDE_AVX512)      // SIMDe 0.7's alias of this name takes four arguments
+    return _mm512_add_epi32(acc, simde_mm512_madd_epi16(a, b));
+#elif defined(__AVX512VNNI__)
+    return _mm512_dpwssd_epi32(acc, a, b);
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+}
 // Lanes 0-7 plus lanes 8-15, then hsum8.
 static inline float vhsum(vf v) {
     return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v),
@@ -119,6 +131,18 @@ template <int S> static inline vi vslli(vi a) { return _mm256_slli_epi32(a, S); 
 template <int S> static inline vi vsrai(vi a) { return _mm256_srai_epi32(a, S); }
 static inline vi vsrl(vi a, __m128i count) { return _mm256_srl_epi32(a, count); }
 static inline vi vsrlv(vi a, vi counts) { return _mm256_srlv_epi32(a, counts); }
+static inline vi vload_i(const int32_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
+static inline void vstore_i(int32_t* p, vi v) { _mm256_storeu_si256((__m256i*)p, v); }
+// acc + the pairwise products of a and b's int16 halves (AVX-VNNI: one instruction).
+static inline vi vdpwssd(vi acc, vi a, vi b) {
+#if defined(__AVXVNNI__)
+    return _mm256_dpwssd_avx_epi32(acc, a, b);
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpwssd_epi32(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
 static inline float vhsum(vf v) { return hsum8(v); }
 static inline vi vload_8_8(const int32_t* lo, const int32_t*) { return _mm256_load_si256((const __m256i*)lo); }
 #endif

@@ -2,9 +2,10 @@
 dequantisation, on random blocks of every kernel type; the model's quantized path on tiny models;
 fallbacks and refusals.
 
-Tolerance: the kernels dequantise each weight block to fp32 in registers and multiply by the fp32
-activations (no activation quantization), so against gguf-py's dequantised weights in float64 only
-fp32 rounding is left: a few ulps of sum_i |w_i x_i| per output.
+Tolerance: the kernels dequantise each weight block exactly, and the row-grouped ones (every type
+but Q5_K on a vector CPU) multiply it by the activations on their 13-bit grid (on_grid below), so
+against gguf-py's dequantised weights in float64 times the same activations only fp32 rounding is
+left: a few ulps of sum_i |w_i x_i| per output.
 """
 
 from __future__ import annotations
@@ -57,6 +58,24 @@ def isa(request, monkeypatch):
         quant.kernels.cache_clear()        # the next kernels() is this CPU's again
 
 
+def on_grid(x: torch.Tensor) -> torch.Tensor:
+    """x as the row-grouped kernels take it (drivers/rowgroup_kernels.h), written independently:
+    each 32-block of a row rounded to integers in [-4095, 4095] times 2^(e - 12), e the exponent
+    of the block's largest |x| (frexp), 2^-149 at the least; a block with a non-finite value all NaN."""
+    b = x.double().numpy().reshape(*x.shape[:-1], -1, 32)
+    amax = np.abs(b).max(-1, keepdims=True)
+    g = np.ldexp(1.0, np.maximum(np.frexp(amax)[1] - 12, -149))
+    q = np.clip(np.rint(b / g), -4095, 4095) * g
+    q = np.where(np.isfinite(amax), q, np.nan)
+    return torch.from_numpy(q.reshape(x.shape)).to(x.dtype)
+
+
+def grid_of(qtype, isa: str):
+    """The activations the kernel for qtype multiplies: on the grid where it runs row-grouped."""
+    grouped = qtype != QT.Q5_K and not isa.startswith("scalar")
+    return on_grid if grouped else (lambda x: x)
+
+
 def random_blocks(qtype, rows: int, k: int, seed: int = 0) -> np.ndarray:
     """Random bytes in qtype's block layout, with sane fp16 scale fields: [rows, row_bytes]."""
     rng = np.random.default_rng(seed)
@@ -75,8 +94,9 @@ def test_kernel_matches_dequantised_matmul(qtype, rows, k, tokens, isa):
     wf = torch.from_numpy(dequantize(w, qtype).reshape(rows, k).astype(np.float64))
     x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(rows))
     got = quant.QLinear([(qtype, w)], k)(x).double()
-    bound = x.double().abs() @ wf.abs().T
-    assert torch.all((got - x.double() @ wf.T).abs() <= 2e-6 * bound + 1e-6)
+    xg = grid_of(qtype, isa)(x).double()
+    bound = xg.abs() @ wf.abs().T
+    assert torch.all((got - xg @ wf.T).abs() <= 2e-6 * bound + 1e-6)
 
 
 @pytest.mark.parametrize("qtype", KERNEL_TYPES, ids=lambda q: q.name)
@@ -112,10 +132,11 @@ def test_row_grouped_weights_give_the_block_layout_s_products_in_any_batch(qtype
     assert lin.parts[0][0] == (quant.RG_TYPES + qtype if vector else qtype)
     x = torch.randn(70, K, generator=torch.Generator().manual_seed(4))
     got = lin(x)
-    want = torch.empty(70, rows)          # the block layout's kernel on the file's bytes
-    assert lib.llmos_qmatmul(qtype, w.ctypes.data, rows, K, w.shape[1], x.data_ptr(), 70, K, want.data_ptr(),
+    want = torch.empty(70, rows)          # the block layout's kernel on the file's bytes, x on the grid
+    xg = grid_of(qtype, isa)(x)
+    assert lib.llmos_qmatmul(qtype, w.ctypes.data, rows, K, w.shape[1], xg.data_ptr(), 70, K, want.data_ptr(),
                              rows, 0, 0, None, 0.0) == 0
-    bound = x.abs() @ torch.from_numpy(dequantize(w, qtype).reshape(rows, K)).abs().T
+    bound = xg.abs() @ torch.from_numpy(dequantize(w, qtype).reshape(rows, K)).abs().T
     assert torch.all((got - want).abs() <= 2e-6 * bound + 1e-6)
     for t in (0, 1, 63, 64, 69):
         assert torch.equal(lin(x[t:t + 1]), got[t:t + 1])
@@ -127,6 +148,49 @@ def test_row_grouped_weights_give_the_block_layout_s_products_in_any_batch(qtype
     want_rows = torch.empty(4, K)
     lib.llmos_dequant_rows(qtype, w.ctypes.data, K, w.shape[1], ids.data_ptr(), 4, want_rows.data_ptr())
     assert torch.equal(lin.rows(ids), want_rows)
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q8_0, QT.Q6_K], ids=lambda q: q.name)
+def test_the_activations_grid_at_its_edges_gives_the_same_bits_alone_or_batched(qtype, isa):
+    """Tokens whose blocks are zero, denormal (the grid's 2^-149 floor), huge, or hold an infinity:
+    the GEMV (one token) and the integer GEMM (a batch) give the same bits, equal to the block
+    layout's exact kernel on the grid; a block with an infinity leaves no output of its token finite."""
+    lib = quant.kernels()
+    rows, K = 19, 256
+    w = random_blocks(qtype, rows, K, seed=7)
+    lin = quant.QLinear([(qtype, w)], K)
+    x = torch.randn(6, K, generator=torch.Generator().manual_seed(2))
+    x[0, :32] = 0.0
+    x[1] *= 1e-40                     # denormal: on the grid exactly as they are
+    x[2] *= 1e30
+    x[3, 40] = float("inf")
+    x[4, :32] *= 1e-30                # one block far below the others
+    got = lin(x)
+    for t in range(6):
+        torch.testing.assert_close(lin(x[t:t + 1]), got[t:t + 1], rtol=0, atol=0, equal_nan=True)
+    assert not torch.isfinite(got[3]).any() and torch.isfinite(got[[0, 1, 2, 4, 5]]).all()
+    xg = grid_of(qtype, isa)(x)
+    want = torch.empty(6, rows)
+    assert lib.llmos_qmatmul(qtype, w.ctypes.data, rows, K, w.shape[1], xg.data_ptr(), 6, K, want.data_ptr(),
+                             rows, 0, 0, None, 0.0) == 0
+    bound = xg.abs() @ torch.from_numpy(dequantize(w, qtype).reshape(rows, K)).abs().T
+    ok = [0, 1, 2, 4, 5]
+    assert torch.all((got[ok] - want[ok]).abs() <= 2e-6 * bound[ok] + 1e-43)     # + a few denormal steps
+
+
+@pytest.mark.parametrize("march,vnni", [("alderlake", True), ("sapphirerapids", True), ("skylake-avx512", False)])
+def test_the_kernels_build_for_other_cpus_and_use_vnni_where_they_have_it(tmp_path, march, vnni):
+    """No CPU here has VNNI or AVX-512: the builds for CPUs that do must still compile, and the
+    integer GEMM must use vpdpwssd (multiply, pairwise add and accumulate in one) where it exists."""
+    import shutil
+    import subprocess
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    obj = tmp_path / "k.o"
+    subprocess.run([compiler, "-O1", f"-march={march}", "-ffp-contract=off", "-std=c++17", "-c",
+                    str(quant.SOURCES[0]), "-o", str(obj)], check=True, timeout=300)
+    dis = subprocess.run(["objdump", "-d", str(obj)], capture_output=True, text=True, check=True).stdout
+    assert ("vpdpwssd" in dis) == vnni
+    assert ("zmm" in dis) == (march != "alderlake")
 
 
 def test_llmos_rowgroup_off_keeps_the_file_s_block_layout(monkeypatch):
