@@ -105,32 +105,42 @@ constexpr int GRID_MAX = 4095;
 // A split type pairs k with k + 16 in a 32-block (KPERM), the others k with k + 1.
 static constexpr bool rg_split_pairs(int type) { return type == Q4_0 || type == Q4_1 || type == Q5_0 || type == Q5_1; }
 
+// 2^e as a float, for e in [-149, 127].
+static inline float pow2(int e) {
+    if (e < -126) return std::ldexp(1.f, e);
+    const uint32_t bits = (uint32_t)(e + 127) << 23;
+    float f; memcpy(&f, &bits, 4); return f;
+}
+
 // Token row x (K wide) on the grid: xq (the fp32 values), g[K / 32] and, where pairs is not null,
 // the int16 pairs of each block in the type's pair order (pairs[16 b + i], low half first).
 static void grid_row(const float* x, int64_t K, bool split, float* xq, float* g, int32_t* pairs) {
     for (int64_t b = 0; b < K / 32; b++) {
-        const float* v = x + 32 * b;
-        float amax = 0.f; bool finite = true;
-        for (int i = 0; i < 32; i++) {
-            const float a = std::fabs(v[i]);
-            finite &= a <= 3.402823466e38f;
-            amax = a > amax ? a : amax;
+        vf v[VB], amax = vzero(), nan_if_not_finite = vzero();
+        for (int i = 0; i < VB; i++) {
+            v[i] = vload(x + 32 * b + VN * i);
+            amax = vmax(amax, vabs(v[i]));
+            nan_if_not_finite = vfma(v[i], vzero(), nan_if_not_finite);     // inf * 0 and NaN * 0 are NaN
         }
-        int32_t xi[32];
-        if (!finite) {
+        alignas(64) float lanes[VN];
+        vstore(lanes, amax);
+        float m = 0.f;
+        for (int i = 0; i < VN; i++) m = lanes[i] > m ? lanes[i] : m;
+        alignas(64) int32_t xi[32];
+        if (std::isnan(vhsum(nan_if_not_finite))) {
             g[b] = NAN;
             for (int i = 0; i < 32; i++) { xi[i] = 0; xq[32 * b + i] = NAN; }
         } else {
             int e = 0;
-            std::frexp(amax, &e);
+            std::frexp(m, &e);
             e = std::max(e - 12, -149);                    // 2^-149: the smallest float, exact below
             const int up = std::min(-e, 126);              // 2^-e in two exact factors
-            const float a = std::ldexp(1.f, up), c = std::ldexp(1.f, -e - up);
-            g[b] = std::ldexp(1.f, e);
-            for (int i = 0; i < 32; i++) {
-                const float r = std::rint(v[i] * a * c);
-                xi[i] = (int32_t)std::min(std::max(r, -(float)GRID_MAX), (float)GRID_MAX);
-                xq[32 * b + i] = (float)xi[i] * g[b];
+            const vf a = vset1(pow2(up)), c = vset1(pow2(-e - up)), gv = vset1(pow2(e));
+            g[b] = pow2(e);
+            for (int i = 0; i < VB; i++) {
+                const vi q = vclamp(vround(vmul(vmul(v[i], a), c)), GRID_MAX);
+                vstore_i(xi + VN * i, q);
+                vstore(xq + 32 * b + VN * i, vmul(vcvt(q), gv));
             }
         }
         if (!pairs) continue;
