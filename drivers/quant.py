@@ -136,7 +136,8 @@ def kernels() -> ctypes.CDLL | None:
 
 
 def kernel_isa() -> str:
-    """Which code path the built kernels use ('avx512f', 'avx2-fma' or 'scalar'), or
+    """Which code path the built kernels use ('avx512f', 'avx2-fma' or 'scalar'; '+vnni' where the
+    integer GEMM uses VNNI's vpdpwssd), or
     'none (dequantised fp32)' when they could not be built."""
     lib = kernels()
     return lib.llmos_quant_isa().decode() if lib is not None else "none (dequantised fp32)"

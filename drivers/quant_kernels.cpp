@@ -3,12 +3,14 @@
 // unpacking, and all of them share one tiled micro-kernel; splitting would scatter that.
 //
 // y[t, n] (+)= sum_k W[n, k] * f(x)[t, k] for W in Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, Q5_0, Q5_1,
-// f an optional SwiGLU or GEGLU and/or RMSNorm of the fp32 input. The activations stay fp32: each weight
-// 32-block is dequantised in registers, w = fma(q, d, m) (per-16 d and m for Q6_K's sub-scales),
-// into a small per-thread panel of NR rows x K, and an fp32 FMA micro-kernel multiplies the panel
-// by up to NC tokens at a time. On an AVX2 CPU without VNNI this is as fast per weight as an int8
-// dot product that keeps the activation's precision (8-bit activations flip near-tied greedy
-// choices of real models; two int8 dots per block cost as much as four FMAs), and exact.
+// f an optional SwiGLU or GEGLU and/or RMSNorm of the fp32 input. Two layouts:
+// - Row-grouped (rowgroup_kernels.h; every type but Q5_K on a vector CPU): rows in the vector
+//   lanes, the input on a 13-bit grid whose block sums are exact in fp32, an fp32 GEMV for one
+//   token and an int16 GEMM (vpmaddwd / vpdpwssd) for more, with the same bits.
+// - The file's blocks (Q5_K; LLMOS_ROWGROUP=off): the activations stay fp32; each weight 32-block
+//   is dequantised in registers, w = fma(q, d, m) (per-16 d and m for Q6_K's sub-scales), into a
+//   small per-thread panel of NR rows x K, and an fp32 FMA micro-kernel multiplies the panel by up
+//   to NC tokens at a time, exact up to fp32 rounding.
 // Bit-identical results for a (row, token) pair in any tile and at any batch size: every pair
 // accumulates the same products in the same order (one 8-lane accumulator over k, then one fixed
 // horizontal sum; -ffp-contract=off keeps the compiler from fusing differently per tile).
@@ -578,8 +580,12 @@ extern "C" {
 const char* llmos_quant_isa(void) {
 #if defined(LLMOS_SIMDE_AVX512)
     return "avx512f (SIMDe emulation)";
+#elif defined(LLMOS_AVX512) && defined(__AVX512VNNI__)
+    return "avx512f+vnni";
 #elif defined(LLMOS_AVX512)
     return "avx512f";
+#elif defined(LLMOS_VEC) && (defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__)))
+    return "avx2-fma+vnni";
 #elif defined(LLMOS_VEC)
     return "avx2-fma";
 #else

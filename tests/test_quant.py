@@ -539,12 +539,15 @@ def test_rms_norm_kernel_in_place_by_groups_and_added_into_a_stream():
 
 
 def test_the_kernels_built_for_this_cpu_use_its_widest_vectors():
-    """Dispatch at start-up: -march=native on an AVX-512F CPU builds the 16-lane path, on an AVX2 +
-    FMA CPU the 8-lane one (drivers/simd_vec.h); the ISA names it in uname, the bench and the log."""
+    """Dispatch at start-up: -march=native on an AVX-512F+BW CPU builds the 16-lane path, on an AVX2 +
+    FMA CPU the 8-lane one (drivers/simd_vec.h), with VNNI where the CPU has it; the ISA names it
+    in uname, the bench and the log."""
     from llmos.drivers.cpu import cpu_features
     f = cpu_features()
-    want = "avx512f" if f["avx512f"] and f["fma"] else "avx2-fma" if f["avx2"] and f["fma"] else "scalar"
-    assert quant.kernel_isa() == want
+    wide = f["avx512f"] and f["avx512bw"] and f["fma"]
+    want = "avx512f" if wide else "avx2-fma" if f["avx2"] and f["fma"] else "scalar"
+    vnni = f["avx512_vnni"] if wide else f["avx_vnni"] and want != "scalar"     # the integer GEMM's vpdpwssd
+    assert quant.kernel_isa() == want + ("+vnni" if vnni else "")
 
 
 def test_an_unknown_llmos_quant_value_is_named_and_this_cpu_s_kernels_build(monkeypatch, caplog):
@@ -567,6 +570,6 @@ def test_llmos_quant_avx2_builds_the_8_lane_kernels_on_any_avx2_cpu(monkeypatch)
     monkeypatch.setenv("LLMOS_QUANT", "avx2")
     quant.kernels.cache_clear()
     try:
-        assert quant.kernel_isa() == "avx2-fma"
+        assert quant.kernel_isa() in ("avx2-fma", "avx2-fma+vnni")
     finally:
         quant.kernels.cache_clear()
