@@ -16,12 +16,12 @@
 // Q4_K's 6-bit scales unpacked (VN x 148 against 144). Q4_0's m is -8 d and Q5_0's -16 d; Q4_K's d
 // and m are its sub-blocks'; Q6_K's d is per 16 weights, and its quants are stored as q - 32.
 //
-// Every (row, token) pair computes, for each chunk (CH below) in order: s = 0; s = fma(q, x, s)
-// over the chunk's k in the order KPERM gives (Q4_0/Q4_1/Q5_0/Q5_1: k = 0, 16, 1, 17, ...);
-// acc = fma(s, d, acc); then acc = fma(m, xsum, acc) with xsum from block_sums (not for Q8_0 and
-// Q6_K). The GEMV (one token, accumulators in registers) and the GEMM (a dequantised panel,
-// accumulators in memory) do exactly this, so results are bit-identical at any batch size, as in
-// the block layout.
+// Every (row, token) pair computes, for each chunk (CH below) in order: s = sum of q x over the
+// chunk's k, exact (x on the grid below, so the order does not matter); acc = fma(s, d, acc); then
+// acc = fma(m, xsum, acc) with xsum from block_sums (not for Q8_0 and Q6_K). The GEMV (one token,
+// fp32 FMAs over k in the order KPERM gives, Q4_0/Q4_1/Q5_0/Q5_1: k = 0, 16, 1, 17, ...) and the
+// GEMM (an int16 panel, integer sums, accumulators in memory) do exactly this, so results are
+// bit-identical at any batch size, as in the block layout.
 
 enum { RG_Q4_0 = RG_TYPES + Q4_0, RG_Q4_1 = RG_TYPES + Q4_1, RG_Q5_0 = RG_TYPES + Q5_0, RG_Q5_1 = RG_TYPES + Q5_1,
        RG_Q8_0 = RG_TYPES + Q8_0, RG_Q4_K = RG_TYPES + Q4_K, RG_Q6_K = RG_TYPES + Q6_K };
