@@ -423,7 +423,8 @@ static void rg_task(void* p, int64_t i) {
     const int32_t* xp[RG_NC]; const float* g[RG_NC]; const float* sums[RG_NC];
     auto tokens = [&](int64_t c, int n) {      // micro-kernel arguments of tokens c .. c + n - 1
         for (int u = 0; u < n; u++) {
-            xp[u] = j.pairs + (t0 + c + u) * (K / 2); g[u] = j.grid_g + (t0 + c + u) * nb; sums[u] = sums_of(t0 + c + u);
+            const int64_t t = t0 + c + u;
+            xp[u] = j.pairs + t * (K / 2); g[u] = j.grid_g + t * nb; sums[u] = sums_of(t);
         }
     };
     for (int64_t g0 = g_begin; g0 < g_end; g0 += RG_RV) {
@@ -433,8 +434,9 @@ static void rg_task(void* p, int64_t i) {
         int64_t c = 0;
         for (; c + RG_NC <= tn; c += RG_NC) {
             tokens(c, RG_NC);
-            if (rv == RG_RV) rg_imicro<TYPE, RG_RV, RG_NC>(q, ps, d, m, ds, nch, xp, g, sums, out.data() + c * ldo, ldo);
-            else rg_imicro<TYPE, 1, RG_NC>(q, ps, d, m, ds, nch, xp, g, sums, out.data() + c * ldo, ldo);
+            float* o = out.data() + c * ldo;
+            if (rv == RG_RV) rg_imicro<TYPE, RG_RV, RG_NC>(q, ps, d, m, ds, nch, xp, g, sums, o, ldo);
+            else rg_imicro<TYPE, 1, RG_NC>(q, ps, d, m, ds, nch, xp, g, sums, o, ldo);
         }
         for (; c < tn; c++) {
             tokens(c, 1);

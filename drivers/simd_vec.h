@@ -33,8 +33,9 @@ static inline simde__m512i llmos_cvtepi8_epi32(__m128i b) {
 #endif
 #ifndef _mm512_cvtps_epi32
 static inline simde__m512i llmos_cvtps_epi32(simde__m512 v) {
-    const simde__m512i lo = _mm512_castsi256_si512(_mm256_cvtps_epi32(_mm256_castpd_ps(_mm512_castpd512_pd256(_mm512_castps_pd(v)))));
-    return _mm512_inserti64x4(lo, _mm256_cvtps_epi32(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))), 1);
+    const simde__m512d d = _mm512_castps_pd(v);
+    const simde__m512i lo = _mm512_castsi256_si512(_mm256_cvtps_epi32(_mm256_castpd_ps(_mm512_castpd512_pd256(d))));
+    return _mm512_inserti64x4(lo, _mm256_cvtps_epi32(_mm256_castpd_ps(_mm512_extractf64x4_pd(d, 1))), 1);
 }
 #define _mm512_cvtps_epi32 llmos_cvtps_epi32
 #endif
@@ -93,9 +94,13 @@ template <int S> static inline vi vsrai(vi a) { return _mm512_srai_epi32(a, S); 
 static inline vi vsrl(vi a, __m128i count) { return _mm512_srl_epi32(a, count); }
 static inline vi vsrlv(vi a, vi counts) { return _mm512_srlv_epi32(a, counts); }
 static inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
-static inline vf vabs(vf a) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff))); }
+static inline vf vabs(vf a) {
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff)));
+}
 static inline vi vround(vf a) { return _mm512_cvtps_epi32(a); }      // to nearest, ties to even
-static inline vi vclamp(vi a, int lim) { return _mm512_min_epi32(_mm512_max_epi32(a, _mm512_set1_epi32(-lim)), _mm512_set1_epi32(lim)); }
+static inline vi vclamp(vi a, int lim) {
+    return _mm512_min_epi32(_mm512_max_epi32(a, _mm512_set1_epi32(-lim)), _mm512_set1_epi32(lim));
+}
 static inline vi vload_i(const int32_t* p) { return _mm512_loadu_si512((const void*)p); }
 static inline void vstore_i(int32_t* p, vi v) { _mm512_storeu_si512((void*)p, v); }
 // acc + the pairwise products of a and b's int16 halves (VNNI: one instruction).
@@ -143,9 +148,13 @@ template <int S> static inline vi vsrai(vi a) { return _mm256_srai_epi32(a, S); 
 static inline vi vsrl(vi a, __m128i count) { return _mm256_srl_epi32(a, count); }
 static inline vi vsrlv(vi a, vi counts) { return _mm256_srlv_epi32(a, counts); }
 static inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
-static inline vf vabs(vf a) { return _mm256_castsi256_ps(_mm256_and_si256(_mm256_castps_si256(a), _mm256_set1_epi32(0x7fffffff))); }
+static inline vf vabs(vf a) {
+    return _mm256_castsi256_ps(_mm256_and_si256(_mm256_castps_si256(a), _mm256_set1_epi32(0x7fffffff)));
+}
 static inline vi vround(vf a) { return _mm256_cvtps_epi32(a); }      // to nearest, ties to even
-static inline vi vclamp(vi a, int lim) { return _mm256_min_epi32(_mm256_max_epi32(a, _mm256_set1_epi32(-lim)), _mm256_set1_epi32(lim)); }
+static inline vi vclamp(vi a, int lim) {
+    return _mm256_min_epi32(_mm256_max_epi32(a, _mm256_set1_epi32(-lim)), _mm256_set1_epi32(lim));
+}
 static inline vi vload_i(const int32_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
 static inline void vstore_i(int32_t* p, vi v) { _mm256_storeu_si256((__m256i*)p, v); }
 // acc + the pairwise products of a and b's int16 halves (AVX-VNNI: one instruction).
