@@ -285,7 +285,7 @@ static void prep_task(void* p, int64_t i) {
 struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     int type; const uint8_t* W; int64_t N, K, rb; const float* X; int64_t ldx, T; float* Y; int64_t ldy;
     int add; int64_t rows_per_task, row_tasks;
-    const float* xsum;      // row-grouped types with an m term (rg_has_m): X's 32-block sums, [T, K / 32]
+    const float* xsum;      // row-grouped: the 32-block sums of X on the grid, [T, K / 32] (rg_has_m types read them)
     const float* grid_g = nullptr;    // row-grouped: X's grid (rowgroup_kernels.h), [T, K / 32],
     const int32_t* pairs = nullptr;   // and its int16 pairs, [T, K / 2] (more than one token)
 };
@@ -645,18 +645,13 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
     int64_t round = ROUND;
 #if defined(LLMOS_VEC)
     if (base != type) {             // row-grouped: x on the grid; tasks take whole GEMV passes of groups
-        grow(xq, T * K); grow(grid_g, T * (K / 32));
+        grow(xq, T * K); grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));
         if (T > 1) grow(pairs, T * (K / 2));
-        Grid grid{X, ldx, K, T, rg_split_pairs(base), xq.data(), grid_g.data(), T > 1 ? pairs.data() : nullptr};
+        Grid grid{X, ldx, K, T, rg_split_pairs(base), xq.data(), grid_g.data(), xsum.data(),
+                  T > 1 ? pairs.data() : nullptr};
         pool::run(grid_task, &grid, (T + PREP_ROWS - 1) / PREP_ROWS);
-        X = xq.data(); ldx = K;
-        job.X = X; job.ldx = K; job.grid_g = grid_g.data(); job.pairs = grid.pairs;
+        job.X = xq.data(); job.ldx = K; job.grid_g = grid_g.data(); job.xsum = xsum.data(); job.pairs = grid.pairs;
         round = RG_GV * VN;
-        if (rg_has_m(base)) {
-            grow(xsum, T * (K / 32));
-            for (int64_t t = 0; t < T; t++) block_sums(X + t * ldx, K / 32, xsum.data() + t * (K / 32));
-            job.xsum = xsum.data();
-        }
     }
 #endif
     job.rows_per_task = ((N + want - 1) / want + round - 1) / round * round;

@@ -18,7 +18,7 @@
 //
 // Every (row, token) pair computes, for each chunk (CH below) in order: s = sum of q x over the
 // chunk's k, exact (x on the grid below, so the order does not matter); acc = fma(s, d, acc); then
-// acc = fma(m, xsum, acc) with xsum from block_sums (not for Q8_0 and Q6_K). The GEMV (one token,
+// acc = fma(m, xsum, acc) with xsum the block's sum from grid_row (not for Q8_0 and Q6_K). The GEMV (one token,
 // fp32 FMAs over k in the order KPERM gives, Q4_0/Q4_1/Q5_0/Q5_1: k = 0, 16, 1, 17, ...) and the
 // GEMM (an int16 panel, integer sums, accumulators in memory) do exactly this, so results are
 // bit-identical at any batch size, as in the block layout.
@@ -83,15 +83,6 @@ template <int TYPE> static inline int64_t rg_xbase(int64_t c) {
     return 32 * c;
 }
 
-// Sums of each 32-block of x, in a fixed order (both kernels read them from here).
-static void block_sums(const float* x, int64_t nb, float* out) {
-    for (int64_t b = 0; b < nb; b++) {
-        vf s = vload(x + 32 * b);
-        for (int i = 1; i < VB; i++) s = vadd(s, vload(x + 32 * b + VN * i));
-        out[b] = vhsum(s);
-    }
-}
-
 // ---- the activations' grid ---------------------------------------------------------------------
 // The row-grouped kernels take x on a grid: each 32-block of a token's x becomes integers xi in
 // [-GRID_MAX, GRID_MAX] times a power of two g = 2^(e - 12), e the exponent of the block's largest
@@ -112,9 +103,10 @@ static inline float pow2(int e) {
     float f; memcpy(&f, &bits, 4); return f;
 }
 
-// Token row x (K wide) on the grid: xq (the fp32 values), g[K / 32] and, where pairs is not null,
-// the int16 pairs of each block in the type's pair order (pairs[16 b + i], low half first).
-static void grid_row(const float* x, int64_t K, bool split, float* xq, float* g, int32_t* pairs) {
+// Token row x (K wide) on the grid: xq (the fp32 values), g[K / 32], each block's sum xsum[K / 32]
+// (g times the integers' sum: exact, as is any fp32 sum of the block's xq) and, where pairs is not
+// null, the int16 pairs of each block in the type's pair order (pairs[16 b + i], low half first).
+static void grid_row(const float* x, int64_t K, bool split, float* xq, float* g, float* xsum, int32_t* pairs) {
     for (int64_t b = 0; b < K / 32; b++) {
         vf v[VB], amax = vzero(), nan_if_not_finite = vzero();
         for (int i = 0; i < VB; i++) {
@@ -128,7 +120,7 @@ static void grid_row(const float* x, int64_t K, bool split, float* xq, float* g,
         for (int i = 0; i < VN; i++) m = lanes[i] > m ? lanes[i] : m;
         alignas(64) int32_t xi[32];
         if (std::isnan(vhsum(nan_if_not_finite))) {
-            g[b] = NAN;
+            g[b] = xsum[b] = NAN;
             for (int i = 0; i < 32; i++) { xi[i] = 0; xq[32 * b + i] = NAN; }
         } else {
             int e = 0;
@@ -142,6 +134,9 @@ static void grid_row(const float* x, int64_t K, bool split, float* xq, float* g,
                 vstore_i(xi + VN * i, q);
                 vstore(xq + 32 * b + VN * i, vmul(vcvt(q), gv));
             }
+            int32_t sum = 0;
+            for (int i = 0; i < 32; i++) sum += xi[i];
+            xsum[b] = (float)sum * g[b];
         }
         if (!pairs) continue;
         for (int i = 0; i < 16; i++) {
@@ -151,13 +146,13 @@ static void grid_row(const float* x, int64_t K, bool split, float* xq, float* g,
     }
 }
 
-// X on the grid for a row-grouped matmul, a task a PREP_ROWS tokens: xq [T, K], g [T, K / 32],
-// pairs [T, K / 2] (null for one token: the GEMV reads xq only).
-struct Grid { const float* X; int64_t ldx, K, T; bool split; float* xq; float* g; int32_t* pairs; };
+// X on the grid for a row-grouped matmul, a task a PREP_ROWS tokens: xq [T, K], g and xsum
+// [T, K / 32], pairs [T, K / 2] (null for one token: the GEMV reads xq only).
+struct Grid { const float* X; int64_t ldx, K, T; bool split; float* xq; float* g; float* xsum; int32_t* pairs; };
 static void grid_task(void* p, int64_t i) {
     const Grid& j = *(const Grid*)p;
     for (int64_t t = i * PREP_ROWS; t < j.T && t < (i + 1) * PREP_ROWS; t++)
-        grid_row(j.X + t * j.ldx, j.K, j.split, j.xq + t * j.K, j.g + t * (j.K / 32),
+        grid_row(j.X + t * j.ldx, j.K, j.split, j.xq + t * j.K, j.g + t * (j.K / 32), j.xsum + t * (j.K / 32),
                  j.pairs ? j.pairs + t * (j.K / 2) : nullptr);
 }
 
