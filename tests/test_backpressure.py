@@ -108,8 +108,7 @@ def fill(srv, slow) -> None:
 def test_a_peer_that_does_not_read_loses_no_output(srv, want):
     slow = Slow(srv)
     try:
-        for _ in range(3000):                 # replies that fill the peer's pipe
-            slow.send(Sys.NULL)
+        fill(srv, slow)                       # replies that fill the peer's pipe
         with lib.Client(user="alice", client="spawner") as k:     # generating while the reads come
             pid = k.spawn(PROMPT, max_tokens=TOKENS, ignore_eos=True, detached=True)
         for _ in range(300):                  # reads that consume output, sent while it generates
