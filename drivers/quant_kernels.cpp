@@ -20,6 +20,7 @@
 // matmul as barrier-based OpenMP regions do.
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>

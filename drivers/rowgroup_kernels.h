@@ -114,35 +114,36 @@ static void grid_row(const float* x, int64_t K, bool split, float* xq, float* g,
             amax = vmax(amax, vabs(v[i]));
             nan_if_not_finite = vfma(v[i], vzero(), nan_if_not_finite);     // inf * 0 and NaN * 0 are NaN
         }
-        alignas(64) float lanes[VN];
-        vstore(lanes, amax);
-        float m = 0.f;
-        for (int i = 0; i < VN; i++) m = lanes[i] > m ? lanes[i] : m;
-        alignas(64) int32_t xi[32];
-        if (std::isnan(vhsum(nan_if_not_finite))) {
+        vi q[VB];
+        if (vany_nan(nan_if_not_finite)) {
             g[b] = xsum[b] = NAN;
-            for (int i = 0; i < 32; i++) { xi[i] = 0; xq[32 * b + i] = NAN; }
+            for (int i = 0; i < VB; i++) { q[i] = vset1i(0); vstore(xq + 32 * b + VN * i, vset1(NAN)); }
         } else {
+            const float m = vhmax(amax);
             int e = 0;
-            std::frexp(m, &e);
+            if (m >= FLT_MIN) {                            // frexp's exponent, from the bits
+                uint32_t bits; memcpy(&bits, &m, 4);
+                e = (int)(bits >> 23) - 126;
+            } else {
+                std::frexp(m, &e);
+            }
             e = std::max(e - 12, -149);                    // 2^-149: the smallest float, exact below
             const int up = std::min(-e, 126);              // 2^-e in two exact factors
             const vf a = vset1(pow2(up)), c = vset1(pow2(-e - up)), gv = vset1(pow2(e));
             g[b] = pow2(e);
+            vf sum = vzero();                              // |sum| < 2^24: exact in any order
             for (int i = 0; i < VB; i++) {
-                const vi q = vclamp(vround(vmul(vmul(v[i], a), c)), GRID_MAX);
-                vstore_i(xi + VN * i, q);
-                vstore(xq + 32 * b + VN * i, vmul(vcvt(q), gv));
+                q[i] = vclamp(vround(vmul(vmul(v[i], a), c)), GRID_MAX);
+                const vf qf = vcvt(q[i]);
+                vstore(xq + 32 * b + VN * i, vmul(qf, gv));
+                sum = vadd(sum, qf);
             }
-            int32_t sum = 0;
-            for (int i = 0; i < 32; i++) sum += xi[i];
-            xsum[b] = (float)sum * g[b];
+            xsum[b] = vhsum(sum) * g[b];
         }
         if (!pairs) continue;
-        for (int i = 0; i < 16; i++) {
-            const int lo = split ? i : 2 * i, hi = split ? i + 16 : 2 * i + 1;
-            pairs[16 * b + i] = (int32_t)(((uint32_t)xi[lo] & 0xFFFFu) | (uint32_t)xi[hi] << 16);
-        }
+        for (int i = 0; i < VB / 2; i++)                   // pair i: (k, k + 16), or (2i, 2i + 1)
+            vstore_i(pairs + 16 * b + VN * i, split ? vor(vand(q[i], vset1i(0xFFFF)), vslli<16>(q[i + VB / 2]))
+                                                    : vpack16(q[2 * i], q[2 * i + 1]));
     }
 }
 

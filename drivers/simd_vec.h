@@ -63,6 +63,18 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+// Largest of 8 lanes (order-free: max is exact).
+static inline float hmax8(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+// The 16 int32 lanes of lo, then hi, as int16 in order (each lane must fit: packs saturates).
+static inline __m256i pack16x8(__m256i lo, __m256i hi) {
+    return _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
+}
+
 #if defined(LLMOS_SIMDE_AVX512)
 typedef simde__m512 vf;
 typedef simde__m512i vi;
@@ -118,6 +130,20 @@ static inline float vhsum(vf v) {
     return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v),
                                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
 }
+static inline float vhmax(vf v) {
+    return hmax8(_mm256_max_ps(_mm512_castps512_ps256(v),
+                               _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+}
+static inline bool vany_nan(vf v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
+// The lanes of a, then b, as int16 in order (each lane must fit in int16).
+static inline vi vpack16(vi a, vi b) {
+#if defined(LLMOS_SIMDE_AVX512)
+    const __m256i lo = pack16x8(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), pack16x8(_mm512_castsi512_si256(b), _mm512_extracti64x4_epi64(b, 1)), 1);
+#else
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(a)), _mm512_cvtepi32_epi16(b), 1);
+#endif
+}
 // Lanes 0-7 from the 8 int32 at lo, 8-15 from hi (32-byte aligned).
 static inline vi vload_8_8(const int32_t* lo, const int32_t* hi) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256((const __m256i*)lo)),
@@ -168,6 +194,9 @@ static inline vi vdpwssd(vi acc, vi a, vi b) {
 #endif
 }
 static inline float vhsum(vf v) { return hsum8(v); }
+static inline float vhmax(vf v) { return hmax8(v); }
+static inline bool vany_nan(vf v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }
+static inline vi vpack16(vi a, vi b) { return pack16x8(a, b); }
 static inline vi vload_8_8(const int32_t* lo, const int32_t*) { return _mm256_load_si256((const __m256i*)lo); }
 #endif
 
