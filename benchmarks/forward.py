@@ -88,7 +88,7 @@ class OpCounter(TorchDispatchMode):
 
 def count_ops(model: LlamaModel, context: int = 32) -> tuple[int, int]:
     """(torch ops, calls from Python into the C kernels) of one batch-1 decode step: a fused
-    layer (drivers/fused.py) counts as one call, a QLinear as one per weight part."""
+    layer (drivers/fused.py) counts as one call, as does a QLinear (all its weight parts)."""
     from ..drivers import quant
     lib = quant.kernels()
     calls = collections.Counter()
@@ -104,7 +104,7 @@ def count_ops(model: LlamaModel, context: int = 32) -> tuple[int, int]:
             count(lib, name)
         for lin in {id(m): m for m in model._linears()}.values():
             if isinstance(lin, quant.QLinear):
-                count(lin, "_args")
+                count(lin, "_call")
         fused = model._fused_layers() if hasattr(model, "_fused_layers") else None
         if fused is not None:
             count(fused, "_layer")

@@ -16,13 +16,9 @@ import os
 
 import torch
 
-from .quant import QLinear, kernels
+from .quant import QLinear, QPart, kernels
 
 _i, _p, _f = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
-
-
-class QPart(ctypes.Structure):
-    _fields_ = [("type", _i), ("W", _p), ("N", _i), ("rb", _i), ("col", _i)]
 
 
 class QLin(ctypes.Structure):
@@ -44,9 +40,7 @@ class Step(ctypes.Structure):
 
 
 def _qlin(lin: QLinear, keep: list) -> QLin:
-    parts = (QPart * len(lin._calls))()
-    for i, (a, _, col) in enumerate(lin._calls):       # the QLinear's own argument blocks
-        parts[i] = QPart(a.type, a.W, a.N, a.rb, col)
+    parts = (QPart * len(lin.qparts))(*lin.qparts)      # a copy of the QLinear's own parts
     keep.append(parts)
     return QLin(parts, len(lin.parts), lin.in_features, lin.out_features)
 

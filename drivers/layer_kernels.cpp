@@ -14,9 +14,9 @@
 
 #include <cstdint>
 
+#include "qmatmul.h"
+
 extern "C" {
-int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb, const float* X, int64_t T,
-                  int64_t ldx, float* Y, int64_t ldy, int add, int glu, const float* norm_w, float eps);
 void llmos_rms_norm(float* x, int64_t T, int64_t ld, int64_t groups, int64_t D, const float* w, float eps,
                     float* add_to, int64_t ld_add);
 void llmos_rope(float* x, int64_t T, int64_t ldx, int64_t n_heads, int64_t D, const int64_t* pos,
@@ -31,7 +31,6 @@ int llmos_paged_attention(const float* q, int64_t ldq, int64_t T, int64_t H, int
 
 namespace {
 
-struct QPart { int64_t type; const uint8_t* W; int64_t N, rb, col; };     // rows [col, col + N) of the output
 struct QLin { const QPart* parts; int64_t n_parts, K, out; };
 struct LayerW {
     QLin qkv, o, gu, down; const float* attn_norm; const float* ffn_norm; const float* bqkv;
@@ -48,13 +47,7 @@ struct Step {
 
 int linear(const QLin& l, const float* X, int64_t T, int64_t ldx, float* Y, int add, int glu,
            const float* norm_w, float eps) {
-    for (int64_t i = 0; i < l.n_parts; i++) {
-        const QPart& p = l.parts[i];
-        const int rc = llmos_qmatmul((int)p.type, p.W, p.N, l.K, p.rb, X, T, ldx, Y + p.col, l.out, add,
-                                     glu, norm_w, eps);
-        if (rc) return rc;
-    }
-    return 0;
+    return llmos_qmatmul_parts(l.parts, l.n_parts, l.K, X, T, ldx, Y, l.out, add, glu, norm_w, eps);
 }
 
 // x += l(X) with the GLU glu, or (post_norm) x += RMSNorm(l(X)) * post_norm, through out.

@@ -45,7 +45,7 @@ log = logging.getLogger("llmos.drivers")
 SOURCE = Path(__file__).with_name("quant_kernels.cpp")
 SOURCES = (SOURCE, Path(__file__).with_name("attention_kernels.cpp"),     # one library
            Path(__file__).with_name("layer_kernels.cpp"))
-HEADERS = tuple(Path(__file__).with_name(h) for h in ("simd_exp.h", "simd_vec.h", "rowgroup_kernels.h"))  # in the key
+HEADERS = tuple(Path(__file__).with_name(h) for h in ("simd_exp.h", "simd_vec.h", "rowgroup_kernels.h", "qmatmul.h"))  # in the key
 # LLMOS_QUANT values that build another code path than this CPU's widest: the AVX-512 kernels
 # through SIMDe (Debian's libsimde-dev; slow) and the scalar kernels of CPUs without AVX2 (the
 # last -march wins), so that each runs and is tested on any x86 CPU; and the AVX2 kernels on an
@@ -59,10 +59,16 @@ _p = ctypes.c_void_p
 _i = ctypes.c_int64
 
 
+class QPart(ctypes.Structure):
+    """A weight part of a matmul (drivers/qmatmul.h): N rows of rb bytes in kernel type `type`,
+    the output's columns [col, col + N)."""
+    _fields_ = [("type", _i), ("W", _p), ("N", _i), ("rb", _i), ("col", _i)]
+
+
 class QArgs(ctypes.Structure):
-    """llmos_qmatmul_args's argument block (its C twin is in quant_kernels.cpp): one per weight
-    part, the weight's fields set once, the step's (X, T, Y, ...) before each call."""
-    _fields_ = [("type", _i), ("W", _p), ("N", _i), ("K", _i), ("rb", _i), ("X", _p), ("T", _i),
+    """llmos_qmatmul_args's argument block (its C twin is in quant_kernels.cpp): one per QLinear,
+    the weight's fields set once, the step's (X, T, Y, ...) before each call."""
+    _fields_ = [("parts", ctypes.POINTER(QPart)), ("n_parts", _i), ("K", _i), ("X", _p), ("T", _i),
                 ("ldx", _i), ("Y", _p), ("ldy", _i), ("add", _i), ("glu", _i), ("norm_w", _p),
                 ("eps", ctypes.c_float)]
 
@@ -119,6 +125,8 @@ def kernels() -> ctypes.CDLL | None:
     lib.llmos_qmatmul.argtypes = [ctypes.c_int, _p, _i, _i, _i, _p, _i, _i, _p, _i, ctypes.c_int,
                                   ctypes.c_int, _p, ctypes.c_float]
     lib.llmos_qmatmul_args.argtypes = [ctypes.POINTER(QArgs)]
+    lib.llmos_qmatmul_parts.argtypes = [ctypes.POINTER(QPart), _i, _i, _p, _i, _i, _p, _i, ctypes.c_int,
+                                        ctypes.c_int, _p, ctypes.c_float]
     lib.llmos_dequant_rows.argtypes = [ctypes.c_int, _p, _i, _i, _p, _i, _p]
     lib.llmos_rowgroup_bytes.argtypes = [ctypes.c_int, _i, _i]
     lib.llmos_rowgroup_bytes.restype = ctypes.c_int64
@@ -182,7 +190,7 @@ class QLinear:
     a call fills the instance's argument blocks, so calls on one instance must not overlap (a
     model runs one forward at a time, on its engine's thread)."""
 
-    __slots__ = ("parts", "in_features", "out_features", "_lib", "_calls", "_args")
+    __slots__ = ("parts", "in_features", "out_features", "_lib", "qparts", "_args", "_call")
 
     def __init__(self, parts: list[tuple[int, np.ndarray]], in_features: int):
         self._lib = kernels()
@@ -196,12 +204,12 @@ class QLinear:
         self.parts = [self._row_grouped(int(q), d, in_features) for q, d in parts]
         self.in_features = in_features
         self.out_features = sum(d.shape[0] for _, d in parts)
-        self._calls, col = [], 0        # (argument block, pointer to it, first column)
-        for q, d in self.parts:
-            a = QArgs(type=q, W=d.ctypes.data, N=d.shape[0], K=in_features, rb=d.shape[1], ldy=self.out_features)
-            self._calls.append((a, ctypes.pointer(a), col))
+        self.qparts, col = (QPart * len(self.parts))(), 0      # the C view of self.parts
+        for i, (q, d) in enumerate(self.parts):
+            self.qparts[i] = QPart(q, d.ctypes.data, d.shape[0], d.shape[1], col)
             col += d.shape[0]
-        self._args = self._lib.llmos_qmatmul_args
+        self._args = QArgs(parts=self.qparts, n_parts=len(self.parts), K=in_features, ldy=self.out_features)
+        self._call = functools.partial(self._lib.llmos_qmatmul_args, ctypes.pointer(self._args))
 
     def __call__(self, x: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0,
                  swiglu: bool = False, out: torch.Tensor | None = None, geglu: bool = False) -> torch.Tensor:
@@ -222,13 +230,13 @@ class QLinear:
             raise ValueError("out must be a contiguous fp32 tensor of the output's shape")
         if T == 0:
             return out
-        nw = None if norm is None else norm.data_ptr()
-        xp, op, ldx = x.data_ptr(), out.data_ptr(), x.shape[1]
-        for a, ptr, col in self._calls:
-            a.X, a.T, a.ldx, a.Y, a.add, a.glu, a.norm_w, a.eps = xp, T, ldx, op + 4 * col, add, glu, nw, eps
-            rc = self._args(ptr)
-            if rc != 0:
-                raise ValueError(f"quantized matmul failed ({rc}): type {a.type}, K {self.in_features}")
+        a = self._args
+        a.X, a.T, a.ldx, a.Y, a.add, a.glu = x.data_ptr(), T, x.shape[1], out.data_ptr(), add, glu
+        a.norm_w, a.eps = None if norm is None else norm.data_ptr(), eps
+        rc = self._call()
+        if rc != 0:
+            types = "+".join(str(p.type) for p in self.qparts)
+            raise ValueError(f"quantized matmul failed ({rc}): types {types}, K {self.in_features}")
         return out
 
     def _row_grouped(self, qtype: int, data: np.ndarray, K: int) -> tuple[int, np.ndarray]:

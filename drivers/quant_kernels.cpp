@@ -39,6 +39,7 @@
 #define LLMOS_AVX2 1
 #endif
 #include "simd_exp.h"
+#include "qmatmul.h"
 #include "simd_vec.h"
 
 enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
@@ -618,20 +619,77 @@ int llmos_rowgroup_pack(int type, const uint8_t* W, int64_t N, int64_t K, int64_
     return 0;
 }
 
-// Y[t*ldy + n] (+)= sum_k W[n,k] * f(X)[t,k]. X is [T, ldx] fp32; f = an optional gated
-// activation glu (GLU_SILU: SwiGLU, GLU_GELU_TANH: GEGLU; then X holds 2K columns: gate, up)
-// then optional RMSNorm with weight norm_w. Returns 0, or -1 for a
-// type without a kernel, -2 for a K that is not a whole number of blocks.
-int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
-                  const float* X, int64_t T, int64_t ldx, float* Y, int64_t ldy, int add,
-                  int glu, const float* norm_w, float eps) {
-    const int base = type >= RG_TYPES ? type - RG_TYPES : type;
-    if (!block_bytes(base) || (base != type && !llmos_rowgroup_bytes(base, N, K))) return -1;
-    if (K % block_elems(base)) return -2;
+// One part's kernel for a Job (its task function); null for a type without one.
+static TaskFn task_of(int type) {
+#if defined(LLMOS_VEC)
+    switch (type) {
+        case Q4_0: return gemm_task<Q4_0>;
+        case Q4_1: return gemm_task<Q4_1>;
+        case Q5_0: return gemm_task<Q5_0>;
+        case Q5_1: return gemm_task<Q5_1>;
+        case Q8_0: return gemm_task<Q8_0>;
+        case Q4_K: return gemm_task<Q4_K>;
+        case Q5_K: return gemm_task<Q5_K>;
+        case Q6_K: return gemm_task<Q6_K>;
+        case RG_Q4_0: return rg_task<Q4_0>;
+        case RG_Q4_1: return rg_task<Q4_1>;
+        case RG_Q5_0: return rg_task<Q5_0>;
+        case RG_Q5_1: return rg_task<Q5_1>;
+        case RG_Q8_0: return rg_task<Q8_0>;
+        case RG_Q4_K: return rg_task<Q4_K>;
+        case RG_Q6_K: return rg_task<Q6_K>;
+    }
+#endif
+    return type < RG_TYPES ? scalar_task : nullptr;
+}
+
+// The parts' jobs as one pool job: task i is task i - first[p] of part p's job.
+struct Parts { const Job* jobs; const TaskFn* fns; const int64_t* first; int64_t n; };
+static void parts_task(void* p, int64_t i) {
+    const Parts& m = *(const Parts*)p;
+    int64_t k = 0;
+    while (i >= m.first[k + 1]) k++;
+    m.fns[k]((void*)&m.jobs[k], i - m.first[k]);
+}
+
+// Rows per task of a part's job: GEMM tasks (T > 1) of the row-grouped kernels take one
+// micro-kernel's groups, so that tasks split evenly between threads (SmolLM2's 576-row matrices
+// made 9 tasks of 64 rows, 5 on one thread of two, and its 192-row K and V 3); GEMV tasks (and
+// the block layout's) about 8 per thread, in whole GEMV passes or panels.
+static int64_t rows_per_task(int type, int64_t N, int64_t T) {
+#if defined(LLMOS_VEC)
+    if (type >= RG_TYPES) {
+        if (T > 1) return RG_RV * VN;
+        const int64_t want = 8 * (int64_t)pool::nthreads, round = RG_GV * VN;
+        return ((N + want - 1) / want + round - 1) / round * round;
+    }
+#endif
+    constexpr int64_t ROUND = 12;                               // whole panels and GEMV groups
+    static_assert(ROUND % NR == 0 && ROUND % GV<Q4_0> == 0 && ROUND % GV<Q6_K> == 0, "tasks split rows at panel boundaries");
+    const int64_t want = 8 * (int64_t)pool::nthreads;
+    return ((N + want - 1) / want + ROUND - 1) / ROUND * ROUND;
+}
+
+int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const float* X, int64_t T, int64_t ldx,
+                        float* Y, int64_t ldy, int add, int glu, const float* norm_w, float eps) {
+    [[maybe_unused]] bool grouped = false, split[2] = {false, false};
+    for (int64_t p = 0; p < n_parts; p++) {
+        const int type = (int)parts[p].type, base = type >= RG_TYPES ? type - RG_TYPES : type;
+        if (!block_bytes(base) || (base != type && !llmos_rowgroup_bytes(base, parts[p].N, K)) || !task_of(type))
+            return -1;
+        if (K % block_elems(base)) return -2;
+#if defined(LLMOS_VEC)
+        if (base != type) { grouped = true; split[rg_split_pairs(base)] = true; }
+#endif
+    }
+    if (T <= 0 || n_parts <= 0) return 0;
     // The input's buffers are the calling thread's and only grow: allocating them on every call
     // cost page faults (~5 % of a SmolLM2 prefill).
     thread_local std::vector<float> xp, xsum, xq, grid_g;
-    thread_local std::vector<int32_t> pairs;
+    thread_local std::vector<int32_t> pairs[2];
+    thread_local std::vector<Job> jobs;
+    thread_local std::vector<TaskFn> fns;
+    thread_local std::vector<int64_t> first;
     auto grow = [](auto& v, int64_t n) { if ((int64_t)v.size() < n) v.resize((size_t)n); };
     if (glu || norm_w) {
         grow(xp, T * K);
@@ -639,57 +697,57 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
         pool::run(prep_task, &prep, (T + PREP_ROWS - 1) / PREP_ROWS);
         X = xp.data(); ldx = K;
     }
-    Job job{type, W, N, K, rb, X, ldx, T, Y, ldy, add, 0, 0, nullptr};
-    const int64_t want = 8 * (int64_t)pool::nthreads;          // tasks per token chunk
-    constexpr int64_t ROUND = 12;                               // whole panels and GEMV groups
-    static_assert(ROUND % NR == 0 && ROUND % GV<Q4_0> == 0 && ROUND % GV<Q6_K> == 0, "tasks split rows at panel boundaries");
-    int64_t round = ROUND;
 #if defined(LLMOS_VEC)
-    if (base != type) {             // row-grouped: x on the grid; tasks take whole GEMV passes of groups
+    if (grouped) {        // x on the grid (rowgroup_kernels.h), once; int16 pairs in each pair order used
         grow(xq, T * K); grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));
-        if (T > 1) grow(pairs, T * (K / 2));
-        Grid grid{X, ldx, K, T, rg_split_pairs(base), xq.data(), grid_g.data(), xsum.data(),
-                  T > 1 ? pairs.data() : nullptr};
-        pool::run(grid_task, &grid, (T + PREP_ROWS - 1) / PREP_ROWS);
-        job.X = xq.data(); job.ldx = K; job.grid_g = grid_g.data(); job.xsum = xsum.data(); job.pairs = grid.pairs;
-        round = RG_GV * VN;
+        for (int s = 0; s < 2; s++) {
+            if (!split[s]) continue;
+            if (T > 1) grow(pairs[s], T * (K / 2));
+            Grid grid{X, ldx, K, T, s == 1, xq.data(), grid_g.data(), xsum.data(), T > 1 ? pairs[s].data() : nullptr};
+            pool::run(grid_task, &grid, (T + PREP_ROWS - 1) / PREP_ROWS);
+            if (T == 1) break;                  // one token: the GEMV reads xq, in any pair order
+        }
     }
 #endif
-    job.rows_per_task = ((N + want - 1) / want + round - 1) / round * round;
-    job.row_tasks = (N + job.rows_per_task - 1) / job.rows_per_task;
-    TaskFn fn = scalar_task;
+    jobs.clear(); fns.clear(); first.assign(1, 0);
+    for (int64_t p = 0; p < n_parts; p++) {
+        const QPart& q = parts[p];
+        const int type = (int)q.type;
+        Job job{type, q.W, q.N, K, q.rb, X, ldx, T, Y + q.col, ldy, add, 0, 0, nullptr};
 #if defined(LLMOS_VEC)
-    switch (type) {
-        case Q4_0: fn = gemm_task<Q4_0>; break;
-        case Q4_1: fn = gemm_task<Q4_1>; break;
-        case Q5_0: fn = gemm_task<Q5_0>; break;
-        case Q5_1: fn = gemm_task<Q5_1>; break;
-        case Q8_0: fn = gemm_task<Q8_0>; break;
-        case Q4_K: fn = gemm_task<Q4_K>; break;
-        case Q5_K: fn = gemm_task<Q5_K>; break;
-        case Q6_K: fn = gemm_task<Q6_K>; break;
-        case RG_Q4_0: fn = rg_task<Q4_0>; break;
-        case RG_Q4_1: fn = rg_task<Q4_1>; break;
-        case RG_Q5_0: fn = rg_task<Q5_0>; break;
-        case RG_Q5_1: fn = rg_task<Q5_1>; break;
-        case RG_Q8_0: fn = rg_task<Q8_0>; break;
-        case RG_Q4_K: fn = rg_task<Q4_K>; break;
-        case RG_Q6_K: fn = rg_task<Q6_K>; break;
-    }
+        if (type >= RG_TYPES) {
+            job.X = xq.data(); job.ldx = K; job.grid_g = grid_g.data(); job.xsum = xsum.data();
+            job.pairs = T > 1 ? pairs[rg_split_pairs(type - RG_TYPES)].data() : nullptr;
+        }
 #endif
-    pool::run(fn, &job, job.row_tasks * ((T + TCHUNK - 1) / TCHUNK));
+        job.rows_per_task = rows_per_task(type, q.N, T);
+        job.row_tasks = (q.N + job.rows_per_task - 1) / job.rows_per_task;
+        jobs.push_back(job);
+        fns.push_back(task_of(type));
+        first.push_back(first.back() + job.row_tasks * ((T + TCHUNK - 1) / TCHUNK));
+    }
+    Parts all{jobs.data(), fns.data(), first.data(), n_parts};
+    pool::run(parts_task, &all, first.back());
     return 0;
 }
 
-// llmos_qmatmul's arguments in one struct (drivers/quant.py's QArgs): a ctypes call with one
-// pointer costs ~0.5 us against ~2.2 us for fourteen converted arguments, on every matmul.
+// llmos_qmatmul_parts for one part: Y (+)= f(X) W^T, W [N, K].
+int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
+                  const float* X, int64_t T, int64_t ldx, float* Y, int64_t ldy, int add,
+                  int glu, const float* norm_w, float eps) {
+    const QPart part{type, W, N, rb, 0};
+    return llmos_qmatmul_parts(&part, 1, K, X, T, ldx, Y, ldy, add, glu, norm_w, eps);
+}
+
+// llmos_qmatmul_parts's arguments in one struct (drivers/quant.py's QArgs): a ctypes call with one
+// pointer costs ~0.5 us against ~2.2 us for twelve converted arguments, on every matmul.
 struct QArgs {
-    int64_t type; const uint8_t* W; int64_t N, K, rb; const float* X; int64_t T, ldx;
+    const QPart* parts; int64_t n_parts, K; const float* X; int64_t T, ldx;
     float* Y; int64_t ldy, add, glu; const float* norm_w; float eps;
 };
 int llmos_qmatmul_args(const QArgs* a) {
-    return llmos_qmatmul((int)a->type, a->W, a->N, a->K, a->rb, a->X, a->T, a->ldx, a->Y, a->ldy,
-                         (int)a->add, (int)a->glu, a->norm_w, a->eps);
+    return llmos_qmatmul_parts(a->parts, a->n_parts, a->K, a->X, a->T, a->ldx, a->Y, a->ldy, (int)a->add,
+                               (int)a->glu, a->norm_w, a->eps);
 }
 
 // Runs fn(ctx, i) for i in [0, n) on the pool (drivers/attention_kernels.cpp uses it).

@@ -255,6 +255,31 @@ def test_fused_parts_norm_swiglu_and_residual_add(isa):
     assert out is residual and torch.allclose(out, expect, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("T", [1, 5, 70])
+def test_parts_in_both_pair_orders_and_the_block_layout_run_as_one_matmul(T, isa):
+    """One call for a QLinear's parts (a split-pair Q4_0, a natural-pair Q8_0, a block-layout
+    Q5_K): the input's norm and grid are computed once, and each part's columns are the bits that
+    part gives alone."""
+    ws = [(QT.Q4_0, random_blocks(QT.Q4_0, 21, 256, seed=1)), (QT.Q8_0, random_blocks(QT.Q8_0, 40, 256, seed=2)),
+          (QT.Q5_K, random_blocks(QT.Q5_K, 9, 256, seed=3))]
+    fused = quant.QLinear(ws, 256)
+    x, norm = torch.randn(T, 256, generator=torch.Generator().manual_seed(T)), torch.rand(256) + 0.5
+    alone = torch.cat([quant.QLinear([w], 256)(x, norm=norm, eps=1e-5) for w in ws], 1)
+    assert torch.equal(fused(x, norm=norm, eps=1e-5), alone)
+
+
+def test_a_part_without_a_kernel_fails_the_matmul_before_any_output():
+    lib = quant.kernels()
+    good = random_blocks(QT.Q8_0, 4, 64, seed=1)
+    parts = (quant.QPart * 2)(quant.QPart(int(QT.Q8_0), good.ctypes.data, 4, good.shape[1], 0),
+                              quant.QPart(99, good.ctypes.data, 4, good.shape[1], 4))
+    x, y = torch.randn(3, 64), torch.full((3, 8), 7.0)
+    assert lib.llmos_qmatmul_parts(parts, 2, 64, x.data_ptr(), 3, 64, y.data_ptr(), 8, 0, 0, None, 0.0) == -1
+    parts[1].type = int(QT.Q4_K)                          # K = 64 is not a whole Q4_K block
+    assert lib.llmos_qmatmul_parts(parts, 2, 64, x.data_ptr(), 3, 64, y.data_ptr(), 8, 0, 0, None, 0.0) == -2
+    assert torch.equal(y, torch.full((3, 8), 7.0))
+
+
 def test_swiglu_of_extreme_gates_stays_finite_and_exact():
     """The kernel's vectorised SiLU (drivers/simd_exp.h) clamps e^-g: gates of +-100 and +-1e30
     give g (or 0) times up, never inf or NaN; ordinary gates match torch's silu closely."""
