@@ -11,6 +11,7 @@ BENCHMARKS = {
     "syscall": ("llmos.benchmarks.syscall", "syscall round-trip latency next to a raw pyzmq echo"),
     "checkpoint": ("llmos.benchmarks.checkpoint", "checkpoint/restore time and size vs re-prefilling"),
     "boot":    ("llmos.benchmarks.boot",    "serve --daemon to the first token, and RSS at idle"),
+    "matmul":  ("llmos.benchmarks.matmul",  "GFLOP/s of the quantized matmul kernels per type, tokens, threads"),
 }
 
 

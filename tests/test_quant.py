@@ -598,3 +598,15 @@ def test_llmos_quant_avx2_builds_the_8_lane_kernels_on_any_avx2_cpu(monkeypatch)
         assert quant.kernel_isa() in ("avx2-fma", "avx2-fma+vnni")
     finally:
         quant.kernels.cache_clear()
+
+
+def test_bench_matmul_prints_a_rate_per_type_and_token_count(capfd):
+    """`llmos bench matmul` runs the real kernels (a child process per thread count) and refuses a
+    K-quant with a K that is not a whole super-block."""
+    from llmos.benchmarks.matmul import main
+    assert main(["matmul", "--shape", "40x256", "--tokens", "1,3", "--threads", "1", "--types", "Q4_1,Q5_K"]) == 0
+    rows = [line.split() for line in capfd.readouterr().out.splitlines() if "GFLOP/s" in line]
+    assert sorted((r[-6], r[-5]) for r in rows) == [("1", "Q4_1"), ("1", "Q5_K"), ("3", "Q4_1"), ("3", "Q5_K")]
+    assert all(float(r[-2]) > 0 for r in rows)
+    with pytest.raises(SystemExit):
+        main(["matmul", "--shape", "40x96", "--types", "Q4_K"])
