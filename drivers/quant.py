@@ -3,13 +3,13 @@ repacked row-grouped at load.
 
 The kernels are C++ (drivers/quant_kernels.cpp): built with the system compiler on first use for
 this CPU (``-march=native``) into ``$LLMOS_HOME/kernels/``, keyed by source, compiler and CPU
-flags, and loaded with ctypes. Each weight block is dequantised to fp32 in registers and multiplied
-by the fp32 activations with FMA (16 lanes with AVX-512F, 8 with AVX2, drivers/simd_vec.h; a scalar
-path elsewhere): one token streams the weights (GEMV), more tokens reuse a dequantised panel of
-rows in an FMA micro-kernel (GEMM). All but Q5_K are repacked at load so that
-a vector's lanes hold rows (drivers/rowgroup_kernels.h: one FMA per weight vector instead of two;
-the file's pages are then released). Exact up to fp32 rounding, and bit-identical for a token
-whatever the batch. Why not a library: torch's
+flags, and loaded with ctypes (16 lanes with AVX-512F, 8 with AVX2, drivers/simd_vec.h; a scalar
+path elsewhere). All but Q5_K are repacked at load so that a vector's lanes hold rows
+(drivers/rowgroup_kernels.h; the file's pages are then released) and take the input on a 13-bit
+integer grid: one token streams the weights with fp32 FMAs (GEMV), more tokens multiply int16
+pairs (GEMM: vpmaddwd, or VNNI's vpdpwssd), every block sum exact, so a token's result is
+bit-identical whatever the batch. Q5_K keeps GGML's blocks, dequantised to fp32 in registers.
+A QLinear's parts (fused QKV, gate/up) run as one call (drivers/qmatmul.h). Why not a library: torch's
 ``_weight_int8pack_mm`` / ``_weight_int4pack_mm_for_cpu`` were slower than fp32 on an AVX2 EPYC
 and do not read GGML block layouts; llama.cpp's Python bindings are not a kernel library. When no
 compiler is found or the build fails, ``kernels()`` returns None (logged once) and the driver

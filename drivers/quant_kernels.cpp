@@ -653,13 +653,17 @@ static void parts_task(void* p, int64_t i) {
 }
 
 // Rows per task of a part's job: GEMM tasks (T > 1) of the row-grouped kernels take one
-// micro-kernel's groups, so that tasks split evenly between threads (SmolLM2's 576-row matrices
-// made 9 tasks of 64 rows, 5 on one thread of two, and its 192-row K and V 3); GEMV tasks (and
-// the block layout's) about 8 per thread, in whole GEMV passes or panels.
+// micro-kernel's groups (more where that makes over 16 tasks a thread), so that tasks split evenly
+// between threads (SmolLM2's 576-row matrices made 9 tasks of 64 rows, 5 on one thread of two, and
+// its 192-row K and V 3); GEMV tasks (and the block layout's) about 8 a thread, in whole GEMV
+// passes or panels.
 static int64_t rows_per_task(int type, int64_t N, int64_t T) {
 #if defined(LLMOS_VEC)
     if (type >= RG_TYPES) {
-        if (T > 1) return RG_RV * VN;
+        if (T > 1) {
+            const int64_t unit = RG_RV * VN, units = (N + unit - 1) / unit;
+            return unit * std::max<int64_t>(1, units / (16 * (int64_t)pool::nthreads));
+        }
         const int64_t want = 8 * (int64_t)pool::nthreads, round = RG_GV * VN;
         return ((N + want - 1) / want + round - 1) / round * round;
     }
