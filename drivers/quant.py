@@ -45,7 +45,8 @@ log = logging.getLogger("llmos.drivers")
 SOURCE = Path(__file__).with_name("quant_kernels.cpp")
 SOURCES = (SOURCE, Path(__file__).with_name("attention_kernels.cpp"),     # one library
            Path(__file__).with_name("layer_kernels.cpp"))
-HEADERS = tuple(Path(__file__).with_name(h) for h in ("simd_exp.h", "simd_vec.h", "rowgroup_kernels.h", "qmatmul.h"))  # in the key
+HEADERS = tuple(Path(__file__).with_name(h)                                 # in the key
+                for h in ("simd_exp.h", "simd_vec.h", "rowgroup_kernels.h", "qmatmul.h"))
 # LLMOS_QUANT values that build another code path than this CPU's widest: the AVX-512 kernels
 # through SIMDe (Debian's libsimde-dev; slow) and the scalar kernels of CPUs without AVX2 (the
 # last -march wins), so that each runs and is tested on any x86 CPU; and the AVX2 kernels on an

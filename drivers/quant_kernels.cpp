@@ -669,7 +669,8 @@ static int64_t rows_per_task(int type, int64_t N, int64_t T) {
     }
 #endif
     constexpr int64_t ROUND = 12;                               // whole panels and GEMV groups
-    static_assert(ROUND % NR == 0 && ROUND % GV<Q4_0> == 0 && ROUND % GV<Q6_K> == 0, "tasks split rows at panel boundaries");
+    static_assert(ROUND % NR == 0 && ROUND % GV<Q4_0> == 0 && ROUND % GV<Q6_K> == 0,
+                  "tasks split rows at panel boundaries");
     const int64_t want = 8 * (int64_t)pool::nthreads;
     return ((N + want - 1) / want + ROUND - 1) / ROUND * ROUND;
 }

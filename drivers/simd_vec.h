@@ -139,7 +139,8 @@ static inline bool vany_nan(vf v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q
 static inline vi vpack16(vi a, vi b) {
 #if defined(LLMOS_SIMDE_AVX512)
     const __m256i lo = pack16x8(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), pack16x8(_mm512_castsi512_si256(b), _mm512_extracti64x4_epi64(b, 1)), 1);
+    const __m256i hi = pack16x8(_mm512_castsi512_si256(b), _mm512_extracti64x4_epi64(b, 1));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 #else
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(a)), _mm512_cvtepi32_epi16(b), 1);
 #endif
