@@ -703,15 +703,15 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
         X = xp.data(); ldx = K;
     }
 #if defined(LLMOS_VEC)
-    if (grouped) {        // x on the grid (rowgroup_kernels.h), once; int16 pairs in each pair order used
+    if (grouped) {        // x on the grid (rowgroup_kernels.h), once, with int16 pairs in each order used
         grow(xq, T * K); grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));
-        for (int s = 0; s < 2; s++) {
-            if (!split[s]) continue;
-            if (T > 1) grow(pairs[s], T * (K / 2));
-            Grid grid{X, ldx, K, T, s == 1, xq.data(), grid_g.data(), xsum.data(), T > 1 ? pairs[s].data() : nullptr};
-            pool::run(grid_task, &grid, (T + PREP_ROWS - 1) / PREP_ROWS);
-            if (T == 1) break;                  // one token: the GEMV reads xq, in any pair order
-        }
+        Grid grid{X, ldx, K, T, xq.data(), grid_g.data(), xsum.data(), {nullptr, nullptr}};
+        for (int s = 0; s < 2; s++)
+            if (split[s] && T > 1) {            // one token: the GEMV reads xq only
+                grow(pairs[s], T * (K / 2));
+                grid.pairs[s] = pairs[s].data();
+            }
+        pool::run(grid_task, &grid, (T + PREP_ROWS - 1) / PREP_ROWS);
     }
 #endif
     jobs.clear(); fns.clear(); first.assign(1, 0);

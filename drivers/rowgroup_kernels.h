@@ -104,9 +104,10 @@ static inline float pow2(int e) {
 }
 
 // Token row x (K wide) on the grid: xq (the fp32 values), g[K / 32], each block's sum xsum[K / 32]
-// (g times the integers' sum: exact, as is any fp32 sum of the block's xq) and, where pairs is not
-// null, the int16 pairs of each block in the type's pair order (pairs[16 b + i], low half first).
-static void grid_row(const float* x, int64_t K, bool split, float* xq, float* g, float* xsum, int32_t* pairs) {
+// (g times the integers' sum: exact, as is any fp32 sum of the block's xq) and the int16 pairs of
+// each block in each pair order whose array is not null (pairs[s][16 b + i], low half first;
+// s = 1: split pairs).
+static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum, int32_t* const pairs[2]) {
     for (int64_t b = 0; b < K / 32; b++) {
         vf v[VB], amax = vzero(), nan_if_not_finite = vzero();
         for (int i = 0; i < VB; i++) {
@@ -140,21 +141,25 @@ static void grid_row(const float* x, int64_t K, bool split, float* xq, float* g,
             }
             xsum[b] = vhsum(sum) * g[b];
         }
-        if (!pairs) continue;
-        for (int i = 0; i < VB / 2; i++)                   // pair i: (k, k + 16), or (2i, 2i + 1)
-            vstore_i(pairs + 16 * b + VN * i, split ? vor(vand(q[i], vset1i(0xFFFF)), vslli<16>(q[i + VB / 2]))
-                                                    : vpack16(q[2 * i], q[2 * i + 1]));
+        for (int i = 0; i < VB / 2; i++) {                 // pair i: (2i, 2i + 1), or split (k, k + 16)
+            if (pairs[0]) vstore_i(pairs[0] + 16 * b + VN * i, vpack16(q[2 * i], q[2 * i + 1]));
+            if (pairs[1])
+                vstore_i(pairs[1] + 16 * b + VN * i, vor(vand(q[i], vset1i(0xFFFF)), vslli<16>(q[i + VB / 2])));
+        }
     }
 }
 
 // X on the grid for a row-grouped matmul, a task a PREP_ROWS tokens: xq [T, K], g and xsum
-// [T, K / 32], pairs [T, K / 2] (null for one token: the GEMV reads xq only).
-struct Grid { const float* X; int64_t ldx, K, T; bool split; float* xq; float* g; float* xsum; int32_t* pairs; };
+// [T, K / 32], pairs[s] [T, K / 2] in each pair order s the matmul uses (null otherwise, and for one
+// token: the GEMV reads xq only).
+struct Grid { const float* X; int64_t ldx, K, T; float* xq; float* g; float* xsum; int32_t* pairs[2]; };
 static void grid_task(void* p, int64_t i) {
     const Grid& j = *(const Grid*)p;
-    for (int64_t t = i * PREP_ROWS; t < j.T && t < (i + 1) * PREP_ROWS; t++)
-        grid_row(j.X + t * j.ldx, j.K, j.split, j.xq + t * j.K, j.g + t * (j.K / 32), j.xsum + t * (j.K / 32),
-                 j.pairs ? j.pairs + t * (j.K / 2) : nullptr);
+    for (int64_t t = i * PREP_ROWS; t < j.T && t < (i + 1) * PREP_ROWS; t++) {
+        int32_t* const pairs[2] = {j.pairs[0] ? j.pairs[0] + t * (j.K / 2) : nullptr,
+                                   j.pairs[1] ? j.pairs[1] + t * (j.K / 2) : nullptr};
+        grid_row(j.X + t * j.ldx, j.K, j.xq + t * j.K, j.g + t * (j.K / 32), j.xsum + t * (j.K / 32), pairs);
+    }
 }
 
 // VN fp16 at p as fp32.
