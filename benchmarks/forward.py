@@ -22,19 +22,23 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..drivers.catalog import DEFAULT_MODEL, resolve
 from ..drivers.cpu import cpu_features, isa_summary
+from ..drivers.device import pick_device
 from ..drivers.gguf import ModelFileError
 from ..drivers.llama import LlamaModel, SeqInput
 from ..drivers.quant import kernel_isa, pool_stragglers
 
 
-def memory_bandwidth(nbytes: int = 1 << 29, repeats: int = 5) -> float:
-    """Bytes/s of a large copy (read + write counted), best of `repeats`."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32).fill_(1.0)
+def memory_bandwidth(nbytes: int = 1 << 29, repeats: int = 5, device: str = "cpu") -> float:
+    """Bytes/s of a large copy on `device` (read + write counted), best of `repeats`."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if src.is_cuda else (lambda: None)
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         dst.copy_(src)
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * nbytes / best
 
@@ -88,8 +92,10 @@ class OpCounter(TorchDispatchMode):
 
 def count_ops(model: LlamaModel, context: int = 32) -> tuple[int, int]:
     """(torch ops, calls from Python into the C kernels) of one batch-1 decode step: a fused
-    layer (drivers/fused.py) counts as one call, as does a QLinear (all its weight parts)."""
-    from ..drivers import quant
+    layer (drivers/fused.py) counts as one call, as does a QLinear (all its weight parts) and the
+    replay of a captured step (drivers/cudagraph.py). The step runs once uncounted first (on a
+    GPU that captures it)."""
+    from ..drivers import cudagraph, quant
     lib = quant.kernels()
     calls = collections.Counter()
     patched = []                                    # (object, attribute, original)
@@ -108,8 +114,11 @@ def count_ops(model: LlamaModel, context: int = 32) -> tuple[int, int]:
         fused = model._fused_layers() if hasattr(model, "_fused_layers") else None
         if fused is not None:
             count(fused, "_layer")
+    count(cudagraph.StaticStep, "run")
     kv = model.new_kv(-(-(context + 2) // 16) + 1, 16)
     seq = SeqInput([5], context, list(range(1, -(-(context + 2) // 16) + 1)))
+    model.forward([seq], kv)
+    calls.clear()
     try:
         with OpCounter() as counter:
             model.forward([seq], kv)
@@ -139,11 +148,18 @@ def main(argv: list[str]) -> int:
         print(f"llmos bench forward: {e}")
         return 1
     threads = torch.get_num_threads()
-    bandwidth = memory_bandwidth()
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        print(f"llmos bench forward: {e}")
+        return 1
+    bandwidth = memory_bandwidth(device=device)
     say = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
     say(f"cpu {cpu_features()['model']} ({isa_summary()})  kernels {kernel_isa()}  threads {threads}")
+    if device.type == "cuda":
+        say(f"gpu {torch.cuda.get_device_name(device)}  torch {torch.__version__}")
     say(f"model {path.name}  context {args.context}  memory bandwidth {bandwidth / 1e9:.1f} GB/s")
-    say(f"{'engine':<10} {'figure':<12} {'ms':>9} {'tok/s':>9} {'bound tok/s':>12}")
+    say(f"{'engine':<16} {'figure':<12} {'ms':>9} {'tok/s':>9} {'bound tok/s':>12}")
     results = []
 
     solo = [pool_stragglers()]
@@ -152,22 +168,26 @@ def main(argv: list[str]) -> int:
         episodes, solo[0] = pool_stragglers() - solo[0], pool_stragglers()
         results.append({"engine": engine, "figure": figure, "ms": sec * 1e3, "tokens_per_s": tokens / sec,
                         "bound_tokens_per_s": bound, "pool_solo_episodes": episodes})
-        say(f"{engine:<10} {figure:<12} {sec * 1e3:>9.2f} {tokens / sec:>9.1f} "
+        say(f"{engine:<16} {figure:<12} {sec * 1e3:>9.2f} {tokens / sec:>9.1f} "
             f"{'' if bound is None else f'{bound:12.1f}'}"
             f"{f'  (thread pool went solo {episodes}x: a worker lagged)' if episodes else ''}")
 
     for dtype in args.dtype.split(","):
-        model = LlamaModel.load(str(path), dtype=dtype, device=args.device)
+        model = LlamaModel.load(str(path), dtype=dtype, device=str(device))
         engine = "llmos-q" if model.quantized else f"llmos-{dtype}"
         say(f"# {engine}: {model.weight_format()}, weights {model.weight_bytes() / 1e6:.1f} MB")
-        if args.count_ops:
-            ops, calls = count_ops(model)
-            results.append({"engine": engine, "torch_ops_per_decode_step": ops, "kernel_calls": calls})
-            say(f"# {engine}: one batch-1 decode step = {ops} torch ops + {calls} kernel calls")
-        for b in batches:
-            sec = decode_step_seconds(model, b, args.context, args.steps)
-            record(engine, f"decode b{b}", sec, b,
-                   bandwidth / model.decode_weight_bytes(b) if b == 1 else None)
+        # on a GPU, decode with CUDA graphs (drivers/cudagraph.py) and without ('/eager')
+        modes = [(engine, True), (f"{engine}/eager", False)] if model.device.type == "cuda" else [(engine, True)]
+        for name, graphs in modes:
+            model.cuda_graphs = graphs
+            if args.count_ops:
+                ops, calls = count_ops(model)
+                results.append({"engine": name, "torch_ops_per_decode_step": ops, "kernel_calls": calls})
+                say(f"# {name}: one batch-1 decode step = {ops} torch ops + {calls} kernel calls")
+            for b in batches:
+                sec = decode_step_seconds(model, b, args.context, args.steps)
+                record(name, f"decode b{b}", sec, b,
+                       bandwidth / model.decode_weight_bytes(b) if b == 1 else None)
         if args.prefill:
             record(engine, f"prefill {args.prefill}", prefill_seconds(model, args.prefill), args.prefill)
         del model
@@ -184,7 +204,7 @@ def main(argv: list[str]) -> int:
         for r in results:
             if r.get("engine", "").startswith("llmos") and r.get("figure") in base:
                 r["vs_llama_cpp"] = r["tokens_per_s"] / base[r["figure"]]
-                say(f"  {r['engine']:<10} {r['figure']:<12} {r['vs_llama_cpp']:.2f}x")
+                say(f"  {r['engine']:<16} {r['figure']:<12} {r['vs_llama_cpp']:.2f}x")
     if args.json:
         print(json.dumps({"model": path.name, "context": args.context, "threads": threads,
                           "cpu": cpu_features(), "kernels": kernel_isa(),

@@ -1,7 +1,8 @@
 """Gemma 3 on the Llama driver's weights, KV pool and paged attention.
 
 Loaded by ``LlamaModel.load`` (drivers/arch.py picks this class for ``gemma3`` files); it reuses
-the loader (fused QKV and gate/up, quantized or float) and differs in ``forward`` only:
+the loader (fused QKV and gate/up, quantized or float) and ``forward`` (metadata for its windowed
+layers included), and differs in ``_compute``, the layers, only:
 
   - the embeddings are scaled by sqrt(hidden);
   - RMSNorm weights are used as stored: llama.cpp's converter already folded Gemma's (1 + w) into
@@ -21,10 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from .arch import Gemma3Params
-from .attention import (build_flat_metadata, build_metadata, paged_attention, paged_attention_flat,
-                        store_kv_flat)
+from .attention import FlatMetadata, paged_attention, paged_attention_flat, store_kv_flat
 from .kvstore import KVStorage
-from .llama import LlamaModel, Preempted, SeqInput
+from .llama import LlamaModel, Preempted
 from .quant import GLU_GELU_TANH, kernels, rms_norm_, rope_
 
 
@@ -51,6 +51,7 @@ class Gemma3Model(LlamaModel):
             self._cos, self._sin = _rope_tables(config.rope_theta, p.rope_global_scale, D, n, self.device)
         self._cos_local, self._sin_local = _rope_tables(p.rope_local_base, 1.0, D, n, self.device)
         self._scale = p.attn_scale
+        self.sliding_window = p.sliding_window
 
     _glu = GLU_GELU_TANH
 
@@ -84,18 +85,13 @@ class Gemma3Model(LlamaModel):
         else:
             x += F.rms_norm(y.float(), (self.config.hidden_size,), w, self.config.rms_eps)
 
-    @torch.inference_mode()
-    def forward(self, seqs: list[SeqInput], kv: KVStorage, interrupt=None) -> torch.Tensor:
-        """As LlamaModel.forward (same contract, interrupt included), with Gemma 3's block."""
-        c, dev, p = self.config, self.device, self.params
-        order, ids, pos, spans, want = self._layout(seqs)
-        flat = build_flat_metadata(spans, order, kv.block_size) if self._flat_attention(kv) else None
-        if flat is None:
-            meta = build_metadata(spans, order, kv.block_size, dev)
-            local_meta = build_metadata(spans, order, kv.block_size, dev, window=p.sliding_window)
-        positions = flat.positions if flat else torch.tensor(pos, dtype=torch.long, device=dev)
-        x = self._embed(torch.tensor(ids, dtype=torch.long, device=dev)) * p.embed_scale
-        T, H, KVH, D, eps = len(ids), c.n_heads, c.n_kv_heads, c.head_dim, c.rms_eps
+    def _compute(self, ids: torch.Tensor, positions: torch.Tensor, meta, local_meta, kv: KVStorage,
+                 want: torch.Tensor, interrupt) -> torch.Tensor:
+        """As LlamaModel._compute (same contract), with Gemma 3's block."""
+        c, p = self.config, self.params
+        flat = meta if isinstance(meta, FlatMetadata) else None
+        x = self._embed(ids) * p.embed_scale
+        T, H, KVH, D, eps = ids.shape[0], c.n_heads, c.n_kv_heads, c.head_dim, c.rms_eps
         fused = self._fused_layers() if flat is not None else None
         if fused is not None:             # the loop below, each layer one C call (drivers/fused.py)
             fused.forward(x, flat, kv, interrupt)
@@ -119,7 +115,7 @@ class Gemma3Model(LlamaModel):
             y = layer.w_down(layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps), geglu=True)
             self._add_normed(x, y, layer.extra["post_ffw_norm"])
         if want.numel() == 0:
-            return torch.empty(0, c.vocab_size, device=dev)
+            return torch.empty(0, c.vocab_size, device=self.device)
         if interrupt is not None and interrupt.is_set():       # and before the output layer
             raise Preempted
         return self.lm_head(x.index_select(0, want), norm=self.out_norm, eps=eps).float()

@@ -2,7 +2,10 @@
 
 Layout: ``k`` and ``v`` are ``[n_layers, num_blocks, block_size, n_kv_heads, head_dim]``. A token at
 position p of a sequence whose block table is ``bt`` lives in block ``bt[p // block_size]`` at
-offset ``p % block_size``; its flat slot is ``block * block_size + offset``.
+offset ``p % block_size``; its flat slot is ``block * block_size + offset``. One block more than
+``num_blocks`` is allocated: ``pad_block`` (= num_blocks), which the kernel never hands out (its
+allocator knows num_blocks). Padded rows of a captured decode step (drivers/cudagraph.py) read
+and write only there.
 
 On a CPU the pool is zeroed by the operating system, page by page as it is first written
 (calloc through numpy): a boot holds only what is used, not the whole pool (torch.zeros writes
@@ -26,8 +29,8 @@ class KVStorage:
         if num_blocks < 1 or block_size < 1:
             raise ValueError(f"KV pool needs at least one block of one token "
                              f"(got {num_blocks} blocks of {block_size})")
-        shape = (n_layers, num_blocks, block_size, n_kv_heads, head_dim)
-        self.num_blocks, self.block_size = num_blocks, block_size
+        shape = (n_layers, num_blocks + 1, block_size, n_kv_heads, head_dim)     # + the pad block
+        self.num_blocks, self.block_size, self.pad_block = num_blocks, block_size, num_blocks
         self.dtype, self.device = dtype, torch.device(device)
         self.k = _untouched_zeros(shape, dtype, self.device)
         self.v = _untouched_zeros(shape, dtype, self.device)

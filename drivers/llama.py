@@ -16,6 +16,7 @@ that RoPE here is the cheaper rotate-half form.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -23,14 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import psutil
 from gguf import GGMLQuantizationType
 
 from .arch import ARCHS, model_class
 from .attention import (FLAT_KV_DTYPES, FlatMetadata, build_flat_metadata, build_metadata,
-                        paged_attention, paged_attention_flat, store_kv_flat)
+                        eager_sdpa_backends, paged_attention, paged_attention_flat, store_kv_flat)
 from .device import pick_device, pick_dtype
 from .gguf import GGUFModelFile, ModelConfig, ModelFileError
 from .kvstore import KVStorage
@@ -81,6 +81,8 @@ class LlamaModel:
         self.quantized = quantized
         self.kv_dtype = _kv_dtype(dtype, device, quantized)
         self._fused = False                 # not built yet (_fused_layers)
+        self.cuda_graphs = os.environ.get("LLMOS_CUDA_GRAPHS", "1") != "0"    # decode steps on CUDA
+        self._graphs = None                 # drivers/cudagraph.py's DecodeGraphs, built on first use
         half = config.head_dim // 2
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, half, dtype=torch.float64) / half))
         angles = torch.outer(torch.arange(config.context_length, dtype=torch.float64), inv_freq)
@@ -213,19 +215,38 @@ class LlamaModel:
         """Run one step. Returns float32 logits [n_want, vocab], rows in the order of the seqs
         with want_logits. Caller guarantees block tables are valid and exclusively writable at
         the new tokens' slots. interrupt: a threading.Event checked before each layer and the
-        output layer; once set, raises Preempted."""
-        c, dev = self.config, self.device
+        output layer (before the replay of a captured decode step); once set, raises Preempted."""
+        dev = self.device
         order, ids, pos, spans, want = self._layout(seqs)
+        graphs = self._decode_graphs(spans, kv) if len(ids) == len(seqs) else None
+        if graphs is not None:
+            return graphs.run(ids, spans, want, interrupt)
         if self._flat_attention(kv):
-            meta = build_flat_metadata(spans, order, kv.block_size)
+            meta, local = build_flat_metadata(spans, order, kv.block_size), None
             positions = meta.positions
         else:
             meta = build_metadata(spans, order, kv.block_size, dev)
+            local = None if self.sliding_window is None else \
+                build_metadata(spans, order, kv.block_size, dev, window=self.sliding_window)
             positions = torch.tensor(pos, dtype=torch.long, device=dev)
+        ids_t = torch.tensor(ids, dtype=torch.long, device=dev)
+        with eager_sdpa_backends() if dev.type == "cuda" else contextlib.nullcontext():
+            return self._compute(ids_t, positions, meta, local, kv, want, interrupt)
+
+    sliding_window: int | None = None     # local layers' window (Gemma 3), None: every layer global
+
+    def _compute(self, ids: torch.Tensor, positions: torch.Tensor, meta, local_meta, kv: KVStorage,
+                 want: torch.Tensor, interrupt) -> torch.Tensor:
+        """The layers and the output head over a step's prepared device tensors: token ids and
+        positions [T] in the flat batch's order, attention metadata (FlatMetadata, or
+        AttentionMetadata for global layers and ``local_meta`` for windowed ones), ``want`` the
+        rows to return logits for. On the torch path it reads no host values and syncs nothing,
+        so drivers/cudagraph.py can capture it."""
+        c = self.config
         cos_sin = None if self.quantized else (self._cos[positions].unsqueeze(1),
                                                self._sin[positions].unsqueeze(1))
-        x = self._embed(torch.tensor(ids, dtype=torch.long, device=dev))  # residual stream: fp32
-        T, H, KVH, D, eps = len(ids), c.n_heads, c.n_kv_heads, c.head_dim, c.rms_eps
+        x = self._embed(ids)                      # residual stream: fp32
+        T, H, KVH, D, eps = ids.shape[0], c.n_heads, c.n_kv_heads, c.head_dim, c.rms_eps
         fused = self._fused_layers() if isinstance(meta, FlatMetadata) else None
         if fused is not None:             # the loop below, each layer one C call (drivers/fused.py)
             fused.forward(x, meta, kv, interrupt)
@@ -251,10 +272,21 @@ class LlamaModel:
             layer.wo(paged_attention(q, k_cache, v_cache, meta, self._scale), out=x)   # x += ...
             layer.w_down(layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps), swiglu=True, out=x)
         if want.numel() == 0:
-            return torch.empty(0, c.vocab_size, device=dev)
+            return torch.empty(0, c.vocab_size, device=self.device)
         if interrupt is not None and interrupt.is_set():       # and before the output layer
             raise Preempted
         return self.lm_head(x.index_select(0, want), norm=self.out_norm, eps=eps).float()
+
+    def _decode_graphs(self, spans: list[tuple[int, int, list[int]]], kv: KVStorage):
+        """drivers/cudagraph.py's DecodeGraphs when this decode step (every sequence brings one
+        token) can replay a captured one: the torch path on CUDA with ``cuda_graphs`` on, a batch
+        and block tables within the largest bucket. Else None."""
+        if not (self.cuda_graphs and self.device.type == "cuda" and not self.quantized):
+            return None
+        from .cudagraph import DecodeGraphs
+        if self._graphs is None or self._graphs.kv is not kv:
+            self._graphs = DecodeGraphs(self, kv)
+        return self._graphs if self._graphs.fits(spans) else None
 
     def _fused_layers(self):
         """drivers/fused.py's FusedLayers for this model (built on first use), or None."""
