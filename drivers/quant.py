@@ -7,8 +7,9 @@ flags, and loaded with ctypes (16 lanes with AVX-512F, 8 with AVX2, drivers/simd
 path elsewhere). All but Q5_K are repacked at load so that a vector's lanes hold rows
 (drivers/rowgroup_kernels.h; the file's pages are then released) and take the input on a 13-bit
 integer grid: one token streams the weights with fp32 FMAs (GEMV), more tokens multiply int16
-pairs (GEMM: vpmaddwd, or VNNI's vpdpwssd), every block sum exact, so a token's result is
-bit-identical whatever the batch. Q5_K keeps GGML's blocks, dequantised to fp32 in registers.
+pairs (GEMM: vpmaddwd, or VNNI's vpdpwssd, or on an AMX Xeon tile products of the int16 split
+into bytes, drivers/amx_tiles.h), every block sum exact, so a token's result is bit-identical
+whatever the batch. Q5_K keeps GGML's blocks, dequantised to fp32 in registers.
 A QLinear's parts (fused QKV, gate/up) run as one call (drivers/qmatmul.h). Why not a library: torch's
 ``_weight_int8pack_mm`` / ``_weight_int4pack_mm_for_cpu`` were slower than fp32 on an AVX2 EPYC
 and do not read GGML block layouts; llama.cpp's Python bindings are not a kernel library. When no
@@ -46,13 +47,14 @@ SOURCE = Path(__file__).with_name("quant_kernels.cpp")
 SOURCES = (SOURCE, Path(__file__).with_name("attention_kernels.cpp"),     # one library
            Path(__file__).with_name("layer_kernels.cpp"))
 HEADERS = tuple(Path(__file__).with_name(h)                                 # in the key
-                for h in ("simd_exp.h", "simd_vec.h", "rowgroup_kernels.h", "qmatmul.h"))
+                for h in ("simd_exp.h", "simd_vec.h", "rowgroup_kernels.h", "amx_tiles.h", "qmatmul.h"))
 # LLMOS_QUANT values that build another code path than this CPU's widest: the AVX-512 kernels
 # through SIMDe (Debian's libsimde-dev; slow) and the scalar kernels of CPUs without AVX2 (the
 # last -march wins), so that each runs and is tested on any x86 CPU; and the AVX2 kernels on an
-# AVX-512 CPU (A/B runs; a fallback should the 16-lane path be slower there).
+# AVX-512 CPU, or the AVX-512 ones without AMX's tiles on an AMX CPU (A/B runs; fallbacks should
+# the wider path be slower there).
 ISA_BUILDS = {"avx512-simde": ("-DLLMOS_SIMDE_AVX512",), "scalar": ("-march=x86-64",),
-              "avx2": ("-mno-avx512f",)}
+              "avx2": ("-mno-avx512f",), "no-amx": ("-mno-amx-tile", "-mno-amx-int8")}
 GLU_SILU, GLU_GELU_TANH = 1, 2          # quant_kernels.cpp's gated activations of a matmul's input
 KERNEL_TYPES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
 RG_TYPES = 100      # kernel type RG_TYPES + t: type t's rows repacked row-grouped (rowgroup_kernels.h)
@@ -95,8 +97,8 @@ def _build(compiler: str, out: Path, flags: tuple[str, ...] = ()) -> None:
 @functools.cache
 def kernels() -> ctypes.CDLL | None:
     """The compiled kernel library for this CPU, or None (logged) when it cannot be built.
-    LLMOS_QUANT=off disables the kernels; LLMOS_QUANT=avx512-simde, scalar or avx2 builds that
-    path (ISA_BUILDS) instead of this CPU's widest."""
+    LLMOS_QUANT=off disables the kernels; LLMOS_QUANT=avx512-simde, scalar, avx2 or no-amx builds
+    that path (ISA_BUILDS) instead of this CPU's widest."""
     mode = os.environ.get("LLMOS_QUANT", "")
     if mode == "off":
         log.info("quantized kernels disabled by LLMOS_QUANT=off")
@@ -146,7 +148,7 @@ def kernels() -> ctypes.CDLL | None:
 
 def kernel_isa() -> str:
     """Which code path the built kernels use ('avx512f', 'avx2-fma' or 'scalar'; '+vnni' where the
-    integer GEMM uses VNNI's vpdpwssd), or
+    integer GEMM uses VNNI's vpdpwssd, '+amx' where its sums come from AMX tiles), or
     'none (dequantised fp32)' when they could not be built."""
     lib = kernels()
     return lib.llmos_quant_isa().decode() if lib is not None else "none (dequantised fp32)"

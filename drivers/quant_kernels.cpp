@@ -290,6 +290,7 @@ struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     const float* xsum;      // row-grouped: the 32-block sums of X on the grid, [T, K / 32] (rg_has_m types read them)
     const float* grid_g = nullptr;    // row-grouped: X's grid (rowgroup_kernels.h), [T, K / 32],
     const int32_t* pairs = nullptr;   // and its int16 pairs, [T, K / 2] (more than one token)
+    const int8_t* xbytes = nullptr;   // and those as AMX's hi then lo bytes, [2, T, K] (amx_tiles.h), or null
 };
 constexpr int64_t TCHUNK = 64;   // tokens whose activations stay in L2 while a panel is reused
 constexpr int NR = 6;           // weight rows per dequantised panel
@@ -582,6 +583,8 @@ extern "C" {
 const char* llmos_quant_isa(void) {
 #if defined(LLMOS_SIMDE_AVX512)
     return "avx512f (SIMDe emulation)";
+#elif defined(LLMOS_AMX)
+    return amx_ready() ? "avx512f+vnni+amx" : "avx512f+vnni (AMX refused by the OS)";
 #elif defined(LLMOS_AVX512) && defined(__AVX512VNNI__)
     return "avx512f+vnni";
 #elif defined(LLMOS_AVX512)
@@ -692,6 +695,7 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
     // cost page faults (~5 % of a SmolLM2 prefill).
     thread_local std::vector<float> xp, xsum, xq, grid_g;
     thread_local std::vector<int32_t> pairs[2];
+    thread_local std::vector<int8_t> xbytes[2];
     thread_local std::vector<Job> jobs;
     thread_local std::vector<TaskFn> fns;
     thread_local std::vector<int64_t> first;
@@ -712,6 +716,14 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
                 grid.pairs[s] = pairs[s].data();
             }
         pool::run(grid_task, &grid, (T + PREP_ROWS - 1) / PREP_ROWS);
+#if defined(LLMOS_AMX)
+        for (int s = 0; s < 2; s++)
+            if (grid.pairs[s] && T >= 16 && amx_ready()) {      // some tokens' sums come from tiles
+                grow(xbytes[s], 2 * T * K);
+                AmxSplit split_job{grid.pairs[s], T, K, xbytes[s].data()};
+                pool::run(amx_split_task, &split_job, (T + PREP_ROWS - 1) / PREP_ROWS);
+            }
+#endif
     }
 #endif
     jobs.clear(); fns.clear(); first.assign(1, 0);
@@ -723,6 +735,9 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
         if (type >= RG_TYPES) {
             job.X = xq.data(); job.ldx = K; job.grid_g = grid_g.data(); job.xsum = xsum.data();
             job.pairs = T > 1 ? pairs[rg_split_pairs(type - RG_TYPES)].data() : nullptr;
+#if defined(LLMOS_AMX)
+            job.xbytes = T >= 16 && amx_ready() ? xbytes[rg_split_pairs(type - RG_TYPES)].data() : nullptr;
+#endif
         }
 #endif
         job.rows_per_task = rows_per_task(type, q.N, T);

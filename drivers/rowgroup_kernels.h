@@ -387,6 +387,8 @@ template <int TYPE> constexpr int RG_G = TYPE == Q6_K ? 1 : RG_GV;   // Q6_K: fo
 // registers (one Zen 3 core, Q4_1 3072 x 2048 x 64: 2 x 4 ~100 GFLOP/s, 3 x 3 ~97, 2 x 6 ~80).
 constexpr int RG_RV = 2, RG_NC = 4;
 
+#include "amx_tiles.h"     // AMX tile products for the integer sums, where the CPU and OS have them
+
 // A task of a row-grouped matmul: Job's rows are group-aligned; X's block sums are in j.xsum
 // (types with an m term).
 template <int TYPE>
@@ -428,11 +430,38 @@ static void rg_task(void* p, int64_t i) {
             xp[u] = j.pairs + t * (K / 2); g[u] = j.grid_g + t * nb; sums[u] = sums_of(t);
         }
     };
+#if defined(LLMOS_AMX)
+    const float* g16[16]; const float* s16[16];
+    auto tokens16 = [&](int64_t c) {           // amx_micro's arguments of tokens c .. c + 15
+        for (int u = 0; u < 16; u++) { g16[u] = j.grid_g + (t0 + c + u) * nb; s16[u] = sums_of(t0 + c + u); }
+    };
+#endif
+#if defined(LLMOS_AMX)
+    const int64_t tiled = j.xbytes ? tn / 16 * 16 : 0;          // tokens whose sums come from tiles
+    thread_local std::vector<int32_t> bpanel;
+    if (tiled) {
+        if ((int64_t)bpanel.size() < RG_RV * VN * K / 4) bpanel.resize((size_t)(RG_RV * VN * K / 4));
+        amx_configure<CH<TYPE>>();
+    }
+#endif
     for (int64_t g0 = g_begin; g0 < g_end; g0 += RG_RV) {
         const int rv = (int)std::min<int64_t>(RG_RV, g_end - g0);
         prefetch(j.W + (g0 + RG_RV) * gs, RG_RV * gs);
         for (int v = 0; v < rv; v++) rg_panel<TYPE>(j.W + (g0 + v) * gs, nb, q + v * ps, d + v * ds, m + v * ds);
         int64_t c = 0;
+#if defined(LLMOS_AMX)
+        if (tiled) {
+            const int64_t bs = VN * K / 4;
+            for (int v = 0; v < rv; v++) amx_panel<TYPE>(q + v * ps, nch, bpanel.data() + v * bs);
+            for (; c < tiled; c += 16) {
+                tokens16(c);
+                const int8_t* hi = j.xbytes + (t0 + c) * K; const int8_t* lo = hi + j.T * K;
+                float* o = out.data() + c * ldo;
+                if (rv == RG_RV) amx_micro<TYPE, RG_RV>(hi, lo, K, bpanel.data(), bs, d, m, ds, nch, g16, s16, o, ldo);
+                else amx_micro<TYPE, 1>(hi, lo, K, bpanel.data(), bs, d, m, ds, nch, g16, s16, o, ldo);
+            }
+        }
+#endif
         for (; c + RG_NC <= tn; c += RG_NC) {
             tokens(c, RG_NC);
             float* o = out.data() + c * ldo;
@@ -447,6 +476,9 @@ static void rg_task(void* p, int64_t i) {
         const int64_t rows = std::min<int64_t>(rv * VN, j.N - g0 * VN);
         for (int64_t t = 0; t < tn; t++) rg_put(out.data() + t * ldo, rows, j.Y + (t0 + t) * j.ldy + g0 * VN, 1, j.add);
     }
+#if defined(LLMOS_AMX)
+    if (tiled) _tile_release();
+#endif
 }
 
 // Repacks W ([N, K] in type's GGML blocks, rb bytes a row) into the row-grouped layout at out.

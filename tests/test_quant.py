@@ -566,14 +566,19 @@ def test_rms_norm_kernel_in_place_by_groups_and_added_into_a_stream():
 
 def test_the_kernels_built_for_this_cpu_use_its_widest_vectors():
     """Dispatch at start-up: -march=native on an AVX-512F+BW CPU builds the 16-lane path, on an AVX2 +
-    FMA CPU the 8-lane one (drivers/simd_vec.h), with VNNI where the CPU has it; the ISA names it
-    in uname, the bench and the log."""
+    FMA CPU the 8-lane one (drivers/simd_vec.h), with VNNI where the CPU has it and AMX's tiles
+    where it has those too (drivers/amx_tiles.h; unless the OS refuses them, which the name says);
+    the ISA names it in uname, the bench and the log."""
     from llmos.drivers.cpu import cpu_features
     f = cpu_features()
     wide = f["avx512f"] and f["avx512bw"] and f["fma"]
     want = "avx512f" if wide else "avx2-fma" if f["avx2"] and f["fma"] else "scalar"
     vnni = f["avx512_vnni"] if wide else f["avx_vnni"] and want != "scalar"     # the integer GEMM's vpdpwssd
-    assert quant.kernel_isa() == want + ("+vnni" if vnni else "")
+    want += "+vnni" if vnni else ""
+    if wide and vnni and f["amx_int8"]:
+        assert quant.kernel_isa() in (want + "+amx", want + " (AMX refused by the OS)")
+    else:
+        assert quant.kernel_isa() == want
 
 
 def test_an_unknown_llmos_quant_value_is_named_and_this_cpu_s_kernels_build(monkeypatch, caplog):
