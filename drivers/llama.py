@@ -323,10 +323,11 @@ class LlamaModel:
         return sum(m.stream_bytes(rows) for m in mats)
 
     def weight_format(self) -> str:
-        """What the matmuls run on, e.g. 'Q4_1+Q8_0 on avx2-fma kernels (row-grouped: Q4_1+Q8_0)' or
-        'fp32'."""
+        """What the matmuls run on, e.g. 'Q4_1+Q8_0 on avx2-fma kernels (row-grouped: Q4_1+Q8_0)',
+        'float32', or 'bfloat16, decode steps as CUDA graphs' (drivers/cudagraph.py)."""
         if not self.quantized:
-            return str(self.dtype).replace("torch.", "")
+            graphs = ", decode steps as CUDA graphs" if self.device.type == "cuda" and self.cuda_graphs else ""
+            return str(self.dtype).replace("torch.", "") + graphs
         kinds = {q for m in self._linears() if isinstance(m, QLinear) for q, _ in m.parts}
         types = sorted({type_name(q) for q in kinds})
         grouped = sorted({type_name(q) for q in kinds if q >= RG_TYPES})

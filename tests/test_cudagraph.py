@@ -153,6 +153,7 @@ def test_greedy_decoding_with_graphs_equals_eager_cuda(tiny_model_path):
     model.cuda_graphs = True
     assert driver_greedy(model, prompt, 24) == eager
     assert model._graphs is not None and model._graphs.steps
+    assert model.weight_format() == "float32, decode steps as CUDA graphs"
 
 
 
