@@ -187,7 +187,10 @@ def test_fork_continues_from_the_exact_state(model):
     e.run_until_idle()
     assert c.output_ids == a.output_ids == solo(model, prompt(70, 21), 20)
     assert e.kv.stats()["cow_copies"] >= 1
-    assert model.tokenizer.decode(c.output_ids[4:]).startswith(c.channel.read()[:5])
+    # the child's stream goes on mid-text, where a first piece's word-start space stays; decode()
+    # of the same ids starts a text, where it does not (which ids those are depends on the tiny
+    # vocabulary sentencepiece's trainer makes)
+    assert model.tokenizer.decode(c.output_ids[4:]).startswith(c.channel.read()[:5].lstrip(" "))
 
 
 def test_seeded_sampling_is_reproducible_and_forks_get_their_own_seed(model):
