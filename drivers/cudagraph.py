@@ -1,7 +1,7 @@
 """DecodeGraphs: decode steps on a GPU replayed from CUDA graphs, one replay a step.
 
 On the torch path a decode step (every sequence brings one token) launches each of its ~1500
-kernels from Python; on an H100 that takes ~23 ms of CPU for ~2 ms of GPU work (SmolLM2). A
+kernels from Python; on an H100 that took 12-23 ms of CPU for 2-4 ms of GPU work (SmolLM2). A
 CUDA graph records the launches once and replays them as one. A graph fixes its shapes and its
 memory addresses, so the step is captured per bucket, (batch rounded up to BATCH_BUCKETS,
 block-table width rounded up to a power of two), into static input tensors, with attention

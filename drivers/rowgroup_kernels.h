@@ -435,8 +435,6 @@ static void rg_task(void* p, int64_t i) {
     auto tokens16 = [&](int64_t c) {           // amx_micro's arguments of tokens c .. c + 15
         for (int u = 0; u < 16; u++) { g16[u] = j.grid_g + (t0 + c + u) * nb; s16[u] = sums_of(t0 + c + u); }
     };
-#endif
-#if defined(LLMOS_AMX)
     const int64_t tiled = j.xbytes ? tn / 16 * 16 : 0;          // tokens whose sums come from tiles
     thread_local std::vector<int32_t> bpanel;
     if (tiled) {
