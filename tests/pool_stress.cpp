@@ -1,21 +1,33 @@
 // Hammers the kernels' thread pool (llmos_parallel) with back-to-back jobs of 2 and 64 tasks and
 // counts the tasks that had not run exactly once when their job returned ("early") and at the
-// end ("wrong"). Built and run by tests/test_quant.py against the kernel library.
+// end ("wrong"), then prints how often the pool went solo. Built and run by tests/test_quant.py
+// against the kernel library: pool_stress JOBS [THREADS [SLOW_US]], SLOW_US: a task a worker (not
+// the caller) runs sleeps that long, so the caller waits for it.
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 #include <vector>
 
 extern "C" void llmos_parallel(void (*)(void*, int64_t), void*, int64_t);
 extern "C" void llmos_quant_set_threads(int);
+extern "C" int64_t llmos_quant_stragglers(void);
 
+static std::thread::id caller;
+static int slow_us = 0;
 struct Hits { std::atomic<int>* at; };
-static void hit(void* p, int64_t i) { ((Hits*)p)->at[i].fetch_add(1, std::memory_order_relaxed); }
+static void hit(void* p, int64_t i) {
+    if (slow_us && std::this_thread::get_id() != caller) std::this_thread::sleep_for(std::chrono::microseconds(slow_us));
+    ((Hits*)p)->at[i].fetch_add(1, std::memory_order_relaxed);
+}
 
 int main(int argc, char** argv) {
     const int64_t jobs = argc > 1 ? atoll(argv[1]) : 100000;
-    llmos_quant_set_threads(2);
+    llmos_quant_set_threads(argc > 2 ? atoi(argv[2]) : 2);
+    slow_us = argc > 3 ? atoi(argv[3]) : 0;
+    caller = std::this_thread::get_id();
     std::vector<std::atomic<int>> hits(jobs * 64);
     int64_t early = 0, wrong = 0;
     for (int64_t j = 0; j < jobs; j++) {
@@ -26,6 +38,6 @@ int main(int argc, char** argv) {
     }
     for (int64_t j = 0; j < jobs; j++)
         for (int64_t i = 0; i < 64; i++) wrong += hits[j * 64 + i].load() != (i < (j % 2 ? 64 : 2) ? 1 : 0);
-    printf("%lld %lld\n", (long long)early, (long long)wrong);
+    printf("%lld %lld %lld\n", (long long)early, (long long)wrong, (long long)llmos_quant_stragglers());
     return 0;
 }
