@@ -1,8 +1,9 @@
 // Hammers the kernels' thread pool (llmos_parallel) with back-to-back jobs of 2 and 64 tasks and
 // counts the tasks that had not run exactly once when their job returned ("early") and at the
 // end ("wrong"), then prints how often the pool went solo. Built and run by tests/test_quant.py
-// against the kernel library: pool_stress JOBS [THREADS [SLOW_US]], SLOW_US: a task a worker (not
-// the caller) runs sleeps that long, so the caller waits for it.
+// against the kernel library: pool_stress JOBS [THREADS [SLOW_US]], SLOW_US: a task a worker runs
+// sleeps that long, one the caller runs a thirtieth of it (so that workers wake in time to claim
+// tasks, and the caller, done with its own, waits on theirs).
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -19,7 +20,8 @@ static std::thread::id caller;
 static int slow_us = 0;
 struct Hits { std::atomic<int>* at; };
 static void hit(void* p, int64_t i) {
-    if (slow_us && std::this_thread::get_id() != caller) std::this_thread::sleep_for(std::chrono::microseconds(slow_us));
+    if (slow_us)
+        std::this_thread::sleep_for(std::chrono::microseconds(std::this_thread::get_id() == caller ? slow_us / 30 : slow_us));
     ((Hits*)p)->at[i].fetch_add(1, std::memory_order_relaxed);
 }
 

@@ -363,9 +363,9 @@ def pool_stress(tmp_path, *args: str) -> list[int]:
 def test_only_small_pools_go_solo_when_a_worker_lags(tmp_path):
     """The contention guard: with 2 threads the caller, left waiting on a worker's slow task, runs
     the next jobs alone; a pool of 8 never does (it would idle 7 threads for one lagging worker)."""
-    early, wrong, solo = pool_stress(tmp_path, "300", "2", "3000")
+    early, wrong, solo = pool_stress(tmp_path, "40", "2", "3000")
     assert (early, wrong) == (0, 0) and solo > 0
-    early, wrong, solo = pool_stress(tmp_path, "300", "8", "3000")
+    early, wrong, solo = pool_stress(tmp_path, "40", "8", "3000")
     assert (early, wrong, solo) == (0, 0, 0)
 
 
