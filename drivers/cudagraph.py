@@ -53,7 +53,9 @@ class StaticStep:
             self._step()
         torch.cuda.current_stream(model.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        # thread_local: the kernel's other threads may query the GPU meanwhile (meminfo's free
+        # memory); only this thread's unsafe calls would break the capture
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
             self.logits = self._step()
 
     def pad_rows(self, n: int) -> list[list[int]]:
