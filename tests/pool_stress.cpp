@@ -20,8 +20,10 @@ static std::thread::id caller;
 static int slow_us = 0;
 struct Hits { std::atomic<int>* at; };
 static void hit(void* p, int64_t i) {
-    if (slow_us)
-        std::this_thread::sleep_for(std::chrono::microseconds(std::this_thread::get_id() == caller ? slow_us / 30 : slow_us));
+    if (slow_us) {
+        const int us = std::this_thread::get_id() == caller ? slow_us / 30 : slow_us;
+        std::this_thread::sleep_for(std::chrono::microseconds(us));
+    }
     ((Hits*)p)->at[i].fetch_add(1, std::memory_order_relaxed);
 }
 
