@@ -481,14 +481,14 @@ def test_model_bigger_than_memory_is_refused_with_sizes(tmp_path):
 
 @pytest.mark.parametrize("kv", ["fp32", "fp16"])
 @pytest.mark.parametrize("window", [None, 5, 19])
-@pytest.mark.parametrize("D,bs", [(16, 4), (64, 16), (24, 8)])   # vector paths and the scalar tails
-def test_flat_paged_attention_equals_torch_paged_attention(window, D, bs, kv):
+@pytest.mark.parametrize("D,bs", [(16, 4), (64, 16), (24, 8), (128, 8)])   # vector paths, scalar tails
+@pytest.mark.parametrize("H,KVH", [(6, 2), (5, 1), (4, 1)])   # query heads a KV head: 3, 3 + 2, 3 + 1
+def test_flat_paged_attention_equals_torch_paged_attention(window, D, bs, kv, H, KVH):
     """Both task shapes (a task per token for many tokens, per token and KV head for few) and
     both pool types match torch's attention; a token's output is the same bit for bit alone."""
     from llmos.drivers.attention import (build_flat_metadata, build_metadata, paged_attention,
                                          paged_attention_flat)
     g = torch.Generator().manual_seed(4)
-    H, KVH = 6, 2
     k_cache, v_cache = torch.randn(40, bs, KVH, D, generator=g), torch.randn(40, bs, KVH, D, generator=g)
     spans = [(0, 9, [3, 7, 1]), (40, 1, [9, 2, 11, 30, 12, 13, 14, 15, 16, 17, 18]), (5, 3, [20, 21]),
              (7, 1, [5, 6]), (21, 11, [22, 23, 24, 25, 26, 27, 28, 29, 31])]
