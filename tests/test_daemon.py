@@ -180,10 +180,13 @@ print(repr(got[3]))
 
 
 def test_stop_answers_parked_calls_and_cleans_up(daemon, rt, env, k):
-    """Last test in this module: stopping with a parked read and a running process."""
+    """Last test in this module: stopping with a parked read and a live process (stopped, so that
+    it cannot finish its tokens before `llmos stop` arrives, however slow the host: CI once saw it
+    end by length first)."""
     sess = k.spawn([{"role": "user", "content": "hi"}], max_tokens=3, session=True)
     "".join(k.stream(sess))                              # its turn is over: it sleeps
     busy = k.spawn("long", max_tokens=400, ignore_eos=True)
+    k.kill(busy, "STOP")
     reader = subprocess.Popen([sys.executable, "-c", PARKER.format(sess=sess, busy=busy)],
                               env=env, stdout=subprocess.PIPE, text=True)
     assert reader.stdout.readline().strip() == "parked"    # the kernel has both calls parked
