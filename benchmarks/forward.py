@@ -28,7 +28,7 @@ from ..drivers.llama import LlamaModel, SeqInput
 from ..drivers.quant import kernel_isa, pool_stragglers
 
 
-def memory_bandwidth(nbytes: int = 1 << 29, repeats: int = 5, device: str = "cpu") -> float:
+def memory_bandwidth(nbytes: int = 1 << 29, repeats: int = 5, device: str | torch.device = "cpu") -> float:
     """Bytes/s of a large copy on `device` (read + write counted), best of `repeats`."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)

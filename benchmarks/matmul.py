@@ -6,8 +6,8 @@ One QLinear per type (drivers/quant.py: row-grouped where the kernels have the l
 GGML's blocks), its fp16 scales set to 0.01 and its quants random; the best of five timed rounds
 of ~0.2 s ("pool went solo": the kernels' thread pool ran alone for a while because a worker
 lagged, as `bench forward` reports it). `--isa` builds another code path of the kernels for an A/B
-run on the same CPU: one of drivers/quant.py's ISA_BUILDS (avx2 on an AVX-512 CPU, avx512-simde,
-scalar), or compiler flags such as `--isa=-mno-avx512vnni`. The kernels' pool threads are fixed
+run on the same CPU: one of drivers/quant.py's ISA_BUILDS (avx2 on an AVX-512 CPU, no-amx on an
+AMX one, avx512-simde, scalar), or compiler flags such as `--isa=-mno-avx512vnni`. The kernels' pool threads are fixed
 once per process, so `--threads` runs each count in a child process.
 """
 

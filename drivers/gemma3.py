@@ -114,8 +114,4 @@ class Gemma3Model(LlamaModel):
             self._add_normed(x, layer.wo(a), layer.extra["post_attention_norm"])
             y = layer.w_down(layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps), geglu=True)
             self._add_normed(x, y, layer.extra["post_ffw_norm"])
-        if want.numel() == 0:
-            return torch.empty(0, c.vocab_size, device=self.device)
-        if interrupt is not None and interrupt.is_set():       # and before the output layer
-            raise Preempted
-        return self.lm_head(x.index_select(0, want), norm=self.out_norm, eps=eps).float()
+        return self._logits(x, want, interrupt)

@@ -218,7 +218,7 @@ class LlamaModel:
         output layer (before the replay of a captured decode step); once set, raises Preempted."""
         dev = self.device
         order, ids, pos, spans, want = self._layout(seqs)
-        graphs = self._decode_graphs(spans, kv) if len(ids) == len(seqs) else None
+        graphs = self._decode_graphs(spans, kv)
         if graphs is not None:
             return graphs.run(ids, spans, want, interrupt)
         if self._flat_attention(kv):
@@ -271,11 +271,15 @@ class LlamaModel:
             v_cache.view(-1, KVH, D).index_copy_(0, meta.slots, v)
             layer.wo(paged_attention(q, k_cache, v_cache, meta, self._scale), out=x)   # x += ...
             layer.w_down(layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps), swiglu=True, out=x)
+        return self._logits(x, want, interrupt)
+
+    def _logits(self, x: torch.Tensor, want: torch.Tensor, interrupt) -> torch.Tensor:
+        """The output head over the residual stream's rows `want` (interrupt looked at first)."""
         if want.numel() == 0:
-            return torch.empty(0, c.vocab_size, device=self.device)
+            return torch.empty(0, self.config.vocab_size, device=self.device)
         if interrupt is not None and interrupt.is_set():       # and before the output layer
             raise Preempted
-        return self.lm_head(x.index_select(0, want), norm=self.out_norm, eps=eps).float()
+        return self.lm_head(x.index_select(0, want), norm=self.out_norm, eps=self.config.rms_eps).float()
 
     def _decode_graphs(self, spans: list[tuple[int, int, list[int]]], kv: KVStorage):
         """drivers/cudagraph.py's DecodeGraphs when this decode step (every sequence brings one
