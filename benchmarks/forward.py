@@ -128,6 +128,16 @@ def count_ops(model: LlamaModel, context: int = 32) -> tuple[int, int]:
     return sum(counter.ops.values()), sum(calls.values())
 
 
+def compile_layers(model: LlamaModel, context: int) -> float:
+    """Replaces model._compute (the layers and head of an eager step) by torch.compile's build of
+    it, dynamic shapes; returns the seconds the compile and a decode and prefill warm-up took."""
+    t = time.perf_counter()
+    model._compute = torch.compile(model._compute, dynamic=True)
+    decode_step_seconds(model, 2, context, 1)
+    prefill_seconds(model, 64, repeats=1)
+    return time.perf_counter() - t
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="llmos bench forward", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
@@ -139,6 +149,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--vs", choices=("llama.cpp",), help="also run llama.cpp on the same file")
     ap.add_argument("--count-ops", action="store_true", help="count torch ops per decode step")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the torch path's layers under torch.compile ('/compiled' rows)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args(argv[1:])
     try:
@@ -159,7 +171,7 @@ def main(argv: list[str]) -> int:
     if device.type == "cuda":
         say(f"gpu {torch.cuda.get_device_name(device)}  torch {torch.__version__}")
     say(f"model {path.name}  context {args.context}  memory bandwidth {bandwidth / 1e9:.1f} GB/s")
-    say(f"{'engine':<16} {'figure':<12} {'ms':>9} {'tok/s':>9} {'bound tok/s':>12}")
+    say(f"{'engine':<20} {'figure':<12} {'ms':>9} {'tok/s':>9} {'bound tok/s':>12}")
     results = []
 
     solo = [pool_stragglers()]
@@ -168,7 +180,7 @@ def main(argv: list[str]) -> int:
         episodes, solo[0] = pool_stragglers() - solo[0], pool_stragglers()
         results.append({"engine": engine, "figure": figure, "ms": sec * 1e3, "tokens_per_s": tokens / sec,
                         "bound_tokens_per_s": bound, "pool_solo_episodes": episodes})
-        say(f"{engine:<16} {figure:<12} {sec * 1e3:>9.2f} {tokens / sec:>9.1f} "
+        say(f"{engine:<20} {figure:<12} {sec * 1e3:>9.2f} {tokens / sec:>9.1f} "
             f"{'' if bound is None else f'{bound:12.1f}'}"
             f"{f'  (thread pool went solo {episodes}x: a worker lagged)' if episodes else ''}")
 
@@ -178,9 +190,16 @@ def main(argv: list[str]) -> int:
         say(f"# {engine}: {model.weight_format()}, weights {model.weight_bytes() / 1e6:.1f} MB")
         # on a GPU, decode with CUDA graphs (drivers/cudagraph.py) and without ('/eager')
         modes = [(engine, True), (f"{engine}/eager", False)] if model.device.type == "cuda" else [(engine, True)]
+        if args.compile and model.quantized:
+            say(f"# {engine}: --compile left out: each layer is one C call, nothing for torch.compile to fuse")
+        elif args.compile:
+            modes.append((f"{engine}/compiled", False))
         for name, graphs in modes:
             model.cuda_graphs = graphs
-            if args.count_ops:
+            compiled = name.endswith("/compiled")
+            if compiled:
+                say(f"# {name}: compiled and warmed in {compile_layers(model, args.context):.1f} s")
+            elif args.count_ops:
                 ops, calls = count_ops(model)
                 results.append({"engine": name, "torch_ops_per_decode_step": ops, "kernel_calls": calls})
                 say(f"# {name}: one batch-1 decode step = {ops} torch ops + {calls} kernel calls")
@@ -188,8 +207,8 @@ def main(argv: list[str]) -> int:
                 sec = decode_step_seconds(model, b, args.context, args.steps)
                 record(name, f"decode b{b}", sec, b,
                        bandwidth / model.decode_weight_bytes(b) if b == 1 else None)
-        if args.prefill:
-            record(engine, f"prefill {args.prefill}", prefill_seconds(model, args.prefill), args.prefill)
+            if args.prefill and name != f"{engine}/eager":     # a GPU's prefill is eager in both modes
+                record(name, f"prefill {args.prefill}", prefill_seconds(model, args.prefill), args.prefill)
         del model
     if args.vs:
         from .llamacpp import measure
@@ -204,7 +223,7 @@ def main(argv: list[str]) -> int:
         for r in results:
             if r.get("engine", "").startswith("llmos") and r.get("figure") in base:
                 r["vs_llama_cpp"] = r["tokens_per_s"] / base[r["figure"]]
-                say(f"  {r['engine']:<16} {r['figure']:<12} {r['vs_llama_cpp']:.2f}x")
+                say(f"  {r['engine']:<20} {r['figure']:<12} {r['vs_llama_cpp']:.2f}x")
     if args.json:
         print(json.dumps({"model": path.name, "context": args.context, "threads": threads,
                           "cpu": cpu_features(), "kernels": kernel_isa(),
