@@ -6,10 +6,11 @@ this CPU (``-march=native``) into ``$LLMOS_HOME/kernels/``, keyed by source, com
 flags, and loaded with ctypes (16 lanes with AVX-512F, 8 with AVX2, drivers/simd_vec.h; a scalar
 path elsewhere). All but Q5_K are repacked at load so that a vector's lanes hold rows
 (drivers/rowgroup_kernels.h; the file's pages are then released) and take the input on a 13-bit
-integer grid: one token streams the weights with fp32 FMAs (GEMV), more tokens multiply int16
-pairs (GEMM: vpmaddwd, or VNNI's vpdpwssd, or on an AMX Xeon tile products of the int16 split
-into bytes, drivers/amx_tiles.h), every block sum exact, so a token's result is bit-identical
-whatever the batch. Q5_K keeps GGML's blocks, dequantised to fp32 in registers.
+integer grid: int16 pairs of x meet int16 pairs of weights (vpmaddwd, or VNNI's vpdpwssd; on an
+AMX Xeon, a GEMM's tile products of the int16 split into bytes, drivers/amx_tiles.h); one token
+(GEMV) makes the weight pairs in registers as it streams them (without VNNI, fp32 FMAs for all but
+Q4_0/Q4_1), more tokens (GEMM) unpack a panel once for all. Every block sum is exact, so a
+token's result is bit-identical whatever the batch. Q5_K keeps GGML's blocks, dequantised to fp32 in registers.
 A QLinear's parts (fused QKV, gate/up) run as one call (drivers/qmatmul.h). Why not a library: torch's
 ``_weight_int8pack_mm`` / ``_weight_int4pack_mm_for_cpu`` were slower than fp32 on an AVX2 EPYC
 and do not read GGML block layouts; llama.cpp's Python bindings are not a kernel library. When no

@@ -717,7 +717,7 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
         grow(xq, T * K); grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));
         Grid grid{X, ldx, K, T, xq.data(), grid_g.data(), xsum.data(), {nullptr, nullptr}};
         for (int s = 0; s < 2; s++)
-            if (split[s] && T > 1) {            // one token: the GEMV reads xq only
+            if (split[s]) {
                 grow(pairs[s], T * (K / 2));
                 grid.pairs[s] = pairs[s].data();
             }
@@ -740,7 +740,7 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
 #if defined(LLMOS_VEC)
         if (type >= RG_TYPES) {
             job.X = xq.data(); job.ldx = K; job.grid_g = grid_g.data(); job.xsum = xsum.data();
-            job.pairs = T > 1 ? pairs[rg_split_pairs(type - RG_TYPES)].data() : nullptr;
+            job.pairs = pairs[rg_split_pairs(type - RG_TYPES)].data();
 #if defined(LLMOS_AMX)
             job.xbytes = T >= 16 && amx_ready() ? xbytes[rg_split_pairs(type - RG_TYPES)].data() : nullptr;
 #endif

@@ -18,10 +18,11 @@
 //
 // Every (row, token) pair computes, for each chunk (CH below) in order: s = sum of q x over the
 // chunk's k, exact (x on the grid below, so the order does not matter); acc = fma(s, d, acc); then
-// acc = fma(m, xsum, acc) with xsum the block's sum from grid_row (not for Q8_0 and Q6_K). The GEMV (one token,
-// fp32 FMAs over k in the order KPERM gives, Q4_0/Q4_1/Q5_0/Q5_1: k = 0, 16, 1, 17, ...) and the
-// GEMM (an int16 panel, integer sums, accumulators in memory) do exactly this, so results are
-// bit-identical at any batch size, as in the block layout.
+// acc = fma(m, xsum, acc) with xsum the block's sum from grid_row (not for Q8_0 and Q6_K). The GEMV (one
+// token: integer sums of int16 pairs made in registers, or without VNNI fp32 FMAs over k in the order
+// KPERM gives, Q4_0/Q4_1/Q5_0/Q5_1: k = 0, 16, 1, 17, ...; see RG_INT_GEMV) and the GEMM (an int16
+// panel, integer sums) do exactly this, so results are bit-identical at any batch size, as in the
+// block layout.
 
 enum { RG_Q4_0 = RG_TYPES + Q4_0, RG_Q4_1 = RG_TYPES + Q4_1, RG_Q5_0 = RG_TYPES + Q5_0, RG_Q5_1 = RG_TYPES + Q5_1,
        RG_Q8_0 = RG_TYPES + Q8_0, RG_Q4_K = RG_TYPES + Q4_K, RG_Q6_K = RG_TYPES + Q6_K };
@@ -149,9 +150,9 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
     }
 }
 
-// X on the grid for a row-grouped matmul, a task a PREP_ROWS tokens: xq [T, K], g and xsum
-// [T, K / 32], pairs[s] [T, K / 2] in each pair order s the matmul uses (null otherwise, and for one
-// token: the GEMV reads xq only).
+// X on the grid for a row-grouped matmul, a task a PREP_ROWS tokens: xq [T, K] (the fp32 GEMV's
+// input), g and xsum [T, K / 32], pairs[s] [T, K / 2] in each pair order s the matmul uses (null
+// otherwise).
 struct Grid { const float* X; int64_t ldx, K, T; float* xq; float* g; float* xsum; int32_t* pairs[2]; };
 static void grid_task(void* p, int64_t i) {
     const Grid& j = *(const Grid*)p;
@@ -202,6 +203,18 @@ template <int TYPE> static inline vi rg_qi(const uint8_t* blk, int kk) {
     return (kk & 1) ? vsrli<4>(u) : vand(u, vset1i(0xF));
 }
 template <int TYPE> static inline vf rg_q(const uint8_t* blk, int kk) { return vcvt(rg_qi<TYPE>(blk, kk)); }
+
+// Two quant vectors as int16 pairs, a in the low half of each lane, b in the high half.
+static inline vi rg_pair(vi a, vi b) { return vor(vand(a, vset1i(0xFFFF)), vslli<16>(b)); }
+// The pp-th int16 pair vector of a 32-block type's block: quants 2 pp and 2 pp + 1 in KPERM order
+// (Q4_0/Q4_1: the two nibbles of byte pp, (u & 15) | (u >> 4) << 16 in two operations).
+template <int TYPE> static inline vi rg_qpair(const uint8_t* blk, int pp) {
+    if constexpr (TYPE == Q4_0 || TYPE == Q4_1) {
+        const vi u = vu8(blk + (RG_QS<TYPE> + pp) * VN);
+        return vand(vor(u, vslli<12>(u)), vset1i(0x000F000F));
+    }
+    return rg_pair(rg_qi<TYPE>(blk, 2 * pp), rg_qi<TYPE>(blk, 2 * pp + 1));
+}
 
 // Q6_K's quant vector (q - 32) for weight 128n + 32T + j, and the d vector of its scale group idx
 // (8n + 2T + j / 16).
@@ -300,7 +313,7 @@ static inline void rg_gemv_groups(const uint8_t* W, int64_t gstride, int64_t nb,
 // d + c VN, m + c VN.
 template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t* q, float* d, float* m) {
     auto put = [&](int64_t chunk, int kk, vi a, vi b) {
-        vstore_i(q + (chunk * (CH<TYPE> / 2) + kk / 2) * VN, vor(vand(a, vset1i(0xFFFF)), vslli<16>(b)));
+        vstore_i(q + (chunk * (CH<TYPE> / 2) + kk / 2) * VN, rg_pair(a, b));
     };
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
         const uint8_t* sb = grp + sbi * VN * RG_SB<TYPE>;
@@ -324,7 +337,7 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
         }
         if constexpr (SUBS<TYPE> == 1) {
 #pragma GCC unroll 16
-            for (int kk = 0; kk < 32; kk += 2) put(sbi, kk, rg_qi<TYPE>(sb, kk), rg_qi<TYPE>(sb, kk + 1));
+            for (int pp = 0; pp < 16; pp++) vstore_i(q + (sbi * 16 + pp) * VN, rg_qpair<TYPE>(sb, pp));
         } else {
             for (int p = 0; p < 4; p++)
                 for (int j = 0; j < 32; j += 2) {
@@ -334,6 +347,14 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
                 }
         }
     }
+}
+
+// A chunk's integer sums S (exact, < 2^24) into the accumulators: acc = fma(S g, d, acc), then
+// acc = fma(m, xsum, acc) for types with an m (the others ignore m and xsum). S g is exact in fp32.
+template <int TYPE> static inline vf rg_chunk_fma(vi s, float g, vf d, vf m, float xsum, vf acc) {
+    const vf a = vfma(vmul(vcvt(s), vset1(g)), d, acc);
+    if constexpr (HAS_M<TYPE>) return vfma(m, vset1(xsum), a);
+    return a;
 }
 
 // out[c * ldo + v * VN ..] = the RV groups of panel rows times C tokens over nch chunks: token c's
@@ -365,15 +386,91 @@ __attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, in
             }
         }
         for (int v = 0; v < RV; v++) {
-            const vf dv = vload(d + v * dstride + b * VN);
-            for (int c = 0; c < C; c++) {
-                vf a = vfma(vmul(vcvt(s[v][c]), vset1(g[c][xb / 32])), dv, acc[v][c]);
-                if constexpr (HAS_M<TYPE>) a = vfma(vload(m + v * dstride + b * VN), vset1(xsums[c][b]), a);
-                acc[v][c] = a;
-            }
+            const vf dv = vload(d + v * dstride + b * VN), mv = HAS_M<TYPE> ? vload(m + v * dstride + b * VN) : dv;
+            for (int c = 0; c < C; c++)
+                acc[v][c] = rg_chunk_fma<TYPE>(s[v][c], g[c][xb / 32], dv, mv, HAS_M<TYPE> ? xsums[c][b] : 0.f, acc[v][c]);
         }
     }
     for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, acc[v][c]);
+}
+
+// G groups (G * VN rows from W, groups gstride bytes apart) times one token into out[G * VN]: the
+// GEMM's integer sums without a panel in memory. Each weight pair vector is made in registers as
+// rg_panel makes it and meets the token's grid pairs xp (its pair order) in vdpwssd; each chunk then
+// takes rg_imicro's epilogue (grid g, block sums xsum), so a token's results are the GEMM's bits.
+template <int TYPE, int G>
+static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb, const int32_t* xp, const float* g,
+                                   const float* xsum, float* out) {
+    constexpr int64_t SB = VN * RG_SB<TYPE>;
+    vf acc[G];
+    for (int r = 0; r < G; r++) acc[r] = vzero();
+    auto sums_at = [&](int64_t b) { return HAS_M<TYPE> ? xsum[b] : 0.f; };
+    for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
+        const uint8_t* sb = W + sbi * SB;
+        for (int r = 0; r < G; r++)
+            for (int64_t o = 0; o < SB; o += 64) _mm_prefetch((const char*)(sb + (G + r) * gstride + o), _MM_HINT_T0);
+        if constexpr (SUBS<TYPE> == 1) {
+            vi s[G];
+            for (int r = 0; r < G; r++) s[r] = vset1i(0);
+#pragma GCC unroll 16
+            for (int pp = 0; pp < 16; pp++) {
+                const vi xv = vset1i(xp[16 * sbi + pp]);
+                for (int r = 0; r < G; r++) { s[r] = vdpwssd(s[r], rg_qpair<TYPE>(sb + r * gstride, pp), xv); LLMOS_PIN(s[r]); }
+            }
+            for (int r = 0; r < G; r++) {
+                vf d, m; rg_scales<TYPE>(sb + r * gstride, 0, d, m);
+                acc[r] = rg_chunk_fma<TYPE>(s[r], g[sbi], d, m, sums_at(sbi), acc[r]);
+            }
+        } else if constexpr (TYPE == Q6_K) {
+            for (int n = 0; n < 2; n++)
+                for (int h = 0; h < 2; h++) {      // chunks 16 sbi + 8n + 4h + t, t = 0..3 (rg_xbase)
+                    const int64_t c0 = 16 * sbi + 8 * n + 4 * h;
+                    vi s[G][4];
+                    for (int r = 0; r < G; r++) for (int t = 0; t < 4; t++) s[r][t] = vset1i(0);
+#pragma GCC unroll 8
+                    for (int jj = 0; jj < 16; jj += 2) {
+                        const int j = 16 * h + jj;
+                        vi xv[4];
+                        for (int t = 0; t < 4; t++) xv[t] = vset1i(xp[rg_xbase<Q6_K>(c0 + t) / 2 + jj / 2]);
+                        for (int r = 0; r < G; r++) {
+                            const uint8_t* sg = sb + r * gstride;
+                            s[r][0] = vdpwssd(s[r][0], rg_pair(rg_q6i<0>(sg, n, j), rg_q6i<0>(sg, n, j + 1)), xv[0]);
+                            s[r][1] = vdpwssd(s[r][1], rg_pair(rg_q6i<1>(sg, n, j), rg_q6i<1>(sg, n, j + 1)), xv[1]);
+                            s[r][2] = vdpwssd(s[r][2], rg_pair(rg_q6i<2>(sg, n, j), rg_q6i<2>(sg, n, j + 1)), xv[2]);
+                            s[r][3] = vdpwssd(s[r][3], rg_pair(rg_q6i<3>(sg, n, j), rg_q6i<3>(sg, n, j + 1)), xv[3]);
+                            for (int t = 0; t < 4; t++) LLMOS_PIN(s[r][t]);
+                        }
+                    }
+                    for (int r = 0; r < G; r++)
+                        for (int t = 0; t < 4; t++)
+                            acc[r] = rg_chunk_fma<TYPE>(s[r][t], g[rg_xbase<Q6_K>(c0 + t) / 32],
+                                                        rg_q6_scale(sb + r * gstride, 8 * n + 2 * t + h), acc[r], 0.f, acc[r]);
+                }
+        } else {
+            for (int p = 0; p < 4; p++) {          // sub-blocks (chunks) 2p and 2p + 1
+                const int64_t b0 = 8 * sbi + 2 * p;
+                vi s0[G], s1[G];
+                for (int r = 0; r < G; r++) s0[r] = s1[r] = vset1i(0);
+#pragma GCC unroll 16
+                for (int j = 0; j < 32; j += 2) {
+                    const vi x0 = vset1i(xp[16 * b0 + j / 2]), x1 = vset1i(xp[16 * (b0 + 1) + j / 2]);
+                    for (int r = 0; r < G; r++) {
+                        vi lo0, hi0, lo1, hi1;
+                        rg_qi_pair<TYPE>(sb + r * gstride, p, j, lo0, hi0); rg_qi_pair<TYPE>(sb + r * gstride, p, j + 1, lo1, hi1);
+                        s0[r] = vdpwssd(s0[r], rg_pair(lo0, lo1), x0); LLMOS_PIN(s0[r]);
+                        s1[r] = vdpwssd(s1[r], rg_pair(hi0, hi1), x1); LLMOS_PIN(s1[r]);
+                    }
+                }
+                for (int r = 0; r < G; r++) {
+                    vf d, m; rg_scales<TYPE>(sb + r * gstride, 2 * p, d, m);
+                    acc[r] = rg_chunk_fma<TYPE>(s0[r], g[b0], d, m, sums_at(b0), acc[r]);
+                    rg_scales<TYPE>(sb + r * gstride, 2 * p + 1, d, m);
+                    acc[r] = rg_chunk_fma<TYPE>(s1[r], g[b0 + 1], d, m, sums_at(b0 + 1), acc[r]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < G; r++) vstore(out + r * VN, acc[r]);
 }
 
 // Writes n of a group's results (VN floats at acc) to y (stride ldy), or adds them.
@@ -381,6 +478,14 @@ static inline void rg_put(const float* acc, int64_t n, float* y, int64_t ldy, in
     for (int64_t r = 0; r < n; r++) y[r * ldy] = add ? y[r * ldy] + acc[r] : acc[r];
 }
 
+// The one-token GEMV: integer sums (rg_igemv_groups) where vdpwssd is one instruction (VNNI), and
+// for Q4_0/Q4_1 everywhere; fp32 FMAs (rg_gemv_groups) for the other types without VNNI, where
+// vpmaddwd + vpaddd cost more than the FMAs. One Zen 4 core, 3072 x 1024, GFLOP/s fp32 -> integer:
+// 16 lanes with VNNI Q4_0 49.5 -> 70.6, Q4_1 48.7 -> 67.8, Q5_0 39.4 -> 45.0, Q5_1 36.0 -> 44.4,
+// Q8_0 45.7 -> 62.6, Q4_K 43.1 -> 56.3, Q6_K 36.1 -> 36.0; the 8-lane build without VNNI Q4_0
+// 48.1 -> 54.5, Q4_1 47.9 -> 55.2, Q5_0/Q5_1 34.0 -> 34.2/33.6, Q8_0 50.8 -> 47.4, Q4_K 42.9 -> 39.3,
+// Q6_K 28.5 -> 23.4. Both give the GEMM's bits.
+template <int TYPE> constexpr bool RG_INT_GEMV = VDPWSSD_ONE || TYPE == Q4_0 || TYPE == Q4_1;
 constexpr int RG_GV = 4;    // groups per GEMV pass: independent FMA chains (4 cycles of latency each)
 template <int TYPE> constexpr int RG_G = TYPE == Q6_K ? 1 : RG_GV;   // Q6_K: four chains a group already
 // GEMM micro-kernel: groups x tokens. 8 integer accumulators; at 2 x 6 (12) GCC spilled on AVX2's 16
@@ -403,14 +508,17 @@ static void rg_task(void* p, int64_t i) {
     auto sums_of = [&](int64_t t) -> const float* { return HAS_M<TYPE> ? j.xsum + t * nb : nullptr; };
     alignas(64) float acc[G * VN];
     if (tn == 1) {
+        const int32_t* xp = j.pairs + t0 * (K / 2); const float* xg = j.grid_g + t0 * nb;
         const float* x = j.X + t0 * j.ldx; const float* xs = sums_of(t0); float* y = j.Y + t0 * j.ldy;
         int64_t g = g_begin;
         for (; g + G <= g_end; g += G) {
-            rg_gemv_groups<TYPE, G>(j.W + g * gs, gs, nb, x, xs, acc);
+            if constexpr (RG_INT_GEMV<TYPE>) rg_igemv_groups<TYPE, G>(j.W + g * gs, gs, nb, xp, xg, xs, acc);
+            else rg_gemv_groups<TYPE, G>(j.W + g * gs, gs, nb, x, xs, acc);
             rg_put(acc, std::min<int64_t>(G * VN, j.N - g * VN), y + g * VN, 1, j.add);
         }
         for (; g < g_end; g++) {
-            rg_gemv_groups<TYPE, 1>(j.W + g * gs, gs, nb, x, xs, acc);
+            if constexpr (RG_INT_GEMV<TYPE>) rg_igemv_groups<TYPE, 1>(j.W + g * gs, gs, nb, xp, xg, xs, acc);
+            else rg_gemv_groups<TYPE, 1>(j.W + g * gs, gs, nb, x, xs, acc);
             rg_put(acc, std::min<int64_t>(VN, j.N - g * VN), y + g * VN, 1, j.add);
         }
         return;

@@ -116,6 +116,11 @@ static inline vi vclamp(vi a, int lim) {
 static inline vi vload_i(const int32_t* p) { return _mm512_loadu_si512((const void*)p); }
 static inline void vstore_i(int32_t* p, vi v) { _mm512_storeu_si512((void*)p, v); }
 // acc + the pairwise products of a and b's int16 halves (VNNI: one instruction).
+#if !defined(LLMOS_SIMDE_AVX512) && defined(__AVX512VNNI__)
+constexpr bool VDPWSSD_ONE = true;
+#else
+constexpr bool VDPWSSD_ONE = false;
+#endif
 static inline vi vdpwssd(vi acc, vi a, vi b) {
 #if defined(LLMOS_SIMDE_AVX512)      // SIMDe 0.7's alias of this name takes four arguments
     return _mm512_add_epi32(acc, simde_mm512_madd_epi16(a, b));
@@ -185,6 +190,11 @@ static inline vi vclamp(vi a, int lim) {
 static inline vi vload_i(const int32_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
 static inline void vstore_i(int32_t* p, vi v) { _mm256_storeu_si256((__m256i*)p, v); }
 // acc + the pairwise products of a and b's int16 halves (AVX-VNNI: one instruction).
+#if defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
+constexpr bool VDPWSSD_ONE = true;
+#else
+constexpr bool VDPWSSD_ONE = false;
+#endif
 static inline vi vdpwssd(vi acc, vi a, vi b) {
 #if defined(__AVXVNNI__)
     return _mm256_dpwssd_avx_epi32(acc, a, b);
