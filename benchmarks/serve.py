@@ -137,6 +137,22 @@ def overhead(model, running: int, input_len: int, steps: int, config_kw: dict) -
             "schedule_p99_ms": pct(sched_t, 99) * 1e3}
 
 
+def take_turns(engine, srv, first: dict, ids: list[list[int]], args, vocab: int) -> list[dict]:
+    """--vs with --rounds: round 1 pairs llmos's run (`first`) with llama-server's on `ids`; each
+    later round runs llmos's engine, then llama-server, on new prompts (seed + round: no prefix-cache
+    hits from an earlier round on either side). engine: None for one round. Returns per round
+    {llmos, llama_server, ratio} (output tok/s ratio)."""
+    rounds = []
+    for r in range(args.rounds):
+        if r:
+            ids = prompts(args.num_procs, args.input_len, vocab, args.seed + r, args.shared_prefix)
+        ours = first if r == 0 else run_workload(engine, ids, args.output_len)
+        theirs = srv.serve(ids, args.output_len)
+        rounds.append({"llmos": ours, "llama_server": theirs,
+                       "ratio": ours["output_throughput"] / theirs["output_throughput"]})
+    return rounds
+
+
 def main(argv: list[str]) -> int:
     if "--interactive" in argv:         # a nice -10 request idle vs under load (benchmarks/interactive.py)
         from .interactive import main as interactive
@@ -166,6 +182,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--vs", nargs=2, metavar=("llama-server", "BINARY"), default=None,
                     help="also run llama-server (benchmarks/llamaserver.py says how to build it) on the "
                          "same file and workload, with as many slots as processes")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="with --vs: llmos and llama-server take turns this many times, new prompts each "
+                         "round; the ratio printed is the rounds' median")
     ap.add_argument("--grammar", choices=["json"], default=None,
                     help="constrained vs unconstrained at batch 1 and N (benchmarks/grammar.py)")
     args = ap.parse_args(argv[1:])
@@ -210,6 +229,7 @@ def main(argv: list[str]) -> int:
                                        args, run_workload), head, args.json)
         return 0
     ids = prompts(args.num_procs, args.input_len, model.tokenizer.vocab_size, args.seed, args.shared_prefix)
+    vocab = model.tokenizer.vocab_size
     res = {**head, "num_procs": args.num_procs, "input_len": args.input_len,
            "output_len": args.output_len, "kernel": run_workload(engine, ids, args.output_len)}
     if args.baseline:
@@ -217,21 +237,24 @@ def main(argv: list[str]) -> int:
         res["baseline"] = {"kind": args.baseline, **base,
                            "ratio": res["kernel"]["output_throughput"] / base["output_throughput"]}
     if args.vs:
-        if args.vs[0] != "llama-server":
-            print("llmos bench serve: --vs takes 'llama-server BINARY'", file=sys.stderr)
+        if args.vs[0] != "llama-server" or args.rounds < 1:
+            print("llmos bench serve: --vs takes 'llama-server BINARY', --rounds at least 1", file=sys.stderr)
             return 1
         import torch
         from .llamaserver import LlamaServer
-        del engine, model
-        gc.collect()                   # the llmos model and pool are not needed while it runs
+        if args.rounds == 1:
+            del engine, model
+            gc.collect()               # the llmos model and pool are not needed while it runs
         try:
             with LlamaServer(args.vs[1], str(path), args.num_procs, args.input_len + args.output_len + 16,
                              torch.get_num_threads()) as srv:
-                res["llama_server"] = srv.serve(ids, args.output_len)
+                res["rounds"] = take_turns(engine if args.rounds > 1 else None, srv, res["kernel"], ids,
+                                           args, vocab)
         except (OSError, RuntimeError) as e:
             print(f"llmos bench serve: llama-server: {e}", file=sys.stderr)
             return 1
-        res["llama_server"]["ratio"] = res["kernel"]["output_throughput"] / res["llama_server"]["output_throughput"]
+        res["llama_server"] = res["rounds"][0]["llama_server"]
+        res["llama_server"]["ratio"] = statistics.median(r["ratio"] for r in res["rounds"])
     if args.json:
         print(json.dumps(res))
         return 0
@@ -257,5 +280,10 @@ def main(argv: list[str]) -> int:
     if args.vs:
         v = res["llama_server"]
         print(f"  llama-server -np {args.num_procs}: {v['output_throughput']:.1f} tok/s ({v['duration_s']:.1f} s); "
-              f"llmos / llama-server {v['ratio']:.2f}x")
+              f"llmos / llama-server {res['rounds'][0]['ratio']:.2f}x")
+        if args.rounds > 1:
+            for i, r in enumerate(res["rounds"]):
+                print(f"  round {i + 1}: llmos {r['llmos']['output_throughput']:.1f} tok/s, llama-server "
+                      f"{r['llama_server']['output_throughput']:.1f} tok/s: {r['ratio']:.2f}x")
+            print(f"  median of {args.rounds} rounds: llmos / llama-server {v['ratio']:.2f}x")
     return 0
