@@ -148,11 +148,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--vs", choices=("llama.cpp",), help="also run llama.cpp on the same file")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="with --vs: the first dtype and llama.cpp take turns this many times; ratios per "
+                         "round and their median")
     ap.add_argument("--count-ops", action="store_true", help="count torch ops per decode step")
     ap.add_argument("--compile", action="store_true",
                     help="also time the torch path's layers under torch.compile ('/compiled' rows)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args(argv[1:])
+    if args.rounds < 1 or (args.rounds > 1 and not args.vs):
+        print("llmos bench forward: --rounds takes a count of at least 1, more than 1 only with --vs")
+        return 1
     try:
         path = resolve(args.model, pull_missing=True)
         batches = [int(b) for b in args.batch.split(",")]
@@ -176,54 +182,71 @@ def main(argv: list[str]) -> int:
 
     solo = [pool_stragglers()]
 
-    def record(engine, figure, sec, tokens, bound=None):
+    def record(engine, figure, sec, tokens, bound=None, round_=1):
         episodes, solo[0] = pool_stragglers() - solo[0], pool_stragglers()
         results.append({"engine": engine, "figure": figure, "ms": sec * 1e3, "tokens_per_s": tokens / sec,
-                        "bound_tokens_per_s": bound, "pool_solo_episodes": episodes})
+                        "bound_tokens_per_s": bound, "pool_solo_episodes": episodes, "round": round_})
         say(f"{engine:<20} {figure:<12} {sec * 1e3:>9.2f} {tokens / sec:>9.1f} "
             f"{'' if bound is None else f'{bound:12.1f}'}"
             f"{f'  (thread pool went solo {episodes}x: a worker lagged)' if episodes else ''}")
 
-    for dtype in args.dtype.split(","):
+    def llmos_rows(dtype, round_=1):
+        """Loads the model in dtype and records its decode rows and prefill (every mode in round 1)."""
         model = LlamaModel.load(str(path), dtype=dtype, device=str(device))
         engine = "llmos-q" if model.quantized else f"llmos-{dtype}"
-        say(f"# {engine}: {model.weight_format()}, weights {model.weight_bytes() / 1e6:.1f} MB")
+        if round_ == 1:
+            say(f"# {engine}: {model.weight_format()}, weights {model.weight_bytes() / 1e6:.1f} MB")
         # on a GPU, decode with CUDA graphs (drivers/cudagraph.py) and without ('/eager')
         modes = [(engine, True), (f"{engine}/eager", False)] if model.device.type == "cuda" else [(engine, True)]
-        if args.compile and model.quantized:
+        if args.compile and model.quantized and round_ == 1:
             say(f"# {engine}: --compile left out: each layer is one C call, nothing for torch.compile to fuse")
-        elif args.compile:
+        elif args.compile and round_ == 1:
             modes.append((f"{engine}/compiled", False))
-        for name, graphs in modes:
+        for name, graphs in modes[:1] if round_ > 1 else modes:
             model.cuda_graphs = graphs
             compiled = name.endswith("/compiled")
             if compiled:
                 say(f"# {name}: compiled and warmed in {compile_layers(model, args.context):.1f} s")
-            elif args.count_ops:
+            elif args.count_ops and round_ == 1:
                 ops, calls = count_ops(model)
                 results.append({"engine": name, "torch_ops_per_decode_step": ops, "kernel_calls": calls})
                 say(f"# {name}: one batch-1 decode step = {ops} torch ops + {calls} kernel calls")
             for b in batches:
                 sec = decode_step_seconds(model, b, args.context, args.steps)
                 record(name, f"decode b{b}", sec, b,
-                       bandwidth / model.decode_weight_bytes(b) if b == 1 else None)
+                       bandwidth / model.decode_weight_bytes(b) if b == 1 else None, round_)
             if args.prefill and name != f"{engine}/eager":     # a GPU's prefill is eager in both modes
-                record(name, f"prefill {args.prefill}", prefill_seconds(model, args.prefill), args.prefill)
-        del model
-    if args.vs:
+                record(name, f"prefill {args.prefill}", prefill_seconds(model, args.prefill), args.prefill,
+                       round_=round_)
+
+    def llama_cpp_rows(round_):
         from .llamacpp import measure
         tok_s = measure(str(path), threads, max(args.prefill, args.context + max(batches) * (args.steps + 4)) + 64,
                         batches, args.context, args.steps, args.prefill)
         for b in batches:
-            record("llama.cpp", f"decode b{b}", b / tok_s[f"decode b{b}"], b)
+            record("llama.cpp", f"decode b{b}", b / tok_s[f"decode b{b}"], b, round_=round_)
         if args.prefill:
-            record("llama.cpp", f"prefill {args.prefill}", args.prefill / tok_s[f"prefill {args.prefill}"], args.prefill)
+            record("llama.cpp", f"prefill {args.prefill}", args.prefill / tok_s[f"prefill {args.prefill}"],
+                   args.prefill, round_=round_)
+
+    for dtype in args.dtype.split(","):
+        llmos_rows(dtype)
+    if args.vs:
+        llama_cpp_rows(1)
+        for round_ in range(2, args.rounds + 1):
+            say(f"# round {round_}")
+            llmos_rows(args.dtype.split(",")[0], round_)
+            llama_cpp_rows(round_)
         say("ratios (llmos / llama.cpp, tok/s):")
-        base = {r["figure"]: r["tokens_per_s"] for r in results if r.get("engine") == "llama.cpp"}
+        base = {(r["round"], r["figure"]): r["tokens_per_s"] for r in results if r.get("engine") == "llama.cpp"}
+        by_row = collections.defaultdict(list)
         for r in results:
-            if r.get("engine", "").startswith("llmos") and r.get("figure") in base:
-                r["vs_llama_cpp"] = r["tokens_per_s"] / base[r["figure"]]
-                say(f"  {r['engine']:<20} {r['figure']:<12} {r['vs_llama_cpp']:.2f}x")
+            if r.get("engine", "").startswith("llmos") and (r.get("round"), r.get("figure")) in base:
+                r["vs_llama_cpp"] = r["tokens_per_s"] / base[(r["round"], r["figure"])]
+                by_row[(r["engine"], r["figure"])].append(r["vs_llama_cpp"])
+        for (engine, figure), ratios in by_row.items():
+            rounds = f"   median of {len(ratios)} rounds: {statistics.median(ratios):.2f}x" if len(ratios) > 1 else ""
+            say(f"  {engine:<20} {figure:<12} {' / '.join(f'{x:.2f}x' for x in ratios)}{rounds}")
     if args.json:
         print(json.dumps({"model": path.name, "context": args.context, "threads": threads,
                           "cpu": cpu_features(), "kernels": kernel_isa(),

@@ -137,17 +137,20 @@ def overhead(model, running: int, input_len: int, steps: int, config_kw: dict) -
             "schedule_p99_ms": pct(sched_t, 99) * 1e3}
 
 
-def take_turns(engine, srv, first: dict, ids: list[list[int]], args, vocab: int) -> list[dict]:
+def take_turns(engine, server, first: dict, ids: list[list[int]], args, vocab: int) -> list[dict]:
     """--vs with --rounds: round 1 pairs llmos's run (`first`) with llama-server's on `ids`; each
     later round runs llmos's engine, then llama-server, on new prompts (seed + round: no prefix-cache
-    hits from an earlier round on either side). engine: None for one round. Returns per round
-    {llmos, llama_server, ratio} (output tok/s ratio)."""
+    hits from an earlier round on either side). server(): a fresh llama-server (a context manager)
+    each round: one that has served a round left requests of the next unanswered (llama.cpp
+    0.3.36's server, -np 64). engine: None for one round. Returns per round {llmos, llama_server,
+    ratio} (output tok/s ratio)."""
     rounds = []
     for r in range(args.rounds):
         if r:
             ids = prompts(args.num_procs, args.input_len, vocab, args.seed + r, args.shared_prefix)
         ours = first if r == 0 else run_workload(engine, ids, args.output_len)
-        theirs = srv.serve(ids, args.output_len)
+        with server() as srv:
+            theirs = srv.serve(ids, args.output_len)
         rounds.append({"llmos": ours, "llama_server": theirs,
                        "ratio": ours["output_throughput"] / theirs["output_throughput"]})
     return rounds
@@ -245,11 +248,11 @@ def main(argv: list[str]) -> int:
         if args.rounds == 1:
             del engine, model
             gc.collect()               # the llmos model and pool are not needed while it runs
+        def server():
+            return LlamaServer(args.vs[1], str(path), args.num_procs, args.input_len + args.output_len + 16,
+                               torch.get_num_threads())
         try:
-            with LlamaServer(args.vs[1], str(path), args.num_procs, args.input_len + args.output_len + 16,
-                             torch.get_num_threads()) as srv:
-                res["rounds"] = take_turns(engine if args.rounds > 1 else None, srv, res["kernel"], ids,
-                                           args, vocab)
+            res["rounds"] = take_turns(engine if args.rounds > 1 else None, server, res["kernel"], ids, args, vocab)
         except (OSError, RuntimeError) as e:
             print(f"llmos bench serve: llama-server: {e}", file=sys.stderr)
             return 1

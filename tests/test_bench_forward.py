@@ -38,3 +38,29 @@ def test_compile_is_left_out_for_a_quantized_model(tmp_path, monkeypatch, capsys
     assert "--compile left out: each layer is one C call" in out and "/compiled" not in out
     rows = [line.split()[:3] for line in out.splitlines() if line.startswith("llmos-q ")]
     assert rows == [["llmos-q", "decode", "b1"], ["llmos-q", "prefill", "8"]]
+
+
+def test_rounds_take_turns_with_llama_cpp_and_print_each_ratio_and_the_median(tmp_path, monkeypatch, capsys):
+    """--vs llama.cpp --rounds 3: llmos's first dtype and llama.cpp alternate; each round's ratio
+    is against the same round's llama.cpp figure. llama.cpp's runs are stood in for here by a
+    recorder with fixed figures (the real one needs the optional bench extra's build)."""
+    from llmos.benchmarks import llamacpp
+    path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=gguf.GGMLQuantizationType.Q8_0)
+    monkeypatch.setattr(forward, "resolve", lambda *a, **k: __import__("pathlib").Path(path))
+    calls = []
+
+    def recorded_llama_cpp(*a):
+        calls.append(a)
+        return {"decode b1": 1e9 * len(calls), "prefill 8": 1e9}          # round r: r x 1e9 tok/s
+
+    monkeypatch.setattr(llamacpp, "measure", recorded_llama_cpp)
+    assert forward.main(["forward", "--dtype", "auto", "--batch", "1", "--steps", "1", "--context", "8",
+                         "--prefill", "8", "--device", "cpu", "--vs", "llama.cpp", "--rounds", "3", "--json"]) == 0
+    rows = __import__("json").loads(capsys.readouterr().out)["results"]
+    assert len(calls) == 3
+    mine = [r for r in rows if r["engine"] == "llmos-q" and r["figure"] == "decode b1"]
+    assert [r["round"] for r in mine] == [1, 2, 3]
+    for r in mine:
+        assert r["vs_llama_cpp"] == r["tokens_per_s"] / (1e9 * r["round"])
+    assert forward.main(["forward", "--rounds", "2"]) == 1
+    assert "more than 1 only with --vs" in capsys.readouterr().out

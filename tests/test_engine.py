@@ -413,29 +413,35 @@ def test_bench_serve_runs_in_process(tiny_model_path, capsys):
 def test_bench_serve_rounds_take_turns_on_new_prompts(model):
     """--vs --rounds: round 1 pairs the run already made with the other server's; each later round
     runs the engine again, then the server, on prompts of a new seed (no prefix-cache hits from an
-    earlier round); the ratios are per round. The server here records what it was asked (the
-    real llama-server is the benchmark's; its build takes minutes)."""
+    earlier round), each round on a fresh server; the ratios are per round. The server here
+    records what it was asked (the real llama-server is the benchmark's; its build takes minutes)."""
     import argparse
 
     from llmos.benchmarks import serve
 
+    asked, started = [], []
+
     class RecordingServer:
-        def __init__(self):
-            self.asked = []
+        def __enter__(self):
+            started.append(self)
+            return self
+
+        def __exit__(self, *exc):
+            pass
 
         def serve(self, ids, output_len):
-            self.asked.append(ids)
-            return {"output_throughput": 10.0 * len(self.asked)}
+            asked.append(ids)
+            return {"output_throughput": 10.0 * len(asked)}
 
     args = argparse.Namespace(rounds=3, num_procs=3, input_len=6, output_len=2, seed=7, shared_prefix=0)
     vocab = model.tokenizer.vocab_size
     ids = serve.prompts(3, 6, vocab, 7)
     e = engine(model)
     first = {"output_throughput": 40.0}
-    srv = RecordingServer()
-    rounds = serve.take_turns(e, srv, first, ids, args, vocab)
-    assert srv.asked[0] == ids and srv.asked[1] == serve.prompts(3, 6, vocab, 8) != ids
-    assert srv.asked[2] == serve.prompts(3, 6, vocab, 9)
+    rounds = serve.take_turns(e, RecordingServer, first, ids, args, vocab)
+    assert len(set(map(id, started))) == 3                                # a fresh server each round
+    assert asked[0] == ids and asked[1] == serve.prompts(3, 6, vocab, 8) != ids
+    assert asked[2] == serve.prompts(3, 6, vocab, 9)
     assert rounds[0]["llmos"] is first and rounds[0]["ratio"] == 4.0
     assert all(r["llmos"]["requests"] == 3 and r["llmos"]["output_throughput"] > 0 for r in rounds[1:])
     assert rounds[2]["ratio"] == rounds[2]["llmos"]["output_throughput"] / 30.0
