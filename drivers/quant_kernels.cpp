@@ -714,8 +714,9 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
     }
 #if defined(LLMOS_VEC)
     if (grouped) {        // x on the grid (rowgroup_kernels.h), once, with int16 pairs in each order used
-        grow(xq, T * K); grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));
-        Grid grid{X, ldx, K, T, xq.data(), grid_g.data(), xsum.data(), {nullptr, nullptr}};
+        grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));
+        if (!VDPWSSD_ONE) grow(xq, T * K);      // x on the grid as fp32, for the fp32 GEMV (RG_INT_GEMV)
+        Grid grid{X, ldx, K, T, VDPWSSD_ONE ? nullptr : xq.data(), grid_g.data(), xsum.data(), {nullptr, nullptr}};
         for (int s = 0; s < 2; s++)
             if (split[s]) {
                 grow(pairs[s], T * (K / 2));
@@ -739,7 +740,7 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
         Job job{type, q.W, q.N, K, q.rb, X, ldx, T, Y + q.col, ldy, add, 0, 0, nullptr};
 #if defined(LLMOS_VEC)
         if (type >= RG_TYPES) {
-            job.X = xq.data(); job.ldx = K; job.grid_g = grid_g.data(); job.xsum = xsum.data();
+            job.X = VDPWSSD_ONE ? nullptr : xq.data(); job.ldx = K; job.grid_g = grid_g.data(); job.xsum = xsum.data();
             job.pairs = pairs[rg_split_pairs(type - RG_TYPES)].data();
 #if defined(LLMOS_AMX)
             job.xbytes = T >= 16 && amx_ready() ? xbytes[rg_split_pairs(type - RG_TYPES)].data() : nullptr;

@@ -104,7 +104,7 @@ static inline float pow2(int e) {
     float f; memcpy(&f, &bits, 4); return f;
 }
 
-// Token row x (K wide) on the grid: xq (the fp32 values), g[K / 32], each block's sum xsum[K / 32]
+// Token row x (K wide) on the grid: xq (the fp32 values, unless xq is null), g[K / 32], each block's sum xsum[K / 32]
 // (g times the integers' sum: exact, as is any fp32 sum of the block's xq) and the int16 pairs of
 // each block in each pair order whose array is not null (pairs[s][16 b + i], low half first;
 // s = 1: split pairs).
@@ -119,7 +119,10 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
         vi q[VB];
         if (vany_nan(nan_if_not_finite)) {
             g[b] = xsum[b] = NAN;
-            for (int i = 0; i < VB; i++) { q[i] = vset1i(0); vstore(xq + 32 * b + VN * i, vset1(NAN)); }
+            for (int i = 0; i < VB; i++) {
+                q[i] = vset1i(0);
+                if (xq) vstore(xq + 32 * b + VN * i, vset1(NAN));
+            }
         } else {
             const float m = vhmax(amax);
             int e = 0;
@@ -137,7 +140,7 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
             for (int i = 0; i < VB; i++) {
                 q[i] = vclamp(vround(vmul(vmul(v[i], a), c)), GRID_MAX);
                 const vf qf = vcvt(q[i]);
-                vstore(xq + 32 * b + VN * i, vmul(qf, gv));
+                if (xq) vstore(xq + 32 * b + VN * i, vmul(qf, gv));
                 sum = vadd(sum, qf);
             }
             xsum[b] = vhsum(sum) * g[b];
@@ -151,7 +154,7 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
 }
 
 // X on the grid for a row-grouped matmul, a task a PREP_ROWS tokens: xq [T, K] (the fp32 GEMV's
-// input), g and xsum [T, K / 32], pairs[s] [T, K / 2] in each pair order s the matmul uses (null
+// input; null where every GEMV is integer), g and xsum [T, K / 32], pairs[s] [T, K / 2] in each pair order s the matmul uses (null
 // otherwise).
 struct Grid { const float* X; int64_t ldx, K, T; float* xq; float* g; float* xsum; int32_t* pairs[2]; };
 static void grid_task(void* p, int64_t i) {
@@ -159,7 +162,8 @@ static void grid_task(void* p, int64_t i) {
     for (int64_t t = i * PREP_ROWS; t < j.T && t < (i + 1) * PREP_ROWS; t++) {
         int32_t* const pairs[2] = {j.pairs[0] ? j.pairs[0] + t * (j.K / 2) : nullptr,
                                    j.pairs[1] ? j.pairs[1] + t * (j.K / 2) : nullptr};
-        grid_row(j.X + t * j.ldx, j.K, j.xq + t * j.K, j.g + t * (j.K / 32), j.xsum + t * (j.K / 32), pairs);
+        grid_row(j.X + t * j.ldx, j.K, j.xq ? j.xq + t * j.K : nullptr, j.g + t * (j.K / 32), j.xsum + t * (j.K / 32),
+                 pairs);
     }
 }
 
