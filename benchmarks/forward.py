@@ -50,15 +50,17 @@ def _sync(model: LlamaModel) -> None:
 
 def decode_step_seconds(model: LlamaModel, batch: int, context: int, steps: int,
                         block_size: int = 16) -> float:
-    """Median seconds of one decode step of `batch` sequences at `context` tokens."""
+    """Median seconds of one decode step of `batch` sequences at `context` tokens, the logits into
+    one buffer as the kernel's runner keeps them (drivers/runner.py)."""
     per_seq = -(-(context + steps + 4) // block_size)
     kv = model.new_kv(batch * per_seq + 1, block_size)
     tables = [list(range(1 + i * per_seq, 1 + (i + 1) * per_seq)) for i in range(batch)]
+    logits = torch.empty(batch * model.config.vocab_size) if model.device.type == "cpu" else None
     times = []
     for step in range(steps + 2):
         seqs = [SeqInput([1 + (i + step) % 100], context + step, tables[i]) for i in range(batch)]
         t = time.perf_counter()
-        model.forward(seqs, kv)
+        model.forward(seqs, kv, logits_out=logits)
         _sync(model)
         times.append(time.perf_counter() - t)
     return statistics.median(times[2:])

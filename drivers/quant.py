@@ -216,9 +216,11 @@ class QLinear:
         self._call = functools.partial(self._lib.llmos_qmatmul_args, ctypes.pointer(self._args))
 
     def __call__(self, x: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0,
-                 swiglu: bool = False, out: torch.Tensor | None = None, geglu: bool = False) -> torch.Tensor:
+                 swiglu: bool = False, out: torch.Tensor | None = None, geglu: bool = False,
+                 into: torch.Tensor | None = None) -> torch.Tensor:
         """x: fp32 [T, K] ([T, 2K] = [gate | up] with swiglu: silu(gate) * up, or geglu:
-        gelu_tanh(gate) * up). out given: out += result in place, returned."""
+        gelu_tanh(gate) * up). out given: out += result in place, returned; into given: the
+        result is written into it, returned (out and into: contiguous fp32 of the output's shape)."""
         glu = GLU_SILU if swiglu else GLU_GELU_TANH if geglu else 0
         if x.dtype != torch.float32:
             x = x.float()
@@ -228,10 +230,13 @@ class QLinear:
         if x.shape[1] != self.in_features * (2 if glu else 1):
             raise ValueError(f"input has {x.shape[1]} features, weight expects {self.in_features}")
         add = int(out is not None)
+        if out is not None and into is not None:
+            raise ValueError("out (add into) and into (write into) are exclusive")
+        out = out if out is not None else into
         if out is None:
             out = torch.empty(T, self.out_features, dtype=torch.float32)
         elif out.dtype != torch.float32 or not out.is_contiguous() or out.shape != (T, self.out_features):
-            raise ValueError("out must be a contiguous fp32 tensor of the output's shape")
+            raise ValueError("out and into must be contiguous fp32 tensors of the output's shape")
         if T == 0:
             return out
         a = self._args

@@ -66,10 +66,26 @@ class BatchResult:
     preempted: bool = False                      # interrupted between layers: nothing sampled
 
 
+# The largest logits buffer the runner keeps between steps (Gemma 3's 262144-token vocabulary at 64
+# rows: 67 MB); a step needing more gets new logits that are freed after it.
+LOGITS_KEEP_BYTES = 128 << 20
+
+
 class ModelRunner:
     def __init__(self, model, storage):
         self.model, self.storage = model, storage
         self.interrupt = threading.Event()       # set: the running forward stops at its next layer
+        self._logits = torch.empty(0)            # forward's logits_out: consumed before the next step
+
+    def _logits_buffer(self, seqs) -> torch.Tensor | None:
+        """The fp32 buffer for this step's logits (grown to the step's rows; kept up to
+        LOGITS_KEEP_BYTES), or None on a GPU or past that size."""
+        need = sum(s.want_logits for s in seqs) * self.model.config.vocab_size
+        if self.model.device.type != "cpu" or 4 * need > LOGITS_KEEP_BYTES:
+            return None
+        if self._logits.numel() < need:
+            self._logits = torch.empty(need)
+        return self._logits
 
     def new_generator(self) -> torch.Generator:
         """A generator for a seeded process (seeded per draw by run)."""
@@ -107,7 +123,7 @@ class ModelRunner:
         return apply_masks(logits, masks, params) if any(m is not None for m in masks) else logits
 
     def _run(self, seqs, params, generators, seeds, masks, histories):
-        logits = self.model.forward(seqs, self.storage, self.interrupt)
+        logits = self.model.forward(seqs, self.storage, self.interrupt, self._logits_buffer(seqs))
         for g, s in zip(generators, seeds):
             if s is not None:
                 g.manual_seed(s)

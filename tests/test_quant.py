@@ -28,6 +28,7 @@ from llmos.drivers import quant
 from llmos.drivers.gguf import ModelFileError
 from llmos.drivers.linear import Linear
 from llmos.drivers.llama import LlamaModel, SeqInput
+from llmos.drivers.sampler import SamplingParams
 
 KERNEL_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.Q4_K, QT.Q5_K, QT.Q6_K]
 HALF_FIELDS = {QT.Q4_0: [0], QT.Q5_0: [0], QT.Q8_0: [0], QT.Q4_1: [0, 2], QT.Q5_1: [0, 2],
@@ -367,6 +368,45 @@ def test_only_small_pools_go_solo_when_a_worker_lags(tmp_path):
     assert (early, wrong) == (0, 0) and solo > 0
     early, wrong, solo = pool_stress(tmp_path, "40", "8", "3000")
     assert (early, wrong, solo) == (0, 0, 0)
+
+
+def test_logits_go_into_the_caller_s_buffer_where_the_head_is_quantized(tmp_path, monkeypatch):
+    """forward(logits_out=buf): a quantized head writes the logits into buf's start (the same
+    values as a new tensor); too small a buffer, or a float head, gets a new tensor. The runner
+    keeps one buffer step after step, grown to the step's rows, none past LOGITS_KEEP_BYTES."""
+    from llmos.drivers import runner as runner_mod
+    from llmos.drivers.runner import Batch, ModelRunner
+    m = LlamaModel.load(tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0))
+    V = m.config.vocab_size
+    seqs = [SeqInput([3, 7, 11], 0, [1]), SeqInput([4, 8], 0, [2])]
+    want = m.forward(seqs, m.new_kv(4, 4))
+    buf = torch.full((3 * V,), float("nan"))
+    got = m.forward(seqs, m.new_kv(4, 4), logits_out=buf)
+    assert torch.equal(got, want) and got.data_ptr() == buf.data_ptr() and torch.isnan(buf[2 * V:]).all()
+    small = torch.empty(2 * V - 1)
+    got = m.forward(seqs, m.new_kv(4, 4), logits_out=small)
+    assert torch.equal(got, want) and got.data_ptr() != small.data_ptr()
+    f32 = LlamaModel.load(tinymodel.build_tiny_model(tmp_path / "f.gguf"), dtype="fp32")
+    assert f32.forward(seqs, f32.new_kv(4, 4), logits_out=buf).data_ptr() != buf.data_ptr()
+
+    r = ModelRunner(m, m.new_kv(8, 4))
+    one = Batch([SeqInput([3, 7, 11], 0, [1])], [(SamplingParams(temperature=0), None, None, None)])
+    two = Batch([SeqInput([5], 3, [1]), SeqInput([4, 8], 0, [2])],
+                [(SamplingParams(temperature=0), None, None, None)] * 2)
+    assert r.run(one).tokens[0] == int(want[0].argmax())
+    first = r._logits.data_ptr()
+    assert r._logits.numel() == V and r.run(two).tokens[1] == int(want[1].argmax())
+    assert r._logits.numel() == 2 * V and r._logits.data_ptr() != first      # grown to two rows
+    grown = r._logits.data_ptr()
+    r.run(Batch([SeqInput([6], 4, [1])], [(SamplingParams(temperature=0), None, None, None)]))
+    assert r._logits.data_ptr() == grown                                    # kept, not shrunk
+    monkeypatch.setattr(runner_mod, "LOGITS_KEEP_BYTES", 4 * V)
+    assert r._logits_buffer(two.seqs) is None and r._logits_buffer(one.seqs) is not None
+    lin = m.lm_head
+    with pytest.raises(ValueError, match="exclusive"):
+        lin(torch.zeros(1, lin.in_features), out=torch.zeros(1, V), into=torch.zeros(1, V))
+    with pytest.raises(ValueError, match="contiguous fp32 tensors of the output's shape"):
+        lin(torch.zeros(1, lin.in_features), into=torch.zeros(2, V))
 
 
 def test_quantized_model_is_batch_invariant(tmp_path, isa):
