@@ -211,11 +211,17 @@ template <int TYPE> static inline vf rg_q(const uint8_t* blk, int kk) { return v
 // Two quant vectors as int16 pairs, a in the low half of each lane, b in the high half.
 static inline vi rg_pair(vi a, vi b) { return vor(vand(a, vset1i(0xFFFF)), vslli<16>(b)); }
 // The pp-th int16 pair vector of a 32-block type's block: quants 2 pp and 2 pp + 1 in KPERM order
-// (Q4_0/Q4_1: the two nibbles of byte pp, (u & 15) | (u >> 4) << 16 in two operations).
+// (Q4_0/Q4_1: the two nibbles of byte pp, (u & 15) | (u >> 4) << 16 in two operations; Q5_0/Q5_1
+// in five where the two quants cost about ten).
 template <int TYPE> static inline vi rg_qpair(const uint8_t* blk, int pp) {
     if constexpr (TYPE == Q4_0 || TYPE == Q4_1) {
         const vi u = vu8(blk + (RG_QS<TYPE> + pp) * VN);
         return vand(vor(u, vslli<12>(u)), vset1i(0x000F000F));
+    }
+    if constexpr (TYPE == Q5_0 || TYPE == Q5_1) {   // b[pp] = u | (v & 7) << 5, e[pp / 4] has v >> 3
+        const vi b = vu8(blk + (RG_QS<TYPE> + pp) * VN), e = vu8(blk + (RG_QS<TYPE> + 16 + pp / 4) * VN);
+        const vi low = vand(vor(b, vslli<11>(b)), vset1i(0x0007001F));          // u | (v & 7) << 16
+        return vor(low, vand(vsrlv(vslli<19>(e), vset1i(2 * (pp % 4))), vset1i(0x00180000)));
     }
     return rg_pair(rg_qi<TYPE>(blk, 2 * pp), rg_qi<TYPE>(blk, 2 * pp + 1));
 }
