@@ -247,6 +247,14 @@ template <int TYPE> static inline void rg_qi_pair(const uint8_t* sb, int p, int 
 template <int TYPE> static inline void rg_q_pair(const uint8_t* sb, int p, int j, vf& lo, vf& hi) {
     vi l, h; rg_qi_pair<TYPE>(sb, p, j, l, h); lo = vcvt(l); hi = vcvt(h);
 }
+// Q4_K's int16 pair vectors of weights j and j + 1 (j even) of sub-blocks 2p (lo) and 2p + 1 (hi),
+// from the two bytes in five operations (rg_pair of rg_qi_pair's four quants took ten).
+static inline void rg_q4k_pairs(const uint8_t* sb, int p, int j, vi& lo, vi& hi) {
+    const uint8_t* e = sb + (RG_QS<Q4_K> + 32 * p + j) * VN;
+    const vi u0 = vu8(e), u1 = vu8(e + VN);
+    lo = vand(vor(u0, vslli<16>(u1)), vset1i(0x000F000F));
+    hi = vand(vor(vsrli<4>(u0), vslli<12>(u1)), vset1i(0x000F000F));
+}
 
 // G groups (G * VN rows from W, groups gstride bytes apart) times one token x into out[G * VN].
 template <int TYPE, int G>
@@ -322,9 +330,7 @@ static inline void rg_gemv_groups(const uint8_t* W, int64_t gstride, int64_t nb,
 // (quants kk and kk + 1 in KPERM order, low half first) at q + CH / 2 c VN, its d and m vectors at
 // d + c VN, m + c VN.
 template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t* q, float* d, float* m) {
-    auto put = [&](int64_t chunk, int kk, vi a, vi b) {
-        vstore_i(q + (chunk * (CH<TYPE> / 2) + kk / 2) * VN, rg_pair(a, b));
-    };
+    auto put = [&](int64_t chunk, int kk, vi pair) { vstore_i(q + (chunk * (CH<TYPE> / 2) + kk / 2) * VN, pair); };
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
         const uint8_t* sb = grp + sbi * VN * RG_SB<TYPE>;
         if constexpr (TYPE == Q6_K) {
@@ -333,10 +339,10 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
             for (int n = 0; n < 2; n++)
                 for (int j = 0; j < 32; j += 2) {
                     const int64_t c = 16 * sbi + 8 * n + 4 * (j >> 4);
-                    put(c, j & 15, rg_q6i<0>(sb, n, j), rg_q6i<0>(sb, n, j + 1));
-                    put(c + 1, j & 15, rg_q6i<1>(sb, n, j), rg_q6i<1>(sb, n, j + 1));
-                    put(c + 2, j & 15, rg_q6i<2>(sb, n, j), rg_q6i<2>(sb, n, j + 1));
-                    put(c + 3, j & 15, rg_q6i<3>(sb, n, j), rg_q6i<3>(sb, n, j + 1));
+                    put(c, j & 15, rg_pair(rg_q6i<0>(sb, n, j), rg_q6i<0>(sb, n, j + 1)));
+                    put(c + 1, j & 15, rg_pair(rg_q6i<1>(sb, n, j), rg_q6i<1>(sb, n, j + 1)));
+                    put(c + 2, j & 15, rg_pair(rg_q6i<2>(sb, n, j), rg_q6i<2>(sb, n, j + 1)));
+                    put(c + 3, j & 15, rg_pair(rg_q6i<3>(sb, n, j), rg_q6i<3>(sb, n, j + 1)));
                 }
             continue;
         }
@@ -347,13 +353,13 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
         }
         if constexpr (SUBS<TYPE> == 1) {
 #pragma GCC unroll 16
-            for (int pp = 0; pp < 16; pp++) vstore_i(q + (sbi * 16 + pp) * VN, rg_qpair<TYPE>(sb, pp));
+            for (int pp = 0; pp < 16; pp++) put(sbi, 2 * pp, rg_qpair<TYPE>(sb, pp));
         } else {
             for (int p = 0; p < 4; p++)
                 for (int j = 0; j < 32; j += 2) {
-                    vi lo0, hi0, lo1, hi1;
-                    rg_qi_pair<TYPE>(sb, p, j, lo0, hi0); rg_qi_pair<TYPE>(sb, p, j + 1, lo1, hi1);
-                    put(8 * sbi + 2 * p, j, lo0, lo1); put(8 * sbi + 2 * p + 1, j, hi0, hi1);
+                    vi lo, hi;
+                    rg_q4k_pairs(sb, p, j, lo, hi);
+                    put(8 * sbi + 2 * p, j, lo); put(8 * sbi + 2 * p + 1, j, hi);
                 }
         }
     }
@@ -465,10 +471,10 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
                 for (int j = 0; j < 32; j += 2) {
                     const vi x0 = vset1i(xp[16 * b0 + j / 2]), x1 = vset1i(xp[16 * (b0 + 1) + j / 2]);
                     for (int r = 0; r < G; r++) {
-                        vi lo0, hi0, lo1, hi1;
-                        rg_qi_pair<TYPE>(sb + r * gstride, p, j, lo0, hi0); rg_qi_pair<TYPE>(sb + r * gstride, p, j + 1, lo1, hi1);
-                        s0[r] = vdpwssd(s0[r], rg_pair(lo0, lo1), x0); LLMOS_PIN(s0[r]);
-                        s1[r] = vdpwssd(s1[r], rg_pair(hi0, hi1), x1); LLMOS_PIN(s1[r]);
+                        vi lo, hi;
+                        rg_q4k_pairs(sb + r * gstride, p, j, lo, hi);
+                        s0[r] = vdpwssd(s0[r], lo, x0); LLMOS_PIN(s0[r]);
+                        s1[r] = vdpwssd(s1[r], hi, x1); LLMOS_PIN(s1[r]);
                     }
                 }
                 for (int r = 0; r < G; r++) {
