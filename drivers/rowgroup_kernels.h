@@ -495,13 +495,16 @@ static inline void rg_put(const float* acc, int64_t n, float* y, int64_t ldy, in
 }
 
 // The one-token GEMV: integer sums (rg_igemv_groups) where vdpwssd is one instruction (VNNI), and
-// for Q4_0/Q4_1 everywhere; fp32 FMAs (rg_gemv_groups) for the other types without VNNI, where
-// vpmaddwd + vpaddd cost more than the FMAs. One Zen 4 core, 3072 x 1024, GFLOP/s fp32 -> integer:
-// 16 lanes with VNNI Q4_0 49.5 -> 70.6, Q4_1 48.7 -> 67.8, Q5_0 39.4 -> 45.0, Q5_1 36.0 -> 44.4,
-// Q8_0 45.7 -> 62.6, Q4_K 43.1 -> 56.3, Q6_K 36.1 -> 36.0; the 8-lane build without VNNI Q4_0
-// 48.1 -> 54.5, Q4_1 47.9 -> 55.2, Q5_0/Q5_1 34.0 -> 34.2/33.6, Q8_0 50.8 -> 47.4, Q4_K 42.9 -> 39.3,
-// Q6_K 28.5 -> 23.4. Both give the GEMM's bits.
-template <int TYPE> constexpr bool RG_INT_GEMV = VDPWSSD_ONE || TYPE == Q4_0 || TYPE == Q4_1;
+// for Q4_0/Q4_1/Q5_0/Q5_1 everywhere; fp32 FMAs (rg_gemv_groups) for Q8_0, Q4_K and Q6_K without
+// VNNI, where vpmaddwd + vpaddd cost about what the FMAs do. One Zen 4 core, 3072 x 1024, GFLOP/s
+// fp32 -> integer: 16 lanes with VNNI Q4_0 49.5 -> 70.6, Q4_1 48.7 -> 67.8, Q5_0 39.4 -> 45.0 (55.0
+// with rg_qpair's five operations), Q8_0 45.7 -> 62.6, Q4_K 43.1 -> 56.3 (64.4-64.9 with
+// rg_q4k_pairs), Q6_K 36.1 -> 36.0; the 8-lane build without VNNI, Q4_0 48.1 -> 54.5, Q4_1 47.9 ->
+// 55.2, and with the cheaper pairs Q5_0 29.0-33.6 -> 38.1-38.7, Q5_1 34.4-34.5 -> 37.6-37.8, Q8_0
+// 51.4-51.5 -> 46.2-48.8, Q4_K 44.1-44.5 -> 45.3-46.5, Q6_K 27.6-29.7 -> 27.7-28.1. Both give the
+// GEMM's bits.
+template <int TYPE> constexpr bool RG_INT_GEMV = VDPWSSD_ONE || TYPE == Q4_0 || TYPE == Q4_1 || TYPE == Q5_0
+                                                || TYPE == Q5_1;
 constexpr int RG_GV = 4;    // groups per GEMV pass: independent FMA chains (4 cycles of latency each)
 template <int TYPE> constexpr int RG_G = TYPE == Q6_K ? 1 : RG_GV;   // Q6_K: four chains a group already
 // GEMM micro-kernel: groups x tokens. 8 integer accumulators; at 2 x 6 (12) GCC spilled on AVX2's 16
