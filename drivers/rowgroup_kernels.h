@@ -256,6 +256,12 @@ static inline void rg_q4k_pairs(const uint8_t* sb, int p, int j, vi& lo, vi& hi)
     hi = vand(vor(vsrli<4>(u0), vslli<12>(u1)), vset1i(0x000F000F));
 }
 
+// A GEMV's request for the super-block at sb (SB bytes) of the G groups after its own.
+template <int G> static inline void rg_fetch_next(const uint8_t* sb, int64_t gstride, int64_t SB) {
+    for (int g = 0; g < G; g++)
+        for (int64_t o = 0; o < SB; o += 64) _mm_prefetch((const char*)(sb + (G + g) * gstride + o), _MM_HINT_T0);
+}
+
 // G groups (G * VN rows from W, groups gstride bytes apart) times one token x into out[G * VN].
 template <int TYPE, int G>
 static inline void rg_gemv_groups(const uint8_t* W, int64_t gstride, int64_t nb, const float* x, const float* xsum,
@@ -265,8 +271,7 @@ static inline void rg_gemv_groups(const uint8_t* W, int64_t gstride, int64_t nb,
     for (int g = 0; g < G; g++) acc[g] = vzero();
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
         const uint8_t* sb = W + sbi * SB;
-        for (int g = 0; g < G; g++)
-            for (int64_t o = 0; o < SB; o += 64) _mm_prefetch((const char*)(sb + (G + g) * gstride + o), _MM_HINT_T0);
+        rg_fetch_next<G>(sb, gstride, SB);
         if constexpr (SUBS<TYPE> == 1) {
             vf s[G];
             for (int g = 0; g < G; g++) s[g] = vzero();
@@ -423,8 +428,7 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
     auto sums_at = [&](int64_t b) { return HAS_M<TYPE> ? xsum[b] : 0.f; };
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
         const uint8_t* sb = W + sbi * SB;
-        for (int r = 0; r < G; r++)
-            for (int64_t o = 0; o < SB; o += 64) _mm_prefetch((const char*)(sb + (G + r) * gstride + o), _MM_HINT_T0);
+        rg_fetch_next<G>(sb, gstride, SB);
         if constexpr (SUBS<TYPE> == 1) {
             vi s[G];
             for (int r = 0; r < G; r++) s[r] = vset1i(0);
