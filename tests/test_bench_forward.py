@@ -4,6 +4,7 @@ step's logits, and a quantized model (one C call a layer) is left out with one l
 from __future__ import annotations
 
 import gguf
+import pytest
 import torch
 
 from llmos.benchmarks import forward
@@ -61,6 +62,6 @@ def test_rounds_take_turns_with_llama_cpp_and_print_each_ratio_and_the_median(tm
     mine = [r for r in rows if r["engine"] == "llmos-q" and r["figure"] == "decode b1"]
     assert [r["round"] for r in mine] == [1, 2, 3]
     for r in mine:
-        assert r["vs_llama_cpp"] == r["tokens_per_s"] / (1e9 * r["round"])
+        assert r["vs_llama_cpp"] == pytest.approx(r["tokens_per_s"] / (1e9 * r["round"]), rel=1e-9)
     assert forward.main(["forward", "--rounds", "2"]) == 1
     assert "more than 1 only with --vs" in capsys.readouterr().out
