@@ -231,8 +231,8 @@ def main(argv: list[str]) -> int:
         grammar.report(grammar.compare(engine, lambda n, seed: prompts(n, args.input_len, vocab, seed),
                                        args, run_workload), head, args.json)
         return 0
-    ids = prompts(args.num_procs, args.input_len, model.tokenizer.vocab_size, args.seed, args.shared_prefix)
     vocab = model.tokenizer.vocab_size
+    ids = prompts(args.num_procs, args.input_len, vocab, args.seed, args.shared_prefix)
     res = {**head, "num_procs": args.num_procs, "input_len": args.input_len,
            "output_len": args.output_len, "kernel": run_workload(engine, ids, args.output_len)}
     if args.baseline:
@@ -256,8 +256,8 @@ def main(argv: list[str]) -> int:
         except (OSError, RuntimeError) as e:
             print(f"llmos bench serve: llama-server: {e}", file=sys.stderr)
             return 1
-        res["llama_server"] = res["rounds"][0]["llama_server"]
-        res["llama_server"]["ratio"] = statistics.median(r["ratio"] for r in res["rounds"])
+        res["llama_server"] = {**res["rounds"][0]["llama_server"],
+                               "ratio": statistics.median(r["ratio"] for r in res["rounds"])}
     if args.json:
         print(json.dumps(res))
         return 0

@@ -290,7 +290,8 @@ class LlamaModel:
         if isinstance(self.lm_head, QLinear) and logits_out is not None and logits_out.numel() >= n * vocab:
             # a batch's logits are large (Gemma 3, 64 rows: 67 MB): a new tensor each step was
             # fresh pages from the OS each step, ~10 % of a decode step
-            return self.lm_head(h, norm=self.out_norm, eps=self.config.rms_eps, into=logits_out[:n * vocab].view(n, vocab))
+            into = logits_out[:n * vocab].view(n, vocab)
+            return self.lm_head(h, norm=self.out_norm, eps=self.config.rms_eps, into=into)
         return self.lm_head(h, norm=self.out_norm, eps=self.config.rms_eps).float()
 
     def _decode_graphs(self, spans: list[tuple[int, int, list[int]]], kv: KVStorage):

@@ -154,8 +154,8 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
 }
 
 // X on the grid for a row-grouped matmul, a task a PREP_ROWS tokens: xq [T, K] (the fp32 GEMV's
-// input; null where every GEMV is integer), g and xsum [T, K / 32], pairs[s] [T, K / 2] in each pair order s the matmul uses (null
-// otherwise).
+// input; null where every GEMV is integer), g and xsum [T, K / 32], pairs[s] [T, K / 2] in each
+// pair order s the matmul uses (null otherwise).
 struct Grid { const float* X; int64_t ldx, K, T; float* xq; float* g; float* xsum; int32_t* pairs[2]; };
 static void grid_task(void* p, int64_t i) {
     const Grid& j = *(const Grid*)p;
@@ -237,6 +237,10 @@ template <int T> static inline vi rg_q6i(const uint8_t* sb, int n, int j) {
     return vor(hi, vand(a, vset1i(3)));
 }
 template <int T> static inline vf rg_q6(const uint8_t* sb, int n, int j) { return vcvt(rg_q6i<T>(sb, n, j)); }
+// Q6_K's int16 pair vector of weights j and j + 1 (j even) of quarter T.
+template <int T> static inline vi rg_q6_pair(const uint8_t* sb, int n, int j) {
+    return rg_pair(rg_q6i<T>(sb, n, j), rg_q6i<T>(sb, n, j + 1));
+}
 static inline vf rg_q6_scale(const uint8_t* sb, int idx) { return vmul(vh2f(sb), vcvt(vs8(sb + (2 + idx) * VN))); }
 
 // Q4_K's quant vectors for weight j of sub-blocks 2p (lo) and 2p + 1 (hi).
@@ -344,10 +348,10 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
             for (int n = 0; n < 2; n++)
                 for (int j = 0; j < 32; j += 2) {
                     const int64_t c = 16 * sbi + 8 * n + 4 * (j >> 4);
-                    put(c, j & 15, rg_pair(rg_q6i<0>(sb, n, j), rg_q6i<0>(sb, n, j + 1)));
-                    put(c + 1, j & 15, rg_pair(rg_q6i<1>(sb, n, j), rg_q6i<1>(sb, n, j + 1)));
-                    put(c + 2, j & 15, rg_pair(rg_q6i<2>(sb, n, j), rg_q6i<2>(sb, n, j + 1)));
-                    put(c + 3, j & 15, rg_pair(rg_q6i<3>(sb, n, j), rg_q6i<3>(sb, n, j + 1)));
+                    put(c, j & 15, rg_q6_pair<0>(sb, n, j));
+                    put(c + 1, j & 15, rg_q6_pair<1>(sb, n, j));
+                    put(c + 2, j & 15, rg_q6_pair<2>(sb, n, j));
+                    put(c + 3, j & 15, rg_q6_pair<3>(sb, n, j));
                 }
             continue;
         }
@@ -409,7 +413,8 @@ __attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, in
         for (int v = 0; v < RV; v++) {
             const vf dv = vload(d + v * dstride + b * VN), mv = HAS_M<TYPE> ? vload(m + v * dstride + b * VN) : dv;
             for (int c = 0; c < C; c++)
-                acc[v][c] = rg_chunk_fma<TYPE>(s[v][c], g[c][xb / 32], dv, mv, HAS_M<TYPE> ? xsums[c][b] : 0.f, acc[v][c]);
+                acc[v][c] = rg_chunk_fma<TYPE>(s[v][c], g[c][xb / 32], dv, mv, HAS_M<TYPE> ? xsums[c][b] : 0.f,
+                                               acc[v][c]);
         }
     }
     for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, acc[v][c]);
@@ -435,7 +440,10 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
 #pragma GCC unroll 16
             for (int pp = 0; pp < 16; pp++) {
                 const vi xv = vset1i(xp[16 * sbi + pp]);
-                for (int r = 0; r < G; r++) { s[r] = vdpwssd(s[r], rg_qpair<TYPE>(sb + r * gstride, pp), xv); LLMOS_PIN(s[r]); }
+                for (int r = 0; r < G; r++) {
+                    s[r] = vdpwssd(s[r], rg_qpair<TYPE>(sb + r * gstride, pp), xv);
+                    LLMOS_PIN(s[r]);
+                }
             }
             for (int r = 0; r < G; r++) {
                 vf d, m; rg_scales<TYPE>(sb + r * gstride, 0, d, m);
@@ -454,17 +462,18 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
                         for (int t = 0; t < 4; t++) xv[t] = vset1i(xp[rg_xbase<Q6_K>(c0 + t) / 2 + jj / 2]);
                         for (int r = 0; r < G; r++) {
                             const uint8_t* sg = sb + r * gstride;
-                            s[r][0] = vdpwssd(s[r][0], rg_pair(rg_q6i<0>(sg, n, j), rg_q6i<0>(sg, n, j + 1)), xv[0]);
-                            s[r][1] = vdpwssd(s[r][1], rg_pair(rg_q6i<1>(sg, n, j), rg_q6i<1>(sg, n, j + 1)), xv[1]);
-                            s[r][2] = vdpwssd(s[r][2], rg_pair(rg_q6i<2>(sg, n, j), rg_q6i<2>(sg, n, j + 1)), xv[2]);
-                            s[r][3] = vdpwssd(s[r][3], rg_pair(rg_q6i<3>(sg, n, j), rg_q6i<3>(sg, n, j + 1)), xv[3]);
+                            s[r][0] = vdpwssd(s[r][0], rg_q6_pair<0>(sg, n, j), xv[0]);
+                            s[r][1] = vdpwssd(s[r][1], rg_q6_pair<1>(sg, n, j), xv[1]);
+                            s[r][2] = vdpwssd(s[r][2], rg_q6_pair<2>(sg, n, j), xv[2]);
+                            s[r][3] = vdpwssd(s[r][3], rg_q6_pair<3>(sg, n, j), xv[3]);
                             for (int t = 0; t < 4; t++) LLMOS_PIN(s[r][t]);
                         }
                     }
                     for (int r = 0; r < G; r++)
                         for (int t = 0; t < 4; t++)
                             acc[r] = rg_chunk_fma<TYPE>(s[r][t], g[rg_xbase<Q6_K>(c0 + t) / 32],
-                                                        rg_q6_scale(sb + r * gstride, 8 * n + 2 * t + h), acc[r], 0.f, acc[r]);
+                                                        rg_q6_scale(sb + r * gstride, 8 * n + 2 * t + h), acc[r],
+                                                        0.f, acc[r]);
                 }
         } else {
             for (int p = 0; p < 4; p++) {          // sub-blocks (chunks) 2p and 2p + 1
@@ -532,7 +541,8 @@ static void rg_task(void* p, int64_t i) {
     alignas(64) float acc[G * VN];
     if (tn == 1) {
         const int32_t* xp = j.pairs + t0 * (K / 2); const float* xg = j.grid_g + t0 * nb;
-        const float* x = j.X + t0 * j.ldx; const float* xs = sums_of(t0); float* y = j.Y + t0 * j.ldy;
+        const float* x = j.X ? j.X + t0 * j.ldx : nullptr;      // null where every GEMV is integer
+        const float* xs = sums_of(t0); float* y = j.Y + t0 * j.ldy;
         int64_t g = g_begin;
         for (; g + G <= g_end; g += G) {
             if constexpr (RG_INT_GEMV<TYPE>) rg_igemv_groups<TYPE, G>(j.W + g * gs, gs, nb, xp, xg, xs, acc);
