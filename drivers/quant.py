@@ -8,8 +8,8 @@ path elsewhere). All but Q5_K are repacked at load so that a vector's lanes hold
 (drivers/rowgroup_kernels.h; the file's pages are then released) and take the input on a 13-bit
 integer grid: int16 pairs of x meet int16 pairs of weights (vpmaddwd, or VNNI's vpdpwssd; on an
 AMX Xeon, a GEMM's tile products of the int16 split into bytes, drivers/amx_tiles.h); one token
-(GEMV) makes the weight pairs in registers as it streams them (without VNNI, fp32 FMAs for Q8_0,
-Q4_K and Q6_K), more tokens (GEMM) unpack a panel once for all. Every block sum is exact, so a
+(GEMV) makes the weight pairs in registers as it streams them (without VNNI, fp32 FMAs for Q4_K
+and Q6_K), more tokens (GEMM) unpack a panel once for all. Every block sum is exact, so a
 token's result is bit-identical whatever the batch. Q5_K keeps GGML's blocks, dequantised to fp32 in registers.
 A QLinear's parts (fused QKV, gate/up) run as one call (drivers/qmatmul.h). Why not a library: torch's
 ``_weight_int8pack_mm`` / ``_weight_int4pack_mm_for_cpu`` were slower than fp32 on an AVX2 EPYC

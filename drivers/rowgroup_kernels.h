@@ -45,6 +45,11 @@ static int64_t rg_group_bytes(int type, int64_t K) { return K / block_elems(type
 //   Q4_0: d[2] qs[16]          Q4_1: d[2] m[2] qs[16]          Q8_0: d[2] qs[32]
 //   Q5_0: d[2] b[16] e[4]      Q5_1: d[2] m[2] b[16] e[4]
 //   Q4_K: d[2] dmin[2] sc[8] mn[8] qs[128]          Q6_K: d[2] sc[16] then 64 triples
+// Q8_0's qs entries 2i and 2i + 1 are one 2 VN-byte entry holding row r's quants 2i and 2i + 1 at
+// bytes 2r and 2r + 1: one sign extension to 16 bits makes its int16 pair vector, where a byte a row
+// took two and three more operations (a GEMV on one Zen 4 core, 3072 x 1024: 64.9 -> 87.7 GFLOP/s,
+// and the 8-lane build there 50.0-51.1 -> 78.5-79.4 once integer; Gemma 3's 262144 x 640 output
+// layer at 2 threads, from DRAM, stays bandwidth-bound: 6.90 / 7.61 -> 6.98 / 6.70 ms).
 // Q4_K's qs entry 32p + j holds weight 64p + j (low nibble, sub-block 2p) and 64p + 32 + j (high,
 // sub-block 2p + 1).
 // Q5_0/Q5_1's b[i] holds the 5-bit quants u = q(i), v = q(i + 16) as u | (v & 7) << 5, and
@@ -195,7 +200,10 @@ template <int TYPE> static inline void rg_scales(const uint8_t* sb, int sub, vf&
 // The kk-th quant vector (KPERM order) of a 32-block type's block. (Callers unroll their kk loops
 // fully, so kk is a constant here: GCC did not inline unroll()'s lambdas here.)
 template <int TYPE> static inline vi rg_qi(const uint8_t* blk, int kk) {
-    if constexpr (TYPE == Q8_0) return vs8(blk + RG_QS<TYPE> * VN + kk * VN);
+    if constexpr (TYPE == Q8_0) {
+        const vi pair = vs8x2(blk + (RG_QS<TYPE> + (kk & ~1)) * VN);
+        return (kk & 1) ? vsrai<16>(pair) : vsrai<16>(vslli<16>(pair));
+    }
     if constexpr (TYPE == Q5_0 || TYPE == Q5_1) {
         const int i = kk >> 1;
         const vi b = vu8(blk + (RG_QS<TYPE> + i) * VN);
@@ -212,8 +220,9 @@ template <int TYPE> static inline vf rg_q(const uint8_t* blk, int kk) { return v
 static inline vi rg_pair(vi a, vi b) { return vor(vand(a, vset1i(0xFFFF)), vslli<16>(b)); }
 // The pp-th int16 pair vector of a 32-block type's block: quants 2 pp and 2 pp + 1 in KPERM order
 // (Q4_0/Q4_1: the two nibbles of byte pp, (u & 15) | (u >> 4) << 16 in two operations; Q5_0/Q5_1
-// in five where the two quants cost about ten).
+// in five where the two quants cost about ten; Q8_0 in one).
 template <int TYPE> static inline vi rg_qpair(const uint8_t* blk, int pp) {
+    if constexpr (TYPE == Q8_0) return vs8x2(blk + (RG_QS<TYPE> + 2 * pp) * VN);
     if constexpr (TYPE == Q4_0 || TYPE == Q4_1) {
         const vi u = vu8(blk + (RG_QS<TYPE> + pp) * VN);
         return vand(vor(u, vslli<12>(u)), vset1i(0x000F000F));
@@ -508,15 +517,15 @@ static inline void rg_put(const float* acc, int64_t n, float* y, int64_t ldy, in
 }
 
 // The one-token GEMV: integer sums (rg_igemv_groups) where vdpwssd is one instruction (VNNI), and
-// for Q4_0/Q4_1/Q5_0/Q5_1 everywhere; fp32 FMAs (rg_gemv_groups) for Q8_0, Q4_K and Q6_K without
+// for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 everywhere; fp32 FMAs (rg_gemv_groups) for Q4_K and Q6_K without
 // VNNI, where vpmaddwd + vpaddd cost about what the FMAs do. One Zen 4 core, 3072 x 1024, GFLOP/s
 // fp32 -> integer: 16 lanes with VNNI Q4_0 49.5 -> 70.6, Q4_1 48.7 -> 67.8, Q5_0 39.4 -> 45.0 (55.0
 // with rg_qpair's five operations), Q8_0 45.7 -> 62.6, Q4_K 43.1 -> 56.3 (64.4-64.9 with
 // rg_q4k_pairs), Q6_K 36.1 -> 36.0; the 8-lane build without VNNI, Q4_0 48.1 -> 54.5, Q4_1 47.9 ->
 // 55.2, and with the cheaper pairs Q5_0 29.0-33.6 -> 38.1-38.7, Q5_1 34.4-34.5 -> 37.6-37.8, Q8_0
-// 51.4-51.5 -> 46.2-48.8, Q4_K 44.1-44.5 -> 45.3-46.5, Q6_K 27.6-29.7 -> 27.7-28.1. Both give the
-// GEMM's bits.
-template <int TYPE> constexpr bool RG_INT_GEMV = VDPWSSD_ONE || TYPE == Q4_0 || TYPE == Q4_1 || TYPE == Q5_0
+// 51.4-51.5 -> 46.2-48.8 (78.5-79.4 with Q8_0's pair entries, above), Q4_K 44.1-44.5 -> 45.3-46.5,
+// Q6_K 27.6-29.7 -> 27.7-28.1. Both give the GEMM's bits.
+template <int TYPE> constexpr bool RG_INT_GEMV = VDPWSSD_ONE || TYPE == Q8_0 || TYPE == Q4_0 || TYPE == Q4_1 || TYPE == Q5_0
                                                 || TYPE == Q5_1;
 constexpr int RG_GV = 4;    // groups per GEMV pass: independent FMA chains (4 cycles of latency each)
 template <int TYPE> constexpr int RG_G = TYPE == Q6_K ? 1 : RG_GV;   // Q6_K: four chains a group already
@@ -670,6 +679,8 @@ static void rg_pack(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb
                     dst[(4 + j) * VN + r] = (uint8_t)sc; dst[(12 + j) * VN + r] = (uint8_t)mn;
                 }
                 put(20, src + 16, 128);
+            } else if (type == Q8_0) {          // quants 2i, 2i + 1 side by side in entry 2i
+                for (int k = 0; k < 32; k++) dst[(2 + (k & ~1)) * VN + 2 * r + (k & 1)] = src[2 + k];
             } else {
                 const int qoff = type == Q4_1 ? 4 : 2;
                 put(qoff, src + qoff, (int)bb - qoff);
@@ -703,7 +714,7 @@ static void rg_dequant_row(int type, const uint8_t* W, int64_t K, int64_t n, flo
                  : type == Q5_0 ? -16.f * d : 0.f;
         for (int k = 0; k < 32; k++) {
             int q;
-            if (type == Q8_0) q = (int8_t)at(sb, 2 + k);
+            if (type == Q8_0) q = (int8_t)sb[(2 + (k & ~1)) * VN + 2 * r + (k & 1)];
             else if (type == Q5_0 || type == Q5_1) {
                 const int qo = type == Q5_1 ? 4 : 2, i = k & 15, b = at(sb, qo + i);
                 q = k < 16 ? b & 31 : b >> 5 | ((at(sb, qo + 16 + i / 4) >> (2 * (i % 4))) & 3) << 3;

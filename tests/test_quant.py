@@ -40,20 +40,24 @@ pytestmark = pytest.mark.skipif(quant.kernels() is None, reason="no C++ compiler
 EMULATED_ISA = {"avx512-simde": "avx512f (SIMDe emulation)", "scalar": "scalar"}
 
 
-@pytest.fixture(params=["native", *EMULATED_ISA])
+@pytest.fixture(params=["native", "avx2", *EMULATED_ISA])
 def isa(request, monkeypatch):
-    """Runs a test on this CPU's kernels, then on the AVX-512 kernels (16 lanes) built through
-    SIMDe's emulation of the intrinsics, and on the scalar kernels of CPUs without AVX2, so each
-    path is checked on any x86 CPU (.ci/run installs Debian's libsimde-dev)."""
+    """Runs a test on this CPU's kernels, on the AVX2 kernels (8 lanes) where this CPU's are wider,
+    then on the AVX-512 kernels (16 lanes) built through SIMDe's emulation of the intrinsics, and
+    on the scalar kernels of CPUs without AVX2, so each path is checked on any x86 CPU (.ci/run
+    installs Debian's libsimde-dev)."""
     if request.param == "native":
         yield quant.kernel_isa()
         return
+    if request.param == "avx2" and not quant.kernel_isa().startswith("avx512"):
+        pytest.skip("this CPU's own kernels are the AVX2 ones (or it has no AVX2)")
     if request.param == "avx512-simde" and not Path("/usr/include/simde/x86/avx512.h").exists():
         pytest.skip("SIMDe headers (Debian libsimde-dev) are not installed")
     monkeypatch.setenv("LLMOS_QUANT", request.param)
     quant.kernels.cache_clear()
     try:
-        assert quant.kernel_isa() == EMULATED_ISA[request.param]
+        assert quant.kernel_isa() == EMULATED_ISA.get(request.param, "avx2-fma") or request.param == "avx2" \
+            and quant.kernel_isa() == "avx2-fma+vnni"
         yield quant.kernel_isa()
     finally:
         quant.kernels.cache_clear()        # the next kernels() is this CPU's again
