@@ -12,6 +12,7 @@ BENCHMARKS = {
     "checkpoint": ("llmos.benchmarks.checkpoint", "checkpoint/restore time and size vs re-prefilling"),
     "boot":    ("llmos.benchmarks.boot",    "serve --daemon to the first token, and RSS at idle"),
     "matmul":  ("llmos.benchmarks.matmul",  "GFLOP/s of the quantized matmul kernels per type, tokens, threads"),
+    "quality": ("llmos.benchmarks.quality", "reference tokens and perplexity per path and matmul input grid"),
 }
 
 

@@ -1,10 +1,13 @@
 """Helpers shared by the kernel tests: engines, greedy params, prompts, and solo runs (the
-reference every batching, preemption and fork test compares with). The model is conftest's."""
+reference every batching, preemption and fork test compares with), and driver_greedy (n greedy
+ids straight through the driver, which the real-model tests compare with a reference). The model is
+conftest's."""
 
 from __future__ import annotations
 
 import signal
 
+from llmos.benchmarks.quality import greedy as driver_greedy    # noqa: F401 (the real-model tests')
 from llmos.drivers.sampler import SamplingParams
 from llmos.kernel.engine import Engine
 from llmos.kernel.param import KernelConfig
@@ -53,16 +56,3 @@ def kill_and_reap(srv) -> bool:
     return len(eng.procs) == 0 and eng.kv.stats()["used"] == 0 and eng.kv.swap_used == 0
 
 
-def driver_greedy(model, prompt: list[int], n: int) -> list[int]:
-    """n greedy token ids after prompt, straight through the driver (no kernel): the real-model
-    tests compare these with an independent reference."""
-    from llmos.drivers.llama import SeqInput
-    blocks = -(-(len(prompt) + n) // 16)
-    kv, table = model.new_kv(blocks, 16), list(range(blocks))
-    out, ids, pos = [], prompt, 0
-    for _ in range(n):
-        logits = model.forward([SeqInput(ids, pos, table)], kv)
-        pos += len(ids)
-        ids = [int(logits[0].argmax())]
-        out.append(ids[0])
-    return out

@@ -9,10 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from llmos.drivers.llama import LlamaModel, SeqInput
-from kernelkit import driver_greedy as greedy
+from llmos.benchmarks.quality import TEXT, greedy, perplexity
+from llmos.drivers.llama import LlamaModel
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "smollm2_reference.json").read_text())
 pytestmark = pytest.mark.slow
@@ -38,25 +37,6 @@ def test_default_quantized_greedy_matches_independent_reference(smollm2_path):
     assert model.quantized and model.weight_bytes() < 110e6        # Q4_1 + Q8_0 as in the file
     out = greedy(model, REFERENCE["prompt_ids"], len(REFERENCE["greedy_ids"]))
     assert out == REFERENCE["greedy_ids"]
-
-
-TEXT = ("The history of the city begins with a small fishing village on the northern bank of the "
-        "river. Over the centuries, merchants built warehouses along the water, and the village grew "
-        "into a busy port. In the nineteenth century the railway arrived, bringing factories, new "
-        "neighbourhoods and a university. Today the old warehouses hold museums, cafes and small "
-        "shops, and visitors walk along the river to watch the boats come in at sunset.")
-
-
-def perplexity(model: LlamaModel, ids: list[int]) -> float:
-    """exp(mean NLL) of ids[1:]. Two forwards: a prefill of the text, then one step with a
-    one-token sequence per position p (same blocks; it rewrites p's K/V with the values the
-    prefill wrote, as both paths are batch-invariant) whose logits predict ids[p + 1]."""
-    kv = model.new_kv(17, 16)
-    table = list(range(1, 17))
-    model.forward([SeqInput(ids, 0, table, want_logits=False)], kv)
-    logits = model.forward([SeqInput([ids[p]], p, table) for p in range(len(ids) - 1)], kv)
-    nll = -torch.log_softmax(logits.double(), -1).gather(1, torch.tensor(ids[1:])[:, None]).mean()
-    return float(torch.exp(nll))
 
 
 def test_default_path_perplexity_within_one_percent_of_fp32(smollm2_path):
