@@ -112,6 +112,15 @@ def test_a_prefill_is_no_decode_step(model):
     assert not graphs.fits(spans)
 
 
+def test_fp32_steps_above_64_rows_run_eagerly_and_bf16_ones_up_to_256(tiny_model_path):
+    """fp32 graphs lost to eager above 64 rows on an H100 (their masked GQA attention); bf16 won."""
+    spans = [(5, 1, [1, 2])] * 257
+    for dtype, largest in (("fp32", 64), ("bf16", 256)):
+        model = LlamaModel.load(tiny_model_path, dtype=dtype, device="cpu")
+        graphs = DecodeGraphs(model, model.new_kv(4, BS), capture=False)
+        assert graphs.fits(spans[:largest]) and not graphs.fits(spans[:largest + 1])
+
+
 def test_an_interrupt_before_the_replay_preempts(model):
     import threading
     kv, step = decode_step(model, [2, 6])
