@@ -269,10 +269,15 @@ static inline void rg_q4k_pairs(const uint8_t* sb, int p, int j, vi& lo, vi& hi)
     hi = vand(vor(vsrli<4>(u0), vslli<12>(u1)), vset1i(0x000F000F));
 }
 
-// A GEMV's request for the super-block at sb (SB bytes) of the G groups after its own.
+// A GEMV's request for the super-block at sb (SB bytes) of the G groups after its own, into L2
+// (T1). Into L1 (T0) the requests held up the loads (one Zen 4 core, 3072 x 1024 in cache, Q8_0
+// 84.1-86.8 -> 102.8-108.8 GFLOP/s; 2 threads, 65536 x 2048 from DRAM, ms: Q4_0 2.31-3.11 ->
+// 1.90-1.93, Q5_0 3.37-3.69 -> 2.52-2.92, Q4_K 3.59-3.94 -> 3.07-3.48, Q6_K 6.32-6.69 -> 3.94-4.35,
+// Q8_0 3.80-5.13 -> 4.17-4.54). No request at all was as fast there, but a Zen 3 VM's hardware
+// prefetcher did not keep up without them (quant_kernels.cpp's prefetch).
 template <int G> static inline void rg_fetch_next(const uint8_t* sb, int64_t gstride, int64_t SB) {
     for (int g = 0; g < G; g++)
-        for (int64_t o = 0; o < SB; o += 64) _mm_prefetch((const char*)(sb + (G + g) * gstride + o), _MM_HINT_T0);
+        for (int64_t o = 0; o < SB; o += 64) _mm_prefetch((const char*)(sb + (G + g) * gstride + o), _MM_HINT_T1);
 }
 
 // G groups (G * VN rows from W, groups gstride bytes apart) times one token x into out[G * VN].
