@@ -200,10 +200,7 @@ template <int TYPE> static inline void rg_scales(const uint8_t* sb, int sub, vf&
 // The kk-th quant vector (KPERM order) of a 32-block type's block. (Callers unroll their kk loops
 // fully, so kk is a constant here: GCC did not inline unroll()'s lambdas here.)
 template <int TYPE> static inline vi rg_qi(const uint8_t* blk, int kk) {
-    if constexpr (TYPE == Q8_0) {
-        const vi pair = vs8x2(blk + (RG_QS<TYPE> + (kk & ~1)) * VN);
-        return (kk & 1) ? vsrai<16>(pair) : vsrai<16>(vslli<16>(pair));
-    }
+    static_assert(TYPE != Q8_0, "Q8_0's quants come as pairs only (rg_qpair; its GEMV is integer everywhere)");
     if constexpr (TYPE == Q5_0 || TYPE == Q5_1) {
         const int i = kk >> 1;
         const vi b = vu8(blk + (RG_QS<TYPE> + i) * VN);
@@ -223,16 +220,16 @@ static inline vi rg_pair(vi a, vi b) { return vor(vand(a, vset1i(0xFFFF)), vslli
 // in five where the two quants cost about ten; Q8_0 in one).
 template <int TYPE> static inline vi rg_qpair(const uint8_t* blk, int pp) {
     if constexpr (TYPE == Q8_0) return vs8x2(blk + (RG_QS<TYPE> + 2 * pp) * VN);
-    if constexpr (TYPE == Q4_0 || TYPE == Q4_1) {
+    else if constexpr (TYPE == Q4_0 || TYPE == Q4_1) {
         const vi u = vu8(blk + (RG_QS<TYPE> + pp) * VN);
         return vand(vor(u, vslli<12>(u)), vset1i(0x000F000F));
     }
-    if constexpr (TYPE == Q5_0 || TYPE == Q5_1) {   // b[pp] = u | (v & 7) << 5, e[pp / 4] has v >> 3
+    else {                                          // b[pp] = u | (v & 7) << 5, e[pp / 4] has v >> 3
+        static_assert(TYPE == Q5_0 || TYPE == Q5_1, "the 32-block types only");
         const vi b = vu8(blk + (RG_QS<TYPE> + pp) * VN), e = vu8(blk + (RG_QS<TYPE> + 16 + pp / 4) * VN);
         const vi low = vand(vor(b, vslli<11>(b)), vset1i(0x0007001F));          // u | (v & 7) << 16
         return vor(low, vand(vsrlv(vslli<19>(e), vset1i(2 * (pp % 4))), vset1i(0x00180000)));
     }
-    return rg_pair(rg_qi<TYPE>(blk, 2 * pp), rg_qi<TYPE>(blk, 2 * pp + 1));
 }
 
 // Q6_K's quant vector (q - 32) for weight 128n + 32T + j, and the d vector of its scale group idx
@@ -530,8 +527,8 @@ static inline void rg_put(const float* acc, int64_t n, float* y, int64_t ldy, in
 // 55.2, and with the cheaper pairs Q5_0 29.0-33.6 -> 38.1-38.7, Q5_1 34.4-34.5 -> 37.6-37.8, Q8_0
 // 51.4-51.5 -> 46.2-48.8 (78.5-79.4 with Q8_0's pair entries, above), Q4_K 44.1-44.5 -> 45.3-46.5,
 // Q6_K 27.6-29.7 -> 27.7-28.1. Both give the GEMM's bits.
-template <int TYPE> constexpr bool RG_INT_GEMV = VDPWSSD_ONE || TYPE == Q8_0 || TYPE == Q4_0 || TYPE == Q4_1 || TYPE == Q5_0
-                                                || TYPE == Q5_1;
+template <int TYPE> constexpr bool RG_INT_GEMV = VDPWSSD_ONE || TYPE == Q8_0 || TYPE == Q4_0 || TYPE == Q4_1
+                                                || TYPE == Q5_0 || TYPE == Q5_1;
 constexpr int RG_GV = 4;    // groups per GEMV pass: independent FMA chains (4 cycles of latency each)
 template <int TYPE> constexpr int RG_G = TYPE == Q6_K ? 1 : RG_GV;   // Q6_K: four chains a group already
 // GEMM micro-kernel: groups x tokens. 8 integer accumulators; at 2 x 6 (12) GCC spilled on AVX2's 16
