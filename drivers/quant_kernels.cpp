@@ -5,8 +5,9 @@
 // y[t, n] (+)= sum_k W[n, k] * f(x)[t, k] for W in Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, Q5_0, Q5_1,
 // f an optional SwiGLU or GEGLU and/or RMSNorm of the fp32 input. Two layouts:
 // - Row-grouped (rowgroup_kernels.h; every type but Q5_K on a vector CPU): rows in the vector
-//   lanes, the input on a 13-bit grid whose block sums are exact in fp32, an fp32 GEMV for one
-//   token and an int16 GEMM (vpmaddwd / vpdpwssd) for more, with the same bits.
+//   lanes, the input on a 13-bit grid whose block sums are exact in fp32, an int16 GEMV for one
+//   token (fp32 FMAs for Q4_K and Q6_K without VNNI) and an int16 GEMM (vpmaddwd / vpdpwssd) for
+//   more, with the same bits.
 // - The file's blocks (Q5_K; LLMOS_ROWGROUP=off): the activations stay fp32; each weight 32-block
 //   is dequantised in registers, w = fma(q, d, m) (per-16 d and m for Q6_K's sub-scales), into a
 //   small per-thread panel of NR rows x K, and an fp32 FMA micro-kernel multiplies the panel by up
@@ -686,14 +687,14 @@ static int64_t rows_per_task(int type, int64_t N, int64_t T) {
 
 int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const float* X, int64_t T, int64_t ldx,
                         float* Y, int64_t ldy, int add, int glu, const float* norm_w, float eps) {
-    [[maybe_unused]] bool grouped = false, split[2] = {false, false};
+    [[maybe_unused]] bool grouped = false, split[2] = {false, false}, fp32_gemv = false;
     for (int64_t p = 0; p < n_parts; p++) {
         const int type = (int)parts[p].type, base = type >= RG_TYPES ? type - RG_TYPES : type;
         if (!block_bytes(base) || (base != type && !llmos_rowgroup_bytes(base, parts[p].N, K)) || !task_of(type))
             return -1;
         if (K % block_elems(base)) return -2;
 #if defined(LLMOS_VEC)
-        if (base != type) { grouped = true; split[rg_split_pairs(base)] = true; }
+        if (base != type) { grouped = true; split[rg_split_pairs(base)] = true; fp32_gemv |= !rg_int_gemv(base); }
 #endif
     }
     if (T <= 0 || n_parts <= 0) return 0;
@@ -715,8 +716,8 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
 #if defined(LLMOS_VEC)
     if (grouped) {        // x on the grid (rowgroup_kernels.h), once, with int16 pairs in each order used
         grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));
-        if (!VDPWSSD_ONE) grow(xq, T * K);      // x on the grid as fp32, for the fp32 GEMV (RG_INT_GEMV)
-        Grid grid{X, ldx, K, T, VDPWSSD_ONE ? nullptr : xq.data(), grid_g.data(), xsum.data(), {nullptr, nullptr}};
+        if (fp32_gemv) grow(xq, T * K);         // x on the grid as fp32, for the fp32 GEMV (RG_INT_GEMV)
+        Grid grid{X, ldx, K, T, fp32_gemv ? xq.data() : nullptr, grid_g.data(), xsum.data(), {nullptr, nullptr}};
         for (int s = 0; s < 2; s++)
             if (split[s]) {
                 grow(pairs[s], T * (K / 2));
@@ -740,7 +741,8 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
         Job job{type, q.W, q.N, K, q.rb, X, ldx, T, Y + q.col, ldy, add, 0, 0, nullptr};
 #if defined(LLMOS_VEC)
         if (type >= RG_TYPES) {
-            job.X = VDPWSSD_ONE ? nullptr : xq.data(); job.ldx = K; job.grid_g = grid_g.data(); job.xsum = xsum.data();
+            job.X = rg_int_gemv(type - RG_TYPES) ? nullptr : xq.data(); job.ldx = K;
+            job.grid_g = grid_g.data(); job.xsum = xsum.data();
             job.pairs = pairs[rg_split_pairs(type - RG_TYPES)].data();
 #if defined(LLMOS_AMX)
             job.xbytes = T >= 16 && amx_ready() ? xbytes[rg_split_pairs(type - RG_TYPES)].data() : nullptr;

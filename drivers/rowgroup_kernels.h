@@ -19,10 +19,9 @@
 // Every (row, token) pair computes, for each chunk (CH below) in order: s = sum of q x over the
 // chunk's k, exact (x on the grid below, so the order does not matter); acc = fma(s, d, acc); then
 // acc = fma(m, xsum, acc) with xsum the block's sum from grid_row (not for Q8_0 and Q6_K). The GEMV (one
-// token: integer sums of int16 pairs made in registers, or without VNNI fp32 FMAs over k in the order
-// KPERM gives, Q4_0/Q4_1/Q5_0/Q5_1: k = 0, 16, 1, 17, ...; see RG_INT_GEMV) and the GEMM (an int16
-// panel, integer sums) do exactly this, so results are bit-identical at any batch size, as in the
-// block layout.
+// token: integer sums of int16 pairs made in registers, or for Q4_K and Q6_K without VNNI fp32 FMAs;
+// see RG_INT_GEMV) and the GEMM (an int16 panel, integer sums) do exactly this, so results are
+// bit-identical at any batch size, as in the block layout.
 
 enum { RG_Q4_0 = RG_TYPES + Q4_0, RG_Q4_1 = RG_TYPES + Q4_1, RG_Q5_0 = RG_TYPES + Q5_0, RG_Q5_1 = RG_TYPES + Q5_1,
        RG_Q8_0 = RG_TYPES + Q8_0, RG_Q4_K = RG_TYPES + Q4_K, RG_Q6_K = RG_TYPES + Q6_K };
@@ -197,22 +196,6 @@ template <int TYPE> static inline void rg_scales(const uint8_t* sb, int sub, vf&
     }
 }
 
-// The kk-th quant vector (KPERM order) of a 32-block type's block. (Callers unroll their kk loops
-// fully, so kk is a constant here: GCC did not inline unroll()'s lambdas here.)
-template <int TYPE> static inline vi rg_qi(const uint8_t* blk, int kk) {
-    static_assert(TYPE != Q8_0, "Q8_0's quants come as pairs only (rg_qpair; its GEMV is integer everywhere)");
-    if constexpr (TYPE == Q5_0 || TYPE == Q5_1) {
-        const int i = kk >> 1;
-        const vi b = vu8(blk + (RG_QS<TYPE> + i) * VN);
-        if (!(kk & 1)) return vand(b, vset1i(31));
-        const vi e = vsrlv(vslli<3>(vu8(blk + (RG_QS<TYPE> + 16 + i / 4) * VN)), vset1i(2 * (i % 4)));
-        return vor(vsrli<5>(b), vand(e, vset1i(0x18)));
-    }
-    const vi u = vu8(blk + RG_QS<TYPE> * VN + (kk >> 1) * VN);
-    return (kk & 1) ? vsrli<4>(u) : vand(u, vset1i(0xF));
-}
-template <int TYPE> static inline vf rg_q(const uint8_t* blk, int kk) { return vcvt(rg_qi<TYPE>(blk, kk)); }
-
 // Two quant vectors as int16 pairs, a in the low half of each lane, b in the high half.
 static inline vi rg_pair(vi a, vi b) { return vor(vand(a, vset1i(0xFFFF)), vslli<16>(b)); }
 // The pp-th int16 pair vector of a 32-block type's block: quants 2 pp and 2 pp + 1 in KPERM order
@@ -277,31 +260,19 @@ template <int G> static inline void rg_fetch_next(const uint8_t* sb, int64_t gst
         for (int64_t o = 0; o < SB; o += 64) _mm_prefetch((const char*)(sb + (G + g) * gstride + o), _MM_HINT_T1);
 }
 
-// G groups (G * VN rows from W, groups gstride bytes apart) times one token x into out[G * VN].
+// G groups (G * VN rows from W, groups gstride bytes apart) times one token x into out[G * VN] in fp32
+// FMAs: Q4_K and Q6_K where vdpwssd is not one instruction (RG_INT_GEMV).
 template <int TYPE, int G>
 static inline void rg_gemv_groups(const uint8_t* W, int64_t gstride, int64_t nb, const float* x, const float* xsum,
                                   float* out) {
+    static_assert(TYPE == Q4_K || TYPE == Q6_K, "the other types' GEMV is integer everywhere");
     constexpr int64_t SB = VN * RG_SB<TYPE>;
     vf acc[G];
     for (int g = 0; g < G; g++) acc[g] = vzero();
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
         const uint8_t* sb = W + sbi * SB;
         rg_fetch_next<G>(sb, gstride, SB);
-        if constexpr (SUBS<TYPE> == 1) {
-            vf s[G];
-            for (int g = 0; g < G; g++) s[g] = vzero();
-            const float* xb = x + 32 * sbi;
-#pragma GCC unroll 32
-            for (int kk = 0; kk < 32; kk++) {
-                const vf xv = vset1(xb[KPERM<TYPE>(kk)]);
-                for (int g = 0; g < G; g++) s[g] = vfma(rg_q<TYPE>(sb + g * gstride, kk), xv, s[g]);
-            }
-            for (int g = 0; g < G; g++) {
-                vf d, m; rg_scales<TYPE>(sb + g * gstride, 0, d, m);
-                acc[g] = vfma(s[g], d, acc[g]);
-                if constexpr (HAS_M<TYPE>) acc[g] = vfma(m, vset1(xsum[sbi]), acc[g]);
-            }
-        } else if constexpr (TYPE == Q6_K) {
+        if constexpr (TYPE == Q6_K) {
             for (int n = 0; n < 2; n++)
                 for (int h = 0; h < 2; h++) {   // chunks (n, h, t) for t = 0..3: four chains a group
                     vf s[G][4];
@@ -527,8 +498,8 @@ static inline void rg_put(const float* acc, int64_t n, float* y, int64_t ldy, in
 // 55.2, and with the cheaper pairs Q5_0 29.0-33.6 -> 38.1-38.7, Q5_1 34.4-34.5 -> 37.6-37.8, Q8_0
 // 51.4-51.5 -> 46.2-48.8 (78.5-79.4 with Q8_0's pair entries, above), Q4_K 44.1-44.5 -> 45.3-46.5,
 // Q6_K 27.6-29.7 -> 27.7-28.1. Both give the GEMM's bits.
-template <int TYPE> constexpr bool RG_INT_GEMV = VDPWSSD_ONE || TYPE == Q8_0 || TYPE == Q4_0 || TYPE == Q4_1
-                                                || TYPE == Q5_0 || TYPE == Q5_1;
+static constexpr bool rg_int_gemv(int type) { return VDPWSSD_ONE || (type != Q4_K && type != Q6_K); }
+template <int TYPE> constexpr bool RG_INT_GEMV = rg_int_gemv(TYPE);
 constexpr int RG_GV = 4;    // groups per GEMV pass: independent FMA chains (4 cycles of latency each)
 template <int TYPE> constexpr int RG_G = TYPE == Q6_K ? 1 : RG_GV;   // Q6_K: four chains a group already
 // GEMM micro-kernel: groups x tokens. 8 integer accumulators; at 2 x 6 (12) GCC spilled on AVX2's 16
