@@ -6,7 +6,8 @@ integer products run at twice the rate. This prints, for the fp32 reference path
 and the fp32 path with its matmul inputs rounded to b bits (--bits), the greedy tokens against the
 independent reference recorded for the model (tests/fixtures/<model>_reference.json) and the
 perplexity of a fixed text. The default path must match the reference and stay within 1 % of
-fp32's perplexity (tests/test_smollm2.py).
+fp32's perplexity (tests/test_smollm2.py). Runs on the CPU, where the default path is the
+quantized one.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def perplexity(model, ids: list[int]) -> float:
     kv, table = model.new_kv(blocks + 1, 16), list(range(1, blocks + 1))
     model.forward([SeqInput(ids, 0, table, want_logits=False)], kv)
     logits = model.forward([SeqInput([ids[p]], p, table) for p in range(len(ids) - 1)], kv)
-    nll = -torch.log_softmax(logits.double(), -1).gather(1, torch.tensor(ids[1:])[:, None]).mean()
+    targets = torch.tensor(ids[1:], device=logits.device)[:, None]
+    nll = -torch.log_softmax(logits.double(), -1).gather(1, targets).mean()
     return float(torch.exp(nll))
 
 
@@ -91,6 +93,20 @@ def set_grid(model, bits: int | None) -> None:
     model.lm_head = swap(model.lm_head)
 
 
+def read_reference(path: Path) -> dict:
+    """A recorded reference: JSON with the prompt's ids and the greedy ids after it. ValueError or
+    OSError (the file) with a message naming what is wrong."""
+    try:
+        ref = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    if not (isinstance(ref, dict) and all(isinstance(ref.get(k), list) and ref[k]
+                                          and all(isinstance(i, int) for i in ref[k])
+                                          for k in ("prompt_ids", "greedy_ids"))):
+        raise ValueError(f"{path}: a reference needs non-empty integer lists prompt_ids and greedy_ids")
+    return ref
+
+
 def measure(model, reference: dict | None, ids: list[int]) -> dict:
     row = {"perplexity": perplexity(model, ids)}
     if reference is not None:
@@ -105,7 +121,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="llmos bench quality", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2", help="a catalog name or a GGUF path")
     ap.add_argument("--bits", default="8,9,13", help="comma-separated input grids for the fp32 path")
-    ap.add_argument("--reference", help="a recorded reference (default: the repo's for a catalog model)")
+    ap.add_argument("--reference", help="a recorded reference, JSON with prompt_ids and greedy_ids "
+                                        "(default: the repo's for a catalog model, where present)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv[1:])
     try:
@@ -119,19 +136,19 @@ def main(argv: list[str]) -> int:
     from llmos.drivers.catalog import resolve
     from llmos.drivers.gguf import ModelFileError
     from llmos.drivers.llama import LlamaModel
+    ref_path = Path(args.reference) if args.reference else FIXTURES / f"{args.model}_reference.json"
     try:
+        reference = read_reference(ref_path) if args.reference or ref_path.is_file() else None
         path = resolve(args.model, pull_missing=True)
-    except ModelFileError as e:
+        model = LlamaModel.load(str(path), device="cpu")
+    except (ModelFileError, ValueError, OSError) as e:
         print(f"llmos bench quality: {e}", file=sys.stderr)
         return 1
-    ref_path = Path(args.reference) if args.reference else FIXTURES / f"{args.model}_reference.json"
-    reference = json.loads(ref_path.read_text()) if ref_path.is_file() else None
     rows = {}
-    model = LlamaModel.load(str(path))
     ids = model.tokenizer.encode(TEXT)
     rows["default path"] = measure(model, reference, ids)
     del model
-    model = LlamaModel.load(str(path), dtype="fp32")
+    model = LlamaModel.load(str(path), dtype="fp32", device="cpu")
     rows["fp32"] = measure(model, reference, ids)
     for b in bits:
         set_grid(model, b)

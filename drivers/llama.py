@@ -297,7 +297,7 @@ class LlamaModel:
     def _decode_graphs(self, spans: list[tuple[int, int, list[int]]], kv: KVStorage):
         """drivers/cudagraph.py's DecodeGraphs when this decode step (every sequence brings one
         token) can replay a captured one: the torch path on CUDA with ``cuda_graphs`` on, a batch
-        and block tables within the largest bucket. Else None."""
+        within DecodeGraphs.max_batch (64 rows in fp32, else the largest bucket). Else None."""
         if not (self.cuda_graphs and self.device.type == "cuda" and not self.quantized):
             return None
         from .cudagraph import DecodeGraphs

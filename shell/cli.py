@@ -16,7 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models":  ("llmos.userland.bin.models",   "the resident models (memory) and the cached ones"),
     "load":    ("llmos.userland.bin.load",     "load a model into the kernel now"),
     "unload":  ("llmos.userland.bin.unload",   "unload a model from the kernel (frees its memory)"),
-    "bench":   ("llmos.benchmarks.cli",        "benchmarks: forward, serve, syscall, checkpoint, boot, matmul"),
+    "bench":   ("llmos.benchmarks.cli",        "benchmarks: forward, serve, syscall, checkpoint, boot, matmul, "
+                                               "quality"),
     "serve":   ("llmos.userland.bin.daemon",   "run the kernel daemon (--daemon to background it)"),
     "stop":    ("llmos.userland.bin.daemon",   "stop the running kernel"),
     "run":     ("llmos.userland.bin.run",      "run a prompt as a process and stream its answer"),

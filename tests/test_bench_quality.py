@@ -41,7 +41,7 @@ def test_round_to_grid_keeps_each_block_on_its_integers():
 
 
 def test_rows_per_grid_against_the_reference_and_fp32(tiny, tmp_path, capsys):
-    fp32 = LlamaModel.load(tiny, dtype="fp32")
+    fp32 = LlamaModel.load(tiny, dtype="fp32", device="cpu")
     prompt = fp32.tokenizer.encode("the river and the port")
     ref = {"prompt_ids": prompt, "greedy_ids": quality.greedy(fp32, prompt, 6)}
     (tmp_path / "ref.json").write_text(json.dumps(ref))
@@ -54,12 +54,12 @@ def test_rows_per_grid_against_the_reference_and_fp32(tiny, tmp_path, capsys):
     assert rows["fp32"]["perplexity"] == pytest.approx(quality.perplexity(fp32, fp32.tokenizer.encode(quality.TEXT)))
     assert abs(rows["fp32, inputs on 20 bits"]["perplexity_vs_fp32"]) < 1e-4    # nearly exact
     assert abs(rows["fp32, inputs on 2 bits"]["perplexity_vs_fp32"]) > 1e-3     # the grid is applied
-    rc, out, _ = run(capsys, "--model", "tiny", "--bits", "8", "--reference", str(tmp_path / "none.json"))
+    rc, out, _ = run(capsys, "--model", "tiny", "--bits", "8")      # no recorded reference for it
     assert rc == 0 and "reference none" in out and "fp32, inputs on 8 bits" in out
 
 
 def test_set_grid_wraps_every_matmul_and_undoes_it(tiny):
-    m = LlamaModel.load(tiny, dtype="fp32")
+    m = LlamaModel.load(tiny, dtype="fp32", device="cpu")
     ids = m.tokenizer.encode(quality.TEXT)
     exact = quality.perplexity(m, ids)
     quality.set_grid(m, 3)
@@ -71,7 +71,7 @@ def test_set_grid_wraps_every_matmul_and_undoes_it(tiny):
 
 def test_set_grid_refuses_a_quantized_model(tiny):
     with pytest.raises(ValueError, match="needs a float model"):
-        quality.set_grid(LlamaModel.load(tiny), 8)
+        quality.set_grid(LlamaModel.load(tiny, device="cpu"), 8)
 
 
 @pytest.mark.parametrize("bits", ["eight", "1", "8,40"])
@@ -83,3 +83,23 @@ def test_bad_bits_are_one_line(capsys, bits):
 def test_a_missing_model_is_one_line(capsys):
     rc, _, err = run(capsys, "--model", "/nonexistent/model.gguf")
     assert rc == 1 and err.startswith("llmos bench quality: ") and "\n" == err[-1] and err.count("\n") == 1
+
+
+def test_a_corrupt_model_is_one_line(tmp_path, capsys):
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\0" * 20)
+    rc, _, err = run(capsys, "--model", str(tmp_path / "bad.gguf"))
+    assert rc == 1 and err.startswith("llmos bench quality: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("text, why", [
+    (None, "No such file"),
+    ("{not json", "not JSON"),
+    ('{"prompt_ids": [1, 2]}', "needs non-empty integer lists"),
+    ('{"prompt_ids": [1], "greedy_ids": ["a"]}', "needs non-empty integer lists"),
+])
+def test_a_bad_reference_is_one_line(tiny, tmp_path, capsys, text, why):
+    ref = tmp_path / "ref.json"
+    if text is not None:
+        ref.write_text(text)
+    rc, out, err = run(capsys, "--model", "tiny", "--reference", str(ref))
+    assert rc == 1 and why in err and err.startswith("llmos bench quality: ") and out == ""
