@@ -670,7 +670,7 @@ static void parts_task(void* p, int64_t i) {
 static int64_t rows_per_task(int type, int64_t N, int64_t T) {
 #if defined(LLMOS_VEC)
     if (type >= RG_TYPES) {
-        if (T > 1) {
+        if (T > 1 && !(rg_int_gemv(type - RG_TYPES) && T <= rg_few_max(type - RG_TYPES))) {
             const int64_t unit = RG_RV * VN, units = (N + unit - 1) / unit;
             return unit * std::max<int64_t>(1, units / (16 * (int64_t)pool::nthreads));
         }

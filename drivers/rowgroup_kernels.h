@@ -402,86 +402,96 @@ __attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, in
     for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, acc[v][c]);
 }
 
-// G groups (G * VN rows from W, groups gstride bytes apart) times one token into out[G * VN]: the
-// GEMM's integer sums without a panel in memory. Each weight pair vector is made in registers as
-// rg_panel makes it and meets the token's grid pairs xp (its pair order) in vdpwssd; each chunk then
-// takes rg_imicro's epilogue (grid g, block sums xsum), so a token's results are the GEMM's bits.
-template <int TYPE, int G>
-static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb, const int32_t* xp, const float* g,
-                                   const float* xsum, float* out) {
+// G groups (G * VN rows from W, groups gstride bytes apart) times C tokens into out[c * ldo + G * VN]:
+// the GEMM's integer sums without a panel in memory. Each weight pair vector is made in registers as
+// rg_panel makes it and meets each token's grid pairs xp[c] (its pair order) in vdpwssd; each chunk
+// then takes rg_imicro's epilogue (grid g[c], block sums xsum[c]), so a token's results are the
+// GEMM's bits. A few tokens (C > 1) share each pair vector, and the weights stream once for all.
+template <int TYPE, int G, int C>
+static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb, const int32_t* const* xp,
+                                   const float* const* g, const float* const* xsum, float* out, int64_t ldo) {
     constexpr int64_t SB = VN * RG_SB<TYPE>;
-    vf acc[G];
-    for (int r = 0; r < G; r++) acc[r] = vzero();
-    auto sums_at = [&](int64_t b) { return HAS_M<TYPE> ? xsum[b] : 0.f; };
+    vf acc[G][C];
+    for (int r = 0; r < G; r++) for (int c = 0; c < C; c++) acc[r][c] = vzero();
+    auto sums_at = [&](int c, int64_t b) { return HAS_M<TYPE> ? xsum[c][b] : 0.f; };
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
         const uint8_t* sb = W + sbi * SB;
         rg_fetch_next<G>(sb, gstride, SB);
         if constexpr (SUBS<TYPE> == 1) {
-            vi s[G];
-            for (int r = 0; r < G; r++) s[r] = vset1i(0);
+            vi s[G][C];
+            for (int r = 0; r < G; r++) for (int c = 0; c < C; c++) s[r][c] = vset1i(0);
 #pragma GCC unroll 16
             for (int pp = 0; pp < 16; pp++) {
-                const vi xv = vset1i(xp[16 * sbi + pp]);
+                vi xv[C];
+                for (int c = 0; c < C; c++) xv[c] = vset1i(xp[c][16 * sbi + pp]);
                 for (int r = 0; r < G; r++) {
-                    s[r] = vdpwssd(s[r], rg_qpair<TYPE>(sb + r * gstride, pp), xv);
-                    LLMOS_PIN(s[r]);
+                    const vi w = rg_qpair<TYPE>(sb + r * gstride, pp);
+                    for (int c = 0; c < C; c++) { s[r][c] = vdpwssd(s[r][c], w, xv[c]); LLMOS_PIN(s[r][c]); }
                 }
             }
             for (int r = 0; r < G; r++) {
                 vf d, m; rg_scales<TYPE>(sb + r * gstride, 0, d, m);
-                acc[r] = rg_chunk_fma<TYPE>(s[r], g[sbi], d, m, sums_at(sbi), acc[r]);
+                for (int c = 0; c < C; c++)
+                    acc[r][c] = rg_chunk_fma<TYPE>(s[r][c], g[c][sbi], d, m, sums_at(c, sbi), acc[r][c]);
             }
         } else if constexpr (TYPE == Q6_K) {
             for (int n = 0; n < 2; n++)
                 for (int h = 0; h < 2; h++) {      // chunks 16 sbi + 8n + 4h + t, t = 0..3 (rg_xbase)
                     const int64_t c0 = 16 * sbi + 8 * n + 4 * h;
-                    vi s[G][4];
-                    for (int r = 0; r < G; r++) for (int t = 0; t < 4; t++) s[r][t] = vset1i(0);
+                    vi s[G][4][C];
+                    for (int r = 0; r < G; r++) for (int t = 0; t < 4; t++) for (int c = 0; c < C; c++)
+                        s[r][t][c] = vset1i(0);
 #pragma GCC unroll 8
                     for (int jj = 0; jj < 16; jj += 2) {
                         const int j = 16 * h + jj;
-                        vi xv[4];
-                        for (int t = 0; t < 4; t++) xv[t] = vset1i(xp[rg_xbase<Q6_K>(c0 + t) / 2 + jj / 2]);
                         for (int r = 0; r < G; r++) {
                             const uint8_t* sg = sb + r * gstride;
-                            s[r][0] = vdpwssd(s[r][0], rg_q6_pair<0>(sg, n, j), xv[0]);
-                            s[r][1] = vdpwssd(s[r][1], rg_q6_pair<1>(sg, n, j), xv[1]);
-                            s[r][2] = vdpwssd(s[r][2], rg_q6_pair<2>(sg, n, j), xv[2]);
-                            s[r][3] = vdpwssd(s[r][3], rg_q6_pair<3>(sg, n, j), xv[3]);
-                            for (int t = 0; t < 4; t++) LLMOS_PIN(s[r][t]);
+                            const vi w[4] = {rg_q6_pair<0>(sg, n, j), rg_q6_pair<1>(sg, n, j), rg_q6_pair<2>(sg, n, j),
+                                             rg_q6_pair<3>(sg, n, j)};
+                            for (int t = 0; t < 4; t++)
+                                for (int c = 0; c < C; c++) {
+                                    const vi xv = vset1i(xp[c][rg_xbase<Q6_K>(c0 + t) / 2 + jj / 2]);
+                                    s[r][t][c] = vdpwssd(s[r][t][c], w[t], xv); LLMOS_PIN(s[r][t][c]);
+                                }
                         }
                     }
                     for (int r = 0; r < G; r++)
-                        for (int t = 0; t < 4; t++)
-                            acc[r] = rg_chunk_fma<TYPE>(s[r][t], g[rg_xbase<Q6_K>(c0 + t) / 32],
-                                                        rg_q6_scale(sb + r * gstride, 8 * n + 2 * t + h), acc[r],
-                                                        0.f, acc[r]);
+                        for (int t = 0; t < 4; t++) {
+                            const vf d = rg_q6_scale(sb + r * gstride, 8 * n + 2 * t + h);
+                            for (int c = 0; c < C; c++)
+                                acc[r][c] = rg_chunk_fma<TYPE>(s[r][t][c], g[c][rg_xbase<Q6_K>(c0 + t) / 32], d,
+                                                               acc[r][c], 0.f, acc[r][c]);
+                        }
                 }
         } else {
             for (int p = 0; p < 4; p++) {          // sub-blocks (chunks) 2p and 2p + 1
                 const int64_t b0 = 8 * sbi + 2 * p;
-                vi s0[G], s1[G];
-                for (int r = 0; r < G; r++) s0[r] = s1[r] = vset1i(0);
+                vi s0[G][C], s1[G][C];
+                for (int r = 0; r < G; r++) for (int c = 0; c < C; c++) s0[r][c] = s1[r][c] = vset1i(0);
 #pragma GCC unroll 16
                 for (int j = 0; j < 32; j += 2) {
-                    const vi x0 = vset1i(xp[16 * b0 + j / 2]), x1 = vset1i(xp[16 * (b0 + 1) + j / 2]);
                     for (int r = 0; r < G; r++) {
                         vi lo, hi;
                         rg_q4k_pairs(sb + r * gstride, p, j, lo, hi);
-                        s0[r] = vdpwssd(s0[r], lo, x0); LLMOS_PIN(s0[r]);
-                        s1[r] = vdpwssd(s1[r], hi, x1); LLMOS_PIN(s1[r]);
+                        for (int c = 0; c < C; c++) {
+                            const vi x0 = vset1i(xp[c][16 * b0 + j / 2]), x1 = vset1i(xp[c][16 * (b0 + 1) + j / 2]);
+                            s0[r][c] = vdpwssd(s0[r][c], lo, x0); LLMOS_PIN(s0[r][c]);
+                            s1[r][c] = vdpwssd(s1[r][c], hi, x1); LLMOS_PIN(s1[r][c]);
+                        }
                     }
                 }
                 for (int r = 0; r < G; r++) {
                     vf d, m; rg_scales<TYPE>(sb + r * gstride, 2 * p, d, m);
-                    acc[r] = rg_chunk_fma<TYPE>(s0[r], g[b0], d, m, sums_at(b0), acc[r]);
-                    rg_scales<TYPE>(sb + r * gstride, 2 * p + 1, d, m);
-                    acc[r] = rg_chunk_fma<TYPE>(s1[r], g[b0 + 1], d, m, sums_at(b0 + 1), acc[r]);
+                    vf d1, m1; rg_scales<TYPE>(sb + r * gstride, 2 * p + 1, d1, m1);
+                    for (int c = 0; c < C; c++) {
+                        acc[r][c] = rg_chunk_fma<TYPE>(s0[r][c], g[c][b0], d, m, sums_at(c, b0), acc[r][c]);
+                        acc[r][c] = rg_chunk_fma<TYPE>(s1[r][c], g[c][b0 + 1], d1, m1, sums_at(c, b0 + 1), acc[r][c]);
+                    }
                 }
             }
         }
     }
-    for (int r = 0; r < G; r++) vstore(out + r * VN, acc[r]);
+    for (int c = 0; c < C; c++) for (int r = 0; r < G; r++) vstore(out + c * ldo + r * VN, acc[r][c]);
 }
 
 // Writes n of a group's results (VN floats at acc) to y (stride ldy), or adds them.
@@ -502,11 +512,43 @@ static constexpr bool rg_int_gemv(int type) { return VDPWSSD_ONE || (type != Q4_
 template <int TYPE> constexpr bool RG_INT_GEMV = rg_int_gemv(TYPE);
 constexpr int RG_GV = 4;    // groups per GEMV pass: independent FMA chains (4 cycles of latency each)
 template <int TYPE> constexpr int RG_G = TYPE == Q6_K ? 1 : RG_GV;   // Q6_K: four chains a group already
+// Up to this many tokens (where the GEMV is integer) take GEMV passes that share each weight pair
+// vector between the tokens (rg_few_tokens) instead of the GEMM's panel, whose unpacking a few
+// tokens do not repay: 2 threads, Q4_1 65536 x 2048 from DRAM, ms, 1 / 2 / 4 / 8 tokens: 2.64 /
+// 7.26 / 7.10 / 10.02 with the panel from 2 tokens on. 8 lanes: Q4_K and Q6_K to 2 (16 registers).
+static constexpr int rg_few_max(int type) { return VN == 8 && (type == Q4_K || type == Q6_K) ? 2 : 4; }
 // GEMM micro-kernel: groups x tokens. 8 integer accumulators; at 2 x 6 (12) GCC spilled on AVX2's 16
 // registers (one Zen 3 core, Q4_1 3072 x 2048 x 64: 2 x 4 ~100 GFLOP/s, 3 x 3 ~97, 2 x 6 ~80).
 constexpr int RG_RV = 2, RG_NC = 4;
 
 #include "amx_tiles.h"     // AMX tile products for the integer sums, where the CPU and OS have them
+
+// Groups [g_begin, g_end) of a row-grouped job times its C tokens from t0 (C <= rg_few_max), in
+// integer GEMV passes of RG_G / C groups (one pass holds G x C accumulators).
+template <int TYPE, int C>
+static void rg_few_tokens(const Job& j, int64_t t0, int64_t g_begin, int64_t g_end) {
+    constexpr int G = RG_G<TYPE> / C > 1 ? RG_G<TYPE> / C : 1;
+    const int64_t K = j.K, nb = K / 32, gs = rg_group_bytes(TYPE, K);
+    const int32_t* xp[C]; const float* xg[C]; const float* xs[C];
+    for (int c = 0; c < C; c++) {
+        xp[c] = j.pairs + (t0 + c) * (K / 2); xg[c] = j.grid_g + (t0 + c) * nb;
+        xs[c] = HAS_M<TYPE> ? j.xsum + (t0 + c) * nb : nullptr;
+    }
+    alignas(64) float acc[C * G * VN];
+    auto put = [&](int64_t g, int64_t width) {
+        for (int c = 0; c < C; c++)
+            rg_put(acc + c * width, std::min<int64_t>(width, j.N - g * VN), j.Y + (t0 + c) * j.ldy + g * VN, 1, j.add);
+    };
+    int64_t g = g_begin;
+    for (; g + G <= g_end; g += G) {
+        rg_igemv_groups<TYPE, G, C>(j.W + g * gs, gs, nb, xp, xg, xs, acc, G * VN);
+        put(g, G * VN);
+    }
+    for (; g < g_end; g++) {
+        rg_igemv_groups<TYPE, 1, C>(j.W + g * gs, gs, nb, xp, xg, xs, acc, VN);
+        put(g, VN);
+    }
+}
 
 // A task of a row-grouped matmul: Job's rows are group-aligned; X's block sums are in j.xsum
 // (types with an m term).
@@ -520,20 +562,26 @@ static void rg_task(void* p, int64_t i) {
     const int64_t r_end = r_begin + j.rows_per_task < j.N ? r_begin + j.rows_per_task : j.N;
     const int64_t g_begin = r_begin / VN, g_end = (r_end + VN - 1) / VN;
     auto sums_of = [&](int64_t t) -> const float* { return HAS_M<TYPE> ? j.xsum + t * nb : nullptr; };
-    alignas(64) float acc[G * VN];
-    if (tn == 1) {
-        const int32_t* xp = j.pairs + t0 * (K / 2); const float* xg = j.grid_g + t0 * nb;
-        const float* x = j.X ? j.X + t0 * j.ldx : nullptr;      // null where every GEMV is integer
-        const float* xs = sums_of(t0); float* y = j.Y + t0 * j.ldy;
+    if constexpr (RG_INT_GEMV<TYPE>) {
+        switch (tn <= rg_few_max(TYPE) ? tn : 0) {
+            case 1: return rg_few_tokens<TYPE, 1>(j, t0, g_begin, g_end);
+            case 2: return rg_few_tokens<TYPE, 2>(j, t0, g_begin, g_end);
+            case 3: if constexpr (rg_few_max(TYPE) >= 3) return rg_few_tokens<TYPE, 3>(j, t0, g_begin, g_end);
+                    break;
+            case 4: if constexpr (rg_few_max(TYPE) >= 4) return rg_few_tokens<TYPE, 4>(j, t0, g_begin, g_end);
+                    break;
+            default: break;
+        }
+    } else if (tn == 1) {       // fp32 FMAs over x on the grid (xq)
+        alignas(64) float acc[G * VN];
+        const float* x = j.X + t0 * j.ldx; const float* xs = sums_of(t0); float* y = j.Y + t0 * j.ldy;
         int64_t g = g_begin;
         for (; g + G <= g_end; g += G) {
-            if constexpr (RG_INT_GEMV<TYPE>) rg_igemv_groups<TYPE, G>(j.W + g * gs, gs, nb, xp, xg, xs, acc);
-            else rg_gemv_groups<TYPE, G>(j.W + g * gs, gs, nb, x, xs, acc);
+            rg_gemv_groups<TYPE, G>(j.W + g * gs, gs, nb, x, xs, acc);
             rg_put(acc, std::min<int64_t>(G * VN, j.N - g * VN), y + g * VN, 1, j.add);
         }
         for (; g < g_end; g++) {
-            if constexpr (RG_INT_GEMV<TYPE>) rg_igemv_groups<TYPE, 1>(j.W + g * gs, gs, nb, xp, xg, xs, acc);
-            else rg_gemv_groups<TYPE, 1>(j.W + g * gs, gs, nb, x, xs, acc);
+            rg_gemv_groups<TYPE, 1>(j.W + g * gs, gs, nb, x, xs, acc);
             rg_put(acc, std::min<int64_t>(VN, j.N - g * VN), y + g * VN, 1, j.add);
         }
         return;

@@ -114,15 +114,18 @@ def test_row_lookup_equals_gguf_dequantisation(qtype):
 
 
 @pytest.mark.parametrize("K", [512, 1792])              # 1792: the GEMM runs K in chunks of 768
-@pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q6_K, QT.Q8_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q5_0, QT.Q4_K, QT.Q6_K, QT.Q8_0], ids=lambda q: q.name)
 def test_a_token_gets_the_same_bits_alone_or_in_any_batch(qtype, K, isa):
+    """Alone (GEMV), with 1-3 others (GEMV passes sharing the weights; the batch's last 2 tokens
+    too) or in a GEMM's 64-token chunks: the same bits."""
     w = random_blocks(qtype, 37, K, seed=5)
     lin = quant.QLinear([(qtype, w)], K)
     x = torch.randn(130, K, generator=torch.Generator().manual_seed(9))
     batch = lin(x)
     for t in (0, 1, 63, 64, 129):
         assert torch.equal(lin(x[t:t + 1]), batch[t:t + 1])
-    assert torch.equal(lin(x[5:12]), batch[5:12])
+    for a, b in ((5, 12), (20, 22), (30, 33), (40, 44), (127, 130)):
+        assert torch.equal(lin(x[a:b]), batch[a:b])
 
 
 @pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.Q4_K, QT.Q6_K], ids=lambda q: q.name)
