@@ -662,11 +662,11 @@ static void parts_task(void* p, int64_t i) {
     m.fns[k]((void*)&m.jobs[k], i - m.first[k]);
 }
 
-// Rows per task of a part's job: GEMM tasks (T > 1) of the row-grouped kernels take one
-// micro-kernel's groups (more where that makes over 16 tasks a thread), so that tasks split evenly
-// between threads (SmolLM2's 576-row matrices made 9 tasks of 64 rows, 5 on one thread of two, and
-// its 192-row K and V 3); GEMV tasks (and the block layout's) about 8 a thread, in whole GEMV
-// passes or panels.
+// Rows per task of a part's job: GEMM tasks of the row-grouped kernels take one micro-kernel's
+// groups (more where that makes over 16 tasks a thread), so that tasks split evenly between threads
+// (SmolLM2's 576-row matrices made 9 tasks of 64 rows, 5 on one thread of two, and its 192-row K and
+// V 3); GEMV tasks (one token, or up to rg_few_max sharing the passes; and the block layout's) about
+// 8 a thread, in whole GEMV passes or panels.
 static int64_t rows_per_task(int type, int64_t N, int64_t T) {
 #if defined(LLMOS_VEC)
     if (type >= RG_TYPES) {

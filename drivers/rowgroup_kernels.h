@@ -563,14 +563,11 @@ static void rg_task(void* p, int64_t i) {
     const int64_t g_begin = r_begin / VN, g_end = (r_end + VN - 1) / VN;
     auto sums_of = [&](int64_t t) -> const float* { return HAS_M<TYPE> ? j.xsum + t * nb : nullptr; };
     if constexpr (RG_INT_GEMV<TYPE>) {
-        switch (tn <= rg_few_max(TYPE) ? tn : 0) {
+        if (tn <= rg_few_max(TYPE)) switch (tn) {
             case 1: return rg_few_tokens<TYPE, 1>(j, t0, g_begin, g_end);
             case 2: return rg_few_tokens<TYPE, 2>(j, t0, g_begin, g_end);
-            case 3: if constexpr (rg_few_max(TYPE) >= 3) return rg_few_tokens<TYPE, 3>(j, t0, g_begin, g_end);
-                    break;
-            case 4: if constexpr (rg_few_max(TYPE) >= 4) return rg_few_tokens<TYPE, 4>(j, t0, g_begin, g_end);
-                    break;
-            default: break;
+            case 3: return rg_few_tokens<TYPE, 3>(j, t0, g_begin, g_end);
+            default: return rg_few_tokens<TYPE, 4>(j, t0, g_begin, g_end);
         }
     } else if (tn == 1) {       // fp32 FMAs over x on the grid (xq)
         alignas(64) float acc[G * VN];
