@@ -146,7 +146,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--batch", default="1,64", help="comma-separated decode batch sizes")
     ap.add_argument("--context", type=int, default=256, help="tokens already in each sequence's KV")
     ap.add_argument("--prefill", type=int, default=512, help="prefill length (0: skip)")
-    ap.add_argument("--dtype", default="auto,fp32", help="comma-separated: auto (quantized), fp32, bf16")
+    ap.add_argument("--dtype", default="auto,fp32", help="comma-separated: auto (quantized), a8 (quantized, batched matmuls"
+                    " on 8-bit activations), fp32, bf16")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--vs", choices=("llama.cpp",), help="also run llama.cpp on the same file")
@@ -195,7 +196,7 @@ def main(argv: list[str]) -> int:
     def llmos_rows(dtype, round_=1):
         """Loads the model in dtype and records its decode rows and prefill (every mode in round 1)."""
         model = LlamaModel.load(str(path), dtype=dtype, device=str(device))
-        engine = "llmos-q" if model.quantized else f"llmos-{dtype}"
+        engine = ("llmos-a8" if model.act8 else "llmos-q") if model.quantized else f"llmos-{dtype}"
         if round_ == 1:
             say(f"# {engine}: {model.weight_format()}, weights {model.weight_bytes() / 1e6:.1f} MB")
         # on a GPU, decode with CUDA graphs (drivers/cudagraph.py) and without ('/eager')

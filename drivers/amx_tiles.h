@@ -12,7 +12,7 @@
 //
 // Tiles: C (16 tokens x 16 rows, int32) hi and lo for each of RV groups; A = 16 tokens' hi or lo
 // bytes of one chunk (CH bytes a row); B = one group's quants of the chunk as AMX wants them, 4
-// consecutive k of a row in 32 bits, CH / 4 rows of 16 rows' 4 bytes (amx_panel makes them from
+// consecutive k of a row in 32 bits, CH / 4 rows of 16 rows' 4 bytes (rg_quad_panel makes them from
 // rg_panel's int16 pairs). A chunk has its own d and m, so a tile product covers one chunk (K = 32
 // or Q6_K's 16), not the 64 bytes a tile row could hold.
 
@@ -40,19 +40,6 @@ template <int CHUNK> static void amx_configure() {
     _tile_loadconfig(&c);
 }
 
-// A group's B tiles, chunk after chunk (CH / 4 rows of 16 int32 each), from its rg_panel pairs.
-template <int TYPE> static void amx_panel(const int32_t* q, int64_t nch, int32_t* out) {
-    constexpr int P = CH<TYPE> / 2;
-    const vi lo8 = vset1i(0xFF), hi8 = vset1i(0xFF00);
-    for (int64_t b = 0; b < nch; b++)
-        for (int r = 0; r < CH<TYPE> / 4; r++) {       // quants 4r .. 4r + 3 of each row, as bytes
-            const vi p0 = vload_i(q + (P * b + 2 * r) * VN), p1 = vload_i(q + (P * b + 2 * r + 1) * VN);
-            const vi b01 = vor(vand(p0, lo8), vand(vsrli<8>(p0), hi8));
-            const vi b23 = vor(vand(p1, lo8), vand(vsrli<8>(p1), hi8));
-            vstore_i(out + (b * (CH<TYPE> / 4) + r) * VN, vor(b01, vslli<16>(b23)));
-        }
-}
-
 // X's int16 grid values (the pairs of one pair order, [T, K / 2]) as hi bytes [T, K], then lo bytes
 // [T, K], in bytes; a task a PREP_ROWS tokens. Once a matmul, for all its tasks.
 struct AmxSplit { const int32_t* pairs; int64_t T, K; int8_t* bytes; };
@@ -68,7 +55,7 @@ static void amx_split_task(void* p, int64_t i) {
 
 // out[c * ldo + v * VN ..], c < 16 tokens, v < RV groups: as rg_imicro<TYPE, RV, 16> computes it,
 // the integer sums from tiles. hi, lo: the 16 tokens' bytes (amx_split_task, K a token); bp: the groups'
-// B tiles (amx_panel), bstride int32 apart. Caller ran amx_configure<CH<TYPE>>() on this thread.
+// B tiles (rg_quad_panel), bstride int32 apart. Caller ran amx_configure<CH<TYPE>>() on this thread.
 template <int TYPE, int RV>
 static void amx_micro(const int8_t* hi, const int8_t* lo, int64_t K, const int32_t* bp, int64_t bstride,
                       const float* d, const float* m, int64_t dstride, int64_t nch, const float* const* g,

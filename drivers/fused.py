@@ -22,7 +22,7 @@ _i, _p, _f = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 
 
 class QLin(ctypes.Structure):
-    _fields_ = [("parts", ctypes.POINTER(QPart)), ("n_parts", _i), ("K", _i), ("out", _i)]
+    _fields_ = [("parts", ctypes.POINTER(QPart)), ("n_parts", _i), ("K", _i), ("out", _i), ("act8", _i)]
 
 
 class LayerW(ctypes.Structure):
@@ -42,7 +42,7 @@ class Step(ctypes.Structure):
 def _qlin(lin: QLinear, keep: list) -> QLin:
     parts = (QPart * len(lin.qparts))(*lin.qparts)      # a copy of the QLinear's own parts
     keep.append(parts)
-    return QLin(parts, len(lin.parts), lin.in_features, lin.out_features)
+    return QLin(parts, len(lin.parts), lin.in_features, lin.out_features, int(lin.act8))
 
 
 class FusedLayers:

@@ -31,7 +31,7 @@ int llmos_paged_attention(const float* q, int64_t ldq, int64_t T, int64_t H, int
 
 namespace {
 
-struct QLin { const QPart* parts; int64_t n_parts, K, out; };
+struct QLin { const QPart* parts; int64_t n_parts, K, out, act8; };
 struct LayerW {
     QLin qkv, o, gu, down; const float* attn_norm; const float* ffn_norm; const float* bqkv;
     const float* q_norm; const float* k_norm; const float* post_attn_norm; const float* post_ffw_norm;
@@ -47,7 +47,7 @@ struct Step {
 
 int linear(const QLin& l, const float* X, int64_t T, int64_t ldx, float* Y, int add, int glu,
            const float* norm_w, float eps) {
-    return llmos_qmatmul_parts(l.parts, l.n_parts, l.K, X, T, ldx, Y, l.out, add, glu, norm_w, eps);
+    return llmos_qmatmul_parts(l.parts, l.n_parts, l.K, X, T, ldx, Y, l.out, add, glu, norm_w, eps, (int)l.act8);
 }
 
 // x += l(X) with the GLU glu, or (post_norm) x += RMSNorm(l(X)) * post_norm, through out.

@@ -35,7 +35,7 @@ from .device import pick_device, pick_dtype
 from .gguf import GGUFModelFile, ModelConfig, ModelFileError
 from .kvstore import KVStorage
 from .linear import Linear
-from .quant import GLU_SILU, RG_TYPES, QLinear, has_kernel, kernel_isa, kernels, rope_, type_name
+from .quant import GLU_SILU, RG_TYPES, QLinear, act8_supported, has_kernel, kernel_isa, kernels, rope_, type_name
 
 log = logging.getLogger("llmos.drivers")
 
@@ -98,14 +98,20 @@ class LlamaModel:
         """Load a GGUF file. Raises ModelFileError (one line) before anything is half-built, also
         when the weights would not fit in `memory_available` bytes (default: what the host has).
         dtype 'auto' on a CPU keeps quantized weights quantized (drivers/quant.py) when the
-        kernels build; 'fp32' / 'bf16' dequantise every matrix once (fp32 is the exact reference).
+        kernels build; 'a8' does too, and batched matmuls take 8-bit activations where the CPU has
+        vpdpbusd (faster prefill and batched decode, llama.cpp's precision; opt-in because greedy
+        tokens may change); 'fp32' / 'bf16' dequantise every matrix once (fp32 is the exact reference).
         int8_decode: in bf16 on CPU, also keep int8 weights for small batches (drivers/linear.py)."""
         gf = GGUFModelFile(path)
         from .tokenizer import Tokenizer
         tokenizer = Tokenizer.from_metadata(gf.metadata, path=gf.path)
         dev = pick_device(device)
-        quantized = dtype == "auto" and dev.type == "cpu" and kernels() is not None
-        dt = torch.float32 if quantized else pick_dtype(dtype, dev)
+        quantized = dtype in ("auto", "a8") and dev.type == "cpu" and kernels() is not None
+        act8 = quantized and dtype == "a8" and act8_supported()
+        if dtype == "a8" and not act8:
+            log.warning("dtype a8: %s; running as 'auto'", "this CPU has no vpdpbusd (VNNI), batched matmuls keep "
+                        "the 13-bit grid" if quantized else "8-bit activations are for the quantized CPU path")
+        dt = torch.float32 if quantized else pick_dtype("auto" if dtype == "a8" else dtype, dev)
         c = gf.config
         spec = ARCHS[c.arch]
         cls = model_class(c.arch) if cls is LlamaModel else cls     # gemma3: drivers/gemma3.py
@@ -131,7 +137,7 @@ class LlamaModel:
                         parts[-1] = (qtype, np.concatenate([parts[-1][1], data]))
                     else:
                         parts.append((qtype, data))
-                return QLinear(parts, int(gf.info(names[0]).shape[0]))
+                return QLinear(parts, int(gf.info(names[0]).shape[0]), act8=act8)
             ws = [_unpermute(gf.tensor(n), h) if h else gf.tensor(n) for n, h in zip(names, heads)]
             if quantized and any(gf.tensor_type(n) != GGMLQuantizationType.F32 for n in names):
                 log.info("%s: %s has no quantized kernel; dequantised once to fp32", gf.path,
@@ -349,7 +355,13 @@ class LlamaModel:
         types = sorted({type_name(q) for q in kinds})
         grouped = sorted({type_name(q) for q in kinds if q >= RG_TYPES})
         rg = f" (row-grouped: {'+'.join(grouped)})" if grouped else ""
-        return f"{'+'.join(types)} on {kernel_isa()} kernels{rg}"
+        a8 = ", 8-bit activations in batched matmuls" if self.act8 else ""
+        return f"{'+'.join(types)} on {kernel_isa()} kernels{rg}{a8}"
+
+    @property
+    def act8(self) -> bool:
+        """Whether batched matmuls take 8-bit activations (dtype 'a8' where the CPU has vpdpbusd)."""
+        return any(getattr(m, "act8", False) for m in self._linears())
 
 
 def _kv_dtype(dtype: torch.dtype, device: torch.device, quantized: bool) -> torch.dtype:

@@ -74,7 +74,7 @@ class QArgs(ctypes.Structure):
     the weight's fields set once, the step's (X, T, Y, ...) before each call."""
     _fields_ = [("parts", ctypes.POINTER(QPart)), ("n_parts", _i), ("K", _i), ("X", _p), ("T", _i),
                 ("ldx", _i), ("Y", _p), ("ldy", _i), ("add", _i), ("glu", _i), ("norm_w", _p),
-                ("eps", ctypes.c_float)]
+                ("eps", ctypes.c_float), ("act8", _i)]
 
 
 def _cache_dir() -> Path:
@@ -130,7 +130,7 @@ def kernels() -> ctypes.CDLL | None:
                                   ctypes.c_int, _p, ctypes.c_float]
     lib.llmos_qmatmul_args.argtypes = [ctypes.POINTER(QArgs)]
     lib.llmos_qmatmul_parts.argtypes = [ctypes.POINTER(QPart), _i, _i, _p, _i, _i, _p, _i, ctypes.c_int,
-                                        ctypes.c_int, _p, ctypes.c_float]
+                                        ctypes.c_int, _p, ctypes.c_float, ctypes.c_int]
     lib.llmos_dequant_rows.argtypes = [ctypes.c_int, _p, _i, _i, _p, _i, _p]
     lib.llmos_rowgroup_bytes.argtypes = [ctypes.c_int, _i, _i]
     lib.llmos_rowgroup_bytes.restype = ctypes.c_int64
@@ -153,6 +153,13 @@ def kernel_isa() -> str:
     'none (dequantised fp32)' when they could not be built."""
     lib = kernels()
     return lib.llmos_quant_isa().decode() if lib is not None else "none (dequantised fp32)"
+
+
+def act8_supported() -> bool:
+    """Whether batched matmuls can take 8-bit activations here (the 'a8' dtype): where the kernels
+    have VNNI's vpdpbusd (AVX512-VNNI, or AVX-VNNI on an AVX2 CPU)."""
+    lib = kernels()
+    return lib is not None and bool(lib.llmos_act8_supported())
 
 
 def pool_stragglers() -> int:
@@ -194,9 +201,13 @@ class QLinear:
     a call fills the instance's argument blocks, so calls on one instance must not overlap (a
     model runs one forward at a time, on its engine's thread)."""
 
-    __slots__ = ("parts", "in_features", "out_features", "_lib", "qparts", "_args", "_call")
+    __slots__ = ("parts", "in_features", "out_features", "act8", "_lib", "qparts", "_args", "_call")
 
-    def __init__(self, parts: list[tuple[int, np.ndarray]], in_features: int):
+    def __init__(self, parts: list[tuple[int, np.ndarray]], in_features: int, act8: bool = False):
+        """act8: batched calls (more than 4 tokens) take x at 8 bits, as llama.cpp's Q8 activations
+        (drivers/rowgroup_kernels.h's grid8_row): about twice the integer rate of the 13-bit grid, but
+        a token's results then depend on its batch and greedy tokens may change. Only where
+        act8_supported(); elsewhere the 13-bit grid, as without it."""
         self._lib = kernels()
         if self._lib is None:
             raise RuntimeError("quantized kernels are not available")
@@ -208,11 +219,13 @@ class QLinear:
         self.parts = [self._row_grouped(int(q), d, in_features) for q, d in parts]
         self.in_features = in_features
         self.out_features = sum(d.shape[0] for _, d in parts)
+        self.act8 = bool(act8) and act8_supported()
         self.qparts, col = (QPart * len(self.parts))(), 0      # the C view of self.parts
         for i, (q, d) in enumerate(self.parts):
             self.qparts[i] = QPart(q, d.ctypes.data, d.shape[0], d.shape[1], col)
             col += d.shape[0]
-        self._args = QArgs(parts=self.qparts, n_parts=len(self.parts), K=in_features, ldy=self.out_features)
+        self._args = QArgs(parts=self.qparts, n_parts=len(self.parts), K=in_features, ldy=self.out_features,
+                           act8=int(self.act8))
         self._call = functools.partial(self._lib.llmos_qmatmul_args, ctypes.pointer(self._args))
 
     def __call__(self, x: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0,

@@ -298,6 +298,7 @@ struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     const float* grid_g = nullptr;    // row-grouped: X's grid (rowgroup_kernels.h), [T, K / 32],
     const int32_t* pairs = nullptr;   // and its int16 pairs, [T, K / 2] (more than one token)
     const int8_t* xbytes = nullptr;   // and those as AMX's hi then lo bytes, [2, T, K] (amx_tiles.h), or null
+    const int32_t* quads = nullptr;   // or, an a8 GEMM: X at 8 bits, [T, K / 4] quads (grid8_row)
 };
 constexpr int64_t TCHUNK = 64;   // tokens whose activations stay in L2 while a panel is reused
 constexpr int NR = 6;           // weight rows per dequantised panel
@@ -685,8 +686,19 @@ static int64_t rows_per_task(int type, int64_t N, int64_t T) {
     return ((N + want - 1) / want + ROUND - 1) / ROUND * ROUND;
 }
 
+// Whether an a8 matmul (act8 below) takes x at 8 bits here: where vpdpbusd is one instruction.
+int llmos_act8_supported(void) {
+#if defined(LLMOS_VDPBUSD)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+// act8 (qmatmul.h): more than A8_MIN_TOKENS tokens take x at 8 bits (fewer: the GEMV, bound by memory).
+constexpr int64_t A8_MIN_TOKENS = 4;
 int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const float* X, int64_t T, int64_t ldx,
-                        float* Y, int64_t ldy, int add, int glu, const float* norm_w, float eps) {
+                        float* Y, int64_t ldy, int add, int glu, const float* norm_w, float eps, int act8) {
     [[maybe_unused]] bool grouped = false, split[2] = {false, false}, fp32_gemv = false;
     for (int64_t p = 0; p < n_parts; p++) {
         const int type = (int)parts[p].type, base = type >= RG_TYPES ? type - RG_TYPES : type;
@@ -701,7 +713,7 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
     // The input's buffers are the calling thread's and only grow: allocating them on every call
     // cost page faults (~5 % of a SmolLM2 prefill).
     thread_local std::vector<float> xp, xsum, xq, grid_g;
-    thread_local std::vector<int32_t> pairs[2];
+    thread_local std::vector<int32_t> pairs[2], quads[2];
     thread_local std::vector<int8_t> xbytes[2];
     thread_local std::vector<Job> jobs;
     thread_local std::vector<TaskFn> fns;
@@ -714,7 +726,17 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
         X = xp.data(); ldx = K;
     }
 #if defined(LLMOS_VEC)
-    if (grouped) {        // x on the grid (rowgroup_kernels.h), once, with int16 pairs in each order used
+    const bool a8 = act8 && llmos_act8_supported() && T > A8_MIN_TOKENS;
+    if (grouped && a8) {  // x at 8 bits, once, as quads in each pair order used
+        grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));
+        Grid grid{X, ldx, K, T, nullptr, grid_g.data(), xsum.data(), {nullptr, nullptr}};
+        for (int s = 0; s < 2; s++)
+            if (split[s]) {
+                grow(quads[s], T * (K / 4));
+                grid.quads[s] = quads[s].data();
+            }
+        pool::run(grid_task, &grid, (T + PREP_ROWS - 1) / PREP_ROWS);
+    } else if (grouped) { // x on the grid (rowgroup_kernels.h), once, with int16 pairs in each order used
         grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));
         if (fp32_gemv) grow(xq, T * K);         // x on the grid as fp32, for the fp32 GEMV (RG_INT_GEMV)
         Grid grid{X, ldx, K, T, fp32_gemv ? xq.data() : nullptr, grid_g.data(), xsum.data(), {nullptr, nullptr}};
@@ -744,8 +766,9 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
             job.X = rg_int_gemv(type - RG_TYPES) ? nullptr : xq.data(); job.ldx = K;
             job.grid_g = grid_g.data(); job.xsum = xsum.data();
             job.pairs = pairs[rg_split_pairs(type - RG_TYPES)].data();
+            if (a8) job.quads = quads[rg_split_pairs(type - RG_TYPES)].data();
 #if defined(LLMOS_AMX)
-            job.xbytes = T >= 16 && amx_ready() ? xbytes[rg_split_pairs(type - RG_TYPES)].data() : nullptr;
+            if (!a8) job.xbytes = T >= 16 && amx_ready() ? xbytes[rg_split_pairs(type - RG_TYPES)].data() : nullptr;
 #endif
         }
 #endif
@@ -765,18 +788,18 @@ int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
                   const float* X, int64_t T, int64_t ldx, float* Y, int64_t ldy, int add,
                   int glu, const float* norm_w, float eps) {
     const QPart part{type, W, N, rb, 0};
-    return llmos_qmatmul_parts(&part, 1, K, X, T, ldx, Y, ldy, add, glu, norm_w, eps);
+    return llmos_qmatmul_parts(&part, 1, K, X, T, ldx, Y, ldy, add, glu, norm_w, eps, 0);
 }
 
 // llmos_qmatmul_parts's arguments in one struct (drivers/quant.py's QArgs): a ctypes call with one
 // pointer costs ~0.5 us against ~2.2 us for twelve converted arguments, on every matmul.
 struct QArgs {
     const QPart* parts; int64_t n_parts, K; const float* X; int64_t T, ldx;
-    float* Y; int64_t ldy, add, glu; const float* norm_w; float eps;
+    float* Y; int64_t ldy, add, glu; const float* norm_w; float eps; int64_t act8;
 };
 int llmos_qmatmul_args(const QArgs* a) {
     return llmos_qmatmul_parts(a->parts, a->n_parts, a->K, a->X, a->T, a->ldx, a->Y, a->ldy, (int)a->add,
-                               (int)a->glu, a->norm_w, a->eps);
+                               (int)a->glu, a->norm_w, a->eps, (int)a->act8);
 }
 
 // Runs fn(ctx, i) for i in [0, n) on the pool (drivers/attention_kernels.cpp uses it).

@@ -157,13 +157,71 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
     }
 }
 
+// ---- 8-bit activations (the 'a8' dtype), where vpdpbusd is one instruction -----------------------
+// An a8 matmul of more than a few tokens takes x as llama.cpp's Q8 activations are made: each
+// 32-block's integers xi = round(x / g) in [-127, 127], g = the block's largest |x| / 127. Its GEMM
+// then sums four products a vpdpbusd where vpdpwssd sums two: twice the integer rate, at 8 bits
+// where the grid keeps 13. Chunk sums S = sum q xi stay exact and take the grid's epilogue
+// (acc = fma(S g, d, acc), + m xsum), but a token's results now depend on its batch (the GEMV stays
+// 13-bit), and 8 bits change greedy tokens the grid keeps: a8 is opt-in (drivers/quant.py).
+// vpdpbusd multiplies unsigned bytes by signed ones: x goes as xi + 128 and the quants as signed
+// bytes, so S = that sum - 128 sum q (a vector a chunk, made with the panel: rg_quad_panel).
+// Token row x (K wide) as g[K / 32], xsum[K / 32] (g times the integers' sum) and each 32-block's
+// xi + 128 as 8 quads of bytes in each pair order whose array is not null (quads[s][8 b + j]: k =
+// 4j .. 4j + 3; s = 1, split pairs: 2j, 2j + 16, 2j + 1, 2j + 17, the pairs 2j and 2j + 1 of grid_row).
+static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t* const quads[2]) {
+    for (int64_t b = 0; b < K / 32; b++) {
+        vf v[VB], amax = vzero(), nan_if_not_finite = vzero();
+        for (int i = 0; i < VB; i++) {
+            v[i] = vload(x + 32 * b + VN * i);
+            amax = vmax(amax, vabs(v[i]));
+            nan_if_not_finite = vfma(v[i], vzero(), nan_if_not_finite);
+        }
+        alignas(64) int32_t xi[32];
+        if (vany_nan(nan_if_not_finite)) {
+            g[b] = xsum[b] = NAN;
+            memset(xi, 0, sizeof xi);
+        } else {
+            float gb = vhmax(amax) / 127.f;
+            if (!(gb >= FLT_MIN)) gb = 0.f;                // a block of (near) zeros: all xi 0
+            const vf inv = vset1(gb > 0.f ? 1.f / gb : 0.f);
+            vf sum = vzero();
+            for (int i = 0; i < VB; i++) {
+                const vi q = vclamp(vround(vmul(v[i], inv)), 127);
+                vstore_i(xi + VN * i, q);
+                sum = vadd(sum, vcvt(q));
+            }
+            g[b] = gb;
+            xsum[b] = vhsum(sum) * gb;
+        }
+        auto quad = [&](int a, int c, int d, int e) {
+            return (int32_t)((uint32_t)(xi[a] + 128) | (uint32_t)(xi[c] + 128) << 8 | (uint32_t)(xi[d] + 128) << 16 |
+                             (uint32_t)(xi[e] + 128) << 24);
+        };
+        for (int j = 0; j < 8; j++) {
+            if (quads[0]) quads[0][8 * b + j] = quad(4 * j, 4 * j + 1, 4 * j + 2, 4 * j + 3);
+            if (quads[1]) quads[1][8 * b + j] = quad(2 * j, 2 * j + 16, 2 * j + 1, 2 * j + 17);
+        }
+    }
+}
+
 // X on the grid for a row-grouped matmul, a task a PREP_ROWS tokens: xq [T, K] (the fp32 GEMV's
 // input; null where every GEMV is integer), g and xsum [T, K / 32], pairs[s] [T, K / 2] in each
-// pair order s the matmul uses (null otherwise).
-struct Grid { const float* X; int64_t ldx, K, T; float* xq; float* g; float* xsum; int32_t* pairs[2]; };
+// pair order s the matmul uses (null otherwise); or, where quads[s] are given instead (an a8
+// GEMM), x at 8 bits (grid8_row): g, xsum and quads[s] [T, K / 4].
+struct Grid {
+    const float* X; int64_t ldx, K, T; float* xq; float* g; float* xsum; int32_t* pairs[2];
+    int32_t* quads[2] = {nullptr, nullptr};
+};
 static void grid_task(void* p, int64_t i) {
     const Grid& j = *(const Grid*)p;
     for (int64_t t = i * PREP_ROWS; t < j.T && t < (i + 1) * PREP_ROWS; t++) {
+        if (j.quads[0] || j.quads[1]) {
+            int32_t* const quads[2] = {j.quads[0] ? j.quads[0] + t * (j.K / 4) : nullptr,
+                                       j.quads[1] ? j.quads[1] + t * (j.K / 4) : nullptr};
+            grid8_row(j.X + t * j.ldx, j.K, j.g + t * (j.K / 32), j.xsum + t * (j.K / 32), quads);
+            continue;
+        }
         int32_t* const pairs[2] = {j.pairs[0] ? j.pairs[0] + t * (j.K / 2) : nullptr,
                                    j.pairs[1] ? j.pairs[1] + t * (j.K / 2) : nullptr};
         grid_row(j.X + t * j.ldx, j.K, j.xq ? j.xq + t * j.K : nullptr, j.g + t * (j.K / 32), j.xsum + t * (j.K / 32),
@@ -356,6 +414,26 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
     }
 }
 
+// A group's panel (rg_panel's int16 pairs) as signed bytes, chunk after chunk: CH / 4 vectors, each
+// lane a row's quants 4r .. 4r + 3 in KPERM order (the order of x's quads and of AMX's B tiles);
+// and, where wsum128 is given, 128 times each chunk's sum of quants per row (wsum128 + b VN).
+template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int32_t* out, int32_t* wsum128) {
+    constexpr int P = CH<TYPE> / 2;
+    const vi lo8 = vset1i(0xFF), hi8 = vset1i(0xFF00);
+    auto halves = [](vi p) { return vadd(vsrai<16>(vslli<16>(p)), vsrai<16>(p)); };
+    for (int64_t b = 0; b < nch; b++) {
+        vi sum = vset1i(0);
+        for (int r = 0; r < CH<TYPE> / 4; r++) {
+            const vi p0 = vload_i(q + (P * b + 2 * r) * VN), p1 = vload_i(q + (P * b + 2 * r + 1) * VN);
+            const vi b01 = vor(vand(p0, lo8), vand(vsrli<8>(p0), hi8));
+            const vi b23 = vor(vand(p1, lo8), vand(vsrli<8>(p1), hi8));
+            vstore_i(out + (b * (CH<TYPE> / 4) + r) * VN, vor(b01, vslli<16>(b23)));
+            if (wsum128) sum = vadd(sum, vadd(halves(p0), halves(p1)));
+        }
+        if (wsum128) vstore_i(wsum128 + b * VN, vslli<7>(sum));
+    }
+}
+
 // A chunk's integer sums S (exact, < 2^24) into the accumulators: acc = fma(S g, d, acc), then
 // acc = fma(m, xsum, acc) for types with an m (the others ignore m and xsum). S g is exact in fp32.
 template <int TYPE> static inline vf rg_chunk_fma(vi s, float g, vf d, vf m, float xsum, vf acc) {
@@ -401,6 +479,44 @@ __attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, in
     }
     for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, acc[v][c]);
 }
+
+#if defined(LLMOS_VDPBUSD)
+// rg_imicro for an a8 matmul: the groups' quads (rg_quad_panel: pstride int32 apart, 128 sum q at
+// ws, dstride apart) times C tokens' quads xq[c] (grid8_row, their pair order), four products a
+// vpdpbusd; S = the sum - 128 sum q, then rg_imicro's epilogue with the tokens' g and xsums.
+template <int TYPE, int RV, int C>
+__attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, int64_t pstride, const int32_t* ws,
+        const float* d, const float* m, int64_t dstride, int64_t nch, const int32_t* const* xq,
+        const float* const* g, const float* const* xsums, float* out, int64_t ldo) {
+    constexpr int P = CH<TYPE> / 4;
+    vf acc[RV][C];
+    for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) acc[v][c] = vzero();
+    for (int64_t b = 0; b < nch; b++) {
+        vi s[RV][C];                                       // from -128 sum q: S once the products are in
+        for (int v = 0; v < RV; v++) {
+            const vi w128 = vsub(vset1i(0), vload_i(ws + v * dstride + b * VN));
+            for (int c = 0; c < C; c++) s[v][c] = w128;
+        }
+        const int64_t xb = rg_xbase<TYPE>(b);
+#pragma GCC unroll 8
+        for (int pp = 0; pp < P; pp++) {
+            vi w[RV];
+            for (int v = 0; v < RV; v++) { w[v] = vload_i(q + v * pstride + (P * b + pp) * VN); LLMOS_PIN(w[v]); }
+            for (int c = 0; c < C; c++) {
+                const vi xv = vset1i(xq[c][xb / 4 + pp]);
+                for (int v = 0; v < RV; v++) { s[v][c] = vdpbusd(s[v][c], xv, w[v]); LLMOS_PIN(s[v][c]); }
+            }
+        }
+        for (int v = 0; v < RV; v++) {
+            const vf dv = vload(d + v * dstride + b * VN), mv = HAS_M<TYPE> ? vload(m + v * dstride + b * VN) : dv;
+            for (int c = 0; c < C; c++)
+                acc[v][c] = rg_chunk_fma<TYPE>(s[v][c], g[c][xb / 32], dv, mv, HAS_M<TYPE> ? xsums[c][b] : 0.f,
+                                               acc[v][c]);
+        }
+    }
+    for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, acc[v][c]);
+}
+#endif
 
 // G groups (G * VN rows from W, groups gstride bytes apart) times C tokens into out[c * ldo + G * VN]:
 // the GEMM's integer sums without a panel in memory. Each weight pair vector is made in registers as
@@ -563,7 +679,7 @@ static void rg_task(void* p, int64_t i) {
     const int64_t g_begin = r_begin / VN, g_end = (r_end + VN - 1) / VN;
     auto sums_of = [&](int64_t t) -> const float* { return HAS_M<TYPE> ? j.xsum + t * nb : nullptr; };
     if constexpr (RG_INT_GEMV<TYPE>) {
-        if (tn <= rg_few_max(TYPE)) switch (tn) {
+        if (tn <= rg_few_max(TYPE) && !j.quads) switch (tn) {
             case 1: return rg_few_tokens<TYPE, 1>(j, t0, g_begin, g_end);
             case 2: return rg_few_tokens<TYPE, 2>(j, t0, g_begin, g_end);
             case 3: return rg_few_tokens<TYPE, 3>(j, t0, g_begin, g_end);
@@ -595,9 +711,17 @@ static void rg_task(void* p, int64_t i) {
     auto tokens = [&](int64_t c, int n) {      // micro-kernel arguments of tokens c .. c + n - 1
         for (int u = 0; u < n; u++) {
             const int64_t t = t0 + c + u;
-            xp[u] = j.pairs + t * (K / 2); g[u] = j.grid_g + t * nb; sums[u] = sums_of(t);
+            xp[u] = j.quads ? j.quads + t * (K / 4) : j.pairs + t * (K / 2); g[u] = j.grid_g + t * nb;
+            sums[u] = sums_of(t);
         }
     };
+#if defined(LLMOS_VDPBUSD)
+    thread_local std::vector<int32_t> qpanel, wsum;       // an a8 GEMM's quads and 128 sum q
+    if (j.quads) {
+        if ((int64_t)qpanel.size() < RG_RV * VN * K / 4) qpanel.resize((size_t)(RG_RV * VN * K / 4));
+        if ((int64_t)wsum.size() < RG_RV * VN * nch) wsum.resize((size_t)(RG_RV * VN * nch));
+    }
+#endif
 #if defined(LLMOS_AMX)
     const float* g16[16]; const float* s16[16];
     auto tokens16 = [&](int64_t c) {           // amx_micro's arguments of tokens c .. c + 15
@@ -615,10 +739,29 @@ static void rg_task(void* p, int64_t i) {
         prefetch(j.W + (g0 + RG_RV) * gs, RG_RV * gs);
         for (int v = 0; v < rv; v++) rg_panel<TYPE>(j.W + (g0 + v) * gs, nb, q + v * ps, d + v * ds, m + v * ds);
         int64_t c = 0;
+#if defined(LLMOS_VDPBUSD)
+        if (j.quads) {
+            const int64_t qs = VN * K / 4;
+            for (int v = 0; v < rv; v++) rg_quad_panel<TYPE>(q + v * ps, nch, qpanel.data() + v * qs, wsum.data() + v * ds);
+            const int32_t* q8 = qpanel.data(); const int32_t* w8 = wsum.data();
+            for (; c + RG_NC <= tn; c += RG_NC) {
+                tokens(c, RG_NC);
+                float* o = out.data() + c * ldo;
+                if (rv == RG_RV) rg_imicro8<TYPE, RG_RV, RG_NC>(q8, qs, w8, d, m, ds, nch, xp, g, sums, o, ldo);
+                else rg_imicro8<TYPE, 1, RG_NC>(q8, qs, w8, d, m, ds, nch, xp, g, sums, o, ldo);
+            }
+            for (; c < tn; c++) {
+                tokens(c, 1);
+                float* o = out.data() + c * ldo;
+                if (rv == RG_RV) rg_imicro8<TYPE, RG_RV, 1>(q8, qs, w8, d, m, ds, nch, xp, g, sums, o, ldo);
+                else rg_imicro8<TYPE, 1, 1>(q8, qs, w8, d, m, ds, nch, xp, g, sums, o, ldo);
+            }
+        }
+#endif
 #if defined(LLMOS_AMX)
         if (tiled) {
             const int64_t bs = VN * K / 4;
-            for (int v = 0; v < rv; v++) amx_panel<TYPE>(q + v * ps, nch, bpanel.data() + v * bs);
+            for (int v = 0; v < rv; v++) rg_quad_panel<TYPE>(q + v * ps, nch, bpanel.data() + v * bs, nullptr);
             for (; c < tiled; c += 16) {
                 tokens16(c);
                 const int8_t* hi = j.xbytes + (t0 + c) * K; const int8_t* lo = hi + j.T * K;

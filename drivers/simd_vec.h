@@ -100,6 +100,7 @@ static inline vi vs8x2(const uint8_t* p) { return _mm512_cvtepi8_epi16(_mm256_lo
 static inline vi vset1i(int v) { return _mm512_set1_epi32(v); }
 static inline vi viota() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
 static inline vi vadd(vi a, vi b) { return _mm512_add_epi32(a, b); }
+static inline vi vsub(vi a, vi b) { return _mm512_sub_epi32(a, b); }
 static inline vi vand(vi a, vi b) { return _mm512_and_si512(a, b); }
 static inline vi vor(vi a, vi b) { return _mm512_or_si512(a, b); }
 template <int S> static inline vi vsrli(vi a) { return _mm512_srli_epi32(a, S); }
@@ -132,6 +133,12 @@ static inline vi vdpwssd(vi acc, vi a, vi b) {
     return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
 #endif
 }
+// acc + the sums of four products of a's unsigned bytes and b's signed bytes, lane by lane (VNNI's
+// vpdpbusd: exact, no saturation). Only where it is one instruction: the 8-bit GEMM needs nothing else.
+#if !defined(LLMOS_SIMDE_AVX512) && defined(__AVX512VNNI__)
+#define LLMOS_VDPBUSD 1
+static inline vi vdpbusd(vi acc, vi a, vi b) { return _mm512_dpbusd_epi32(acc, a, b); }
+#endif
 // Lanes 0-7 plus lanes 8-15, then hsum8.
 static inline float vhsum(vf v) {
     return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v),
@@ -175,6 +182,7 @@ static inline vi vs8x2(const uint8_t* p) { return _mm256_cvtepi8_epi16(_mm_loadu
 static inline vi vset1i(int v) { return _mm256_set1_epi32(v); }
 static inline vi viota() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
 static inline vi vadd(vi a, vi b) { return _mm256_add_epi32(a, b); }
+static inline vi vsub(vi a, vi b) { return _mm256_sub_epi32(a, b); }
 static inline vi vand(vi a, vi b) { return _mm256_and_si256(a, b); }
 static inline vi vor(vi a, vi b) { return _mm256_or_si256(a, b); }
 template <int S> static inline vi vsrli(vi a) { return _mm256_srli_epi32(a, S); }
@@ -207,6 +215,14 @@ static inline vi vdpwssd(vi acc, vi a, vi b) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
 #endif
 }
+// acc + the sums of four products of a's unsigned bytes and b's signed bytes (vpdpbusd), where one instruction.
+#if defined(__AVXVNNI__)
+#define LLMOS_VDPBUSD 1
+static inline vi vdpbusd(vi acc, vi a, vi b) { return _mm256_dpbusd_avx_epi32(acc, a, b); }
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define LLMOS_VDPBUSD 1
+static inline vi vdpbusd(vi acc, vi a, vi b) { return _mm256_dpbusd_epi32(acc, a, b); }
+#endif
 static inline float vhsum(vf v) { return hsum8(v); }
 static inline float vhmax(vf v) { return hmax8(v); }
 static inline bool vany_nan(vf v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }

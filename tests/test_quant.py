@@ -186,6 +186,81 @@ def test_the_activations_grid_at_its_edges_gives_the_same_bits_alone_or_batched(
     assert torch.all((got[ok] - want[ok]).abs() <= 2e-6 * bound[ok] + 1e-43)     # + a few denormal steps
 
 
+def on_grid8(x: torch.Tensor) -> torch.Tensor:
+    """x as an a8 GEMM takes it (grid8_row), written independently, as llama.cpp's Q8 activations:
+    each 32-block rounded to integers in [-127, 127] times g = its largest |x| / 127 in fp32 (0 for
+    a block below the smallest normal times 127); float64."""
+    b = x.float().numpy().reshape(*x.shape[:-1], -1, 32)
+    g = np.abs(b).max(-1, keepdims=True) / np.float32(127)
+    g = np.where(g >= np.finfo(np.float32).tiny, g, np.float32(0))
+    inv = np.divide(np.float32(1), g, out=np.zeros_like(g), where=g > 0)
+    q = np.clip(np.rint(b * inv), -127, 127).astype(np.float64) * g.astype(np.float64)
+    return torch.from_numpy(q.reshape(x.shape))
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.Q4_K, QT.Q6_K], ids=lambda q: q.name)
+def test_a8_batches_take_8_bit_activations_and_a_few_tokens_keep_the_grid(qtype, isa):
+    """act8 where the kernels have vpdpbusd: a batch of more than 4 tokens (70: a 64-token chunk,
+    then micro-kernel calls of 4 and 1) is the dequantised weights times x on the 8-bit grid, not
+    the 13-bit one; a block with an infinity leaves its token's outputs non-finite and no other's.
+    Up to 4 tokens, and every batch on kernels without vpdpbusd, keep the 13-bit grid's bits."""
+    rows, K = 37, 512
+    w = random_blocks(qtype, rows, K, seed=13)
+    a8, grid = quant.QLinear([(qtype, w)], K, act8=True), quant.QLinear([(qtype, w)], K)
+    assert a8.act8 == quant.act8_supported() and not grid.act8
+    x = torch.randn(70, K, generator=torch.Generator().manual_seed(6))
+    x[6, :32] = 0.0
+    x[9, 40] = float("inf")
+    got = a8(x)
+    assert torch.equal(a8(x[:4]), grid(x[:4]))
+    if not a8.act8:
+        torch.testing.assert_close(got, grid(x), rtol=0, atol=0, equal_nan=True)
+        return
+    assert not torch.isfinite(got[9]).any()
+    ok = [t for t in range(70) if t != 9]
+    wf = torch.from_numpy(dequantize(w, qtype).reshape(rows, K).astype(np.float64))
+    xg = on_grid8(x[ok])
+    bound = xg.abs() @ wf.abs().T
+    assert torch.all((got[ok].double() - xg @ wf.T).abs() <= 2e-6 * bound + 1e-6)
+    assert (got[ok] - grid(x)[ok]).abs().max() > 1e-4 * bound.max()
+
+
+def test_a8_model_tracks_the_default_path_with_or_without_fused_layers(tmp_path, monkeypatch):
+    """dtype 'a8': quantized weights, batched matmuls on 8-bit activations where the CPU has vpdpbusd
+    (named by weight_format), logits near the default path's; the fused layers pass act8 on."""
+    path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0)
+    auto, a8 = LlamaModel.load(path), LlamaModel.load(path, dtype="a8")
+    assert a8.quantized and a8.act8 == quant.act8_supported() and not auto.act8
+    assert a8.weight_format().endswith(", 8-bit activations in batched matmuls") == a8.act8
+    ids = list(range(10, 40))
+
+    def logits(m):
+        return m.forward([SeqInput(ids, 0, list(range(8)))], m.new_kv(8, 4))[0]
+    a, b = logits(auto), logits(a8)
+    assert (a - b).abs().max() < 2e-2 * a.abs().max() and torch.equal(a, b) != a8.act8
+    monkeypatch.setenv("LLMOS_FUSED", "off")
+    assert torch.equal(logits(LlamaModel.load(path, dtype="a8")), b)
+
+
+def test_a8_where_it_cannot_apply_runs_as_auto_and_says_why(tmp_path, monkeypatch, caplog):
+    from llmos.drivers import llama
+    path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0)
+    monkeypatch.setattr(llama, "act8_supported", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="llmos.drivers"):
+        m = LlamaModel.load(path, dtype="a8")
+    assert m.quantized and not m.act8 and "no vpdpbusd" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("LLMOS_QUANT", "off")
+    quant.kernels.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="llmos.drivers"):
+            m = LlamaModel.load(path, dtype="a8")
+    finally:
+        monkeypatch.delenv("LLMOS_QUANT")
+        quant.kernels.cache_clear()
+    assert not m.quantized and "for the quantized CPU path" in caplog.text
+
+
 @pytest.mark.parametrize("march,vnni", [("alderlake", True), ("sapphirerapids", True), ("skylake-avx512", False)])
 def test_the_kernels_build_for_other_cpus_and_use_vnni_where_they_have_it(tmp_path, march, vnni):
     """No CPU here has VNNI or AVX-512: the builds for CPUs that do must still compile, and the
@@ -198,6 +273,7 @@ def test_the_kernels_build_for_other_cpus_and_use_vnni_where_they_have_it(tmp_pa
                     str(quant.SOURCES[0]), "-o", str(obj)], check=True, timeout=300)
     dis = subprocess.run(["objdump", "-d", str(obj)], capture_output=True, text=True, check=True).stdout
     assert ("vpdpwssd" in dis) == vnni
+    assert ("vpdpbusd" in dis) == vnni          # the a8 GEMM (rg_imicro8)
     assert ("zmm" in dis) == (march != "alderlake")
 
 
@@ -283,9 +359,9 @@ def test_a_part_without_a_kernel_fails_the_matmul_before_any_output():
     parts = (quant.QPart * 2)(quant.QPart(int(QT.Q8_0), good.ctypes.data, 4, good.shape[1], 0),
                               quant.QPart(99, good.ctypes.data, 4, good.shape[1], 4))
     x, y = torch.randn(3, 64), torch.full((3, 8), 7.0)
-    assert lib.llmos_qmatmul_parts(parts, 2, 64, x.data_ptr(), 3, 64, y.data_ptr(), 8, 0, 0, None, 0.0) == -1
+    assert lib.llmos_qmatmul_parts(parts, 2, 64, x.data_ptr(), 3, 64, y.data_ptr(), 8, 0, 0, None, 0.0, 0) == -1
     parts[1].type = int(QT.Q4_K)                          # K = 64 is not a whole Q4_K block
-    assert lib.llmos_qmatmul_parts(parts, 2, 64, x.data_ptr(), 3, 64, y.data_ptr(), 8, 0, 0, None, 0.0) == -2
+    assert lib.llmos_qmatmul_parts(parts, 2, 64, x.data_ptr(), 3, 64, y.data_ptr(), 8, 0, 0, None, 0.0, 0) == -2
     assert torch.equal(y, torch.full((3, 8), 7.0))
 
 
