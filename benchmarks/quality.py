@@ -3,7 +3,9 @@
 The quantized path (drivers/quant.py) rounds each matmul input to a 13-bit grid; llama.cpp rounds
 it to 8 bits (its Q8 activations: each 32-block as integers in [-127, 127] times amax / 127), whose
 integer products run at twice the rate. This prints, for the fp32 reference path, the default path,
-and the fp32 path with its matmul inputs rounded to b bits (--bits), the greedy tokens against the
+the 'a8' path where the CPU runs it (quantized weights, batched matmuls on llama.cpp's 8-bit
+activations: its prompt and perplexity passes, not its one-token steps), and the fp32 path with its
+matmul inputs rounded to b bits (--bits), the greedy tokens against the
 independent reference recorded for the model (tests/fixtures/<model>_reference.json) and the
 perplexity of a fixed text. The default path must match the reference and stay within 1 % of
 fp32's perplexity (tests/test_smollm2.py). Runs on the CPU, where the default path is the
@@ -147,6 +149,10 @@ def main(argv: list[str]) -> int:
     rows = {}
     ids = model.tokenizer.encode(TEXT)
     rows["default path"] = measure(model, reference, ids)
+    del model
+    model = LlamaModel.load(str(path), dtype="a8", device="cpu")
+    if model.act8:                      # the opt-in path: batched matmuls on 8-bit activations
+        rows["a8"] = measure(model, reference, ids)
     del model
     model = LlamaModel.load(str(path), dtype="fp32", device="cpu")
     rows["fp32"] = measure(model, reference, ids)

@@ -110,3 +110,24 @@ def test_a_restarted_kernel_serves_the_prefix_from_disk(tmp_path, tiny_model_pat
             kern.wait(60)
     assert outs[0][1] == 0 and outs[1][1] > 0 and outs[1][0] == outs[0][0]
     assert list((tmp_path / "home" / "prefix").glob("*/*.kv"))
+
+
+def test_a8_and_auto_kernels_keep_their_prefix_blocks_apart(tmp_path, monkeypatch):
+    """An a8 kernel's prompt KV comes from 8-bit activations: a kernel on the default path must not
+    read it from disk as its own (nor the other way round)."""
+    from pathlib import Path
+    from gguf import GGMLQuantizationType as QT
+    import tinymodel
+    from llmos.drivers import quant
+    from llmos.drivers.llama import LlamaModel
+    from llmos.kernel.main import _prefix_disk
+    if not quant.act8_supported():
+        pytest.skip("no vpdpbusd on this CPU: a8 runs as auto")
+    monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))
+    path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0)
+    dirs = []
+    for dtype in ("auto", "a8"):
+        e = make_engine(LlamaModel.load(path, dtype=dtype), 64, block_size=BS)
+        _prefix_disk(e, Path(path), 1 << 20)
+        dirs.append(e.kv.disk.dir)
+    assert dirs[0] != dirs[1] and dirs[0].parent == dirs[1].parent == tmp_path / "home" / "prefix"
