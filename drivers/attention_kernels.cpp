@@ -67,9 +67,17 @@ template <typename KV> inline float dot(const float* q, const KV* k, int64_t D) 
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
+// Query heads a pass takes together: their 4 x HG accumulators, queries (or weights) and one key
+// (value) vector stay in registers: 3 with AVX2's 16, 4 with AVX-512's 32 (GQA's common 4 query
+// heads a KV head in one pass, where 3 + 1 read each row twice: Gemma 3 and the 4 x 2048 file).
+#if defined(__AVX512F__)
+constexpr int64_t HG_MAX = 4;
+#else
+constexpr int64_t HG_MAX = 3;
+#endif
 // Scores of HG query heads (q, D floats apart) against 4 keys k[0..4) (pool rows, D % 8 == 0)
 // into s[h * ld + i] = scale * q_h . k_i. Each key vector is loaded (converted) once for all HG
-// heads: 4 x HG accumulators, HG <= 3 keeps them, the queries and a key in the 16 registers.
+// heads: 4 x HG accumulators, HG <= HG_MAX.
 template <int HG, typename KV>
 inline void scores4(const float* q, const KV* const k[4], int64_t D, float scale, float* s, int64_t ld) {
     __m256 acc[HG][4];
@@ -106,7 +114,7 @@ template <typename KV> inline void axpy(float a, const KV* x, float* y, int64_t 
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-// o[h * D + d] = sum_j p[h * n + j] * v_j[d] for HG heads (HG <= 3) over keys j < n, v_j = the
+// o[h * D + d] = sum_j p[h * n + j] * v_j[d] for HG heads (HG <= HG_MAX) over keys j < n, v_j = the
 // pool row at v + rows[j] (D % 32 == 0). 32 columns at a time: each value vector is loaded
 // (converted) once for all HG heads, 4 x HG accumulators in registers; every output accumulates
 // over the keys in order. pf: bytes of each row from v on to request 8 keys ahead (0: none).
@@ -172,6 +180,11 @@ void attn_task(void* p, int64_t i) {
     const Attn<KV>& a = *(const Attn<KV>*)p;
     const int64_t gn = a.kv_per_task, t = i * gn / a.KVH, g0 = i * gn % a.KVH;
     const int64_t G = a.H / a.KVH, D = a.D;
+#if defined(__AVX2__) && defined(__FMA__)
+    constexpr int64_t HG = HG_MAX;      // query heads a pass
+#else
+    constexpr int64_t HG = 3;
+#endif
     const int64_t end = a.pos[t] + 1, lo = a.window > 0 && end > a.window ? end - a.window : 0, n = end - lo;
     const int64_t* table = a.tables + a.seq_of[t] * a.max_blocks;
     thread_local std::vector<float> scores;
@@ -179,7 +192,7 @@ void attn_task(void* p, int64_t i) {
     if ((int64_t)scores.size() < gn * G * n) scores.resize((size_t)(gn * G * n));
     const float* q = a.q + t * a.ldq + g0 * G * D;        // query heads of KV heads g0.. in order
     // Scores straight from the pool: the key rows' addresses once, then blocks of 4 keys (all the
-    // task's KV heads of those keys, so whole slot rows are read together) for up to 3 query heads
+    // task's KV heads of those keys, so whole slot rows are read together) for up to HG_MAX query heads
     // at a time; the keys left over one by one. Which keys go 4 at a time depends only on (lo, end).
     if ((int64_t)rows.size() < n) rows.resize((size_t)n);
     for (int64_t key = lo; key < end;) {
@@ -191,15 +204,16 @@ void attn_task(void* p, int64_t i) {
     const int64_t span = gn * D * (int64_t)sizeof(KV);     // bytes of a key's row this task reads
     auto scores_of = [&](int64_t j, int64_t nk) {           // keys j .. j+nk-1, every head
         for (int64_t gi = 0; gi < gn; gi++)
-            for (int64_t h0 = 0; h0 < G; h0 += 3) {
-                const int64_t hg = G - h0 < 3 ? G - h0 : 3;
+            for (int64_t h0 = 0; h0 < G; h0 += HG) {
+                const int64_t hg = G - h0 < HG ? G - h0 : HG;
                 const float* qh = q + (gi * G + h0) * D;
                 float* s = scores.data() + (gi * G + h0) * n + j;
                 const KV* kg = kpool + gi * D;
 #if defined(__AVX2__) && defined(__FMA__)
                 if (nk == 4) {
                     const KV* const k4[4] = {kg + rows[j], kg + rows[j + 1], kg + rows[j + 2], kg + rows[j + 3]};
-                    if (hg == 3) scores4<3>(qh, k4, D, a.scale, s, n);
+                    if (HG_MAX >= 4 && hg == 4) scores4<HG_MAX>(qh, k4, D, a.scale, s, n);
+                    else if (hg == 3) scores4<3>(qh, k4, D, a.scale, s, n);
                     else if (hg == 2) scores4<2>(qh, k4, D, a.scale, s, n);
                     else scores4<1>(qh, k4, D, a.scale, s, n);
                     continue;
@@ -234,14 +248,15 @@ void attn_task(void* p, int64_t i) {
     }
     // Values straight from the pool, each row read once for all the heads that share it.
     for (int64_t gi = 0; gi < gn; gi++)
-        for (int64_t h0 = 0; h0 < G; h0 += 3) {
-            const int64_t hg = G - h0 < 3 ? G - h0 : 3;
+        for (int64_t h0 = 0; h0 < G; h0 += HG) {
+            const int64_t hg = G - h0 < HG ? G - h0 : HG;
             const float* p = scores.data() + (gi * G + h0) * n;
             float* o = out + (gi * G + h0) * D;
 #if defined(__AVX2__) && defined(__FMA__)
             if (D % 32 == 0) {
                 const int64_t pf = gi == 0 && h0 == 0 ? span : 0;       // the first pass fetches whole rows
-                if (hg == 3) values32<3>(p, n, vpool + gi * D, rows.data(), D, o, pf);
+                if (HG_MAX >= 4 && hg == 4) values32<HG_MAX>(p, n, vpool + gi * D, rows.data(), D, o, pf);
+                else if (hg == 3) values32<3>(p, n, vpool + gi * D, rows.data(), D, o, pf);
                 else if (hg == 2) values32<2>(p, n, vpool + gi * D, rows.data(), D, o, pf);
                 else values32<1>(p, n, vpool + gi * D, rows.data(), D, o, pf);
                 continue;

@@ -414,25 +414,33 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
     }
 }
 
-// A group's panel (rg_panel's int16 pairs) as signed bytes, chunk after chunk: CH / 4 vectors, each
-// lane a row's quants 4r .. 4r + 3 in KPERM order (the order of x's quads and of AMX's B tiles);
-// and, where wsum128 is given, 128 times each chunk's sum of quants per row (wsum128 + b VN).
-template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int32_t* out, int32_t* wsum128) {
+// A group's panel (rg_panel's int16 pairs) as signed bytes q - off (off < 128 for quants in [0,
+// 127]), chunk after chunk: CH / 4 vectors, each lane a row's quants 4r .. 4r + 3 in KPERM order (the
+// order of x's quads and of AMX's B tiles); and, where wsum128 is given, 128 times each chunk's sum
+// of those bytes per row (wsum128 + b VN).
+template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int32_t* out, int32_t* wsum128,
+                                              int off = 0) {
     constexpr int P = CH<TYPE> / 2;
-    const vi lo8 = vset1i(0xFF), hi8 = vset1i(0xFF00);
+    const vi lo8 = vset1i(0xFF), hi8 = vset1i(0xFF00), top = vset1i((int)0x80808080), offs = vset1i(off * 0x01010101);
     auto halves = [](vi p) { return vadd(vsrai<16>(vslli<16>(p)), vsrai<16>(p)); };
     for (int64_t b = 0; b < nch; b++) {
-        vi sum = vset1i(0);
+        vi sum = vset1i(-off * CH<TYPE>);
         for (int r = 0; r < CH<TYPE> / 4; r++) {
             const vi p0 = vload_i(q + (P * b + 2 * r) * VN), p1 = vload_i(q + (P * b + 2 * r + 1) * VN);
             const vi b01 = vor(vand(p0, lo8), vand(vsrli<8>(p0), hi8));
             const vi b23 = vor(vand(p1, lo8), vand(vsrli<8>(p1), hi8));
-            vstore_i(out + (b * (CH<TYPE> / 4) + r) * VN, vor(b01, vslli<16>(b23)));
+            vi quad = vor(b01, vslli<16>(b23));
+            if (off) quad = vxor(vsub(vor(quad, top), offs), top);     // bytes (q + 128 - off) - 128: no borrows
+            vstore_i(out + (b * (CH<TYPE> / 4) + r) * VN, quad);
             if (wsum128) sum = vadd(sum, vadd(halves(p0), halves(p1)));
         }
         if (wsum128) vstore_i(wsum128 + b * VN, vslli<7>(sum));
     }
 }
+// An a8 panel's quants for Q4_0 and Q5_0 are q - 8 and q - 16: their m (-8 d, -16 d) is then in the
+// integer sums, and their chunks take no m FMA (one of four epilogue operations saved).
+template <int TYPE> constexpr int A8_OFF = TYPE == Q4_0 ? 8 : TYPE == Q5_0 ? 16 : 0;
+template <int TYPE> constexpr bool A8_HAS_M = HAS_M<TYPE> && A8_OFF<TYPE> == 0;
 
 // A chunk's integer sums S (exact, < 2^24) into the accumulators: acc = fma(S g, d, acc), then
 // acc = fma(m, xsum, acc) for types with an m (the others ignore m and xsum). S g is exact in fp32.
@@ -508,10 +516,11 @@ __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, i
             }
         }
         for (int v = 0; v < RV; v++) {
-            const vf dv = vload(d + v * dstride + b * VN), mv = HAS_M<TYPE> ? vload(m + v * dstride + b * VN) : dv;
-            for (int c = 0; c < C; c++)
-                acc[v][c] = rg_chunk_fma<TYPE>(s[v][c], g[c][xb / 32], dv, mv, HAS_M<TYPE> ? xsums[c][b] : 0.f,
-                                               acc[v][c]);
+            const vf dv = vload(d + v * dstride + b * VN);
+            for (int c = 0; c < C; c++) {
+                const vf a = vfma(vmul(vcvt(s[v][c]), vset1(g[c][xb / 32])), dv, acc[v][c]);
+                acc[v][c] = A8_HAS_M<TYPE> ? vfma(vload(m + v * dstride + b * VN), vset1(xsums[c][b]), a) : a;
+            }
         }
     }
     for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, acc[v][c]);
@@ -742,7 +751,8 @@ static void rg_task(void* p, int64_t i) {
 #if defined(LLMOS_VDPBUSD)
         if (j.quads) {
             const int64_t qs = VN * K / 4;
-            for (int v = 0; v < rv; v++) rg_quad_panel<TYPE>(q + v * ps, nch, qpanel.data() + v * qs, wsum.data() + v * ds);
+            for (int v = 0; v < rv; v++) rg_quad_panel<TYPE>(q + v * ps, nch, qpanel.data() + v * qs, wsum.data() + v * ds,
+                                                                A8_OFF<TYPE>);
             const int32_t* q8 = qpanel.data(); const int32_t* w8 = wsum.data();
             for (; c + RG_NC <= tn; c += RG_NC) {
                 tokens(c, RG_NC);

@@ -103,6 +103,7 @@ static inline vi vadd(vi a, vi b) { return _mm512_add_epi32(a, b); }
 static inline vi vsub(vi a, vi b) { return _mm512_sub_epi32(a, b); }
 static inline vi vand(vi a, vi b) { return _mm512_and_si512(a, b); }
 static inline vi vor(vi a, vi b) { return _mm512_or_si512(a, b); }
+static inline vi vxor(vi a, vi b) { return _mm512_xor_si512(a, b); }
 template <int S> static inline vi vsrli(vi a) { return _mm512_srli_epi32(a, S); }
 template <int S> static inline vi vslli(vi a) { return _mm512_slli_epi32(a, S); }
 template <int S> static inline vi vsrai(vi a) { return _mm512_srai_epi32(a, S); }
@@ -185,6 +186,7 @@ static inline vi vadd(vi a, vi b) { return _mm256_add_epi32(a, b); }
 static inline vi vsub(vi a, vi b) { return _mm256_sub_epi32(a, b); }
 static inline vi vand(vi a, vi b) { return _mm256_and_si256(a, b); }
 static inline vi vor(vi a, vi b) { return _mm256_or_si256(a, b); }
+static inline vi vxor(vi a, vi b) { return _mm256_xor_si256(a, b); }
 template <int S> static inline vi vsrli(vi a) { return _mm256_srli_epi32(a, S); }
 template <int S> static inline vi vslli(vi a) { return _mm256_slli_epi32(a, S); }
 template <int S> static inline vi vsrai(vi a) { return _mm256_srai_epi32(a, S); }
