@@ -299,6 +299,7 @@ struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     const int32_t* pairs = nullptr;   // and its int16 pairs, [T, K / 2] (more than one token)
     const int8_t* xbytes = nullptr;   // and those as AMX's hi then lo bytes, [2, T, K] (amx_tiles.h), or null
     const int32_t* quads = nullptr;   // or, an a8 GEMM: X at 8 bits, [T, K / 4] quads (grid8_row)
+    const int32_t* isum = nullptr;    // and their sums 16 at a time, [T, K / 16]
 };
 constexpr int64_t TCHUNK = 64;   // tokens whose activations stay in L2 while a panel is reused
 constexpr int NR = 6;           // weight rows per dequantised panel
@@ -713,7 +714,7 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
     // The input's buffers are the calling thread's and only grow: allocating them on every call
     // cost page faults (~5 % of a SmolLM2 prefill).
     thread_local std::vector<float> xp, xsum, xq, grid_g;
-    thread_local std::vector<int32_t> pairs[2], quads[2];
+    thread_local std::vector<int32_t> pairs[2], quads[2], isum;
     thread_local std::vector<int8_t> xbytes[2];
     thread_local std::vector<Job> jobs;
     thread_local std::vector<TaskFn> fns;
@@ -729,7 +730,9 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
     const bool a8 = act8 && llmos_act8_supported() && T > A8_MIN_TOKENS;
     if (grouped && a8) {  // x at 8 bits, once, as quads in each pair order used
         grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));
+        grow(isum, T * (K / 16));
         Grid grid{X, ldx, K, T, nullptr, grid_g.data(), xsum.data(), {nullptr, nullptr}};
+        grid.isum = isum.data();
         for (int s = 0; s < 2; s++)
             if (split[s]) {
                 grow(quads[s], T * (K / 4));
@@ -766,7 +769,7 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
             job.X = rg_int_gemv(type - RG_TYPES) ? nullptr : xq.data(); job.ldx = K;
             job.grid_g = grid_g.data(); job.xsum = xsum.data();
             job.pairs = pairs[rg_split_pairs(type - RG_TYPES)].data();
-            if (a8) job.quads = quads[rg_split_pairs(type - RG_TYPES)].data();
+            if (a8) { job.quads = quads[rg_split_pairs(type - RG_TYPES)].data(); job.isum = isum.data(); }
 #if defined(LLMOS_AMX)
             if (!a8) job.xbytes = T >= 16 && amx_ready() ? xbytes[rg_split_pairs(type - RG_TYPES)].data() : nullptr;
 #endif

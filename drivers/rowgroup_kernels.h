@@ -164,12 +164,16 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
 // where the grid keeps 13. Chunk sums S = sum q xi stay exact and take the grid's epilogue
 // (acc = fma(S g, d, acc), + m xsum), but a token's results now depend on its batch (the GEMV stays
 // 13-bit), and 8 bits change greedy tokens the grid keeps: a8 is opt-in (drivers/quant.py).
-// vpdpbusd multiplies unsigned bytes by signed ones: x goes as xi + 128 and the quants as signed
-// bytes, so S = that sum - 128 sum q (a vector a chunk, made with the panel: rg_quad_panel).
-// Token row x (K wide) as g[K / 32], xsum[K / 32] (g times the integers' sum) and each 32-block's
-// xi + 128 as 8 quads of bytes in each pair order whose array is not null (quads[s][8 b + j]: k =
-// 4j .. 4j + 3; s = 1, split pairs: 2j, 2j + 16, 2j + 1, 2j + 17, the pairs 2j and 2j + 1 of grid_row).
-static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t* const quads[2]) {
+// vpdpbusd multiplies unsigned bytes by signed ones: the panel's quants go as unsigned bytes u = q +
+// o (rg_quad_panel; o = A8_OFF below, 0 for the types whose quants are unsigned), x as signed ones,
+// and each chunk's sum starts from -o sum xi (isum), so S = sum (u - o) xi. For Q4_0 and Q5_0, o
+// = 8, 16 on unsigned quants: their m (-8 d, -16 d) is then in the sum, and their chunks take no
+// m FMA.
+// Token row x (K wide) as g[K / 32], xsum[K / 32] (g times the integers' sum), isum[K / 16] (the
+// integers' sums, 16 at a time) and each 32-block's xi as 8 quads of signed bytes in each pair
+// order whose array is not null (quads[s][8 b + j]: k = 4j .. 4j + 3; s = 1, split pairs: 2j, 2j +
+// 16, 2j + 1, 2j + 17, the pairs 2j and 2j + 1 of grid_row).
+static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t* isum, int32_t* const quads[2]) {
     for (int64_t b = 0; b < K / 32; b++) {
         vf v[VB], amax = vzero(), nan_if_not_finite = vzero();
         for (int i = 0; i < VB; i++) {
@@ -185,18 +189,16 @@ static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t*
             float gb = vhmax(amax) / 127.f;
             if (!(gb >= FLT_MIN)) gb = 0.f;                // a block of (near) zeros: all xi 0
             const vf inv = vset1(gb > 0.f ? 1.f / gb : 0.f);
-            vf sum = vzero();
-            for (int i = 0; i < VB; i++) {
-                const vi q = vclamp(vround(vmul(v[i], inv)), 127);
-                vstore_i(xi + VN * i, q);
-                sum = vadd(sum, vcvt(q));
-            }
+            for (int i = 0; i < VB; i++) vstore_i(xi + VN * i, vclamp(vround(vmul(v[i], inv)), 127));
             g[b] = gb;
-            xsum[b] = vhsum(sum) * gb;
         }
+        int32_t lo = 0, hi = 0;
+        for (int k = 0; k < 16; k++) { lo += xi[k]; hi += xi[16 + k]; }
+        isum[2 * b] = lo; isum[2 * b + 1] = hi;
+        if (g[b] == g[b]) xsum[b] = (float)(lo + hi) * g[b];
         auto quad = [&](int a, int c, int d, int e) {
-            return (int32_t)((uint32_t)(xi[a] + 128) | (uint32_t)(xi[c] + 128) << 8 | (uint32_t)(xi[d] + 128) << 16 |
-                             (uint32_t)(xi[e] + 128) << 24);
+            return (int32_t)((uint32_t)(uint8_t)xi[a] | (uint32_t)(uint8_t)xi[c] << 8 | (uint32_t)(uint8_t)xi[d] << 16 |
+                             (uint32_t)(uint8_t)xi[e] << 24);
         };
         for (int j = 0; j < 8; j++) {
             if (quads[0]) quads[0][8 * b + j] = quad(4 * j, 4 * j + 1, 4 * j + 2, 4 * j + 3);
@@ -208,10 +210,10 @@ static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t*
 // X on the grid for a row-grouped matmul, a task a PREP_ROWS tokens: xq [T, K] (the fp32 GEMV's
 // input; null where every GEMV is integer), g and xsum [T, K / 32], pairs[s] [T, K / 2] in each
 // pair order s the matmul uses (null otherwise); or, where quads[s] are given instead (an a8
-// GEMM), x at 8 bits (grid8_row): g, xsum and quads[s] [T, K / 4].
+// GEMM), x at 8 bits (grid8_row): g, xsum, isum [T, K / 16] and quads[s] [T, K / 4].
 struct Grid {
     const float* X; int64_t ldx, K, T; float* xq; float* g; float* xsum; int32_t* pairs[2];
-    int32_t* quads[2] = {nullptr, nullptr};
+    int32_t* quads[2] = {nullptr, nullptr}; int32_t* isum = nullptr;
 };
 static void grid_task(void* p, int64_t i) {
     const Grid& j = *(const Grid*)p;
@@ -219,7 +221,8 @@ static void grid_task(void* p, int64_t i) {
         if (j.quads[0] || j.quads[1]) {
             int32_t* const quads[2] = {j.quads[0] ? j.quads[0] + t * (j.K / 4) : nullptr,
                                        j.quads[1] ? j.quads[1] + t * (j.K / 4) : nullptr};
-            grid8_row(j.X + t * j.ldx, j.K, j.g + t * (j.K / 32), j.xsum + t * (j.K / 32), quads);
+            grid8_row(j.X + t * j.ldx, j.K, j.g + t * (j.K / 32), j.xsum + t * (j.K / 32), j.isum + t * (j.K / 16),
+                      quads);
             continue;
         }
         int32_t* const pairs[2] = {j.pairs[0] ? j.pairs[0] + t * (j.K / 2) : nullptr,
@@ -377,7 +380,7 @@ static inline void rg_gemv_groups(const uint8_t* W, int64_t gstride, int64_t nb,
 
 // The group at grp unpacked into an integer panel: chunk c's quants as CH / 2 vectors of int16 pairs
 // (quants kk and kk + 1 in KPERM order, low half first) at q + CH / 2 c VN, its d and m vectors at
-// d + c VN, m + c VN.
+// d + c VN, m + c VN; only the d and m vectors where q is null (a 32-block type's a8 panel: rg_quads).
 template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t* q, float* d, float* m) {
     auto put = [&](int64_t chunk, int kk, vi pair) { vstore_i(q + (chunk * (CH<TYPE> / 2) + kk / 2) * VN, pair); };
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
@@ -401,6 +404,7 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
             vstore(d + b * VN, dv); vstore(m + b * VN, mv);
         }
         if constexpr (SUBS<TYPE> == 1) {
+            if (!q) continue;
 #pragma GCC unroll 16
             for (int pp = 0; pp < 16; pp++) put(sbi, 2 * pp, rg_qpair<TYPE>(sb, pp));
         } else {
@@ -414,32 +418,55 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
     }
 }
 
-// A group's panel (rg_panel's int16 pairs) as signed bytes q - off (off < 128 for quants in [0,
-// 127]), chunk after chunk: CH / 4 vectors, each lane a row's quants 4r .. 4r + 3 in KPERM order (the
-// order of x's quads and of AMX's B tiles); and, where wsum128 is given, 128 times each chunk's sum
-// of those bytes per row (wsum128 + b VN).
-template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int32_t* out, int32_t* wsum128,
-                                              int off = 0) {
+// A group's panel (rg_panel's int16 pairs) as bytes, chunk after chunk: CH / 4 vectors, each lane a
+// row's quants 4r .. 4r + 3 in KPERM order (the order of x's quads and of AMX's B tiles): signed
+// bytes q (off 0: AMX's B tiles), or unsigned q + off for a8 (q >= -off).
+template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int32_t* out, int off = 0) {
     constexpr int P = CH<TYPE> / 2;
-    const vi lo8 = vset1i(0xFF), hi8 = vset1i(0xFF00), top = vset1i((int)0x80808080), offs = vset1i(off * 0x01010101);
-    auto halves = [](vi p) { return vadd(vsrai<16>(vslli<16>(p)), vsrai<16>(p)); };
-    for (int64_t b = 0; b < nch; b++) {
-        vi sum = vset1i(-off * CH<TYPE>);
+    const vi lo8 = vset1i(0xFF), hi8 = vset1i(0xFF00), top = vset1i((int)0x80808080);
+    const vi down = vset1i((128 - off) * 0x01010101);
+    for (int64_t b = 0; b < nch; b++)
         for (int r = 0; r < CH<TYPE> / 4; r++) {
             const vi p0 = vload_i(q + (P * b + 2 * r) * VN), p1 = vload_i(q + (P * b + 2 * r + 1) * VN);
             const vi b01 = vor(vand(p0, lo8), vand(vsrli<8>(p0), hi8));
             const vi b23 = vor(vand(p1, lo8), vand(vsrli<8>(p1), hi8));
             vi quad = vor(b01, vslli<16>(b23));
-            if (off) quad = vxor(vsub(vor(quad, top), offs), top);     // bytes (q + 128 - off) - 128: no borrows
+            if (off) quad = vsub(vxor(quad, top), down);       // bytes (q + 128) - (128 - off): no borrows
             vstore_i(out + (b * (CH<TYPE> / 4) + r) * VN, quad);
-            if (wsum128) sum = vadd(sum, vadd(halves(p0), halves(p1)));
         }
-        if (wsum128) vstore_i(wsum128 + b * VN, vslli<7>(sum));
+}
+// A 32-block type's a8 panel (rg_quad_panel's, offset A8_PANEL_OFF) straight from the group's bytes:
+// quad j of a block is its quants 4j .. 4j + 3 in KPERM order, that is the two int16 pairs 2j and
+// 2j + 1 of rg_qpair, here narrowed to bytes in registers (Q4_0/Q4_1: the nibbles of bytes 2j and
+// 2j + 1, quants 2j, 2j + 16, 2j + 1, 2j + 17, in four operations; Q8_0: its pair entries 2j and
+// 2j + 1 side by side, then + 128).
+template <int TYPE> static void rg_quads(const uint8_t* grp, int64_t nb, int32_t* out) {
+    const vi top = vset1i((int)0x80808080), lo8 = vset1i(0xFF), hi8 = vset1i(0xFF00);
+    const vi lo4 = vset1i(0x000F000F), hi4 = vset1i(0x0F000F00);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* sb = grp + b * VN * RG_SB<TYPE>;
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            vi quad;
+            if constexpr (TYPE == Q8_0) {
+                quad = vxor(vor(vu16(sb + (2 + 4 * j) * VN), vslli<16>(vu16(sb + (4 + 4 * j) * VN))), top);
+            } else if constexpr (TYPE == Q4_0 || TYPE == Q4_1) {
+                const vi u = vor(vu8(sb + (RG_QS<TYPE> + 2 * j) * VN), vslli<16>(vu8(sb + (RG_QS<TYPE> + 2 * j + 1) * VN)));
+                quad = vor(vand(u, lo4), vand(vslli<4>(u), hi4));
+            } else {
+                const vi p0 = rg_qpair<TYPE>(sb, 2 * j), p1 = rg_qpair<TYPE>(sb, 2 * j + 1);
+                quad = vor(vor(vand(p0, lo8), vand(vsrli<8>(p0), hi8)), vslli<16>(vor(vand(p1, lo8), vand(vsrli<8>(p1), hi8))));
+            }
+            vstore_i(out + (b * 8 + j) * VN, quad);
+        }
     }
 }
-// An a8 panel's quants for Q4_0 and Q5_0 are q - 8 and q - 16: their m (-8 d, -16 d) is then in the
-// integer sums, and their chunks take no m FMA (one of four epilogue operations saved).
-template <int TYPE> constexpr int A8_OFF = TYPE == Q4_0 ? 8 : TYPE == Q5_0 ? 16 : 0;
+
+// The a8 panel's offset o (u = q + o unsigned, each chunk's sum from -o sum xi): Q8_0's and Q6_K's
+// quants are signed; Q4_0's and Q5_0's unsigned, their m = -8 d, -16 d folded into the sums.
+template <int TYPE> constexpr int A8_OFF = TYPE == Q8_0 ? 128 : TYPE == Q6_K ? 32 : TYPE == Q4_0 ? 8
+                                         : TYPE == Q5_0 ? 16 : 0;
+template <int TYPE> constexpr int A8_PANEL_OFF = TYPE == Q8_0 || TYPE == Q6_K ? A8_OFF<TYPE> : 0;
 template <int TYPE> constexpr bool A8_HAS_M = HAS_M<TYPE> && A8_OFF<TYPE> == 0;
 
 // A chunk's integer sums S (exact, < 2^24) into the accumulators: acc = fma(S g, d, acc), then
@@ -489,30 +516,32 @@ __attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, in
 }
 
 #if defined(LLMOS_VDPBUSD)
-// rg_imicro for an a8 matmul: the groups' quads (rg_quad_panel: pstride int32 apart, 128 sum q at
-// ws, dstride apart) times C tokens' quads xq[c] (grid8_row, their pair order), four products a
-// vpdpbusd; S = the sum - 128 sum q, then rg_imicro's epilogue with the tokens' g and xsums.
+// rg_imicro for an a8 matmul: the groups' unsigned quads (rg_quad_panel, pstride int32 apart) times
+// C tokens' signed quads xq[c] (grid8_row, their pair order), four products a vpdpbusd, each chunk's
+// sum from -A8_OFF sum xi (isum[c], 16 at a time); then rg_imicro's epilogue with the tokens' g and
+// xsums (the m FMA only where A8_HAS_M).
 template <int TYPE, int RV, int C>
-__attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, int64_t pstride, const int32_t* ws,
-        const float* d, const float* m, int64_t dstride, int64_t nch, const int32_t* const* xq,
+__attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, int64_t pstride, const float* d,
+        const float* m, int64_t dstride, int64_t nch, const int32_t* const* xq, const int32_t* const* isum,
         const float* const* g, const float* const* xsums, float* out, int64_t ldo) {
     constexpr int P = CH<TYPE> / 4;
     vf acc[RV][C];
     for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) acc[v][c] = vzero();
     for (int64_t b = 0; b < nch; b++) {
-        vi s[RV][C];                                       // from -128 sum q: S once the products are in
-        for (int v = 0; v < RV; v++) {
-            const vi w128 = vsub(vset1i(0), vload_i(ws + v * dstride + b * VN));
-            for (int c = 0; c < C; c++) s[v][c] = w128;
-        }
         const int64_t xb = rg_xbase<TYPE>(b);
+        vi s[RV][C];
+        for (int c = 0; c < C; c++) {
+            const int32_t* is = isum[c] + xb / 16;
+            const vi start = vset1i(A8_OFF<TYPE> ? -A8_OFF<TYPE> * (CH<TYPE> == 16 ? is[0] : is[0] + is[1]) : 0);
+            for (int v = 0; v < RV; v++) s[v][c] = start;
+        }
 #pragma GCC unroll 8
         for (int pp = 0; pp < P; pp++) {
             vi w[RV];
             for (int v = 0; v < RV; v++) { w[v] = vload_i(q + v * pstride + (P * b + pp) * VN); LLMOS_PIN(w[v]); }
             for (int c = 0; c < C; c++) {
                 const vi xv = vset1i(xq[c][xb / 4 + pp]);
-                for (int v = 0; v < RV; v++) { s[v][c] = vdpbusd(s[v][c], xv, w[v]); LLMOS_PIN(s[v][c]); }
+                for (int v = 0; v < RV; v++) { s[v][c] = vdpbusd(s[v][c], w[v], xv); LLMOS_PIN(s[v][c]); }
             }
         }
         for (int v = 0; v < RV; v++) {
@@ -716,20 +745,18 @@ static void rg_task(void* p, int64_t i) {
     int32_t* const q = (int32_t*)(((uintptr_t)panel.data() + 63) & ~(uintptr_t)63);
     float* const d = scales.data(); float* const m = d + RG_RV * VN * nch;
     const int64_t ldo = RG_RV * VN, ps = VN * K / 2, ds = VN * nch;
-    const int32_t* xp[RG_NC]; const float* g[RG_NC]; const float* sums[RG_NC];
+    const int32_t* xp[RG_NC]; const int32_t* is[RG_NC]; const float* g[RG_NC]; const float* sums[RG_NC];
     auto tokens = [&](int64_t c, int n) {      // micro-kernel arguments of tokens c .. c + n - 1
         for (int u = 0; u < n; u++) {
             const int64_t t = t0 + c + u;
             xp[u] = j.quads ? j.quads + t * (K / 4) : j.pairs + t * (K / 2); g[u] = j.grid_g + t * nb;
+            is[u] = j.quads ? j.isum + t * (K / 16) : nullptr;
             sums[u] = sums_of(t);
         }
     };
 #if defined(LLMOS_VDPBUSD)
-    thread_local std::vector<int32_t> qpanel, wsum;       // an a8 GEMM's quads and 128 sum q
-    if (j.quads) {
-        if ((int64_t)qpanel.size() < RG_RV * VN * K / 4) qpanel.resize((size_t)(RG_RV * VN * K / 4));
-        if ((int64_t)wsum.size() < RG_RV * VN * nch) wsum.resize((size_t)(RG_RV * VN * nch));
-    }
+    thread_local std::vector<int32_t> qpanel;             // an a8 GEMM's quads
+    if (j.quads && (int64_t)qpanel.size() < RG_RV * VN * K / 4) qpanel.resize((size_t)(RG_RV * VN * K / 4));
 #endif
 #if defined(LLMOS_AMX)
     const float* g16[16]; const float* s16[16];
@@ -746,32 +773,35 @@ static void rg_task(void* p, int64_t i) {
     for (int64_t g0 = g_begin; g0 < g_end; g0 += RG_RV) {
         const int rv = (int)std::min<int64_t>(RG_RV, g_end - g0);
         prefetch(j.W + (g0 + RG_RV) * gs, RG_RV * gs);
-        for (int v = 0; v < rv; v++) rg_panel<TYPE>(j.W + (g0 + v) * gs, nb, q + v * ps, d + v * ds, m + v * ds);
+        const bool pairs = !j.quads || SUBS<TYPE> > 1;      // an a8 32-block type's quads come from rg_quads
+        for (int v = 0; v < rv; v++) rg_panel<TYPE>(j.W + (g0 + v) * gs, nb, pairs ? q + v * ps : nullptr, d + v * ds, m + v * ds);
         int64_t c = 0;
 #if defined(LLMOS_VDPBUSD)
         if (j.quads) {
             const int64_t qs = VN * K / 4;
-            for (int v = 0; v < rv; v++) rg_quad_panel<TYPE>(q + v * ps, nch, qpanel.data() + v * qs, wsum.data() + v * ds,
-                                                                A8_OFF<TYPE>);
-            const int32_t* q8 = qpanel.data(); const int32_t* w8 = wsum.data();
+            for (int v = 0; v < rv; v++) {
+                if constexpr (SUBS<TYPE> == 1) rg_quads<TYPE>(j.W + (g0 + v) * gs, nb, qpanel.data() + v * qs);
+                else rg_quad_panel<TYPE>(q + v * ps, nch, qpanel.data() + v * qs, A8_PANEL_OFF<TYPE>);
+            }
+            const int32_t* q8 = qpanel.data();
             for (; c + RG_NC <= tn; c += RG_NC) {
                 tokens(c, RG_NC);
                 float* o = out.data() + c * ldo;
-                if (rv == RG_RV) rg_imicro8<TYPE, RG_RV, RG_NC>(q8, qs, w8, d, m, ds, nch, xp, g, sums, o, ldo);
-                else rg_imicro8<TYPE, 1, RG_NC>(q8, qs, w8, d, m, ds, nch, xp, g, sums, o, ldo);
+                if (rv == RG_RV) rg_imicro8<TYPE, RG_RV, RG_NC>(q8, qs, d, m, ds, nch, xp, is, g, sums, o, ldo);
+                else rg_imicro8<TYPE, 1, RG_NC>(q8, qs, d, m, ds, nch, xp, is, g, sums, o, ldo);
             }
             for (; c < tn; c++) {
                 tokens(c, 1);
                 float* o = out.data() + c * ldo;
-                if (rv == RG_RV) rg_imicro8<TYPE, RG_RV, 1>(q8, qs, w8, d, m, ds, nch, xp, g, sums, o, ldo);
-                else rg_imicro8<TYPE, 1, 1>(q8, qs, w8, d, m, ds, nch, xp, g, sums, o, ldo);
+                if (rv == RG_RV) rg_imicro8<TYPE, RG_RV, 1>(q8, qs, d, m, ds, nch, xp, is, g, sums, o, ldo);
+                else rg_imicro8<TYPE, 1, 1>(q8, qs, d, m, ds, nch, xp, is, g, sums, o, ldo);
             }
         }
 #endif
 #if defined(LLMOS_AMX)
         if (tiled) {
             const int64_t bs = VN * K / 4;
-            for (int v = 0; v < rv; v++) rg_quad_panel<TYPE>(q + v * ps, nch, bpanel.data() + v * bs, nullptr);
+            for (int v = 0; v < rv; v++) rg_quad_panel<TYPE>(q + v * ps, nch, bpanel.data() + v * bs);
             for (; c < tiled; c += 16) {
                 tokens16(c);
                 const int8_t* hi = j.xbytes + (t0 + c) * K; const int8_t* lo = hi + j.T * K;

@@ -94,6 +94,7 @@ static inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf vcvt(vi v) { return _mm512_cvtepi32_ps(v); }
 // VN bytes at p, zero- or sign-extended to 32-bit lanes.
 static inline vi vu8(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p)); }
+static inline vi vu16(const uint8_t* p) { return _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)); }
 static inline vi vs8(const uint8_t* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)); }
 // 2 VN bytes at p, each sign-extended to 16 bits: lane i holds bytes 2i (low half) and 2i + 1.
 static inline vi vs8x2(const uint8_t* p) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)p)); }
@@ -178,6 +179,7 @@ static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 static inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf vcvt(vi v) { return _mm256_cvtepi32_ps(v); }
 static inline vi vu8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
+static inline vi vu16(const uint8_t* p) { return _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)); }
 static inline vi vs8(const uint8_t* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
 static inline vi vs8x2(const uint8_t* p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p)); }
 static inline vi vset1i(int v) { return _mm256_set1_epi32(v); }
