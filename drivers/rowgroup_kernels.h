@@ -181,28 +181,29 @@ static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t*
             amax = vmax(amax, vabs(v[i]));
             nan_if_not_finite = vfma(v[i], vzero(), nan_if_not_finite);
         }
-        alignas(64) int32_t xi[32];
+        vi q[VB];
         if (vany_nan(nan_if_not_finite)) {
-            g[b] = xsum[b] = NAN;
-            memset(xi, 0, sizeof xi);
+            g[b] = NAN;
+            for (int i = 0; i < VB; i++) q[i] = vset1i(0);
         } else {
             float gb = vhmax(amax) / 127.f;
             if (!(gb >= FLT_MIN)) gb = 0.f;                // a block of (near) zeros: all xi 0
             const vf inv = vset1(gb > 0.f ? 1.f / gb : 0.f);
-            for (int i = 0; i < VB; i++) vstore_i(xi + VN * i, vclamp(vround(vmul(v[i], inv)), 127));
+            for (int i = 0; i < VB; i++) q[i] = vclamp(vround(vmul(v[i], inv)), 127);
             g[b] = gb;
         }
-        int32_t lo = 0, hi = 0;
-        for (int k = 0; k < 16; k++) { lo += xi[k]; hi += xi[16 + k]; }
-        isum[2 * b] = lo; isum[2 * b + 1] = hi;
-        if (g[b] == g[b]) xsum[b] = (float)(lo + hi) * g[b];
-        auto quad = [&](int a, int c, int d, int e) {
-            return (int32_t)((uint32_t)(uint8_t)xi[a] | (uint32_t)(uint8_t)xi[c] << 8 | (uint32_t)(uint8_t)xi[d] << 16 |
-                             (uint32_t)(uint8_t)xi[e] << 24);
-        };
-        for (int j = 0; j < 8; j++) {
-            if (quads[0]) quads[0][8 * b + j] = quad(4 * j, 4 * j + 1, 4 * j + 2, 4 * j + 3);
-            if (quads[1]) quads[1][8 * b + j] = quad(2 * j, 2 * j + 16, 2 * j + 1, 2 * j + 17);
+        vi lo = q[0], hi = q[VB / 2];                      // the sums of k < 16 and k >= 16
+        for (int i = 1; i < VB / 2; i++) { lo = vadd(lo, q[i]); hi = vadd(hi, q[VB / 2 + i]); }
+        isum[2 * b] = (int32_t)vhsum(vcvt(lo)); isum[2 * b + 1] = (int32_t)vhsum(vcvt(hi));   // exact: < 2^12
+        xsum[b] = (float)(isum[2 * b] + isum[2 * b + 1]) * g[b];
+        const __m128i b0 = vbytes16(q), b1 = vbytes16(q + VB / 2);         // xi of k < 16, k >= 16
+        if (quads[0]) {
+            _mm_storeu_si128((__m128i*)(quads[0] + 8 * b), b0);
+            _mm_storeu_si128((__m128i*)(quads[0] + 8 * b + 4), b1);
+        }
+        if (quads[1]) {                                    // bytes k, k + 16 interleaved
+            _mm_storeu_si128((__m128i*)(quads[1] + 8 * b), _mm_unpacklo_epi8(b0, b1));
+            _mm_storeu_si128((__m128i*)(quads[1] + 8 * b + 4), _mm_unpackhi_epi8(b0, b1));
         }
     }
 }

@@ -152,6 +152,8 @@ static inline float vhmax(vf v) {
 }
 static inline bool vany_nan(vf v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
 // The lanes of a, then b, as int16 in order (each lane must fit in int16).
+// The 16 int32 of q[0] (values in [-128, 127]) as 16 bytes, in order.
+static inline __m128i vbytes16(const vi* q) { return _mm512_cvtepi32_epi8(q[0]); }
 static inline vi vpack16(vi a, vi b) {
 #if defined(LLMOS_SIMDE_AVX512)
     const __m256i lo = pack16x8(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
@@ -231,6 +233,11 @@ static inline float vhsum(vf v) { return hsum8(v); }
 static inline float vhmax(vf v) { return hmax8(v); }
 static inline bool vany_nan(vf v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }
 static inline vi vpack16(vi a, vi b) { return pack16x8(a, b); }
+// The 16 int32 of q[0], q[1] (values in [-128, 127]) as 16 bytes, in order.
+static inline __m128i vbytes16(const vi* q) {
+    const __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
+    return _mm_packs_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+}
 static inline vi vload_8_8(const int32_t* lo, const int32_t*) { return _mm256_load_si256((const __m256i*)lo); }
 #endif
 
