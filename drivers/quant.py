@@ -53,9 +53,11 @@ HEADERS = tuple(Path(__file__).with_name(h)                                 # in
 # through SIMDe (Debian's libsimde-dev; slow) and the scalar kernels of CPUs without AVX2 (the
 # last -march wins), so that each runs and is tested on any x86 CPU; and the AVX2 kernels on an
 # AVX-512 CPU, or the AVX-512 ones without AMX's tiles on an AMX CPU (A/B runs; fallbacks should
-# the wider path be slower there).
+# the wider path be slower there); and the 8-lane kernels with the CPU's other extensions kept (on
+# an AVX512-VNNI CPU: 256-bit vpdpwssd/vpdpbusd, the path AVX-VNNI CPUs take, tested here).
 ISA_BUILDS = {"avx512-simde": ("-DLLMOS_SIMDE_AVX512",), "scalar": ("-march=x86-64",),
-              "avx2": ("-mno-avx512f",), "no-amx": ("-mno-amx-tile", "-mno-amx-int8")}
+              "avx2": ("-mno-avx512f",), "no-amx": ("-mno-amx-tile", "-mno-amx-int8"),
+              "8-lanes": ("-DLLMOS_8_LANES",)}
 GLU_SILU, GLU_GELU_TANH = 1, 2          # quant_kernels.cpp's gated activations of a matmul's input
 KERNEL_TYPES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
 RG_TYPES = 100      # kernel type RG_TYPES + t: type t's rows repacked row-grouped (rowgroup_kernels.h)
@@ -98,7 +100,7 @@ def _build(compiler: str, out: Path, flags: tuple[str, ...] = ()) -> None:
 @functools.cache
 def kernels() -> ctypes.CDLL | None:
     """The compiled kernel library for this CPU, or None (logged) when it cannot be built.
-    LLMOS_QUANT=off disables the kernels; LLMOS_QUANT=avx512-simde, scalar, avx2 or no-amx builds
+    LLMOS_QUANT=off disables the kernels; LLMOS_QUANT=avx512-simde, scalar, avx2, no-amx or 8-lanes builds
     that path (ISA_BUILDS) instead of this CPU's widest."""
     mode = os.environ.get("LLMOS_QUANT", "")
     if mode == "off":

@@ -46,7 +46,7 @@ static inline simde__m512i llmos_srai_epi32(simde__m512i v, int s) {
 }
 #define _mm512_srai_epi32 llmos_srai_epi32
 #endif
-#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__FMA__)
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__FMA__) && !defined(LLMOS_8_LANES)
 #include <immintrin.h>
 #define LLMOS_AVX512 1
 #endif

@@ -49,14 +49,14 @@ def isa(request, monkeypatch):
     if request.param == "native":
         yield quant.kernel_isa()
         return
-    if request.param == "avx2" and not quant.kernel_isa().startswith("avx512"):
+    if request.param in ("avx2", "8-lanes") and not quant.kernel_isa().startswith("avx512"):
         pytest.skip("this CPU's own kernels are the AVX2 ones (or it has no AVX2)")
     if request.param == "avx512-simde" and not Path("/usr/include/simde/x86/avx512.h").exists():
         pytest.skip("SIMDe headers (Debian libsimde-dev) are not installed")
     monkeypatch.setenv("LLMOS_QUANT", request.param)
     quant.kernels.cache_clear()
     try:
-        assert quant.kernel_isa() == EMULATED_ISA.get(request.param, "avx2-fma") or request.param == "avx2" \
+        assert quant.kernel_isa() == EMULATED_ISA.get(request.param, "avx2-fma") or request.param in ("avx2", "8-lanes") \
             and quant.kernel_isa() == "avx2-fma+vnni"
         yield quant.kernel_isa()
     finally:
@@ -198,12 +198,15 @@ def on_grid8(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(q.reshape(x.shape))
 
 
+@pytest.mark.parametrize("isa", ["native", "avx2", "8-lanes", *EMULATED_ISA], indirect=True)
 @pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.Q4_K, QT.Q6_K], ids=lambda q: q.name)
 def test_a8_batches_take_8_bit_activations_and_a_few_tokens_keep_the_grid(qtype, isa):
-    """act8 where the kernels have vpdpbusd: a batch of more than 4 tokens (70: a 64-token chunk,
-    then micro-kernel calls of 4 and 1) is the dequantised weights times x on the 8-bit grid, not
-    the 13-bit one; a block with an infinity leaves its token's outputs non-finite and no other's.
-    Up to 4 tokens, and every batch on kernels without vpdpbusd, keep the 13-bit grid's bits."""
+    """act8 where the kernels have vpdpbusd (16 lanes, or 8: '8-lanes' keeps an AVX512-VNNI CPU's
+    VNNI in the 8-lane build, the path of AVX-VNNI CPUs): a batch of more than 4 tokens (70: a
+    64-token chunk, then micro-kernel calls of 4 and 1) is the dequantised weights times x on the
+    8-bit grid, not the 13-bit one; a block with an infinity leaves its token's outputs non-finite
+    and no other's. Up to 4 tokens, and every batch on kernels without vpdpbusd, keep the 13-bit
+    grid's bits."""
     rows, K = 37, 512
     w = random_blocks(qtype, rows, K, seed=13)
     a8, grid = quant.QLinear([(qtype, w)], K, act8=True), quant.QLinear([(qtype, w)], K)
