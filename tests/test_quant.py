@@ -56,7 +56,8 @@ def isa(request, monkeypatch):
     monkeypatch.setenv("LLMOS_QUANT", request.param)
     quant.kernels.cache_clear()
     try:
-        assert quant.kernel_isa() == EMULATED_ISA.get(request.param, "avx2-fma") or request.param in ("avx2", "8-lanes") \
+        eight_lanes = request.param in ("avx2", "8-lanes")
+        assert quant.kernel_isa() == EMULATED_ISA.get(request.param, "avx2-fma") or eight_lanes \
             and quant.kernel_isa() == "avx2-fma+vnni"
         yield quant.kernel_isa()
     finally:
