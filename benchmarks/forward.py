@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import json
 import statistics
 import time
@@ -196,6 +197,7 @@ def main(argv: list[str]) -> int:
     def llmos_rows(dtype, round_=1):
         """Loads the model in dtype and records its decode rows and prefill (every mode in round 1)."""
         model = LlamaModel.load(str(path), dtype=dtype, device=str(device))
+        gc.freeze()     # as the kernel's boot does (kernel/main.py): the model out of full GC passes
         engine = ("llmos-a8" if model.act8 else "llmos-q") if model.quantized else f"llmos-{dtype}"
         if round_ == 1:
             say(f"# {engine}: {model.weight_format()}, weights {model.weight_bytes() / 1e6:.1f} MB")
