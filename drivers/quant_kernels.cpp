@@ -669,11 +669,11 @@ static void parts_task(void* p, int64_t i) {
 // (SmolLM2's 576-row matrices made 9 tasks of 64 rows, 5 on one thread of two, and its 192-row K and
 // V 3); GEMV tasks (one token, or up to rg_few_max sharing the passes; and the block layout's) about
 // 8 a thread, in whole GEMV passes or panels.
-static int64_t rows_per_task(int type, int64_t N, int64_t T) {
+static int64_t rows_per_task(int type, int64_t N, int64_t T, bool a8) {
 #if defined(LLMOS_VEC)
     if (type >= RG_TYPES) {
-        if (T > 1 && !(rg_int_gemv(type - RG_TYPES) && T <= rg_few_max(type - RG_TYPES))) {
-            const int64_t unit = RG_RV * VN, units = (N + unit - 1) / unit;
+        if (a8 || (T > 1 && !(rg_int_gemv(type - RG_TYPES) && T <= rg_few_max(type - RG_TYPES)))) {
+            const int64_t unit = (a8 ? A8_RV : RG_RV) * VN, units = (N + unit - 1) / unit;
             return unit * std::max<int64_t>(1, units / (16 * (int64_t)pool::nthreads));
         }
         const int64_t want = 8 * (int64_t)pool::nthreads, round = RG_GV * VN;
@@ -775,7 +775,7 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
 #endif
         }
 #endif
-        job.rows_per_task = rows_per_task(type, q.N, T);
+        job.rows_per_task = rows_per_task(type, q.N, T, job.quads != nullptr);
         job.row_tasks = (q.N + job.rows_per_task - 1) / job.rows_per_task;
         jobs.push_back(job);
         fns.push_back(task_of(type));

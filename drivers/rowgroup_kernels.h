@@ -21,7 +21,9 @@
 // acc = fma(m, xsum, acc) with xsum the block's sum from grid_row (not for Q8_0 and Q6_K). The GEMV (one
 // token: integer sums of int16 pairs made in registers, or for Q4_K and Q6_K without VNNI fp32 FMAs;
 // see RG_INT_GEMV) and the GEMM (an int16 panel, integer sums) do exactly this, so results are
-// bit-identical at any batch size, as in the block layout.
+// bit-identical at any batch size, as in the block layout. The opt-in 'a8' dtype's GEMM takes x on
+// 8 bits instead (grid8_row, rg_imicro8 below: twice the products an instruction, llama.cpp's
+// precision; its results then depend on the batch).
 
 enum { RG_Q4_0 = RG_TYPES + Q4_0, RG_Q4_1 = RG_TYPES + Q4_1, RG_Q5_0 = RG_TYPES + Q5_0, RG_Q5_1 = RG_TYPES + Q5_1,
        RG_Q8_0 = RG_TYPES + Q8_0, RG_Q4_K = RG_TYPES + Q4_K, RG_Q6_K = RG_TYPES + Q6_K };
@@ -419,19 +421,22 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
     }
 }
 
+// Two int16 pair vectors (p0: quants 0, 1; p1: 2, 3 of each lane, each in [-128, 127]) as one
+// vector of 4 bytes a lane, in that order.
+static inline vi rg_pairs_to_quad(vi p0, vi p1) {
+    const vi lo8 = vset1i(0xFF), hi8 = vset1i(0xFF00);
+    return vor(vor(vand(p0, lo8), vand(vsrli<8>(p0), hi8)), vslli<16>(vor(vand(p1, lo8), vand(vsrli<8>(p1), hi8))));
+}
+
 // A group's panel (rg_panel's int16 pairs) as bytes, chunk after chunk: CH / 4 vectors, each lane a
 // row's quants 4r .. 4r + 3 in KPERM order (the order of x's quads and of AMX's B tiles): signed
 // bytes q (off 0: AMX's B tiles), or unsigned q + off for a8 (q >= -off).
 template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int32_t* out, int off = 0) {
     constexpr int P = CH<TYPE> / 2;
-    const vi lo8 = vset1i(0xFF), hi8 = vset1i(0xFF00), top = vset1i((int)0x80808080);
-    const vi down = vset1i((128 - off) * 0x01010101);
+    const vi top = vset1i((int)0x80808080), down = vset1i((128 - off) * 0x01010101);
     for (int64_t b = 0; b < nch; b++)
         for (int r = 0; r < CH<TYPE> / 4; r++) {
-            const vi p0 = vload_i(q + (P * b + 2 * r) * VN), p1 = vload_i(q + (P * b + 2 * r + 1) * VN);
-            const vi b01 = vor(vand(p0, lo8), vand(vsrli<8>(p0), hi8));
-            const vi b23 = vor(vand(p1, lo8), vand(vsrli<8>(p1), hi8));
-            vi quad = vor(b01, vslli<16>(b23));
+            vi quad = rg_pairs_to_quad(vload_i(q + (P * b + 2 * r) * VN), vload_i(q + (P * b + 2 * r + 1) * VN));
             if (off) quad = vsub(vxor(quad, top), down);       // bytes (q + 128) - (128 - off): no borrows
             vstore_i(out + (b * (CH<TYPE> / 4) + r) * VN, quad);
         }
@@ -442,8 +447,7 @@ template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int
 // 2j + 1, quants 2j, 2j + 16, 2j + 1, 2j + 17, in four operations; Q8_0: its pair entries 2j and
 // 2j + 1 side by side, then + 128).
 template <int TYPE> static void rg_quads(const uint8_t* grp, int64_t nb, int32_t* out) {
-    const vi top = vset1i((int)0x80808080), lo8 = vset1i(0xFF), hi8 = vset1i(0xFF00);
-    const vi lo4 = vset1i(0x000F000F), hi4 = vset1i(0x0F000F00);
+    const vi top = vset1i((int)0x80808080), lo4 = vset1i(0x000F000F), hi4 = vset1i(0x0F000F00);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* sb = grp + b * VN * RG_SB<TYPE>;
 #pragma GCC unroll 8
@@ -452,11 +456,11 @@ template <int TYPE> static void rg_quads(const uint8_t* grp, int64_t nb, int32_t
             if constexpr (TYPE == Q8_0) {
                 quad = vxor(vor(vu16(sb + (2 + 4 * j) * VN), vslli<16>(vu16(sb + (4 + 4 * j) * VN))), top);
             } else if constexpr (TYPE == Q4_0 || TYPE == Q4_1) {
-                const vi u = vor(vu8(sb + (RG_QS<TYPE> + 2 * j) * VN), vslli<16>(vu8(sb + (RG_QS<TYPE> + 2 * j + 1) * VN)));
+                const uint8_t* e = sb + (RG_QS<TYPE> + 2 * j) * VN;        // the bytes of entries 2j, 2j + 1
+                const vi u = vor(vu8(e), vslli<16>(vu8(e + VN)));
                 quad = vor(vand(u, lo4), vand(vslli<4>(u), hi4));
             } else {
-                const vi p0 = rg_qpair<TYPE>(sb, 2 * j), p1 = rg_qpair<TYPE>(sb, 2 * j + 1);
-                quad = vor(vor(vand(p0, lo8), vand(vsrli<8>(p0), hi8)), vslli<16>(vor(vand(p1, lo8), vand(vsrli<8>(p1), hi8))));
+                quad = rg_pairs_to_quad(rg_qpair<TYPE>(sb, 2 * j), rg_qpair<TYPE>(sb, 2 * j + 1));
             }
             vstore_i(out + (b * 8 + j) * VN, quad);
         }
@@ -675,6 +679,9 @@ static constexpr int rg_few_max(int type) { return VN == 8 && (type == Q4_K || t
 // GEMM micro-kernel: groups x tokens. 8 integer accumulators; at 2 x 6 (12) GCC spilled on AVX2's 16
 // registers (one Zen 3 core, Q4_1 3072 x 2048 x 64: 2 x 4 ~100 GFLOP/s, 3 x 3 ~97, 2 x 6 ~80).
 constexpr int RG_RV = 2, RG_NC = 4;
+// The a8 GEMM's groups a micro-kernel call: 3 x 4 of vpdpbusd's accumulators, ~5 % faster than 2 x 4
+// (a Q4_0 4096 x 2048 x 512 GEMM on 2 Zen 4 cores: 504-534 against 478-507 GFLOP/s).
+constexpr int A8_RV = 3;
 
 #include "amx_tiles.h"     // AMX tile products for the integer sums, where the CPU and OS have them
 
@@ -705,6 +712,68 @@ static void rg_few_tokens(const Job& j, int64_t t0, int64_t g_begin, int64_t g_e
     }
 }
 
+#if defined(LLMOS_VDPBUSD)
+// Groups [g_begin, g_end) of an a8 job times its tn tokens from t0 (more than A8_MIN_TOKENS in the
+// job): A8_RV groups at a time, their quads made once (rg_quads, or rg_panel's pairs narrowed by
+// rg_quad_panel for the K-quants) and their d, m vectors, then rg_imicro8 over RG_NC tokens at a time.
+template <int TYPE>
+static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int64_t g_end) {
+    const int64_t K = j.K, nb = K / 32, nch = K / CH<TYPE>, gs = rg_group_bytes(TYPE, K);
+    thread_local std::vector<int32_t> pairs, quads;
+    thread_local std::vector<float> scales, out;
+    auto grow = [](auto& v, int64_t n) { if ((int64_t)v.size() < n) v.resize((size_t)n); };
+    if constexpr (SUBS<TYPE> > 1) grow(pairs, VN * K / 2);
+    grow(quads, A8_RV * VN * K / 4); grow(scales, 2 * A8_RV * VN * nch); grow(out, TCHUNK * A8_RV * VN);
+    float* const d = scales.data(); float* const m = d + A8_RV * VN * nch;
+    const int64_t ldo = A8_RV * VN, qs = VN * K / 4, ds = VN * nch;
+    const int32_t* xq[RG_NC]; const int32_t* is[RG_NC]; const float* g[RG_NC]; const float* sums[RG_NC];
+    auto tokens = [&](int64_t c, int n) {      // micro-kernel arguments of tokens c .. c + n - 1
+        for (int u = 0; u < n; u++) {
+            const int64_t t = t0 + c + u;
+            xq[u] = j.quads + t * (K / 4); is[u] = j.isum + t * (K / 16); g[u] = j.grid_g + t * nb;
+            sums[u] = A8_HAS_M<TYPE> ? j.xsum + t * nb : nullptr;
+        }
+    };
+    auto micro = [&](int rv, int n, float* o) {
+        const int32_t* q = quads.data();
+        auto run = [&](auto rv_c, auto n_c) {
+            rg_imicro8<TYPE, decltype(rv_c)::value, decltype(n_c)::value>(q, qs, d, m, ds, nch, xq, is, g, sums, o, ldo);
+        };
+        using one = std::integral_constant<int, 1>;
+        using nc = std::integral_constant<int, RG_NC>;
+        if (n == RG_NC) {
+            if (rv == 3) run(std::integral_constant<int, 3>{}, nc{});
+            else if (rv == 2) run(std::integral_constant<int, 2>{}, nc{});
+            else run(one{}, nc{});
+        } else {
+            if (rv == 3) run(std::integral_constant<int, 3>{}, one{});
+            else if (rv == 2) run(std::integral_constant<int, 2>{}, one{});
+            else run(one{}, one{});
+        }
+    };
+    static_assert(A8_RV <= 3, "micro dispatches rv up to 3");
+    for (int64_t g0 = g_begin; g0 < g_end; g0 += A8_RV) {
+        const int rv = (int)std::min<int64_t>(A8_RV, g_end - g0);
+        prefetch(j.W + (g0 + A8_RV) * gs, A8_RV * gs);
+        for (int v = 0; v < rv; v++) {
+            const uint8_t* grp = j.W + (g0 + v) * gs;
+            if constexpr (SUBS<TYPE> == 1) {
+                rg_panel<TYPE>(grp, nb, nullptr, d + v * ds, m + v * ds);
+                rg_quads<TYPE>(grp, nb, quads.data() + v * qs);
+            } else {
+                rg_panel<TYPE>(grp, nb, pairs.data(), d + v * ds, m + v * ds);
+                rg_quad_panel<TYPE>(pairs.data(), nch, quads.data() + v * qs, A8_PANEL_OFF<TYPE>);
+            }
+        }
+        int64_t c = 0;
+        for (; c + RG_NC <= tn; c += RG_NC) { tokens(c, RG_NC); micro(rv, RG_NC, out.data() + c * ldo); }
+        for (; c < tn; c++) { tokens(c, 1); micro(rv, 1, out.data() + c * ldo); }
+        const int64_t rows = std::min<int64_t>(rv * VN, j.N - g0 * VN);
+        for (int64_t t = 0; t < tn; t++) rg_put(out.data() + t * ldo, rows, j.Y + (t0 + t) * j.ldy + g0 * VN, 1, j.add);
+    }
+}
+#endif
+
 // A task of a row-grouped matmul: Job's rows are group-aligned; X's block sums are in j.xsum
 // (types with an m term).
 template <int TYPE>
@@ -717,8 +786,11 @@ static void rg_task(void* p, int64_t i) {
     const int64_t r_end = r_begin + j.rows_per_task < j.N ? r_begin + j.rows_per_task : j.N;
     const int64_t g_begin = r_begin / VN, g_end = (r_end + VN - 1) / VN;
     auto sums_of = [&](int64_t t) -> const float* { return HAS_M<TYPE> ? j.xsum + t * nb : nullptr; };
+#if defined(LLMOS_VDPBUSD)
+    if (j.quads) return rg_task8<TYPE>(j, t0, tn, g_begin, g_end);
+#endif
     if constexpr (RG_INT_GEMV<TYPE>) {
-        if (tn <= rg_few_max(TYPE) && !j.quads) switch (tn) {
+        if (tn <= rg_few_max(TYPE)) switch (tn) {
             case 1: return rg_few_tokens<TYPE, 1>(j, t0, g_begin, g_end);
             case 2: return rg_few_tokens<TYPE, 2>(j, t0, g_begin, g_end);
             case 3: return rg_few_tokens<TYPE, 3>(j, t0, g_begin, g_end);
@@ -746,19 +818,13 @@ static void rg_task(void* p, int64_t i) {
     int32_t* const q = (int32_t*)(((uintptr_t)panel.data() + 63) & ~(uintptr_t)63);
     float* const d = scales.data(); float* const m = d + RG_RV * VN * nch;
     const int64_t ldo = RG_RV * VN, ps = VN * K / 2, ds = VN * nch;
-    const int32_t* xp[RG_NC]; const int32_t* is[RG_NC]; const float* g[RG_NC]; const float* sums[RG_NC];
+    const int32_t* xp[RG_NC]; const float* g[RG_NC]; const float* sums[RG_NC];
     auto tokens = [&](int64_t c, int n) {      // micro-kernel arguments of tokens c .. c + n - 1
         for (int u = 0; u < n; u++) {
             const int64_t t = t0 + c + u;
-            xp[u] = j.quads ? j.quads + t * (K / 4) : j.pairs + t * (K / 2); g[u] = j.grid_g + t * nb;
-            is[u] = j.quads ? j.isum + t * (K / 16) : nullptr;
-            sums[u] = sums_of(t);
+            xp[u] = j.pairs + t * (K / 2); g[u] = j.grid_g + t * nb; sums[u] = sums_of(t);
         }
     };
-#if defined(LLMOS_VDPBUSD)
-    thread_local std::vector<int32_t> qpanel;             // an a8 GEMM's quads
-    if (j.quads && (int64_t)qpanel.size() < RG_RV * VN * K / 4) qpanel.resize((size_t)(RG_RV * VN * K / 4));
-#endif
 #if defined(LLMOS_AMX)
     const float* g16[16]; const float* s16[16];
     auto tokens16 = [&](int64_t c) {           // amx_micro's arguments of tokens c .. c + 15
@@ -774,31 +840,8 @@ static void rg_task(void* p, int64_t i) {
     for (int64_t g0 = g_begin; g0 < g_end; g0 += RG_RV) {
         const int rv = (int)std::min<int64_t>(RG_RV, g_end - g0);
         prefetch(j.W + (g0 + RG_RV) * gs, RG_RV * gs);
-        const bool pairs = !j.quads || SUBS<TYPE> > 1;      // an a8 32-block type's quads come from rg_quads
-        for (int v = 0; v < rv; v++) rg_panel<TYPE>(j.W + (g0 + v) * gs, nb, pairs ? q + v * ps : nullptr, d + v * ds, m + v * ds);
+        for (int v = 0; v < rv; v++) rg_panel<TYPE>(j.W + (g0 + v) * gs, nb, q + v * ps, d + v * ds, m + v * ds);
         int64_t c = 0;
-#if defined(LLMOS_VDPBUSD)
-        if (j.quads) {
-            const int64_t qs = VN * K / 4;
-            for (int v = 0; v < rv; v++) {
-                if constexpr (SUBS<TYPE> == 1) rg_quads<TYPE>(j.W + (g0 + v) * gs, nb, qpanel.data() + v * qs);
-                else rg_quad_panel<TYPE>(q + v * ps, nch, qpanel.data() + v * qs, A8_PANEL_OFF<TYPE>);
-            }
-            const int32_t* q8 = qpanel.data();
-            for (; c + RG_NC <= tn; c += RG_NC) {
-                tokens(c, RG_NC);
-                float* o = out.data() + c * ldo;
-                if (rv == RG_RV) rg_imicro8<TYPE, RG_RV, RG_NC>(q8, qs, d, m, ds, nch, xp, is, g, sums, o, ldo);
-                else rg_imicro8<TYPE, 1, RG_NC>(q8, qs, d, m, ds, nch, xp, is, g, sums, o, ldo);
-            }
-            for (; c < tn; c++) {
-                tokens(c, 1);
-                float* o = out.data() + c * ldo;
-                if (rv == RG_RV) rg_imicro8<TYPE, RG_RV, 1>(q8, qs, d, m, ds, nch, xp, is, g, sums, o, ldo);
-                else rg_imicro8<TYPE, 1, 1>(q8, qs, d, m, ds, nch, xp, is, g, sums, o, ldo);
-            }
-        }
-#endif
 #if defined(LLMOS_AMX)
         if (tiled) {
             const int64_t bs = VN * K / 4;
