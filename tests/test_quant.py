@@ -207,26 +207,27 @@ def test_a8_batches_take_8_bit_activations_and_a_few_tokens_keep_the_grid(qtype,
     64-token chunk, then micro-kernel calls of 4 and 1) is the dequantised weights times x on the
     8-bit grid, not the 13-bit one; a block with an infinity leaves its token's outputs non-finite
     and no other's. Up to 4 tokens, and every batch on kernels without vpdpbusd, keep the 13-bit
-    grid's bits."""
-    rows, K = 37, 512
-    w = random_blocks(qtype, rows, K, seed=13)
-    a8, grid = quant.QLinear([(qtype, w)], K, act8=True), quant.QLinear([(qtype, w)], K)
-    assert a8.act8 == quant.act8_supported() and not grid.act8
+    grid's bits. 37, 20 and 9 rows: micro-kernel calls on 3, 2 and 1 groups of rows."""
+    K = 512
     x = torch.randn(70, K, generator=torch.Generator().manual_seed(6))
     x[6, :32] = 0.0
     x[9, 40] = float("inf")
-    got = a8(x)
-    assert torch.equal(a8(x[:4]), grid(x[:4]))
-    if not a8.act8:
-        torch.testing.assert_close(got, grid(x), rtol=0, atol=0, equal_nan=True)
-        return
-    assert not torch.isfinite(got[9]).any()
     ok = [t for t in range(70) if t != 9]
-    wf = torch.from_numpy(dequantize(w, qtype).reshape(rows, K).astype(np.float64))
     xg = on_grid8(x[ok])
-    bound = xg.abs() @ wf.abs().T
-    assert torch.all((got[ok].double() - xg @ wf.T).abs() <= 2e-6 * bound + 1e-6)
-    assert (got[ok] - grid(x)[ok]).abs().max() > 1e-4 * bound.max()
+    for rows in (37, 20, 9):
+        w = random_blocks(qtype, rows, K, seed=13)
+        a8, grid = quant.QLinear([(qtype, w)], K, act8=True), quant.QLinear([(qtype, w)], K)
+        assert a8.act8 == quant.act8_supported() and not grid.act8
+        got = a8(x)
+        assert torch.equal(a8(x[:4]), grid(x[:4]))
+        if not a8.act8:
+            torch.testing.assert_close(got, grid(x), rtol=0, atol=0, equal_nan=True)
+            continue
+        assert not torch.isfinite(got[9]).any()
+        wf = torch.from_numpy(dequantize(w, qtype).reshape(rows, K).astype(np.float64))
+        bound = xg.abs() @ wf.abs().T
+        assert torch.all((got[ok].double() - xg @ wf.T).abs() <= 2e-6 * bound + 1e-6)
+        assert (got[ok] - grid(x)[ok]).abs().max() > 1e-4 * bound.max()
 
 
 def test_a8_model_tracks_the_default_path_with_or_without_fused_layers(tmp_path, monkeypatch):
