@@ -3,7 +3,7 @@
 // thread pool). A task is a token and its KV heads (all of them when tokens are many, one when
 // few): the query heads that share a KV head read each key and value row of the pool once,
 // through the sequence's block table (no gather), each vector loaded (fp16: converted) once into
-// registers for up to 3 query heads (staging rows as fp32 in a buffer first cost ~25 % more).
+// registers for up to HG_MAX query heads (staging rows as fp32 in a buffer first cost ~25 % more).
 //
 // o[t, h] = sum_j softmax_j(scale * q[t, h] . k_j) v_j over keys j in [lo, pos[t]] of token t's
 // sequence, lo = pos[t] - window + 1 when window > 0 (sliding window), else 0. The keys of this
@@ -97,6 +97,64 @@ inline void scores4(const float* q, const KV* const k[4], int64_t D, float scale
         const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(acc[h][0], acc[h][1]), _mm256_hadd_ps(acc[h][2], acc[h][3]));
         const __m128 sum = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
         _mm_storeu_ps(s + h * ld, _mm_mul_ps(_mm_set1_ps(scale), sum));
+    }
+}
+#endif
+
+#if defined(__AVX512F__) && defined(__F16C__)
+// AVX-512's 16-lane twins of scores4 and values32: the same products, half the instructions (the
+// sums' order differs from the 8-lane code's, the same for every token). One layer's attention of
+// 64 tokens x 256 keys, 16 query and 4 KV heads of 128, fp16 pool, 2 Zen 4 cores, three interleaved
+// rounds: 1.98-2.57 -> 1.52-1.87 ms.
+template <typename KV> inline __m512 load16(const KV* p);
+template <> inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <> inline __m512 load16<uint16_t>(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+}
+
+// scores4 with 16 lanes (D % 16 == 0).
+template <int HG, typename KV>
+inline void scores4x16(const float* q, const KV* const k[4], int64_t D, float scale, float* s, int64_t ld) {
+    __m512 acc[HG][4];
+    for (int h = 0; h < HG; h++) for (int i = 0; i < 4; i++) acc[h][i] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16) {
+        __m512 qv[HG];
+        for (int h = 0; h < HG; h++) { qv[h] = _mm512_loadu_ps(q + h * D + d); __asm__("" : "+v"(qv[h])); }
+        for (int i = 0; i < 4; i++) {
+            const __m512 kv = load16(k[i] + d);
+            for (int h = 0; h < HG; h++) acc[h][i] = _mm512_fmadd_ps(qv[h], kv, acc[h][i]);
+        }
+    }
+    for (int h = 0; h < HG; h++) {
+        __m256 a8[4];
+        for (int i = 0; i < 4; i++)
+            a8[i] = _mm256_add_ps(_mm512_castps512_ps256(acc[h][i]),
+                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[h][i]), 1)));
+        const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a8[0], a8[1]), _mm256_hadd_ps(a8[2], a8[3]));
+        const __m128 sum = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+        _mm_storeu_ps(s + h * ld, _mm_mul_ps(_mm_set1_ps(scale), sum));
+    }
+}
+
+// values32 with 16 lanes, 64 columns a sweep over the keys (D % 64 == 0): half the sweeps.
+template <int HG, typename KV>
+inline void values64(const float* p, int64_t n, const KV* v, const int64_t* rows, int64_t D, float* o,
+                     int64_t pf) {
+    for (int64_t d0 = 0; d0 < D; d0 += 64) {
+        __m512 acc[HG][4];
+        for (int h = 0; h < HG; h++) for (int r = 0; r < 4; r++) acc[h][r] = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n; j++) {
+            if (d0 == 0 && j + 8 < n)      // the row 8 keys on, from memory meanwhile
+                for (int64_t off = 0; off < pf; off += 64) _mm_prefetch((const char*)(v + rows[j + 8]) + off, _MM_HINT_T0);
+            const KV* vj = v + rows[j] + d0;
+            __m512 pj[HG];
+            for (int h = 0; h < HG; h++) pj[h] = _mm512_set1_ps(p[h * n + j]);
+            for (int r = 0; r < 4; r++) {
+                const __m512 x = load16(vj + 16 * r);
+                for (int h = 0; h < HG; h++) acc[h][r] = _mm512_fmadd_ps(pj[h], x, acc[h][r]);
+            }
+        }
+        for (int h = 0; h < HG; h++) for (int r = 0; r < 4; r++) _mm512_storeu_ps(o + h * D + d0 + 16 * r, acc[h][r]);
     }
 }
 #endif
@@ -212,6 +270,15 @@ void attn_task(void* p, int64_t i) {
 #if defined(__AVX2__) && defined(__FMA__)
                 if (nk == 4) {
                     const KV* const k4[4] = {kg + rows[j], kg + rows[j + 1], kg + rows[j + 2], kg + rows[j + 3]};
+#if defined(__AVX512F__) && defined(__F16C__)
+                    if (D % 16 == 0) {
+                        if (hg == 4) scores4x16<4>(qh, k4, D, a.scale, s, n);
+                        else if (hg == 3) scores4x16<3>(qh, k4, D, a.scale, s, n);
+                        else if (hg == 2) scores4x16<2>(qh, k4, D, a.scale, s, n);
+                        else scores4x16<1>(qh, k4, D, a.scale, s, n);
+                        continue;
+                    }
+#endif
                     if (HG_MAX >= 4 && hg == 4) scores4<HG_MAX>(qh, k4, D, a.scale, s, n);
                     else if (hg == 3) scores4<3>(qh, k4, D, a.scale, s, n);
                     else if (hg == 2) scores4<2>(qh, k4, D, a.scale, s, n);
@@ -253,6 +320,17 @@ void attn_task(void* p, int64_t i) {
             const float* p = scores.data() + (gi * G + h0) * n;
             float* o = out + (gi * G + h0) * D;
 #if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__) && defined(__F16C__)
+            if (D % 64 == 0) {
+                const int64_t pf = gi == 0 && h0 == 0 ? span : 0;       // the first pass fetches whole rows
+                const KV* vg = vpool + gi * D;
+                if (hg == 4) values64<4>(p, n, vg, rows.data(), D, o, pf);
+                else if (hg == 3) values64<3>(p, n, vg, rows.data(), D, o, pf);
+                else if (hg == 2) values64<2>(p, n, vg, rows.data(), D, o, pf);
+                else values64<1>(p, n, vg, rows.data(), D, o, pf);
+                continue;
+            }
+#endif
             if (D % 32 == 0) {
                 const int64_t pf = gi == 0 && h0 == 0 ? span : 0;       // the first pass fetches whole rows
                 if (HG_MAX >= 4 && hg == 4) values32<HG_MAX>(p, n, vpool + gi * D, rows.data(), D, o, pf);
