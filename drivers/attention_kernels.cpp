@@ -75,87 +75,106 @@ constexpr int64_t HG_MAX = 4;
 #else
 constexpr int64_t HG_MAX = 3;
 #endif
-// Scores of HG query heads (q, D floats apart) against 4 keys k[0..4) (pool rows, D % 8 == 0)
-// into s[h * ld + i] = scale * q_h . k_i. Each key vector is loaded (converted) once for all HG
-// heads: 4 x HG accumulators, HG <= HG_MAX.
-template <int HG, typename KV>
-inline void scores4(const float* q, const KV* const k[4], int64_t D, float scale, float* s, int64_t ld) {
-    __m256 acc[HG][4];
-    for (int h = 0; h < HG; h++) for (int i = 0; i < 4; i++) acc[h][i] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < D; d += 8) {
-        __m256 qv[HG];
-        for (int h = 0; h < HG; h++) {
-            qv[h] = _mm256_loadu_ps(q + h * D + d);
-            __asm__("" : "+x"(qv[h]));     // in a register: GCC would reload it in each of its 4 FMAs
-        }
-        for (int i = 0; i < 4; i++) {
-            const __m256 kv = load8(k[i] + d);
-            for (int h = 0; h < HG; h++) acc[h][i] = _mm256_fmadd_ps(qv[h], kv, acc[h][i]);
-        }
+// Vector widths the scores and values passes run in: AVX2's 8 fp32 lanes, or AVX-512's 16 (the same
+// products, half the instructions; the sums' order differs, the same for every token). One layer's
+// attention of 64 tokens x 256 keys, 16 query and 4 KV heads of 128, fp16 pool, 2 Zen 4 cores, three
+// interleaved rounds: 8 lanes 1.98-2.57, 16 lanes 1.52-1.87 ms.
+struct Lanes8 {
+    using V = __m256;
+    static constexpr int64_t W = 8;
+    static V zero() { return _mm256_setzero_ps(); }
+    static V set1(float a) { return _mm256_set1_ps(a); }
+    static V loadq(const float* p) { return _mm256_loadu_ps(p); }
+    template <typename KV> static V load(const KV* p) { return load8(p); }
+    static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+    static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+    static __m256 to8(V v) { return v; }              // the lanes summed down to 8
+};
+#if defined(__AVX512F__) && defined(__F16C__)
+struct Lanes16 {
+    using V = __m512;
+    static constexpr int64_t W = 16;
+    static V zero() { return _mm512_setzero_ps(); }
+    static V set1(float a) { return _mm512_set1_ps(a); }
+    static V loadq(const float* p) { return _mm512_loadu_ps(p); }
+    template <typename KV> static V load(const KV* p);
+    static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+    static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+    static __m256 to8(V v) {
+        return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
     }
-    for (int h = 0; h < HG; h++) {     // lane i of the result = the sum of acc[h][i]'s 8 lanes
-        const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(acc[h][0], acc[h][1]), _mm256_hadd_ps(acc[h][2], acc[h][3]));
-        const __m128 sum = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-        _mm_storeu_ps(s + h * ld, _mm_mul_ps(_mm_set1_ps(scale), sum));
-    }
+};
+template <> inline __m512 Lanes16::load<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <> inline __m512 Lanes16::load<uint16_t>(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
 }
 #endif
 
-#if defined(__AVX512F__) && defined(__F16C__)
-// AVX-512's 16-lane twins of scores4 and values32: the same products, half the instructions (the
-// sums' order differs from the 8-lane code's, the same for every token). One layer's attention of
-// 64 tokens x 256 keys, 16 query and 4 KV heads of 128, fp16 pool, 2 Zen 4 cores, three interleaved
-// rounds: 1.98-2.57 -> 1.52-1.87 ms.
-template <typename KV> inline __m512 load16(const KV* p);
-template <> inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
-template <> inline __m512 load16<uint16_t>(const uint16_t* p) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
-}
-
-// scores4 with 16 lanes (D % 16 == 0).
-template <int HG, typename KV>
-inline void scores4x16(const float* q, const KV* const k[4], int64_t D, float scale, float* s, int64_t ld) {
-    __m512 acc[HG][4];
-    for (int h = 0; h < HG; h++) for (int i = 0; i < 4; i++) acc[h][i] = _mm512_setzero_ps();
-    for (int64_t d = 0; d < D; d += 16) {
-        __m512 qv[HG];
-        for (int h = 0; h < HG; h++) { qv[h] = _mm512_loadu_ps(q + h * D + d); __asm__("" : "+v"(qv[h])); }
+// Scores of HG query heads (q, D floats apart) against 4 keys k[0..4) (pool rows, D % L::W == 0)
+// into s[h * ld + i] = scale * q_h . k_i. Each key vector is loaded (converted) once for all HG
+// heads: 4 x HG accumulators, HG <= HG_MAX.
+template <int HG, typename L, typename KV>
+inline void scores4(const float* q, const KV* const k[4], int64_t D, float scale, float* s, int64_t ld) {
+    typename L::V acc[HG][4];
+    for (int h = 0; h < HG; h++) for (int i = 0; i < 4; i++) acc[h][i] = L::zero();
+    for (int64_t d = 0; d < D; d += L::W) {
+        typename L::V qv[HG];
+        for (int h = 0; h < HG; h++) {
+            qv[h] = L::loadq(q + h * D + d);
+            __asm__("" : "+v"(qv[h]));     // in a register: GCC would reload it in each of its 4 FMAs
+        }
         for (int i = 0; i < 4; i++) {
-            const __m512 kv = load16(k[i] + d);
-            for (int h = 0; h < HG; h++) acc[h][i] = _mm512_fmadd_ps(qv[h], kv, acc[h][i]);
+            const typename L::V kv = L::template load<KV>(k[i] + d);
+            for (int h = 0; h < HG; h++) acc[h][i] = L::fma(qv[h], kv, acc[h][i]);
         }
     }
-    for (int h = 0; h < HG; h++) {
-        __m256 a8[4];
-        for (int i = 0; i < 4; i++)
-            a8[i] = _mm256_add_ps(_mm512_castps512_ps256(acc[h][i]),
-                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[h][i]), 1)));
-        const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a8[0], a8[1]), _mm256_hadd_ps(a8[2], a8[3]));
+    for (int h = 0; h < HG; h++) {     // lane i of the result = the sum of acc[h][i]'s lanes
+        const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(L::to8(acc[h][0]), L::to8(acc[h][1])),
+                                        _mm256_hadd_ps(L::to8(acc[h][2]), L::to8(acc[h][3])));
         const __m128 sum = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
         _mm_storeu_ps(s + h * ld, _mm_mul_ps(_mm_set1_ps(scale), sum));
     }
 }
 
-// values32 with 16 lanes, 64 columns a sweep over the keys (D % 64 == 0): half the sweeps.
-template <int HG, typename KV>
-inline void values64(const float* p, int64_t n, const KV* v, const int64_t* rows, int64_t D, float* o,
-                     int64_t pf) {
-    for (int64_t d0 = 0; d0 < D; d0 += 64) {
-        __m512 acc[HG][4];
-        for (int h = 0; h < HG; h++) for (int r = 0; r < 4; r++) acc[h][r] = _mm512_setzero_ps();
+// o[h * D + d] = sum_j p[h * n + j] * v_j[d] for HG heads (HG <= HG_MAX) over keys j < n, v_j = the
+// pool row at v + rows[j] (D % (4 L::W) == 0). 4 L::W columns a sweep over the keys: each value
+// vector is loaded (converted) once for all HG heads, 4 x HG accumulators in registers; every output
+// accumulates over the keys in order. pf: bytes of each row from v on to request 8 keys ahead (0: none).
+template <int HG, typename L, typename KV>
+inline void values(const float* p, int64_t n, const KV* v, const int64_t* rows, int64_t D, float* o, int64_t pf) {
+    for (int64_t d0 = 0; d0 < D; d0 += 4 * L::W) {
+        typename L::V acc[HG][4];
+        for (int h = 0; h < HG; h++) for (int r = 0; r < 4; r++) acc[h][r] = L::zero();
         for (int64_t j = 0; j < n; j++) {
             if (d0 == 0 && j + 8 < n)      // the row 8 keys on, from memory meanwhile
                 for (int64_t off = 0; off < pf; off += 64) _mm_prefetch((const char*)(v + rows[j + 8]) + off, _MM_HINT_T0);
             const KV* vj = v + rows[j] + d0;
-            __m512 pj[HG];
-            for (int h = 0; h < HG; h++) pj[h] = _mm512_set1_ps(p[h * n + j]);
+            typename L::V pj[HG];
+            for (int h = 0; h < HG; h++) pj[h] = L::set1(p[h * n + j]);
             for (int r = 0; r < 4; r++) {
-                const __m512 x = load16(vj + 16 * r);
-                for (int h = 0; h < HG; h++) acc[h][r] = _mm512_fmadd_ps(pj[h], x, acc[h][r]);
+                const typename L::V x = L::template load<KV>(vj + L::W * r);
+                for (int h = 0; h < HG; h++) acc[h][r] = L::fma(pj[h], x, acc[h][r]);
             }
         }
-        for (int h = 0; h < HG; h++) for (int r = 0; r < 4; r++) _mm512_storeu_ps(o + h * D + d0 + 16 * r, acc[h][r]);
+        for (int h = 0; h < HG; h++) for (int r = 0; r < 4; r++) L::store(o + h * D + d0 + L::W * r, acc[h][r]);
     }
+}
+
+// The passes for hg (1 .. HG_MAX) query heads.
+template <typename L, typename KV>
+inline void scores4_of(int64_t hg, const float* q, const KV* const k[4], int64_t D, float scale, float* s, int64_t ld) {
+    if (HG_MAX >= 4 && hg == 4) scores4<HG_MAX, L>(q, k, D, scale, s, ld);
+    else if (hg == 3) scores4<3, L>(q, k, D, scale, s, ld);
+    else if (hg == 2) scores4<2, L>(q, k, D, scale, s, ld);
+    else scores4<1, L>(q, k, D, scale, s, ld);
+}
+template <typename L, typename KV>
+inline void values_of(int64_t hg, const float* p, int64_t n, const KV* v, const int64_t* rows, int64_t D, float* o,
+                      int64_t pf) {
+    if (HG_MAX >= 4 && hg == 4) values<HG_MAX, L>(p, n, v, rows, D, o, pf);
+    else if (hg == 3) values<3, L>(p, n, v, rows, D, o, pf);
+    else if (hg == 2) values<2, L>(p, n, v, rows, D, o, pf);
+    else values<1, L>(p, n, v, rows, D, o, pf);
 }
 #endif
 
@@ -171,32 +190,6 @@ template <typename KV> inline void axpy(float a, const KV* x, float* y, int64_t 
     for (int64_t i = 0; i < D; i++) y[i] += a * elem(x + i);
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
-// o[h * D + d] = sum_j p[h * n + j] * v_j[d] for HG heads (HG <= HG_MAX) over keys j < n, v_j = the
-// pool row at v + rows[j] (D % 32 == 0). 32 columns at a time: each value vector is loaded
-// (converted) once for all HG heads, 4 x HG accumulators in registers; every output accumulates
-// over the keys in order. pf: bytes of each row from v on to request 8 keys ahead (0: none).
-template <int HG, typename KV>
-inline void values32(const float* p, int64_t n, const KV* v, const int64_t* rows, int64_t D, float* o,
-                     int64_t pf) {
-    for (int64_t d0 = 0; d0 < D; d0 += 32) {
-        __m256 acc[HG][4];
-        for (int h = 0; h < HG; h++) for (int r = 0; r < 4; r++) acc[h][r] = _mm256_setzero_ps();
-        for (int64_t j = 0; j < n; j++) {
-            if (d0 == 0 && j + 8 < n)      // the row 8 keys on, from memory meanwhile
-                for (int64_t off = 0; off < pf; off += 64) _mm_prefetch((const char*)(v + rows[j + 8]) + off, _MM_HINT_T0);
-            const KV* vj = v + rows[j] + d0;
-            __m256 pj[HG];
-            for (int h = 0; h < HG; h++) pj[h] = _mm256_set1_ps(p[h * n + j]);
-            for (int r = 0; r < 4; r++) {
-                const __m256 x = load8(vj + 8 * r);
-                for (int h = 0; h < HG; h++) acc[h][r] = _mm256_fmadd_ps(pj[h], x, acc[h][r]);
-            }
-        }
-        for (int h = 0; h < HG; h++) for (int r = 0; r < 4; r++) _mm256_storeu_ps(o + h * D + d0 + 8 * r, acc[h][r]);
-    }
-}
-#endif
 
 // The largest of x[0..n), NaNs skipped (-inf when all are NaN or n == 0). As a scalar loop this
 // was a dependency chain of one max per key: ~5 % of the attention's time at batch 64.
@@ -271,18 +264,9 @@ void attn_task(void* p, int64_t i) {
                 if (nk == 4) {
                     const KV* const k4[4] = {kg + rows[j], kg + rows[j + 1], kg + rows[j + 2], kg + rows[j + 3]};
 #if defined(__AVX512F__) && defined(__F16C__)
-                    if (D % 16 == 0) {
-                        if (hg == 4) scores4x16<4>(qh, k4, D, a.scale, s, n);
-                        else if (hg == 3) scores4x16<3>(qh, k4, D, a.scale, s, n);
-                        else if (hg == 2) scores4x16<2>(qh, k4, D, a.scale, s, n);
-                        else scores4x16<1>(qh, k4, D, a.scale, s, n);
-                        continue;
-                    }
+                    if (D % 16 == 0) { scores4_of<Lanes16>(hg, qh, k4, D, a.scale, s, n); continue; }
 #endif
-                    if (HG_MAX >= 4 && hg == 4) scores4<HG_MAX>(qh, k4, D, a.scale, s, n);
-                    else if (hg == 3) scores4<3>(qh, k4, D, a.scale, s, n);
-                    else if (hg == 2) scores4<2>(qh, k4, D, a.scale, s, n);
-                    else scores4<1>(qh, k4, D, a.scale, s, n);
+                    scores4_of<Lanes8>(hg, qh, k4, D, a.scale, s, n);
                     continue;
                 }
 #endif
@@ -320,25 +304,11 @@ void attn_task(void* p, int64_t i) {
             const float* p = scores.data() + (gi * G + h0) * n;
             float* o = out + (gi * G + h0) * D;
 #if defined(__AVX2__) && defined(__FMA__)
+            const int64_t pf = gi == 0 && h0 == 0 ? span : 0;           // the first pass fetches whole rows
 #if defined(__AVX512F__) && defined(__F16C__)
-            if (D % 64 == 0) {
-                const int64_t pf = gi == 0 && h0 == 0 ? span : 0;       // the first pass fetches whole rows
-                const KV* vg = vpool + gi * D;
-                if (hg == 4) values64<4>(p, n, vg, rows.data(), D, o, pf);
-                else if (hg == 3) values64<3>(p, n, vg, rows.data(), D, o, pf);
-                else if (hg == 2) values64<2>(p, n, vg, rows.data(), D, o, pf);
-                else values64<1>(p, n, vg, rows.data(), D, o, pf);
-                continue;
-            }
+            if (D % 64 == 0) { values_of<Lanes16>(hg, p, n, vpool + gi * D, rows.data(), D, o, pf); continue; }
 #endif
-            if (D % 32 == 0) {
-                const int64_t pf = gi == 0 && h0 == 0 ? span : 0;       // the first pass fetches whole rows
-                if (HG_MAX >= 4 && hg == 4) values32<HG_MAX>(p, n, vpool + gi * D, rows.data(), D, o, pf);
-                else if (hg == 3) values32<3>(p, n, vpool + gi * D, rows.data(), D, o, pf);
-                else if (hg == 2) values32<2>(p, n, vpool + gi * D, rows.data(), D, o, pf);
-                else values32<1>(p, n, vpool + gi * D, rows.data(), D, o, pf);
-                continue;
-            }
+            if (D % 32 == 0) { values_of<Lanes8>(hg, p, n, vpool + gi * D, rows.data(), D, o, pf); continue; }
 #endif
             for (int64_t h = 0; h < hg; h++) {
                 for (int64_t d = 0; d < D; d++) o[h * D + d] = 0.f;
