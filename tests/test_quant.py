@@ -761,5 +761,8 @@ def test_bench_matmul_prints_a_rate_per_type_and_token_count(capfd):
     rows = [line.split() for line in capfd.readouterr().out.splitlines() if "GFLOP/s" in line]
     assert sorted((r[-6], r[-5]) for r in rows) == [("1", "Q4_1"), ("1", "Q5_K"), ("3", "Q4_1"), ("3", "Q5_K")]
     assert all(float(r[-2]) > 0 for r in rows)
+    assert main(["matmul", "--shape", "40x256", "--tokens", "8", "--threads", "1", "--types", "Q8_0", "--a8"]) == 0
+    rows = [line.split() for line in capfd.readouterr().out.splitlines() if "GFLOP/s" in line]
+    assert sorted(r[1] == "a8" for r in rows) == ([False, True] if quant.act8_supported() else [False])
     with pytest.raises(SystemExit):
         main(["matmul", "--shape", "40x96", "--types", "Q4_K"])
