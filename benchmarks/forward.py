@@ -196,6 +196,7 @@ def main(argv: list[str]) -> int:
 
     def llmos_rows(dtype, round_=1):
         """Loads the model in dtype and records its decode rows and prefill (every mode in round 1)."""
+        gc.unfreeze()   # the last model's objects collectable again
         model = LlamaModel.load(str(path), dtype=dtype, device=str(device))
         gc.freeze()     # as the kernel's boot does (kernel/main.py): the model out of full GC passes
         engine = ("llmos-a8" if model.act8 else "llmos-q") if model.quantized else f"llmos-{dtype}"

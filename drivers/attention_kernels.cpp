@@ -224,7 +224,7 @@ inline float exp_sum(float* x, int64_t n) {
 
 // Task i: token t and KV heads [g0, g0 + gn) (all of them, or one: see kv_per_task), each with
 // the G query heads that share it: the scores (scores4), the softmax per head, the values
-// (values32), the pool's rows requested a few keys ahead. A (token, head)'s arithmetic is the
+// (values), the pool's rows requested a few keys ahead. A (token, head)'s arithmetic is the
 // same whatever the task's shape.
 template <typename KV>
 void attn_task(void* p, int64_t i) {

@@ -54,7 +54,8 @@ HEADERS = tuple(Path(__file__).with_name(h)                                 # in
 # last -march wins), so that each runs and is tested on any x86 CPU; and the AVX2 kernels on an
 # AVX-512 CPU, or the AVX-512 ones without AMX's tiles on an AMX CPU (A/B runs; fallbacks should
 # the wider path be slower there); and the 8-lane kernels with the CPU's other extensions kept (on
-# an AVX512-VNNI CPU: 256-bit vpdpwssd/vpdpbusd, the path AVX-VNNI CPUs take, tested here).
+# an AVX512-VNNI CPU: 256-bit vpdpwssd/vpdpbusd, the code AVX-VNNI CPUs run, though with 32
+# registers where theirs have 16).
 ISA_BUILDS = {"avx512-simde": ("-DLLMOS_SIMDE_AVX512",), "scalar": ("-march=x86-64",),
               "avx2": ("-mno-avx512f",), "no-amx": ("-mno-amx-tile", "-mno-amx-int8"),
               "8-lanes": ("-DLLMOS_8_LANES",)}

@@ -433,7 +433,7 @@ static inline vi rg_pairs_to_quad(vi p0, vi p1) {
 // bytes q (off 0: AMX's B tiles), or unsigned q + off for a8 (q >= -off).
 template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int32_t* out, int off = 0) {
     constexpr int P = CH<TYPE> / 2;
-    const vi top = vset1i((int)0x80808080), down = vset1i((128 - off) * 0x01010101);
+    const vi top = vset1i((int)0x80808080u), down = vset1i((int)((uint32_t)(128 - off) * 0x01010101u));
     for (int64_t b = 0; b < nch; b++)
         for (int r = 0; r < CH<TYPE> / 4; r++) {
             vi quad = rg_pairs_to_quad(vload_i(q + (P * b + 2 * r) * VN), vload_i(q + (P * b + 2 * r + 1) * VN));
@@ -447,7 +447,7 @@ template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int
 // 2j + 1, quants 2j, 2j + 16, 2j + 1, 2j + 17, in four operations; Q8_0: its pair entries 2j and
 // 2j + 1 side by side, then + 128).
 template <int TYPE> static void rg_quads(const uint8_t* grp, int64_t nb, int32_t* out) {
-    const vi top = vset1i((int)0x80808080), lo4 = vset1i(0x000F000F), hi4 = vset1i(0x0F000F00);
+    const vi top = vset1i((int)0x80808080u), lo4 = vset1i(0x000F000F), hi4 = vset1i(0x0F000F00);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* sb = grp + b * VN * RG_SB<TYPE>;
 #pragma GCC unroll 8
@@ -679,9 +679,10 @@ static constexpr int rg_few_max(int type) { return VN == 8 && (type == Q4_K || t
 // GEMM micro-kernel: groups x tokens. 8 integer accumulators; at 2 x 6 (12) GCC spilled on AVX2's 16
 // registers (one Zen 3 core, Q4_1 3072 x 2048 x 64: 2 x 4 ~100 GFLOP/s, 3 x 3 ~97, 2 x 6 ~80).
 constexpr int RG_RV = 2, RG_NC = 4;
-// The a8 GEMM's groups a micro-kernel call: 3 x 4 of vpdpbusd's accumulators, ~5 % faster than 2 x 4
-// (a Q4_0 4096 x 2048 x 512 GEMM on 2 Zen 4 cores: 504-534 against 478-507 GFLOP/s).
-constexpr int A8_RV = 3;
+// The a8 GEMM's groups a micro-kernel call: 3 x 4 of vpdpbusd's accumulators with AVX-512's 32
+// registers (2 Zen 4 cores, 4096 x 2048 x 512, GFLOP/s against 2 x 4: Q4_0 504-534 against 478-507,
+// Q4_K 501-510 against 437-461); 2 x 4 with 8 lanes, whose AVX-VNNI CPUs have 16.
+constexpr int A8_RV = VN == 16 ? 3 : 2;
 
 #include "amx_tiles.h"     // AMX tile products for the integer sums, where the CPU and OS have them
 

@@ -25,6 +25,13 @@ static inline simde__m512i llmos_cvtepu8_epi32(__m128i b) {
 }
 #define _mm512_cvtepu8_epi32 llmos_cvtepu8_epi32
 #endif
+#ifndef _mm512_cvtepu16_epi32
+static inline simde__m512i llmos_cvtepu16_epi32(__m256i w) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(w))),
+                              _mm256_cvtepu16_epi32(_mm256_extracti128_si256(w, 1)), 1);
+}
+#define _mm512_cvtepu16_epi32 llmos_cvtepu16_epi32
+#endif
 #ifndef _mm512_cvtepi8_epi32
 static inline simde__m512i llmos_cvtepi8_epi32(__m128i b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)), 1);
@@ -73,6 +80,10 @@ static inline float hmax8(__m256 v) {
 // The 16 int32 lanes of lo, then hi, as int16 in order (each lane must fit: packs saturates).
 static inline __m256i pack16x8(__m256i lo, __m256i hi) {
     return _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
+}
+// 16 int16 (each in [-128, 127]) as 16 bytes, in order.
+static inline __m128i bytes16(__m256i v) {
+    return _mm_packs_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
 }
 
 #if defined(LLMOS_SIMDE_AVX512)
@@ -151,9 +162,16 @@ static inline float vhmax(vf v) {
                                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
 }
 static inline bool vany_nan(vf v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
+// The 16 int32 of q[0] (values in [-128, 127]) as 16 bytes, in order (SIMDe 0.7 lacks the
+// conversion: through int16 as vpack16 goes).
+static inline __m128i vbytes16(const vi* q) {
+#if defined(LLMOS_SIMDE_AVX512)
+    return bytes16(pack16x8(_mm512_castsi512_si256(q[0]), _mm512_extracti64x4_epi64(q[0], 1)));
+#else
+    return _mm512_cvtepi32_epi8(q[0]);
+#endif
+}
 // The lanes of a, then b, as int16 in order (each lane must fit in int16).
-// The 16 int32 of q[0] (values in [-128, 127]) as 16 bytes, in order.
-static inline __m128i vbytes16(const vi* q) { return _mm512_cvtepi32_epi8(q[0]); }
 static inline vi vpack16(vi a, vi b) {
 #if defined(LLMOS_SIMDE_AVX512)
     const __m256i lo = pack16x8(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
@@ -234,10 +252,7 @@ static inline float vhmax(vf v) { return hmax8(v); }
 static inline bool vany_nan(vf v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }
 static inline vi vpack16(vi a, vi b) { return pack16x8(a, b); }
 // The 16 int32 of q[0], q[1] (values in [-128, 127]) as 16 bytes, in order.
-static inline __m128i vbytes16(const vi* q) {
-    const __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
-    return _mm_packs_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
-}
+static inline __m128i vbytes16(const vi* q) { return bytes16(pack16x8(q[0], q[1])); }
 static inline vi vload_8_8(const int32_t* lo, const int32_t*) { return _mm256_load_si256((const __m256i*)lo); }
 #endif
 
