@@ -46,7 +46,7 @@ log = logging.getLogger("llmos.drivers")
 
 SOURCE = Path(__file__).with_name("quant_kernels.cpp")
 SOURCES = (SOURCE, Path(__file__).with_name("attention_kernels.cpp"),     # one library
-           Path(__file__).with_name("layer_kernels.cpp"))
+           Path(__file__).with_name("layer_kernels.cpp"), Path(__file__).with_name("argmax_kernels.cpp"))
 HEADERS = tuple(Path(__file__).with_name(h)                                 # in the key
                 for h in ("simd_exp.h", "simd_vec.h", "rowgroup_kernels.h", "amx_tiles.h", "qmatmul.h"))
 # LLMOS_QUANT values that build another code path than this CPU's widest: the AVX-512 kernels
@@ -146,6 +146,8 @@ def kernels() -> ctypes.CDLL | None:
                                           ctypes.c_float, _p, _i, ctypes.c_int]
     lib.llmos_kv_store.argtypes = [_p, _i, _i, _i, _i, _i, _p, _p, _p, ctypes.c_int]
     lib.llmos_quant_stragglers.restype = ctypes.c_int64
+    lib.llmos_argmax_rows.argtypes = [_p, _i, _i, _i, _p]
+    lib.llmos_argmax_rows.restype = None
     lib.llmos_quant_set_threads(torch.get_num_threads())
     return lib
 
@@ -314,6 +316,19 @@ def rms_norm_(x: torch.Tensor, groups: int, w: torch.Tensor, eps: float, add_to:
         assert add_to.dtype == torch.float32 and add_to.is_contiguous() and add_to.shape == (x.shape[0], groups * D)
     kernels().llmos_rms_norm(x.data_ptr() + 4 * offset, x.shape[0], x.shape[1], groups, D, w.data_ptr(), eps,
                              None if add_to is None else add_to.data_ptr(), 0 if add_to is None else add_to.shape[1])
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """x.argmax(dim=-1) for a 2-D fp32 CPU tensor whose rows are contiguous, on the kernels' threads
+    (the first index of each row's largest value; a row's first NaN where it has one); other
+    tensors, or no kernels, go to torch."""
+    lib = kernels()
+    if lib is None or x.dim() != 2 or x.device.type != "cpu" or x.dtype != torch.float32 or x.stride(1) != 1 \
+            or x.shape[1] == 0:
+        return x.argmax(dim=-1)
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    lib.llmos_argmax_rows(x.data_ptr(), x.shape[0], x.shape[1], x.stride(0), out.data_ptr())
+    return out
 
 
 def rope_(qkv: torch.Tensor, n_heads: int, head_dim: int, positions: torch.Tensor,

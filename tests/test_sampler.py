@@ -373,3 +373,34 @@ def test_emitted_plus_flush_is_the_text_up_to_the_first_stop(text, stops, cuts):
     chunks = [text[a:b] for a, b in zip(bounds, bounds[1:])]
     out, stopped, _ = run_matcher(tuple(stops), chunks)
     assert (out, stopped) == expected_cut(text, stops)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 9), cols=st.integers(1, 70), seed=st.integers(0, 2**31 - 1),
+       nans=st.integers(0, 3), infs=st.integers(0, 3), offset=st.integers(0, 2))
+def test_the_c_argmax_is_torch_s_on_ties_nans_infinities_and_strided_rows(rows, cols, seed, nans, infs, offset):
+    """Greedy rows on the CPU take the kernels' argmax (drivers/argmax_kernels.cpp): torch's contract,
+    the first index of the largest value or of the first NaN, on values drawn from a few integers
+    (many ties) with NaNs and infinities placed anywhere, rows of any length (vector passes and the
+    tail) and rows that are views into wider ones."""
+    from llmos.drivers import quant
+    if quant.kernels() is None:
+        pytest.skip("no C++ compiler: kernels not built")
+    g = torch.Generator().manual_seed(seed)
+    wide = torch.randint(-3, 4, (rows, cols + 2), generator=g).float()
+    for value, count in ((float("nan"), nans), (float("inf"), infs), (float("-inf"), infs)):
+        for _ in range(count):
+            wide[torch.randint(0, rows, (1,), generator=g), torch.randint(0, cols + 2, (1,), generator=g)] = value
+    x = wide[:, offset:offset + cols]
+    assert torch.equal(quant.argmax_rows(x), x.argmax(dim=-1))
+    assert torch.equal(quant.argmax_rows(x.contiguous()), x.argmax(dim=-1))
+
+
+def test_greedy_rows_of_a_wide_batch_take_the_first_maximum():
+    """A vocabulary-sized batch through sample(): the greedy tokens are torch's argmax (the C pass
+    splits rows between threads and lanes; ties across lanes keep the first index)."""
+    logits = torch.zeros(8, 262144)
+    logits[:, 100] = logits[:, 70000] = logits[:, 262143] = 5.0    # three tied maxima in other lanes
+    logits[3, 9] = float("nan")
+    got = sample(logits, [SamplingParams()] * 8, [None] * 8).tokens
+    assert got == logits.argmax(dim=-1).tolist() == [100, 100, 100, 9, 100, 100, 100, 100]
