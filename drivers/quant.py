@@ -321,8 +321,9 @@ def rms_norm_(x: torch.Tensor, groups: int, w: torch.Tensor, eps: float, add_to:
 def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     """x.argmax(dim=-1) for a 2-D fp32 CPU tensor whose rows are contiguous, on the kernels' threads
     (the first index of each row's largest value; a row's first NaN where it has one); other
-    tensors, or no kernels, go to torch."""
-    lib = kernels()
+    tensors go to torch, and so does everything while the kernels are not loaded (a process on the
+    fp32 path does not build them for this)."""
+    lib = kernels() if kernels.cache_info().currsize else None
     if lib is None or x.dim() != 2 or x.device.type != "cpu" or x.dtype != torch.float32 or x.stride(1) != 1 \
             or x.shape[1] == 0:
         return x.argmax(dim=-1)

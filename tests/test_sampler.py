@@ -399,8 +399,24 @@ def test_the_c_argmax_is_torch_s_on_ties_nans_infinities_and_strided_rows(rows, 
 def test_greedy_rows_of_a_wide_batch_take_the_first_maximum():
     """A vocabulary-sized batch through sample(): the greedy tokens are torch's argmax (the C pass
     splits rows between threads and lanes; ties across lanes keep the first index)."""
+    from llmos.drivers import quant
+    if quant.kernels() is None:            # loaded: the sampler takes the C pass only then
+        pytest.skip("no C++ compiler: kernels not built")
     logits = torch.zeros(8, 262144)
     logits[:, 100] = logits[:, 70000] = logits[:, 262143] = 5.0    # three tied maxima in other lanes
     logits[3, 9] = float("nan")
     got = sample(logits, [SamplingParams()] * 8, [None] * 8).tokens
     assert got == logits.argmax(dim=-1).tolist() == [100, 100, 100, 9, 100, 100, 100, 100]
+
+
+def test_sampling_does_not_build_the_kernels():
+    """On the fp32 path nothing else needs the kernels: sampling must not build them (a fresh
+    $LLMOS_HOME would compile for ~20 s at the first step), only use them once loaded."""
+    from llmos.drivers import quant
+    quant.kernels.cache_clear()
+    try:
+        logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(1))
+        assert sample(logits, [SamplingParams()] * 3, [None] * 3).tokens == logits.argmax(-1).tolist()
+        assert quant.kernels.cache_info().currsize == 0
+    finally:
+        quant.kernels.cache_clear()
