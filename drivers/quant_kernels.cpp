@@ -728,25 +728,16 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
     }
 #if defined(LLMOS_VEC)
     const bool a8 = act8 && llmos_act8_supported() && T > A8_MIN_TOKENS;
-    if (grouped && a8) {  // x at 8 bits, once, as quads in each pair order used
-        grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));
-        grow(isum, T * (K / 16));
-        Grid grid{X, ldx, K, T, nullptr, grid_g.data(), xsum.data(), {nullptr, nullptr}};
-        grid.isum = isum.data();
+    if (grouped) {        // x on the grid (rowgroup_kernels.h), once: int16 pairs, or a8's byte quads,
+        grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));          // in each pair order used
+        if (fp32_gemv && !a8) grow(xq, T * K);  // x on the grid as fp32, for the fp32 GEMV (RG_INT_GEMV)
+        Grid grid{X, ldx, K, T, fp32_gemv && !a8 ? xq.data() : nullptr, grid_g.data(), xsum.data(), {nullptr, nullptr}};
+        if (a8) { grow(isum, T * (K / 16)); grid.isum = isum.data(); }
         for (int s = 0; s < 2; s++)
             if (split[s]) {
-                grow(quads[s], T * (K / 4));
-                grid.quads[s] = quads[s].data();
-            }
-        pool::run(grid_task, &grid, (T + PREP_ROWS - 1) / PREP_ROWS);
-    } else if (grouped) { // x on the grid (rowgroup_kernels.h), once, with int16 pairs in each order used
-        grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));
-        if (fp32_gemv) grow(xq, T * K);         // x on the grid as fp32, for the fp32 GEMV (RG_INT_GEMV)
-        Grid grid{X, ldx, K, T, fp32_gemv ? xq.data() : nullptr, grid_g.data(), xsum.data(), {nullptr, nullptr}};
-        for (int s = 0; s < 2; s++)
-            if (split[s]) {
-                grow(pairs[s], T * (K / 2));
-                grid.pairs[s] = pairs[s].data();
+                std::vector<int32_t>& buf = a8 ? quads[s] : pairs[s];
+                grow(buf, T * (K / (a8 ? 4 : 2)));
+                (a8 ? grid.quads : grid.pairs)[s] = buf.data();
             }
         pool::run(grid_task, &grid, (T + PREP_ROWS - 1) / PREP_ROWS);
 #if defined(LLMOS_AMX)
