@@ -115,17 +115,17 @@ def test_row_lookup_equals_gguf_dequantisation(qtype):
 
 
 @pytest.mark.parametrize("K", [512, 1792])              # 1792: the GEMM runs K in chunks of 768
-@pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q5_0, QT.Q4_K, QT.Q6_K, QT.Q8_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q5_0, QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.Q8_0], ids=lambda q: q.name)
 def test_a_token_gets_the_same_bits_alone_or_in_any_batch(qtype, K, isa):
     """Alone (GEMV), with 1-3 others (GEMV passes sharing the weights; the batch's last 2 tokens
-    too) or in a GEMM's 64-token chunks: the same bits."""
+    too) or in a GEMM's 256-token chunks (the batch's last 4 a chunk of their own): the same bits."""
     w = random_blocks(qtype, 37, K, seed=5)
     lin = quant.QLinear([(qtype, w)], K)
-    x = torch.randn(130, K, generator=torch.Generator().manual_seed(9))
+    x = torch.randn(260, K, generator=torch.Generator().manual_seed(9))
     batch = lin(x)
-    for t in (0, 1, 63, 64, 129):
+    for t in (0, 1, 255, 256, 259):
         assert torch.equal(lin(x[t:t + 1]), batch[t:t + 1])
-    for a, b in ((5, 12), (20, 22), (30, 33), (40, 44), (127, 130)):
+    for a, b in ((5, 12), (20, 22), (30, 33), (40, 44), (127, 130), (250, 260)):
         assert torch.equal(lin(x[a:b]), batch[a:b])
 
 
@@ -203,9 +203,9 @@ def on_grid8(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.Q4_K, QT.Q6_K], ids=lambda q: q.name)
 def test_a8_batches_take_8_bit_activations_and_a_few_tokens_keep_the_grid(qtype, isa):
     """act8 where the kernels have vpdpbusd (16 lanes, or 8: '8-lanes' keeps an AVX512-VNNI CPU's
-    VNNI in the 8-lane build, the path of AVX-VNNI CPUs): a batch of more than 4 tokens (70: a
-    64-token chunk, then micro-kernel calls of 4 and 1) is the dequantised weights times x on the
-    8-bit grid, not the 13-bit one; a block with an infinity leaves its token's outputs non-finite
+    VNNI in the 8-lane build, the path of AVX-VNNI CPUs): a batch of more than 4 tokens (70:
+    micro-kernel calls of 4, then 1) is the dequantised weights times x on the 8-bit grid, not the
+    13-bit one; a block with an infinity leaves its token's outputs non-finite
     and no other's. Up to 4 tokens, and every batch on kernels without vpdpbusd, keep the 13-bit
     grid's bits. 37, 20 and 9 rows: micro-kernel calls on 3, 2 and 1 groups of rows."""
     K = 512
