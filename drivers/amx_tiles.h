@@ -7,7 +7,8 @@
 // each x is split as x = 256 hi + lo (hi signed, lo unsigned): S = 256 sum(q hi) + sum(q lo), two
 // tile products (TDPBSSD, TDPBUSD) a chunk, exact in int32 like vpdpwssd's. Then the same fp32
 // steps as rg_imicro, in the same order and lanes (a C tile's row is a token, its 16 lanes the
-// group's rows): acc = fma(S g, d, acc), acc = fma(m, xsum, acc). So the results are the GEMV's
+// group's rows): S from rg_sum_start, acc = fma(S g, d, acc), acc = fma(m, xsum, acc) where
+// SUM_HAS_M. So the results are the GEMV's
 // bits at any batch size, as on every other path.
 //
 // Tiles: C (16 tokens x 16 rows, int32) hi and lo for each of RV groups; A = 16 tokens' hi or lo
@@ -59,7 +60,7 @@ static void amx_split_task(void* p, int64_t i) {
 template <int TYPE, int RV>
 static void amx_micro(const int8_t* hi, const int8_t* lo, int64_t K, const int32_t* bp, int64_t bstride,
                       const float* d, const float* m, int64_t dstride, int64_t nch, const float* const* g,
-                      const float* const* xsums, float* out, int64_t ldo) {
+                      const float* const* xsums, const int32_t* const* isum, float* out, int64_t ldo) {
     constexpr int BR = CH<TYPE> / 4;
     alignas(64) int32_t c[4][16 * 16];
     for (int t = 0; t < 16; t++) for (int v = 0; v < RV; v++) vstore(out + t * ldo + v * VN, vzero());
@@ -84,10 +85,11 @@ static void amx_micro(const int8_t* hi, const int8_t* lo, int64_t K, const int32
         for (int v = 0; v < RV; v++) {
             const vf dv = vload(d + v * dstride + b * VN);
             for (int t = 0; t < 16; t++) {
-                const vi s = vadd(vslli<8>(vload_i(c[2 * v] + 16 * t)), vload_i(c[2 * v + 1] + 16 * t));
+                vi s = vadd(vslli<8>(vload_i(c[2 * v] + 16 * t)), vload_i(c[2 * v + 1] + 16 * t));
+                if constexpr (M_OFF<TYPE> != 0) s = vadd(s, vset1i(rg_sum_start<TYPE>(isum[t], xb)));
                 float* acc = out + t * ldo + v * VN;
                 vf a = vfma(vmul(vcvt(s), vset1(g[t][xb / 32])), dv, vload(acc));
-                if constexpr (HAS_M<TYPE>) a = vfma(vload(m + v * dstride + b * VN), vset1(xsums[t][b]), a);
+                if constexpr (SUM_HAS_M<TYPE>) a = vfma(vload(m + v * dstride + b * VN), vset1(xsums[t][b]), a);
                 vstore(acc, a);
             }
         }

@@ -300,12 +300,12 @@ static void prep_task(void* p, int64_t i) {
 struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     int type; const uint8_t* W; int64_t N, K, rb; const float* X; int64_t ldx, T; float* Y; int64_t ldy;
     int add; int64_t rows_per_task, row_tasks;
-    const float* xsum;      // row-grouped: the 32-block sums of X on the grid, [T, K / 32] (rg_has_m types read them)
+    const float* xsum;      // row-grouped: the 32-block sums of X on the grid, [T, K / 32] (SUM_HAS_M types read them)
     const float* grid_g = nullptr;    // row-grouped: X's grid (rowgroup_kernels.h), [T, K / 32],
     const int32_t* pairs = nullptr;   // and its int16 pairs, [T, K / 2] (more than one token)
     const int8_t* xbytes = nullptr;   // and those as AMX's hi then lo bytes, [2, T, K] (amx_tiles.h), or null
     const int32_t* quads = nullptr;   // or, an a8 GEMM: X at 8 bits, [T, K / 4] quads (grid8_row)
-    const int32_t* isum = nullptr;    // and their sums 16 at a time, [T, K / 16]
+    const int32_t* isum = nullptr;    // row-grouped: X's integers (either grid) summed 16 at a time, [T, K / 16]
 };
 // Tokens a task takes while its panel is reused. Fewer tokens made the panel again more often: 2
 // Zen 4 cores, 512 tokens, 64 -> 256, Q4_0 4096 x 2048 -4 %, 2048 x 8192 -4 %; a8 Q4_K 4096 x 2048
@@ -738,10 +738,10 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
 #if defined(LLMOS_VEC)
     const bool a8 = act8 && llmos_act8_supported() && T > A8_MIN_TOKENS;
     if (grouped) {        // x on the grid (rowgroup_kernels.h), once: int16 pairs, or a8's byte quads,
-        grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32));          // in each pair order used
+        grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32)); grow(isum, T * (K / 16));   // in each pair order used
         if (fp32_gemv && !a8) grow(xq, T * K);  // x on the grid as fp32, for the fp32 GEMV (RG_INT_GEMV)
         Grid grid{X, ldx, K, T, fp32_gemv && !a8 ? xq.data() : nullptr, grid_g.data(), xsum.data(), {nullptr, nullptr}};
-        if (a8) { grow(isum, T * (K / 16)); grid.isum = isum.data(); }
+        grid.isum = isum.data();
         for (int s = 0; s < 2; s++)
             if (split[s]) {
                 std::vector<int32_t>& buf = a8 ? quads[s] : pairs[s];
@@ -767,9 +767,9 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
 #if defined(LLMOS_VEC)
         if (type >= RG_TYPES) {
             job.X = rg_int_gemv(type - RG_TYPES) ? nullptr : xq.data(); job.ldx = K;
-            job.grid_g = grid_g.data(); job.xsum = xsum.data();
+            job.grid_g = grid_g.data(); job.xsum = xsum.data(); job.isum = isum.data();
             job.pairs = pairs[rg_split_pairs(type - RG_TYPES)].data();
-            if (a8) { job.quads = quads[rg_split_pairs(type - RG_TYPES)].data(); job.isum = isum.data(); }
+            if (a8) job.quads = quads[rg_split_pairs(type - RG_TYPES)].data();
 #if defined(LLMOS_AMX)
             if (!a8) job.xbytes = T >= 16 && amx_ready() ? xbytes[rg_split_pairs(type - RG_TYPES)].data() : nullptr;
 #endif

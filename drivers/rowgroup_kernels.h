@@ -18,7 +18,8 @@
 //
 // Every (row, token) pair computes, for each chunk (CH below) in order: s = sum of q x over the
 // chunk's k, exact (x on the grid below, so the order does not matter); acc = fma(s, d, acc); then
-// acc = fma(m, xsum, acc) with xsum the block's sum from grid_row (not for Q8_0 and Q6_K). The GEMV (one
+// acc = fma(m, xsum, acc) with xsum the block's sum from grid_row (for Q4_1, Q5_1 and Q4_K; Q4_0's
+// and Q5_0's m is in s instead, s = sum (q - M_OFF) x: see M_OFF). The GEMV (one
 // token: integer sums of int16 pairs made in registers, or for Q4_K and Q6_K without VNNI fp32 FMAs;
 // see RG_INT_GEMV) and the GEMM (an int16 panel, integer sums) do exactly this, so results are
 // bit-identical at any batch size, as in the block layout. The opt-in 'a8' dtype's GEMM takes x on
@@ -75,6 +76,19 @@ template <int TYPE> constexpr int RG_QS = TYPE == Q4_1 || TYPE == Q5_1 ? 4 : TYP
 template <int TYPE> constexpr int CH = TYPE == Q6_K ? 16 : 32;
 static constexpr bool rg_has_m(int type) { return type != Q8_0 && type != Q6_K; }   // reads X's block sums
 template <int TYPE> constexpr bool HAS_M = rg_has_m(TYPE);
+// Q4_0's and Q5_0's m (-8 d, -16 d) goes into the integer sums: a chunk's sum starts from -M_OFF
+// sum xi (rg_sum_start, from the token's isum), so s = sum (q - M_OFF) xi, exact, and no m FMA
+// follows: one fp32 operation of four a chunk (2 Zen 4 cores, Q4_0 4096 x 2048 x 512 -4 %). The
+// types with a free m keep the FMA (SUM_HAS_M).
+template <int TYPE> constexpr int M_OFF = TYPE == Q4_0 ? 8 : TYPE == Q5_0 ? 16 : 0;
+template <int TYPE> constexpr bool SUM_HAS_M = HAS_M<TYPE> && M_OFF<TYPE> == 0;
+// The start of the integer sum of the chunk at x element xb: -off times the token's integers there
+// (isum: its sums 16 at a time, grid_row's or grid8_row's).
+template <int TYPE, int OFF = M_OFF<TYPE>> static inline int32_t rg_sum_start(const int32_t* isum, int64_t xb) {
+    if constexpr (OFF == 0) return 0;
+    const int32_t* is = isum + xb / 16;
+    return -OFF * (CH<TYPE> == 16 ? is[0] : is[0] + is[1]);
+}
 
 // The k of chunk c's kk-th product is rg_xbase(c) + KPERM(kk): Q4_0/Q4_1 take the two nibbles of
 // a byte in turn (k = 0, 16, 1, 17, ...); Q6_K's chunks go (n, h, t) = (c / 8, c / 4 % 2, c % 4)
@@ -110,11 +124,21 @@ static inline float pow2(int e) {
     float f; memcpy(&f, &bits, 4); return f;
 }
 
+// A block's integers q (VB vectors) summed: isum[0], isum[1] over k < 16 and k >= 16 (exact: |q| <
+// 2^12, 16 of them), *xsum = their sum times g (exact but for g's rounding; NaN with g).
+static inline void rg_block_sums(const vi* q, float g, float* xsum, int32_t* isum) {
+    vi lo = q[0], hi = q[VB / 2];
+    for (int i = 1; i < VB / 2; i++) { lo = vadd(lo, q[i]); hi = vadd(hi, q[VB / 2 + i]); }
+    isum[0] = (int32_t)vhsum(vcvt(lo)); isum[1] = (int32_t)vhsum(vcvt(hi));
+    *xsum = (float)(isum[0] + isum[1]) * g;
+}
+
 // Token row x (K wide) on the grid: xq (the fp32 values, unless xq is null), g[K / 32], each block's sum xsum[K / 32]
-// (g times the integers' sum: exact, as is any fp32 sum of the block's xq) and the int16 pairs of
-// each block in each pair order whose array is not null (pairs[s][16 b + i], low half first;
-// s = 1: split pairs).
-static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum, int32_t* const pairs[2]) {
+// (g times the integers' sum: exact, as is any fp32 sum of the block's xq), the integers' sums 16 at a
+// time isum[K / 16] (for M_OFF) and the int16 pairs of each block in each pair order whose array is
+// not null (pairs[s][16 b + i], low half first; s = 1: split pairs).
+static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum, int32_t* isum,
+                     int32_t* const pairs[2]) {
     for (int64_t b = 0; b < K / 32; b++) {
         vf v[VB], amax = vzero(), nan_if_not_finite = vzero();
         for (int i = 0; i < VB; i++) {
@@ -124,7 +148,7 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
         }
         vi q[VB];
         if (vany_nan(nan_if_not_finite)) {
-            g[b] = xsum[b] = NAN;
+            g[b] = NAN;
             for (int i = 0; i < VB; i++) {
                 q[i] = vset1i(0);
                 if (xq) vstore(xq + 32 * b + VN * i, vset1(NAN));
@@ -142,15 +166,12 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
             const int up = std::min(-e, 126);              // 2^-e in two exact factors
             const vf a = vset1(pow2(up)), c = vset1(pow2(-e - up)), gv = vset1(pow2(e));
             g[b] = pow2(e);
-            vf sum = vzero();                              // |sum| < 2^24: exact in any order
             for (int i = 0; i < VB; i++) {
                 q[i] = vclamp(vround(vmul(vmul(v[i], a), c)), GRID_MAX);
-                const vf qf = vcvt(q[i]);
-                if (xq) vstore(xq + 32 * b + VN * i, vmul(qf, gv));
-                sum = vadd(sum, qf);
+                if (xq) vstore(xq + 32 * b + VN * i, vmul(vcvt(q[i]), gv));
             }
-            xsum[b] = vhsum(sum) * g[b];
         }
+        rg_block_sums(q, g[b], &xsum[b], isum + 2 * b);
         for (int i = 0; i < VB / 2; i++) {                 // pair i: (2i, 2i + 1), or split (k, k + 16)
             if (pairs[0]) vstore_i(pairs[0] + 16 * b + VN * i, vpack16(q[2 * i], q[2 * i + 1]));
             if (pairs[1])
@@ -194,10 +215,7 @@ static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t*
             for (int i = 0; i < VB; i++) q[i] = vclamp(vround(vmul(v[i], inv)), 127);
             g[b] = gb;
         }
-        vi lo = q[0], hi = q[VB / 2];                      // the sums of k < 16 and k >= 16
-        for (int i = 1; i < VB / 2; i++) { lo = vadd(lo, q[i]); hi = vadd(hi, q[VB / 2 + i]); }
-        isum[2 * b] = (int32_t)vhsum(vcvt(lo)); isum[2 * b + 1] = (int32_t)vhsum(vcvt(hi));   // exact: < 2^12
-        xsum[b] = (float)(isum[2 * b] + isum[2 * b + 1]) * g[b];
+        rg_block_sums(q, g[b], &xsum[b], isum + 2 * b);
         const __m128i b0 = vbytes16(q), b1 = vbytes16(q + VB / 2);         // xi of k < 16, k >= 16
         if (quads[0]) {
             _mm_storeu_si128((__m128i*)(quads[0] + 8 * b), b0);
@@ -211,9 +229,9 @@ static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t*
 }
 
 // X on the grid for a row-grouped matmul, a task a PREP_ROWS tokens: xq [T, K] (the fp32 GEMV's
-// input; null where every GEMV is integer), g and xsum [T, K / 32], pairs[s] [T, K / 2] in each
-// pair order s the matmul uses (null otherwise); or, where quads[s] are given instead (an a8
-// GEMM), x at 8 bits (grid8_row): g, xsum, isum [T, K / 16] and quads[s] [T, K / 4].
+// input; null where every GEMV is integer), g and xsum [T, K / 32], isum [T, K / 16], pairs[s] [T,
+// K / 2] in each pair order s the matmul uses (null otherwise); or, where quads[s] are given
+// instead (an a8 GEMM), x at 8 bits (grid8_row): g, xsum, isum and quads[s] [T, K / 4].
 struct Grid {
     const float* X; int64_t ldx, K, T; float* xq; float* g; float* xsum; int32_t* pairs[2];
     int32_t* quads[2] = {nullptr, nullptr}; int32_t* isum = nullptr;
@@ -231,7 +249,7 @@ static void grid_task(void* p, int64_t i) {
         int32_t* const pairs[2] = {j.pairs[0] ? j.pairs[0] + t * (j.K / 2) : nullptr,
                                    j.pairs[1] ? j.pairs[1] + t * (j.K / 2) : nullptr};
         grid_row(j.X + t * j.ldx, j.K, j.xq ? j.xq + t * j.K : nullptr, j.g + t * (j.K / 32), j.xsum + t * (j.K / 32),
-                 pairs);
+                 j.isum + t * (j.K / 16), pairs);
     }
 }
 
@@ -469,21 +487,19 @@ template <int TYPE> static void rg_quads(const uint8_t* grp, int64_t nb, int32_t
 
 // The a8 panel's offset o (u = q + o unsigned, each chunk's sum from -o sum xi): Q8_0's and Q6_K's
 // quants are signed; Q4_0's and Q5_0's unsigned, their m = -8 d, -16 d folded into the sums.
-template <int TYPE> constexpr int A8_OFF = TYPE == Q8_0 ? 128 : TYPE == Q6_K ? 32 : TYPE == Q4_0 ? 8
-                                         : TYPE == Q5_0 ? 16 : 0;
+template <int TYPE> constexpr int A8_OFF = TYPE == Q8_0 ? 128 : TYPE == Q6_K ? 32 : M_OFF<TYPE>;
 template <int TYPE> constexpr int A8_PANEL_OFF = TYPE == Q8_0 || TYPE == Q6_K ? A8_OFF<TYPE> : 0;
-template <int TYPE> constexpr bool A8_HAS_M = HAS_M<TYPE> && A8_OFF<TYPE> == 0;
 
 // A chunk's integer sums S (exact, < 2^24) into the accumulators: acc = fma(S g, d, acc), then
-// acc = fma(m, xsum, acc) for types with an m (the others ignore m and xsum). S g is exact in fp32.
+// acc = fma(m, xsum, acc) where SUM_HAS_M (the others ignore m and xsum). S g is exact in fp32.
 template <int TYPE> static inline vf rg_chunk_fma(vi s, float g, vf d, vf m, float xsum, vf acc) {
     const vf a = vfma(vmul(vcvt(s), vset1(g)), d, acc);
-    if constexpr (HAS_M<TYPE>) return vfma(m, vset1(xsum), a);
+    if constexpr (SUM_HAS_M<TYPE>) return vfma(m, vset1(xsum), a);
     return a;
 }
 
 // out[c * ldo + v * VN ..] = the RV groups of panel rows times C tokens over nch chunks: token c's
-// grid pairs xp[c], its grid g[c] and block sums xsums[c]; each group's panel (rg_panel) is pstride
+// grid pairs xp[c], its grid g[c], block sums xsums[c] and isum[c]; each group's panel (rg_panel) is pstride
 // int32 after the last, its d and m vectors dstride floats. The fp32 accumulators are variables
 // (GCC keeps what fits in registers): ~5-9 % faster than reloading them from out at every chunk
 // (one Zen 3 core, Q4_1, Q4_K, Q6_K, Q8_0 3072 x 2048 x 64). A chunk's integer sum S (exact, < 2^24)
@@ -491,14 +507,17 @@ template <int TYPE> static inline vf rg_chunk_fma(vi s, float g, vf d, vf m, flo
 template <int TYPE, int RV, int C>
 __attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, int64_t pstride, const float* d,
         const float* m, int64_t dstride, int64_t nch, const int32_t* const* xp, const float* const* g,
-        const float* const* xsums, float* out, int64_t ldo) {
+        const float* const* xsums, const int32_t* const* isum, float* out, int64_t ldo) {
     constexpr int P = CH<TYPE> / 2;
     vf acc[RV][C];
     for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) acc[v][c] = vzero();
     for (int64_t b = 0; b < nch; b++) {
-        vi s[RV][C];
-        for (int v = 0; v < RV; v++) for (int c = 0; c < C; c++) s[v][c] = vset1i(0);
         const int64_t xb = rg_xbase<TYPE>(b);
+        vi s[RV][C];
+        for (int c = 0; c < C; c++) {
+            const vi start = vset1i(rg_sum_start<TYPE>(isum[c], xb));
+            for (int v = 0; v < RV; v++) s[v][c] = start;
+        }
 #pragma GCC unroll 16
         for (int pp = 0; pp < P; pp++) {
             vi w[RV];
@@ -511,9 +530,9 @@ __attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, in
             }
         }
         for (int v = 0; v < RV; v++) {
-            const vf dv = vload(d + v * dstride + b * VN), mv = HAS_M<TYPE> ? vload(m + v * dstride + b * VN) : dv;
+            const vf dv = vload(d + v * dstride + b * VN), mv = SUM_HAS_M<TYPE> ? vload(m + v * dstride + b * VN) : dv;
             for (int c = 0; c < C; c++)
-                acc[v][c] = rg_chunk_fma<TYPE>(s[v][c], g[c][xb / 32], dv, mv, HAS_M<TYPE> ? xsums[c][b] : 0.f,
+                acc[v][c] = rg_chunk_fma<TYPE>(s[v][c], g[c][xb / 32], dv, mv, SUM_HAS_M<TYPE> ? xsums[c][b] : 0.f,
                                                acc[v][c]);
         }
     }
@@ -524,7 +543,7 @@ __attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, in
 // rg_imicro for an a8 matmul: the groups' unsigned quads (rg_quad_panel, pstride int32 apart) times
 // C tokens' signed quads xq[c] (grid8_row, their pair order), four products a vpdpbusd, each chunk's
 // sum from -A8_OFF sum xi (isum[c], 16 at a time); then rg_imicro's epilogue with the tokens' g and
-// xsums (the m FMA only where A8_HAS_M).
+// xsums (the m FMA only where SUM_HAS_M).
 template <int TYPE, int RV, int C>
 __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, int64_t pstride, const float* d,
         const float* m, int64_t dstride, int64_t nch, const int32_t* const* xq, const int32_t* const* isum,
@@ -536,8 +555,7 @@ __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, i
         const int64_t xb = rg_xbase<TYPE>(b);
         vi s[RV][C];
         for (int c = 0; c < C; c++) {
-            const int32_t* is = isum[c] + xb / 16;
-            const vi start = vset1i(A8_OFF<TYPE> ? -A8_OFF<TYPE> * (CH<TYPE> == 16 ? is[0] : is[0] + is[1]) : 0);
+            const vi start = vset1i(rg_sum_start<TYPE, A8_OFF<TYPE>>(isum[c], xb));
             for (int v = 0; v < RV; v++) s[v][c] = start;
         }
 #pragma GCC unroll 8
@@ -553,7 +571,7 @@ __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, i
             const vf dv = vload(d + v * dstride + b * VN);
             for (int c = 0; c < C; c++) {
                 const vf a = vfma(vmul(vcvt(s[v][c]), vset1(g[c][xb / 32])), dv, acc[v][c]);
-                acc[v][c] = A8_HAS_M<TYPE> ? vfma(vload(m + v * dstride + b * VN), vset1(xsums[c][b]), a) : a;
+                acc[v][c] = SUM_HAS_M<TYPE> ? vfma(vload(m + v * dstride + b * VN), vset1(xsums[c][b]), a) : a;
             }
         }
     }
@@ -563,22 +581,26 @@ __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, i
 
 // G groups (G * VN rows from W, groups gstride bytes apart) times C tokens into out[c * ldo + G * VN]:
 // the GEMM's integer sums without a panel in memory. Each weight pair vector is made in registers as
-// rg_panel makes it and meets each token's grid pairs xp[c] (its pair order) in vdpwssd; each chunk
-// then takes rg_imicro's epilogue (grid g[c], block sums xsum[c]), so a token's results are the
+// rg_panel makes it and meets each token's grid pairs xp[c] (its pair order) in vdpwssd, from
+// rg_sum_start (isum[c]); each chunk then takes rg_imicro's epilogue (grid g[c], block sums xsum[c]), so a token's results are the
 // GEMM's bits. A few tokens (C > 1) share each pair vector, and the weights stream once for all.
 template <int TYPE, int G, int C>
 static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb, const int32_t* const* xp,
-                                   const float* const* g, const float* const* xsum, float* out, int64_t ldo) {
+                                   const float* const* g, const float* const* xsum, const int32_t* const* isum,
+                                   float* out, int64_t ldo) {
     constexpr int64_t SB = VN * RG_SB<TYPE>;
     vf acc[G][C];
     for (int r = 0; r < G; r++) for (int c = 0; c < C; c++) acc[r][c] = vzero();
-    auto sums_at = [&](int c, int64_t b) { return HAS_M<TYPE> ? xsum[c][b] : 0.f; };
+    auto sums_at = [&](int c, int64_t b) { return SUM_HAS_M<TYPE> ? xsum[c][b] : 0.f; };
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
         const uint8_t* sb = W + sbi * SB;
         rg_fetch_next<G>(sb, gstride, SB);
         if constexpr (SUBS<TYPE> == 1) {
             vi s[G][C];
-            for (int r = 0; r < G; r++) for (int c = 0; c < C; c++) s[r][c] = vset1i(0);
+            for (int c = 0; c < C; c++) {
+                const vi start = vset1i(rg_sum_start<TYPE>(isum[c], 32 * sbi));
+                for (int r = 0; r < G; r++) s[r][c] = start;
+            }
 #pragma GCC unroll 16
             for (int pp = 0; pp < 16; pp++) {
                 vi xv[C];
@@ -692,10 +714,10 @@ template <int TYPE, int C>
 static void rg_few_tokens(const Job& j, int64_t t0, int64_t g_begin, int64_t g_end) {
     constexpr int G = RG_G<TYPE> / C > 1 ? RG_G<TYPE> / C : 1;
     const int64_t K = j.K, nb = K / 32, gs = rg_group_bytes(TYPE, K);
-    const int32_t* xp[C]; const float* xg[C]; const float* xs[C];
+    const int32_t* xp[C]; const float* xg[C]; const float* xs[C]; const int32_t* xi[C];
     for (int c = 0; c < C; c++) {
         xp[c] = j.pairs + (t0 + c) * (K / 2); xg[c] = j.grid_g + (t0 + c) * nb;
-        xs[c] = HAS_M<TYPE> ? j.xsum + (t0 + c) * nb : nullptr;
+        xs[c] = SUM_HAS_M<TYPE> ? j.xsum + (t0 + c) * nb : nullptr; xi[c] = j.isum + (t0 + c) * (K / 16);
     }
     alignas(64) float acc[C * G * VN];
     auto put = [&](int64_t g, int64_t width) {
@@ -704,11 +726,11 @@ static void rg_few_tokens(const Job& j, int64_t t0, int64_t g_begin, int64_t g_e
     };
     int64_t g = g_begin;
     for (; g + G <= g_end; g += G) {
-        rg_igemv_groups<TYPE, G, C>(j.W + g * gs, gs, nb, xp, xg, xs, acc, G * VN);
+        rg_igemv_groups<TYPE, G, C>(j.W + g * gs, gs, nb, xp, xg, xs, xi, acc, G * VN);
         put(g, G * VN);
     }
     for (; g < g_end; g++) {
-        rg_igemv_groups<TYPE, 1, C>(j.W + g * gs, gs, nb, xp, xg, xs, acc, VN);
+        rg_igemv_groups<TYPE, 1, C>(j.W + g * gs, gs, nb, xp, xg, xs, xi, acc, VN);
         put(g, VN);
     }
 }
@@ -732,7 +754,7 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
         for (int u = 0; u < n; u++) {
             const int64_t t = t0 + c + u;
             xq[u] = j.quads + t * (K / 4); is[u] = j.isum + t * (K / 16); g[u] = j.grid_g + t * nb;
-            sums[u] = A8_HAS_M<TYPE> ? j.xsum + t * nb : nullptr;
+            sums[u] = SUM_HAS_M<TYPE> ? j.xsum + t * nb : nullptr;
         }
     };
     auto micro = [&](int rv, int n, float* o) {
@@ -786,7 +808,7 @@ static void rg_task(void* p, int64_t i) {
     const int64_t r_begin = (i % j.row_tasks) * j.rows_per_task;
     const int64_t r_end = r_begin + j.rows_per_task < j.N ? r_begin + j.rows_per_task : j.N;
     const int64_t g_begin = r_begin / VN, g_end = (r_end + VN - 1) / VN;
-    auto sums_of = [&](int64_t t) -> const float* { return HAS_M<TYPE> ? j.xsum + t * nb : nullptr; };
+    auto sums_of = [&](int64_t t) -> const float* { return SUM_HAS_M<TYPE> ? j.xsum + t * nb : nullptr; };
 #if defined(LLMOS_VDPBUSD)
     if (j.quads) return rg_task8<TYPE>(j, t0, tn, g_begin, g_end);
 #endif
@@ -819,17 +841,20 @@ static void rg_task(void* p, int64_t i) {
     int32_t* const q = (int32_t*)(((uintptr_t)panel.data() + 63) & ~(uintptr_t)63);
     float* const d = scales.data(); float* const m = d + RG_RV * VN * nch;
     const int64_t ldo = RG_RV * VN, ps = VN * K / 2, ds = VN * nch;
-    const int32_t* xp[RG_NC]; const float* g[RG_NC]; const float* sums[RG_NC];
+    const int32_t* xp[RG_NC]; const float* g[RG_NC]; const float* sums[RG_NC]; const int32_t* is[RG_NC];
     auto tokens = [&](int64_t c, int n) {      // micro-kernel arguments of tokens c .. c + n - 1
         for (int u = 0; u < n; u++) {
             const int64_t t = t0 + c + u;
-            xp[u] = j.pairs + t * (K / 2); g[u] = j.grid_g + t * nb; sums[u] = sums_of(t);
+            xp[u] = j.pairs + t * (K / 2); g[u] = j.grid_g + t * nb; sums[u] = sums_of(t); is[u] = j.isum + t * (K / 16);
         }
     };
 #if defined(LLMOS_AMX)
-    const float* g16[16]; const float* s16[16];
+    const float* g16[16]; const float* s16[16]; const int32_t* i16[16];
     auto tokens16 = [&](int64_t c) {           // amx_micro's arguments of tokens c .. c + 15
-        for (int u = 0; u < 16; u++) { g16[u] = j.grid_g + (t0 + c + u) * nb; s16[u] = sums_of(t0 + c + u); }
+        for (int u = 0; u < 16; u++) {
+            const int64_t t = t0 + c + u;
+            g16[u] = j.grid_g + t * nb; s16[u] = sums_of(t); i16[u] = j.isum + t * (K / 16);
+        }
     };
     const int64_t tiled = j.xbytes ? tn / 16 * 16 : 0;          // tokens whose sums come from tiles
     thread_local std::vector<int32_t> bpanel;
@@ -851,21 +876,21 @@ static void rg_task(void* p, int64_t i) {
                 tokens16(c);
                 const int8_t* hi = j.xbytes + (t0 + c) * K; const int8_t* lo = hi + j.T * K;
                 float* o = out.data() + c * ldo;
-                if (rv == RG_RV) amx_micro<TYPE, RG_RV>(hi, lo, K, bpanel.data(), bs, d, m, ds, nch, g16, s16, o, ldo);
-                else amx_micro<TYPE, 1>(hi, lo, K, bpanel.data(), bs, d, m, ds, nch, g16, s16, o, ldo);
+                if (rv == RG_RV) amx_micro<TYPE, RG_RV>(hi, lo, K, bpanel.data(), bs, d, m, ds, nch, g16, s16, i16, o, ldo);
+                else amx_micro<TYPE, 1>(hi, lo, K, bpanel.data(), bs, d, m, ds, nch, g16, s16, i16, o, ldo);
             }
         }
 #endif
         for (; c + RG_NC <= tn; c += RG_NC) {
             tokens(c, RG_NC);
             float* o = out.data() + c * ldo;
-            if (rv == RG_RV) rg_imicro<TYPE, RG_RV, RG_NC>(q, ps, d, m, ds, nch, xp, g, sums, o, ldo);
-            else rg_imicro<TYPE, 1, RG_NC>(q, ps, d, m, ds, nch, xp, g, sums, o, ldo);
+            if (rv == RG_RV) rg_imicro<TYPE, RG_RV, RG_NC>(q, ps, d, m, ds, nch, xp, g, sums, is, o, ldo);
+            else rg_imicro<TYPE, 1, RG_NC>(q, ps, d, m, ds, nch, xp, g, sums, is, o, ldo);
         }
         for (; c < tn; c++) {
             tokens(c, 1);
-            if (rv == RG_RV) rg_imicro<TYPE, RG_RV, 1>(q, ps, d, m, ds, nch, xp, g, sums, out.data() + c * ldo, ldo);
-            else rg_imicro<TYPE, 1, 1>(q, ps, d, m, ds, nch, xp, g, sums, out.data() + c * ldo, ldo);
+            if (rv == RG_RV) rg_imicro<TYPE, RG_RV, 1>(q, ps, d, m, ds, nch, xp, g, sums, is, out.data() + c * ldo, ldo);
+            else rg_imicro<TYPE, 1, 1>(q, ps, d, m, ds, nch, xp, g, sums, is, out.data() + c * ldo, ldo);
         }
         const int64_t rows = std::min<int64_t>(rv * VN, j.N - g0 * VN);
         for (int64_t t = 0; t < tn; t++) rg_put(out.data() + t * ldo, rows, j.Y + (t0 + t) * j.ldy + g0 * VN, 1, j.add);
