@@ -582,8 +582,9 @@ __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, i
 // G groups (G * VN rows from W, groups gstride bytes apart) times C tokens into out[c * ldo + G * VN]:
 // the GEMM's integer sums without a panel in memory. Each weight pair vector is made in registers as
 // rg_panel makes it and meets each token's grid pairs xp[c] (its pair order) in vdpwssd, from
-// rg_sum_start (isum[c]); each chunk then takes rg_imicro's epilogue (grid g[c], block sums xsum[c]), so a token's results are the
-// GEMM's bits. A few tokens (C > 1) share each pair vector, and the weights stream once for all.
+// rg_sum_start (isum[c]); each chunk then takes rg_imicro's epilogue (grid g[c], block sums
+// xsum[c]), so a token's results are the GEMM's bits. A few tokens (C > 1) share each pair vector,
+// and the weights stream once for all.
 template <int TYPE, int G, int C>
 static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb, const int32_t* const* xp,
                                    const float* const* g, const float* const* xsum, const int32_t* const* isum,
@@ -845,7 +846,8 @@ static void rg_task(void* p, int64_t i) {
     auto tokens = [&](int64_t c, int n) {      // micro-kernel arguments of tokens c .. c + n - 1
         for (int u = 0; u < n; u++) {
             const int64_t t = t0 + c + u;
-            xp[u] = j.pairs + t * (K / 2); g[u] = j.grid_g + t * nb; sums[u] = sums_of(t); is[u] = j.isum + t * (K / 16);
+            xp[u] = j.pairs + t * (K / 2); g[u] = j.grid_g + t * nb; sums[u] = sums_of(t);
+            is[u] = j.isum + t * (K / 16);
         }
     };
 #if defined(LLMOS_AMX)
@@ -876,8 +878,9 @@ static void rg_task(void* p, int64_t i) {
                 tokens16(c);
                 const int8_t* hi = j.xbytes + (t0 + c) * K; const int8_t* lo = hi + j.T * K;
                 float* o = out.data() + c * ldo;
-                if (rv == RG_RV) amx_micro<TYPE, RG_RV>(hi, lo, K, bpanel.data(), bs, d, m, ds, nch, g16, s16, i16, o, ldo);
-                else amx_micro<TYPE, 1>(hi, lo, K, bpanel.data(), bs, d, m, ds, nch, g16, s16, i16, o, ldo);
+                const int32_t* bp = bpanel.data();
+                if (rv == RG_RV) amx_micro<TYPE, RG_RV>(hi, lo, K, bp, bs, d, m, ds, nch, g16, s16, i16, o, ldo);
+                else amx_micro<TYPE, 1>(hi, lo, K, bp, bs, d, m, ds, nch, g16, s16, i16, o, ldo);
             }
         }
 #endif
@@ -889,8 +892,9 @@ static void rg_task(void* p, int64_t i) {
         }
         for (; c < tn; c++) {
             tokens(c, 1);
-            if (rv == RG_RV) rg_imicro<TYPE, RG_RV, 1>(q, ps, d, m, ds, nch, xp, g, sums, is, out.data() + c * ldo, ldo);
-            else rg_imicro<TYPE, 1, 1>(q, ps, d, m, ds, nch, xp, g, sums, is, out.data() + c * ldo, ldo);
+            float* o = out.data() + c * ldo;
+            if (rv == RG_RV) rg_imicro<TYPE, RG_RV, 1>(q, ps, d, m, ds, nch, xp, g, sums, is, o, ldo);
+            else rg_imicro<TYPE, 1, 1>(q, ps, d, m, ds, nch, xp, g, sums, is, o, ldo);
         }
         const int64_t rows = std::min<int64_t>(rv * VN, j.N - g0 * VN);
         for (int64_t t = 0; t < tn; t++) rg_put(out.data() + t * ldo, rows, j.Y + (t0 + t) * j.ldy + g0 * VN, 1, j.add);
