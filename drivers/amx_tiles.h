@@ -5,11 +5,10 @@
 // What changes against rg_imicro: only how a chunk's exact integer sums S = sum q x are formed.
 // The activations are on the grid (13-bit integers, rowgroup_kernels.h), AMX multiplies bytes, so
 // each x is split as x = 256 hi + lo (hi signed, lo unsigned): S = 256 sum(q hi) + sum(q lo), two
-// tile products (TDPBSSD, TDPBUSD) a chunk, exact in int32 like vpdpwssd's. Then the same fp32
-// steps as rg_imicro, in the same order and lanes (a C tile's row is a token, its 16 lanes the
-// group's rows): S from rg_sum_start, acc = fma(S g, d, acc), acc = fma(m, xsum, acc) where
-// SUM_HAS_M. So the results are the GEMV's
-// bits at any batch size, as on every other path.
+// tile products (TDPBSSD, TDPBUSD) a chunk, exact in int32 like vpdpwssd's; rg_sum_start's start
+// is added to S. Then the same fp32 steps as rg_imicro, in the same order and lanes (a C tile's row
+// is a token, its 16 lanes the group's rows): acc = fma(S g, d, acc), acc = fma(m, xsum, acc)
+// where SUM_HAS_M. So the results are the GEMV's bits at any batch size, as on every other path.
 //
 // Tiles: C (16 tokens x 16 rows, int32) hi and lo for each of RV groups; A = 16 tokens' hi or lo
 // bytes of one chunk (CH bytes a row); B = one group's quants of the chunk as AMX wants them, 4

@@ -274,7 +274,7 @@ template <int TYPE> static inline void rg_scales(const uint8_t* sb, int sub, vf&
     } else {
         d = vh2f(sb);
         if constexpr (TYPE == Q4_1 || TYPE == Q5_1) m = vh2f(sb + 2 * VN);
-        else m = vmul(d, vset1(TYPE == Q5_0 ? -16.f : -8.f));       // Q4_0, Q5_0; unused for Q8_0
+        else m = vmul(d, vset1(TYPE == Q5_0 ? -16.f : -8.f));       // Q4_0, Q5_0 (integer paths: M_OFF); not Q8_0
     }
 }
 
@@ -807,7 +807,7 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
 #endif
 
 // A task of a row-grouped matmul: Job's rows are group-aligned; X's block sums are in j.xsum
-// (types with an m term).
+// (SUM_HAS_M types), its integers' sums in j.isum (M_OFF types).
 template <int TYPE>
 static void rg_task(void* p, int64_t i) {
     const Job& j = *(const Job*)p;
