@@ -47,6 +47,7 @@ from llmos.userland import lib
 from llmos.userland.program import UsageError
 
 STOPPED_STATUS = 128 + signal.SIGTSTP
+FG_POLL_S = 0.02        # a foreground wait looks at the signals its handler queued this often
 
 
 class Failure(CommandError):
@@ -284,10 +285,12 @@ class Shell:
             self._fg = outer
 
     def wait_fg(self, job: Job, event) -> str | None:
-        """Block until event; forward SIGINT (twice: SIGKILL); SIGTSTP stops the job → 'stopped'."""
+        """Block until event; forward SIGINT (twice: SIGKILL); SIGTSTP stops the job → 'stopped'.
+        A signal is forwarded within FG_POLL_S (the handler only queues it): waits of 0.2 s let a
+        job that was ending anyway finish first, and its Ctrl-C was lost (exit 0, not 130)."""
         self._fg, interrupts = True, 0
         try:
-            while not event.wait(0.05 if self._pending else 0.2):
+            while not event.wait(FG_POLL_S):
                 while self._pending:
                     sig = self._pending.pop(0)
                     if sig == signal.SIGTSTP:

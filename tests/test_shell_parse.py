@@ -314,3 +314,32 @@ from llmos.shell.complete import words_before_cursor  # noqa: E402
 ])
 def test_words_before_cursor(text, words, current, redirect):
     assert words_before_cursor(text) == (words, current, redirect)
+
+
+def test_a_ctrl_c_is_forwarded_before_a_job_that_was_ending_anyway_finishes():
+    """The handler only queues the signal; the foreground wait forwards it within FG_POLL_S, so a
+    job ending 0.15 s after Ctrl-C still gets it (with 0.2 s waits it finished first: exit 0)."""
+    import signal as sig
+    import threading
+    import time
+
+    from llmos.kernel import abi
+    from llmos.shell.jobs import Job
+    from llmos.shell.sh import Shell
+
+    sh = Shell(interactive=False, autostart=False)
+    job = Job(1, "run go on", [7])
+    sent = []
+    sh.signal_job = lambda j, s: sent.append((j.id, s))
+
+    def user():
+        time.sleep(0.03)
+        sh.on_signal(sig.SIGINT, None)      # as the handler runs: queued during the wait
+        time.sleep(0.15)
+        job.done.set()                      # the job ends on its own
+
+    t = threading.Thread(target=user)
+    t.start()
+    assert sh.wait_fg(job, job.done) is None
+    t.join()
+    assert sent == [(1, abi.SIGINT)] and job.interrupted
