@@ -38,7 +38,7 @@ def env(rt):
 
 @pytest.fixture(scope="module")
 def daemon(tiny_model_path, rt, env):
-    r = llmos("serve", "--daemon", "--model", str(tiny_model_path), "--kv-blocks", "128", "--block-size", "4",
+    r = llmos("serve", "--daemon", "--model", str(tiny_model_path), "--kv-blocks", "256", "--block-size", "4",
               "--lease", "0.5", "--dtype", "fp32", env=env)
     assert r.returncode == 0, r.stderr
     assert "kernel running" in r.stdout
@@ -89,12 +89,15 @@ def test_run_reads_stdin_and_reports_bad_options(daemon, env):
 
 
 def test_run_ctrl_c_sends_sigint(daemon, env, k):
-    proc = subprocess.Popen([sys.executable, "-m", "llmos.shell.cli", "run", "--max-tokens", "400", "--ignore-eos", "go on"],
+    """Ctrl-C while it generates: 1000 tokens, as many as the pool holds, so that the tiny model
+    (thousands of tokens a second) is still generating when the signal arrives."""
+    proc = subprocess.Popen([sys.executable, "-m", "llmos.shell.cli", "run", "--max-tokens", "1000", "--ignore-eos",
+                             "go on"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         deadline = time.monotonic() + 30
-        while not any(p["command"].startswith("run go on") and p["tokens"] > 3 for p in k.ps()):
+        while not any(p["command"].startswith("run go on") and p["tokens"] > 0 for p in k.ps()):
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
@@ -149,8 +152,8 @@ def test_another_users_process_is_eperm_across_clients(daemon, rt, k, monkeypatc
 
 def test_uname_meminfo(k):
     u = k.uname()
-    assert u["model"] == "tiny-llama" and u["device"] == "cpu" and u["config"]["num_blocks"] == 128
-    assert k.meminfo()["kv"]["total"] == 128
+    assert u["model"] == "tiny-llama" and u["device"] == "cpu" and u["config"]["num_blocks"] == 256
+    assert k.meminfo()["kv"]["total"] == 256
 
 
 # Parks read(sess) and wait(busy) on one connection; a null call behind them on the same
