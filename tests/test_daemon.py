@@ -89,12 +89,13 @@ def test_run_reads_stdin_and_reports_bad_options(daemon, env):
 
 
 def test_run_ctrl_c_sends_sigint(daemon, env, k):
-    """Ctrl-C while it generates: 1000 tokens, as many as the pool holds, so that the tiny model
-    (thousands of tokens a second) is still generating when the signal arrives."""
+    """Ctrl-C while it generates (1000 tokens, as many as the pool holds). run starts with SIGINT
+    at its default, as under a terminal: pytest started in the background (`... &`, nohup) has it
+    ignored, run would inherit that, and an ignored Ctrl-C lets it finish (exit 0)."""
     proc = subprocess.Popen([sys.executable, "-m", "llmos.shell.cli", "run", "--max-tokens", "1000", "--ignore-eos",
                              "go on"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 30
         while not any(p["command"].startswith("run go on") and p["tokens"] > 0 for p in k.ps()):
