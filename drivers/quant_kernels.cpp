@@ -674,7 +674,7 @@ static void parts_task(void* p, int64_t i) {
 }
 
 // Rows per task of a part's job: GEMM tasks of the row-grouped kernels take one micro-kernel's
-// groups (RG_RV, an a8 job's A8_RV; more where that makes over 16 tasks a thread), so that tasks
+// groups (RG_RV, an a8 job's a8_rv; more where that makes over 16 tasks a thread), so that tasks
 // split evenly between threads (SmolLM2's 576-row matrices made 9 tasks of 64 rows, 5 on one thread
 // of two, and its 192-row K and V 3); GEMV tasks (one token, or up to rg_few_max sharing the passes;
 // and the block layout's) about 8 a thread, in whole GEMV passes or panels.
@@ -682,7 +682,7 @@ static int64_t rows_per_task(int type, int64_t N, int64_t T, bool a8) {
 #if defined(LLMOS_VEC)
     if (type >= RG_TYPES) {
         if (a8 || (T > 1 && !(rg_int_gemv(type - RG_TYPES) && T <= rg_few_max(type - RG_TYPES)))) {
-            const int64_t unit = (a8 ? A8_RV : RG_RV) * VN, units = (N + unit - 1) / unit;
+            const int64_t unit = (a8 ? a8_rv(type - RG_TYPES) : RG_RV) * VN, units = (N + unit - 1) / unit;
             return unit * std::max<int64_t>(1, units / (16 * (int64_t)pool::nthreads));
         }
         const int64_t want = 8 * (int64_t)pool::nthreads, round = RG_GV * VN;

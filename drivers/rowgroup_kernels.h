@@ -710,10 +710,15 @@ static constexpr int rg_few_max(int type) { return VN == 8 && (type == Q4_K || t
 // GEMM micro-kernel: groups x tokens. 8 integer accumulators; at 2 x 6 (12) GCC spilled on AVX2's 16
 // registers (one Zen 3 core, Q4_1 3072 x 2048 x 64: 2 x 4 ~100 GFLOP/s, 3 x 3 ~97, 2 x 6 ~80).
 constexpr int RG_RV = 2, RG_NC = 4;
-// The a8 GEMM's groups a micro-kernel call: 3 x 4 of vpdpbusd's accumulators with AVX-512's 32
-// registers (2 Zen 4 cores, 4096 x 2048 x 512, GFLOP/s against 2 x 4: Q4_0 504-534 against 478-507,
-// Q4_K 501-510 against 437-461); 2 x 4 with 8 lanes, whose AVX-VNNI CPUs have 16.
-constexpr int A8_RV = VN == 16 ? 3 : 2;
+// The a8 GEMM's groups x tokens a micro-kernel call: 3 x 4 of vpdpbusd's accumulators with AVX-512's
+// 32 registers (2 Zen 4 cores, 4096 x 2048 x 512, GFLOP/s against 2 x 4: Q4_0 504-534 against
+// 478-507, Q4_K 501-510 against 437-461), Q8_0 4 x 3: four weight vectors a token's broadcast
+// (interleaved A/B runs, 2 Zen 4 cores, 64 tokens: 262144 x 640 -5.5 %, 1024 x 640 -7 %; Q4_0 and
+// Q5_0 the same, Q6_K -1 %, Q4_K +5 %, whose m FMA needs registers); 2 x 4 with 8 lanes, whose
+// AVX-VNNI CPUs have 16.
+static constexpr int a8_rv(int type) { return VN == 8 ? 2 : type == Q8_0 ? 4 : 3; }
+template <int TYPE> constexpr int A8_RV = a8_rv(TYPE);
+template <int TYPE> constexpr int A8_NC = VN == 16 && TYPE == Q8_0 ? 3 : RG_NC;
 
 #include "amx_tiles.h"     // AMX tile products for the integer sums, where the CPU and OS have them
 
@@ -747,18 +752,19 @@ static void rg_few_tokens(const Job& j, int64_t t0, int64_t g_begin, int64_t g_e
 #if defined(LLMOS_VDPBUSD)
 // Groups [g_begin, g_end) of an a8 job times its tn tokens from t0 (more than A8_MIN_TOKENS in the
 // job): A8_RV groups at a time, their quads made once (rg_quads, or rg_panel's pairs narrowed by
-// rg_quad_panel for the K-quants) and their d, m vectors, then rg_imicro8 over RG_NC tokens at a time.
+// rg_quad_panel for the K-quants) and their d, m vectors, then rg_imicro8 over A8_NC tokens at a time.
 template <int TYPE>
 static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int64_t g_end) {
     const int64_t K = j.K, nb = K / 32, nch = K / CH<TYPE>, gs = rg_group_bytes(TYPE, K);
+    constexpr int RV = A8_RV<TYPE>, NC = A8_NC<TYPE>;
     thread_local std::vector<int32_t> pairs, quads;
     thread_local std::vector<float> scales, out;
     auto grow = [](auto& v, int64_t n) { if ((int64_t)v.size() < n) v.resize((size_t)n); };
     if constexpr (SUBS<TYPE> > 1) grow(pairs, VN * K / 2);
-    grow(quads, A8_RV * VN * K / 4); grow(scales, 2 * A8_RV * VN * nch); grow(out, TCHUNK * A8_RV * VN);
-    float* const d = scales.data(); float* const m = d + A8_RV * VN * nch;
-    const int64_t ldo = A8_RV * VN, qs = VN * K / 4, ds = VN * nch;
-    const int32_t* xq[RG_NC]; const int32_t* is[RG_NC]; const float* g[RG_NC]; const float* sums[RG_NC];
+    grow(quads, RV * VN * K / 4); grow(scales, 2 * RV * VN * nch); grow(out, TCHUNK * RV * VN);
+    float* const d = scales.data(); float* const m = d + RV * VN * nch;
+    const int64_t ldo = RV * VN, qs = VN * K / 4, ds = VN * nch;
+    const int32_t* xq[NC]; const int32_t* is[NC]; const float* g[NC]; const float* sums[NC];
     auto tokens = [&](int64_t c, int n) {      // micro-kernel arguments of tokens c .. c + n - 1
         for (int u = 0; u < n; u++) {
             const int64_t t = t0 + c + u;
@@ -772,21 +778,24 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
             rg_imicro8<TYPE, decltype(rv_c)::value, decltype(n_c)::value>(q, qs, d, m, ds, nch, xq, is, g, sums, o, ldo);
         };
         using one = std::integral_constant<int, 1>;
-        using nc = std::integral_constant<int, RG_NC>;
-        if (n == RG_NC) {
-            if (rv == 3) run(std::integral_constant<int, 3>{}, nc{});
+        using nc = std::integral_constant<int, NC>;
+        using full = std::integral_constant<int, RV>;        // every call but a job's last groups'
+        if (n == NC) {
+            if (rv == RV) run(full{}, nc{});
+            else if (rv == 3) run(std::integral_constant<int, 3>{}, nc{});
             else if (rv == 2) run(std::integral_constant<int, 2>{}, nc{});
             else run(one{}, nc{});
         } else {
-            if (rv == 3) run(std::integral_constant<int, 3>{}, one{});
+            if (rv == RV) run(full{}, one{});
+            else if (rv == 3) run(std::integral_constant<int, 3>{}, one{});
             else if (rv == 2) run(std::integral_constant<int, 2>{}, one{});
             else run(one{}, one{});
         }
     };
-    static_assert(A8_RV <= 3, "micro dispatches rv up to 3");
-    for (int64_t g0 = g_begin; g0 < g_end; g0 += A8_RV) {
-        const int rv = (int)std::min<int64_t>(A8_RV, g_end - g0);
-        prefetch(j.W + (g0 + A8_RV) * gs, A8_RV * gs);
+    static_assert(RV <= 4, "micro dispatches rv up to 4");
+    for (int64_t g0 = g_begin; g0 < g_end; g0 += RV) {
+        const int rv = (int)std::min<int64_t>(RV, g_end - g0);
+        prefetch(j.W + (g0 + RV) * gs, RV * gs);
         for (int v = 0; v < rv; v++) {
             const uint8_t* grp = j.W + (g0 + v) * gs;
             if constexpr (SUBS<TYPE> == 1) {
@@ -798,7 +807,7 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
             }
         }
         int64_t c = 0;
-        for (; c + RG_NC <= tn; c += RG_NC) { tokens(c, RG_NC); micro(rv, RG_NC, out.data() + c * ldo); }
+        for (; c + NC <= tn; c += NC) { tokens(c, NC); micro(rv, NC, out.data() + c * ldo); }
         for (; c < tn; c++) { tokens(c, 1); micro(rv, 1, out.data() + c * ldo); }
         const int64_t rows = std::min<int64_t>(rv * VN, j.N - g0 * VN);
         for (int64_t t = 0; t < tn; t++) rg_put(out.data() + t * ldo, rows, j.Y + (t0 + t) * j.ldy + g0 * VN, 1, j.add);
