@@ -86,7 +86,8 @@ class Gemma3Model(LlamaModel):
             x += F.rms_norm(y.float(), (self.config.hidden_size,), w, self.config.rms_eps)
 
     def _compute(self, ids: torch.Tensor, positions: torch.Tensor, meta, local_meta, kv: KVStorage,
-                 want: torch.Tensor, interrupt, logits_out: torch.Tensor | None = None) -> torch.Tensor:
+                 want: torch.Tensor, interrupt, logits_out: torch.Tensor | None = None,
+                 greedy: bool = False) -> torch.Tensor:
         """As LlamaModel._compute (same contract), with Gemma 3's block."""
         c, p = self.config, self.params
         flat = meta if isinstance(meta, FlatMetadata) else None
@@ -114,4 +115,4 @@ class Gemma3Model(LlamaModel):
             self._add_normed(x, layer.wo(a), layer.extra["post_attention_norm"])
             y = layer.w_down(layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps), geglu=True)
             self._add_normed(x, y, layer.extra["post_ffw_norm"])
-        return self._logits(x, want, interrupt, logits_out)
+        return self._logits(x, want, interrupt, logits_out, greedy)

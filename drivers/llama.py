@@ -218,19 +218,22 @@ class LlamaModel:
 
     @torch.inference_mode()
     def forward(self, seqs: list[SeqInput], kv: KVStorage, interrupt=None,
-                logits_out: torch.Tensor | None = None) -> torch.Tensor:
+                logits_out: torch.Tensor | None = None, greedy: bool = False) -> torch.Tensor:
         """Run one step. Returns float32 logits [n_want, vocab], rows in the order of the seqs
         with want_logits. Caller guarantees block tables are valid and exclusively writable at
         the new tokens' slots. interrupt: a threading.Event checked before each layer and the
         output layer (before the replay of a captured decode step); once set, raises Preempted.
         logits_out: an fp32 buffer the caller reuses step after step (drivers/runner.py): where the
         output layer can write into it (a quantized one, at least n_want x vocab elements) the
-        logits are a view of its start, valid until the caller writes it again; else a new tensor."""
+        logits are a view of its start, valid until the caller writes it again; else a new tensor.
+        greedy: return each row's argmax instead (int64 [n_want], the logits' own argmax); a
+        quantized output layer then never writes the logits (QLinear.argmax)."""
         dev = self.device
         order, ids, pos, spans, want = self._layout(seqs)
         graphs = self._decode_graphs(spans, kv)
         if graphs is not None:
-            return graphs.run(ids, spans, want, interrupt)
+            logits = graphs.run(ids, spans, want, interrupt)
+            return logits.argmax(dim=-1) if greedy else logits
         if self._flat_attention(kv):
             meta, local = build_flat_metadata(spans, order, kv.block_size), None
             positions = meta.positions
@@ -241,16 +244,17 @@ class LlamaModel:
             positions = torch.tensor(pos, dtype=torch.long, device=dev)
         ids_t = torch.tensor(ids, dtype=torch.long, device=dev)
         with eager_sdpa_backends() if dev.type == "cuda" else contextlib.nullcontext():
-            return self._compute(ids_t, positions, meta, local, kv, want, interrupt, logits_out)
+            return self._compute(ids_t, positions, meta, local, kv, want, interrupt, logits_out, greedy)
 
     sliding_window: int | None = None     # local layers' window (Gemma 3), None: every layer global
 
     def _compute(self, ids: torch.Tensor, positions: torch.Tensor, meta, local_meta, kv: KVStorage,
-                 want: torch.Tensor, interrupt, logits_out: torch.Tensor | None = None) -> torch.Tensor:
+                 want: torch.Tensor, interrupt, logits_out: torch.Tensor | None = None,
+                 greedy: bool = False) -> torch.Tensor:
         """The layers and the output head over a step's prepared device tensors: token ids and
         positions [T] in the flat batch's order, attention metadata (FlatMetadata, or
         AttentionMetadata for global layers and ``local_meta`` for windowed ones), ``want`` the
-        rows to return logits for. On the torch path it reads no host values and syncs nothing,
+        rows to return logits for (their argmax where greedy, as forward). On the torch path it reads no host values and syncs nothing,
         so drivers/cudagraph.py can capture it."""
         c = self.config
         cos_sin = None if self.quantized else (self._cos[positions].unsqueeze(1),
@@ -281,18 +285,22 @@ class LlamaModel:
             v_cache.view(-1, KVH, D).index_copy_(0, meta.slots, v)
             layer.wo(paged_attention(q, k_cache, v_cache, meta, self._scale), out=x)   # x += ...
             layer.w_down(layer.w_gate_up(x, norm=layer.ffn_norm, eps=eps), swiglu=True, out=x)
-        return self._logits(x, want, interrupt, logits_out)
+        return self._logits(x, want, interrupt, logits_out, greedy)
 
     def _logits(self, x: torch.Tensor, want: torch.Tensor, interrupt,
-                logits_out: torch.Tensor | None = None) -> torch.Tensor:
+                logits_out: torch.Tensor | None = None, greedy: bool = False) -> torch.Tensor:
         """The output head over the residual stream's rows `want` (interrupt looked at first),
-        into logits_out where forward's contract says so."""
+        into logits_out where forward's contract says so; their argmax where greedy."""
         n, vocab = want.numel(), self.config.vocab_size
         if n == 0:
-            return torch.empty(0, vocab, device=self.device)
+            return torch.empty(0, dtype=torch.int64) if greedy else torch.empty(0, vocab, device=self.device)
         if interrupt is not None and interrupt.is_set():       # and before the output layer
             raise Preempted
         h = x.index_select(0, want)
+        if greedy:
+            if isinstance(self.lm_head, QLinear):
+                return self.lm_head.argmax(h, norm=self.out_norm, eps=self.config.rms_eps)
+            return self.lm_head(h, norm=self.out_norm, eps=self.config.rms_eps).float().argmax(dim=-1)
         if isinstance(self.lm_head, QLinear) and logits_out is not None and logits_out.numel() >= n * vocab:
             # a batch's logits are large (Gemma 3, 64 rows: 67 MB): a new tensor each step was
             # fresh pages from the OS each step, ~10 % of a decode step

@@ -132,6 +132,7 @@ def kernels() -> ctypes.CDLL | None:
     lib.llmos_qmatmul.argtypes = [ctypes.c_int, _p, _i, _i, _i, _p, _i, _i, _p, _i, ctypes.c_int,
                                   ctypes.c_int, _p, ctypes.c_float]
     lib.llmos_qmatmul_args.argtypes = [ctypes.POINTER(QArgs)]
+    lib.llmos_qmatmul_argmax.argtypes = [ctypes.POINTER(QArgs), _p]
     lib.llmos_qmatmul_parts.argtypes = [ctypes.POINTER(QPart), _i, _i, _p, _i, _i, _p, _i, ctypes.c_int,
                                         ctypes.c_int, _p, ctypes.c_float, ctypes.c_int]
     lib.llmos_dequant_rows.argtypes = [ctypes.c_int, _p, _i, _i, _p, _i, _p]
@@ -206,7 +207,7 @@ class QLinear:
     a call fills the instance's argument blocks, so calls on one instance must not overlap (a
     model runs one forward at a time, on its engine's thread)."""
 
-    __slots__ = ("parts", "in_features", "out_features", "act8", "_lib", "qparts", "_args", "_call")
+    __slots__ = ("parts", "in_features", "out_features", "act8", "_lib", "qparts", "_args", "_call", "_argmax")
 
     def __init__(self, parts: list[tuple[int, np.ndarray]], in_features: int, act8: bool = False):
         """act8: batched calls (more than 4 tokens) take x at 8 bits, as llama.cpp's Q8 activations
@@ -232,6 +233,7 @@ class QLinear:
         self._args = QArgs(parts=self.qparts, n_parts=len(self.parts), K=in_features, ldy=self.out_features,
                            act8=int(self.act8))
         self._call = functools.partial(self._lib.llmos_qmatmul_args, ctypes.pointer(self._args))
+        self._argmax = functools.partial(self._lib.llmos_qmatmul_argmax, ctypes.pointer(self._args))
 
     def __call__(self, x: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0,
                  swiglu: bool = False, out: torch.Tensor | None = None, geglu: bool = False,
@@ -240,13 +242,8 @@ class QLinear:
         gelu_tanh(gate) * up). out given: out += result in place, returned; into given: the
         result is written into it, returned (out and into: contiguous fp32 of the output's shape)."""
         glu = GLU_SILU if swiglu else GLU_GELU_TANH if geglu else 0
-        if x.dtype != torch.float32:
-            x = x.float()
-        if not x.is_contiguous():
-            x = x.contiguous()
+        x = self._input(x, glu)
         T = x.shape[0]
-        if x.shape[1] != self.in_features * (2 if glu else 1):
-            raise ValueError(f"input has {x.shape[1]} features, weight expects {self.in_features}")
         add = int(out is not None)
         if out is not None and into is not None:
             raise ValueError("out (add into) and into (write into) are exclusive")
@@ -257,14 +254,46 @@ class QLinear:
             raise ValueError("out and into must be contiguous fp32 tensors of the output's shape")
         if T == 0:
             return out
+        self._set_args(x, glu, norm, eps, out.data_ptr(), add)
+        self._check(self._call())
+        return out
+
+    def argmax(self, x: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
+        """self(x, norm, eps).argmax(dim=-1) as int64 [T] (torch's pick: the first index of a row's
+        largest value, of its first NaN where it has one). Where every part is row-grouped the
+        outputs are never written: each task keeps its rows' best per token (a greedy batch's output
+        layer; Gemma 3's 64 x 262144 logits are 67 MB a step); else they are, then argmax_rows."""
+        x = self._input(x, 0)
+        best = torch.empty(x.shape[0], dtype=torch.int64)
+        if x.shape[0] == 0:
+            return best
+        self._set_args(x, 0, norm, eps, None, 0)
+        rc = self._argmax(best.data_ptr())
+        if rc == -3:
+            return argmax_rows(self(x, norm=norm, eps=eps))
+        self._check(rc)
+        return best
+
+    def _input(self, x: torch.Tensor, glu: int) -> torch.Tensor:
+        """x as contiguous fp32, its width checked against the weights (2K with a gated activation)."""
+        if x.dtype != torch.float32:
+            x = x.float()
+        if not x.is_contiguous():
+            x = x.contiguous()
+        if x.shape[1] != self.in_features * (2 if glu else 1):
+            raise ValueError(f"input has {x.shape[1]} features, weight expects {self.in_features}")
+        return x
+
+    def _set_args(self, x: torch.Tensor, glu: int, norm: torch.Tensor | None, eps: float, y: int | None,
+                  add: int) -> None:
         a = self._args
-        a.X, a.T, a.ldx, a.Y, a.add, a.glu = x.data_ptr(), T, x.shape[1], out.data_ptr(), add, glu
+        a.X, a.T, a.ldx, a.Y, a.add, a.glu = x.data_ptr(), x.shape[0], x.shape[1], y, add, glu
         a.norm_w, a.eps = None if norm is None else norm.data_ptr(), eps
-        rc = self._call()
+
+    def _check(self, rc: int) -> None:
         if rc != 0:
             types = "+".join(str(p.type) for p in self.qparts)
             raise ValueError(f"quantized matmul failed ({rc}): types {types}, K {self.in_features}")
-        return out
 
     def _row_grouped(self, qtype: int, data: np.ndarray, K: int) -> tuple[int, np.ndarray]:
         """(RG_TYPES + qtype, data repacked) where the kernels have a row-grouped kernel for qtype,

@@ -306,6 +306,8 @@ struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     const int8_t* xbytes = nullptr;   // and those as AMX's hi then lo bytes, [2, T, K] (amx_tiles.h), or null
     const int32_t* quads = nullptr;   // or, an a8 GEMM: X at 8 bits, [T, K / 4] quads (grid8_row)
     const int32_t* isum = nullptr;    // row-grouped: X's integers (either grid) summed 16 at a time, [T, K / 16]
+    uint64_t* best = nullptr;         // an argmax job (row-grouped): no Y; each token's best key (rg_best_key)
+    int64_t col = 0;                  // over this part's columns col .. col + N, max-reduced into best[T]
 };
 // Tokens a task takes while its panel is reused. Fewer tokens made the panel again more often: 2
 // Zen 4 cores, 512 tokens, 64 -> 256, Q4_0 4096 x 2048 -4 %, 2048 x 8192 -4 %; a8 Q4_K 4096 x 2048
@@ -707,8 +709,9 @@ int llmos_act8_supported(void) {
 
 // act8 (qmatmul.h): more than A8_MIN_TOKENS tokens take x at 8 bits (fewer: the GEMV, bound by memory).
 constexpr int64_t A8_MIN_TOKENS = 4;
-int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const float* X, int64_t T, int64_t ldx,
-                        float* Y, int64_t ldy, int add, int glu, const float* norm_w, float eps, int act8) {
+// llmos_qmatmul_parts, or with best (every part row-grouped, Y null) an argmax job's (Job.best).
+static int qmatmul(const QPart* parts, int64_t n_parts, int64_t K, const float* X, int64_t T, int64_t ldx,
+                   float* Y, int64_t ldy, int add, int glu, const float* norm_w, float eps, int act8, uint64_t* best) {
     [[maybe_unused]] bool grouped = false, split[2] = {false, false}, fp32_gemv = false;
     for (int64_t p = 0; p < n_parts; p++) {
         const int type = (int)parts[p].type, base = type >= RG_TYPES ? type - RG_TYPES : type;
@@ -763,7 +766,8 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
     for (int64_t p = 0; p < n_parts; p++) {
         const QPart& q = parts[p];
         const int type = (int)q.type;
-        Job job{type, q.W, q.N, K, q.rb, X, ldx, T, Y + q.col, ldy, add, 0, 0, nullptr};
+        Job job{type, q.W, q.N, K, q.rb, X, ldx, T, Y ? Y + q.col : nullptr, ldy, add, 0, 0, nullptr};
+        job.best = best; job.col = q.col;
 #if defined(LLMOS_VEC)
         if (type >= RG_TYPES) {
             job.X = rg_int_gemv(type - RG_TYPES) ? nullptr : xq.data(); job.ldx = K;
@@ -785,6 +789,10 @@ int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const fl
     pool::run(parts_task, &all, first.back());
     return 0;
 }
+int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const float* X, int64_t T, int64_t ldx,
+                        float* Y, int64_t ldy, int add, int glu, const float* norm_w, float eps, int act8) {
+    return qmatmul(parts, n_parts, K, X, T, ldx, Y, ldy, add, glu, norm_w, eps, act8, nullptr);
+}
 
 // llmos_qmatmul_parts for one part: Y (+)= f(X) W^T, W [N, K].
 int llmos_qmatmul(int type, const uint8_t* W, int64_t N, int64_t K, int64_t rb,
@@ -803,6 +811,28 @@ struct QArgs {
 int llmos_qmatmul_args(const QArgs* a) {
     return llmos_qmatmul_parts(a->parts, a->n_parts, a->K, a->X, a->T, a->ldx, a->Y, a->ldy, (int)a->add,
                                (int)a->glu, a->norm_w, a->eps, (int)a->act8);
+}
+
+// The argmax of llmos_qmatmul_args's outputs, which are not written (a->Y and a->add unused): out[t]
+// = the column of token t's largest output over the parts, torch.argmax's pick (the first of equal
+// ones; a row's first NaN), its bits those Y would hold (a greedy batch's output layer: Gemma 3's
+// 64 x 262144 logits are 67 MB a step). Returns llmos_qmatmul_parts's codes, or -3 where a part
+// is not row-grouped (then the caller takes the outputs and their argmax).
+int llmos_qmatmul_argmax(const QArgs* a, int64_t* out) {
+#if defined(LLMOS_VEC)
+    for (int64_t p = 0; p < a->n_parts; p++)
+        if (a->parts[p].type < RG_TYPES) return -3;
+    thread_local std::vector<uint64_t> best;
+    best.assign((size_t)std::max<int64_t>(a->T, 0), 0);
+    const int rc = qmatmul(a->parts, a->n_parts, a->K, a->X, a->T, a->ldx, nullptr, 0, 0, (int)a->glu, a->norm_w,
+                           a->eps, (int)a->act8, best.data());
+    if (rc == 0)
+        for (int64_t t = 0; t < a->T; t++) out[t] = rg_best_col(best[t]);
+    return rc;
+#else
+    (void)a; (void)out;
+    return -3;
+#endif
 }
 
 // Runs fn(ctx, i) for i in [0, n) on the pool (drivers/attention_kernels.cpp uses it).

@@ -685,8 +685,46 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
 }
 
 // Writes n of a group's results (VN floats at acc) to y (stride ldy), or adds them.
-static inline void rg_put(const float* acc, int64_t n, float* y, int64_t ldy, int add) {
-    for (int64_t r = 0; r < n; r++) y[r * ldy] = add ? y[r * ldy] + acc[r] : acc[r];
+// ---- argmax jobs (llmos_qmatmul_argmax): each token's largest output and its column, not Y ----------
+// A key orders (value, column) as torch.argmax picks: a NaN above every value, then larger values,
+// equal ones by the lower column (no output is -0: every sum starts at +0). Keys of nothing yet are
+// 0, below all of these.
+static inline uint64_t rg_best_key(float v, int64_t col) {
+    uint32_t b; std::memcpy(&b, &v, 4);
+    const uint32_t k = v != v ? 0xFFFFFFFFu : b >> 31 ? ~b : b | 0x80000000u;
+    return (uint64_t)k << 32 | (0xFFFFFFFFu - (uint32_t)col);
+}
+static inline int64_t rg_best_col(uint64_t key) { return (int64_t)(0xFFFFFFFFu - (uint32_t)key); }
+// The running task's best key per token t (index t - rg_best_t0) and its value (+inf for a NaN):
+// rg_task sets them up and max-reduces them into the job's at its end. A task's groups go in
+// increasing column order, so a later row only wins with a larger key.
+thread_local uint64_t rg_best_keys[TCHUNK];
+thread_local float rg_best_vals[TCHUNK];
+thread_local int64_t rg_best_t0;
+static inline void rg_best_rows(const float* acc, int64_t n, int64_t t, int64_t col) {
+    const int64_t i = t - rg_best_t0;
+    float top = -INFINITY;
+    bool scan = false;
+    int64_t r = 0;
+    if (n >= VN) {                            // the rows' largest value; a NaN or infinity: scan them
+        vf m = vload(acc), odd = vfma(m, vzero(), vzero());
+        for (r = VN; r + VN <= n; r += VN) { const vf v = vload(acc + r); m = vmax(m, v); odd = vfma(v, vzero(), odd); }
+        scan = vany_nan(odd);
+        top = vhmax(m);
+    }
+    for (; r < n; r++) { scan |= !std::isfinite(acc[r]); top = acc[r] > top ? acc[r] : top; }
+    if (!scan && top < rg_best_vals[i]) return;          // most calls, once a task has seen a few groups
+    for (r = 0; r < n; r++) {
+        const uint64_t k = rg_best_key(acc[r], col + r);
+        if (k > rg_best_keys[i]) { rg_best_keys[i] = k; rg_best_vals[i] = acc[r] != acc[r] ? INFINITY : acc[r]; }
+    }
+}
+
+// Rows row0 .. row0 + n of token t's output: into Y (added where j.add), or an argmax job's task best.
+static inline void rg_out(const Job& j, const float* acc, int64_t n, int64_t t, int64_t row0) {
+    if (j.best) return rg_best_rows(acc, n, t, j.col + row0);
+    float* y = j.Y + t * j.ldy + row0;
+    for (int64_t r = 0; r < n; r++) y[r] = j.add ? y[r] + acc[r] : acc[r];
 }
 
 // The one-token GEMV: integer sums (rg_igemv_groups) where vdpwssd is one instruction (VNNI), and
@@ -736,7 +774,7 @@ static void rg_few_tokens(const Job& j, int64_t t0, int64_t g_begin, int64_t g_e
     alignas(64) float acc[C * G * VN];
     auto put = [&](int64_t g, int64_t width) {
         for (int c = 0; c < C; c++)
-            rg_put(acc + c * width, std::min<int64_t>(width, j.N - g * VN), j.Y + (t0 + c) * j.ldy + g * VN, 1, j.add);
+            rg_out(j, acc + c * width, std::min<int64_t>(width, j.N - g * VN), t0 + c, g * VN);
     };
     int64_t g = g_begin;
     for (; g + G <= g_end; g += G) {
@@ -810,16 +848,15 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
         for (; c + NC <= tn; c += NC) { tokens(c, NC); micro(rv, NC, out.data() + c * ldo); }
         for (; c < tn; c++) { tokens(c, 1); micro(rv, 1, out.data() + c * ldo); }
         const int64_t rows = std::min<int64_t>(rv * VN, j.N - g0 * VN);
-        for (int64_t t = 0; t < tn; t++) rg_put(out.data() + t * ldo, rows, j.Y + (t0 + t) * j.ldy + g0 * VN, 1, j.add);
+        for (int64_t t = 0; t < tn; t++) rg_out(j, out.data() + t * ldo, rows, t0 + t, g0 * VN);
     }
 }
 #endif
 
-// A task of a row-grouped matmul: Job's rows are group-aligned; X's block sums are in j.xsum
-// (SUM_HAS_M types), its integers' sums in j.isum (M_OFF types).
+// The rows of a task of a row-grouped matmul: Job's rows are group-aligned; X's block sums are in
+// j.xsum (SUM_HAS_M types), its integers' sums in j.isum (M_OFF types).
 template <int TYPE>
-static void rg_task(void* p, int64_t i) {
-    const Job& j = *(const Job*)p;
+static void rg_task_rows(const Job& j, int64_t i) {
     const int64_t K = j.K, nb = K / 32, nch = K / CH<TYPE>, gs = rg_group_bytes(TYPE, K);
     constexpr int G = RG_G<TYPE>;
     const int64_t t0 = (i / j.row_tasks) * TCHUNK, tn = j.T - t0 < TCHUNK ? j.T - t0 : TCHUNK;
@@ -839,15 +876,15 @@ static void rg_task(void* p, int64_t i) {
         }
     } else if (tn == 1) {       // fp32 FMAs over x on the grid (xq)
         alignas(64) float acc[G * VN];
-        const float* x = j.X + t0 * j.ldx; const float* xs = sums_of(t0); float* y = j.Y + t0 * j.ldy;
+        const float* x = j.X + t0 * j.ldx; const float* xs = sums_of(t0);
         int64_t g = g_begin;
         for (; g + G <= g_end; g += G) {
             rg_gemv_groups<TYPE, G>(j.W + g * gs, gs, nb, x, xs, acc);
-            rg_put(acc, std::min<int64_t>(G * VN, j.N - g * VN), y + g * VN, 1, j.add);
+            rg_out(j, acc, std::min<int64_t>(G * VN, j.N - g * VN), t0, g * VN);
         }
         for (; g < g_end; g++) {
             rg_gemv_groups<TYPE, 1>(j.W + g * gs, gs, nb, x, xs, acc);
-            rg_put(acc, std::min<int64_t>(VN, j.N - g * VN), y + g * VN, 1, j.add);
+            rg_out(j, acc, std::min<int64_t>(VN, j.N - g * VN), t0, g * VN);
         }
         return;
     }
@@ -914,11 +951,29 @@ static void rg_task(void* p, int64_t i) {
             else rg_imicro<TYPE, 1, 1>(q, ps, d, m, ds, nch, xp, g, sums, is, o, ldo);
         }
         const int64_t rows = std::min<int64_t>(rv * VN, j.N - g0 * VN);
-        for (int64_t t = 0; t < tn; t++) rg_put(out.data() + t * ldo, rows, j.Y + (t0 + t) * j.ldy + g0 * VN, 1, j.add);
+        for (int64_t t = 0; t < tn; t++) rg_out(j, out.data() + t * ldo, rows, t0 + t, g0 * VN);
     }
 #if defined(LLMOS_AMX)
     if (tiled) _tile_release();
 #endif
+}
+
+// A task of a row-grouped matmul (rg_task_rows); of an argmax job, its tokens' best keys start
+// empty and go into the job's at the end (the largest key wins, whichever task comes first).
+template <int TYPE>
+static void rg_task(void* p, int64_t i) {
+    const Job& j = *(const Job*)p;
+    if (!j.best) return rg_task_rows<TYPE>(j, i);
+    const int64_t t0 = (i / j.row_tasks) * TCHUNK, tn = std::min<int64_t>(TCHUNK, j.T - t0);
+    rg_best_t0 = t0;
+    for (int64_t u = 0; u < tn; u++) { rg_best_keys[u] = 0; rg_best_vals[u] = -INFINITY; }
+    rg_task_rows<TYPE>(j, i);
+    for (int64_t u = 0; u < tn; u++) {
+        uint64_t* slot = j.best + t0 + u;
+        uint64_t seen = __atomic_load_n(slot, __ATOMIC_RELAXED);
+        while (rg_best_keys[u] > seen &&
+               !__atomic_compare_exchange_n(slot, &seen, rg_best_keys[u], true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+    }
 }
 
 // Repacks W ([N, K] in type's GGML blocks, rb bytes a row) into the row-grouped layout at out.

@@ -27,7 +27,7 @@ import torch
 
 from .grammar import apply_masks
 from .llama import Preempted, SeqInput
-from .sampler import SamplingParams, sample
+from .sampler import SampleResult, SamplingParams, sample
 
 
 def position_seed(seed: int, position: int) -> int:
@@ -69,6 +69,12 @@ class BatchResult:
 # The largest logits buffer the runner keeps between steps (Gemma 3's 262144-token vocabulary at 64
 # rows: 67 MB); a step needing more gets new logits that are freed after it.
 LOGITS_KEEP_BYTES = 128 << 20
+
+
+def _argmax_only(p) -> bool:
+    """Whether sample() gives a row with these params its logits' argmax and nothing else: greedy,
+    no logprobs, no bias, no penalty (a grammar's mask is the caller's to check)."""
+    return p.greedy and not p.logprobs and not p.logit_bias and not p.penalized
 
 
 class ModelRunner:
@@ -123,11 +129,15 @@ class ModelRunner:
         return apply_masks(logits, masks, params) if any(m is not None for m in masks) else logits
 
     def _run(self, seqs, params, generators, seeds, masks, histories):
-        logits = self.model.forward(seqs, self.storage, self.interrupt, self._logits_buffer(seqs))
-        for g, s in zip(generators, seeds):
-            if s is not None:
-                g.manual_seed(s)
-        res = sample(self.mask(logits, masks, params), params, generators, histories) if params else None
+        if params and all(_argmax_only(p) for p in params) and all(m is None for m in masks):
+            # every row's token is its logits' argmax: the model gives just that (no logits written)
+            res = SampleResult(self.model.forward(seqs, self.storage, self.interrupt, greedy=True).tolist(), None)
+        else:
+            logits = self.model.forward(seqs, self.storage, self.interrupt, self._logits_buffer(seqs))
+            for g, s in zip(generators, seeds):
+                if s is not None:
+                    g.manual_seed(s)
+            res = sample(self.mask(logits, masks, params), params, generators, histories) if params else None
         out_t, out_lp, out_top, row = [], [], [], 0
         for seq in seqs:
             if seq.want_logits:

@@ -264,10 +264,10 @@ class FaultyModel(LlamaModel):
     """The real model, failing any batch that contains the poison token (fault injection)."""
     POISON = 13
 
-    def forward(self, seqs, kv, interrupt=None, logits_out=None):
+    def forward(self, seqs, kv, interrupt=None, logits_out=None, greedy=False):
         if any(self.POISON in s.token_ids for s in seqs):
             raise RuntimeError("poisoned input")
-        return super().forward(seqs, kv, interrupt, logits_out)
+        return super().forward(seqs, kv, interrupt, logits_out, greedy)
 
 
 def test_a_failing_process_exits_with_error_and_others_continue(tiny_model_path, model):

@@ -495,15 +495,15 @@ def test_logits_go_into_the_caller_s_buffer_where_the_head_is_quantized(tmp_path
     assert f32.forward(seqs, f32.new_kv(4, 4), logits_out=buf).data_ptr() != buf.data_ptr()
 
     r = ModelRunner(m, m.new_kv(8, 4))
-    one = Batch([SeqInput([3, 7, 11], 0, [1])], [(SamplingParams(temperature=0), None, None, None)])
-    two = Batch([SeqInput([5], 3, [1]), SeqInput([4, 8], 0, [2])],
-                [(SamplingParams(temperature=0), None, None, None)] * 2)
+    logits_row = (SamplingParams(temperature=0, logprobs=True), None, None, None)    # a row that reads its logits
+    one = Batch([SeqInput([3, 7, 11], 0, [1])], [logits_row])
+    two = Batch([SeqInput([5], 3, [1]), SeqInput([4, 8], 0, [2])], [logits_row] * 2)
     assert r.run(one).tokens[0] == int(want[0].argmax())
     first = r._logits.data_ptr()
     assert r._logits.numel() == V and r.run(two).tokens[1] == int(want[1].argmax())
     assert r._logits.numel() == 2 * V and r._logits.data_ptr() != first      # grown to two rows
     grown = r._logits.data_ptr()
-    r.run(Batch([SeqInput([6], 4, [1])], [(SamplingParams(temperature=0), None, None, None)]))
+    r.run(Batch([SeqInput([6], 4, [1])], [logits_row]))
     assert r._logits.data_ptr() == grown                                    # kept, not shrunk
     monkeypatch.setattr(runner_mod, "LOGITS_KEEP_BYTES", 4 * V)
     assert r._logits_buffer(two.seqs) is None and r._logits_buffer(one.seqs) is not None
@@ -512,6 +512,69 @@ def test_logits_go_into_the_caller_s_buffer_where_the_head_is_quantized(tmp_path
         lin(torch.zeros(1, lin.in_features), out=torch.zeros(1, V), into=torch.zeros(1, V))
     with pytest.raises(ValueError, match="contiguous fp32 tensors of the output's shape"):
         lin(torch.zeros(1, lin.in_features), into=torch.zeros(2, V))
+
+
+def test_a_greedy_step_takes_the_head_s_argmax_instead_of_logits(tmp_path, monkeypatch):
+    """A step whose rows all just take their logits' argmax (greedy; no logprobs, bias, penalty or
+    grammar) asks the model for tokens (forward(greedy=True)): a quantized head computes them
+    without writing logits (QLinear.argmax), and they are the logits path's tokens. A step with
+    one row that needs more takes the logits for all."""
+    from llmos.drivers.runner import Batch, ModelRunner
+    m = LlamaModel.load(tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0))
+    calls = []
+    argmax = quant.QLinear.argmax
+    monkeypatch.setattr(quant.QLinear, "argmax", lambda self, *a, **k: calls.append(1) or argmax(self, *a, **k))
+    seqs = [SeqInput([3, 7, 11], 0, [1]), SeqInput([4, 8], 0, [2]), SeqInput(list(range(20, 32)), 0, [3, 4, 5])]
+    greedy, reads = SamplingParams(temperature=0), SamplingParams(temperature=0, logprobs=True)
+    runs = {}
+    for name, rows in {"greedy": [greedy] * 3, "logits": [reads] * 3, "mixed": [greedy, reads, greedy]}.items():
+        before = len(calls)
+        runs[name] = ModelRunner(m, m.new_kv(8, 4)).run(Batch(seqs, [(p, None, None, None) for p in rows]))
+        assert (len(calls) > before) == (name == "greedy")
+    assert runs["greedy"].tokens == runs["logits"].tokens == runs["mixed"].tokens and None not in runs["greedy"].tokens
+    assert runs["greedy"].logprobs == [None] * 3 and None not in runs["logits"].logprobs
+    f32 = LlamaModel.load(tinymodel.build_tiny_model(tmp_path / "f.gguf"), dtype="fp32")
+    tokens = f32.forward(seqs, f32.new_kv(8, 4), greedy=True)          # a float head: its logits' argmax
+    assert tokens.tolist() == f32.forward(seqs, f32.new_kv(8, 4)).argmax(dim=-1).tolist()
+
+
+ARGMAX_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.Q4_K, QT.Q5_K, QT.Q6_K]
+
+
+@pytest.mark.parametrize("qtype", ARGMAX_TYPES, ids=lambda q: q.name)
+def test_a_matmul_s_argmax_is_torch_s_pick_without_the_outputs(qtype, isa):
+    """QLinear.argmax is argmax_rows of the outputs (torch.argmax's pick) in every path (the GEMV,
+    a few tokens, the GEMM, a8, a second 256-token chunk), over two parts (the second's columns
+    offset): equal outputs go to the lower column (column 900 repeats column 5; token 0 is row 5's
+    own values), an all-zero token's outputs (all +0) to column 0, a NaN above every value (NaN
+    scales in columns 300 and 700: 300 for every token), a token holding inf, all NaN on the grid:
+    0. The block layout (Q5_K) and the scalar build take the outputs, then their argmax."""
+    w1, w2 = random_blocks(qtype, 600, 256, seed=1), random_blocks(qtype, 424, 256, seed=2)
+    blocks = w1[5].reshape(256 // GGML_QUANT_SIZES[qtype][0], -1)
+    for off in HALF_FIELDS[qtype]:                  # row 5's scales 25x the others': its own values win
+        blocks[:, off:off + 2] = np.array([0.5], np.float16).view(np.uint8)
+    w2[300] = w1[5]
+    x = torch.randn(262, 256, generator=torch.Generator().manual_seed(5))
+    x[0] = torch.from_numpy(dequantize(w1[5:6], qtype).reshape(256).astype(np.float32))
+    x[1] = 0
+    nan_scales = random_blocks(qtype, 1000, 256, seed=3).reshape(1000, 256 // GGML_QUANT_SIZES[qtype][0], -1)
+    for off in HALF_FIELDS[qtype][:1]:
+        nan_scales[[300, 700], :, off:off + 2] = np.array([np.nan], np.float16).view(np.uint8)
+    nan_scales = nan_scales.reshape(1000, -1)
+    for act8 in (False, True):
+        lin = quant.QLinear([(qtype, w1), (qtype, w2)], 256, act8=act8)
+        with_nan = quant.QLinear([(qtype, nan_scales)], 256, act8=act8)
+        for T in (1, 3, 5, 70, 262):
+            got = lin.argmax(x[:T])
+            assert got.dtype == torch.int64 and torch.equal(got, quant.argmax_rows(lin(x[:T]))), (act8, T)
+            assert got[0] == 5 and (T < 2 or got[1] == 0 and not torch.signbit(lin(x[1:2])).any())
+            assert with_nan.argmax(x[:T]).tolist() == [300] * T
+        inf = x[:6].clone()
+        inf[2, 17] = float("inf")
+        got = with_nan.argmax(inf)
+        assert torch.equal(got, quant.argmax_rows(with_nan(inf))) and got[[0, 1, 3, 4, 5]].tolist() == [300] * 5
+        assert got[2] == 0 or grid_of(qtype, isa) is not on_grid     # off the grid: inf's own products
+    assert quant.QLinear([(qtype, w1)], 256).argmax(x[:0]).shape == (0,)
 
 
 def test_quantized_model_is_batch_invariant(tmp_path, isa):
