@@ -787,6 +787,19 @@ static void rg_few_tokens(const Job& j, int64_t t0, int64_t g_begin, int64_t g_e
     }
 }
 
+// The next groups' bytes (lines cache lines from next) requested into L2 a share at a time while
+// a GEMM's tokens meet the current panel (upto(c, tn): the first c / tn of them): in one burst
+// ahead of the panel they had stalled on the memory's queue and pushed the panel out of L1 (a8, 2
+// Zen 4 cores, 64 tokens: Gemma 3's 262144 x 640 Q8_0 output layer -9 %, a Q4_0 32768 x 2048 from
+// DRAM -4 %; L2-resident shapes within 1.5 %).
+struct RgFetch {
+    const uint8_t* next; int64_t lines, done = 0;
+    void upto(int64_t c, int64_t tn) {
+        for (const int64_t end = lines * c / tn; done < end; done++)
+            _mm_prefetch((const char*)next + 64 * done, _MM_HINT_T1);
+    }
+};
+
 #if defined(LLMOS_VDPBUSD)
 // Groups [g_begin, g_end) of an a8 job times its tn tokens from t0 (more than A8_MIN_TOKENS in the
 // job): A8_RV groups at a time, their quads made once (rg_quads, or rg_panel's pairs narrowed by
@@ -833,7 +846,7 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
     static_assert(RV <= 4, "micro dispatches rv up to 4");
     for (int64_t g0 = g_begin; g0 < g_end; g0 += RV) {
         const int rv = (int)std::min<int64_t>(RV, g_end - g0);
-        prefetch(j.W + (g0 + RV) * gs, RV * gs);
+        RgFetch fetch{j.W + (g0 + RV) * gs, g0 + RV < g_end ? RV * gs / 64 : 0};
         for (int v = 0; v < rv; v++) {
             const uint8_t* grp = j.W + (g0 + v) * gs;
             if constexpr (SUBS<TYPE> == 1) {
@@ -845,8 +858,9 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
             }
         }
         int64_t c = 0;
-        for (; c + NC <= tn; c += NC) { tokens(c, NC); micro(rv, NC, out.data() + c * ldo); }
+        for (; c + NC <= tn; c += NC) { fetch.upto(c + NC, tn); tokens(c, NC); micro(rv, NC, out.data() + c * ldo); }
         for (; c < tn; c++) { tokens(c, 1); micro(rv, 1, out.data() + c * ldo); }
+        fetch.upto(tn, tn);
         const int64_t rows = std::min<int64_t>(rv * VN, j.N - g0 * VN);
         for (int64_t t = 0; t < tn; t++) rg_out(j, out.data() + t * ldo, rows, t0 + t, g0 * VN);
     }
