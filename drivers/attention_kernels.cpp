@@ -31,7 +31,8 @@ namespace {
 // pass of the keys before them: key rows into L1, value rows into L2 for the values pass. Requested
 // in one burst before each pass instead, they waited on the memory's queue: 2 Zen 4 cores, a
 // decode step's attention, 64 tokens x 192 keys, fp16 pool, Gemma 3's 18 layers (4 query heads, 1
-// KV head of 256) 13.1-13.8 -> 11.8-12.4 ms, 16 heads of 128 with 4 KV heads -20 %, SmolLM2's -9 %.
+// KV head of 256) 13.1-13.8 -> 11.7-12.4 ms, 16 heads of 128 with 4 KV heads -17 to -23 %,
+// SmolLM2's -5 to -9 %.
 struct RowFetch {
     const char* rows[2][4]; int64_t n = 0, lines = 0;       // [0]: keys', [1]: values' rows; lines each
     int64_t kind = 0, r = 0, l = 0;                         // the next line to request

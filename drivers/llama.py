@@ -254,8 +254,8 @@ class LlamaModel:
         """The layers and the output head over a step's prepared device tensors: token ids and
         positions [T] in the flat batch's order, attention metadata (FlatMetadata, or
         AttentionMetadata for global layers and ``local_meta`` for windowed ones), ``want`` the
-        rows to return logits for (their argmax where greedy, as forward). On the torch path it reads no host values and syncs nothing,
-        so drivers/cudagraph.py can capture it."""
+        rows to return logits for (their argmax where greedy, as forward). On the torch path it
+        reads no host values and syncs nothing, so drivers/cudagraph.py can capture it."""
         c = self.config
         cos_sin = None if self.quantized else (self._cos[positions].unsqueeze(1),
                                                self._sin[positions].unsqueeze(1))

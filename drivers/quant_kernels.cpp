@@ -820,6 +820,7 @@ int llmos_qmatmul_args(const QArgs* a) {
 // is not row-grouped (then the caller takes the outputs and their argmax).
 int llmos_qmatmul_argmax(const QArgs* a, int64_t* out) {
 #if defined(LLMOS_VEC)
+    if (a->n_parts <= 0) return -1;
     for (int64_t p = 0; p < a->n_parts; p++)
         if (a->parts[p].type < RG_TYPES) return -3;
     thread_local std::vector<uint64_t> best;

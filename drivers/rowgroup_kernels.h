@@ -684,7 +684,6 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
     for (int c = 0; c < C; c++) for (int r = 0; r < G; r++) vstore(out + c * ldo + r * VN, acc[r][c]);
 }
 
-// Writes n of a group's results (VN floats at acc) to y (stride ldy), or adds them.
 // ---- argmax jobs (llmos_qmatmul_argmax): each token's largest output and its column, not Y ----------
 // A key orders (value, column) as torch.argmax picks: a NaN above every value, then larger values,
 // equal ones by the lower column (no output is -0: every sum starts at +0). Keys of nothing yet are
@@ -696,11 +695,11 @@ static inline uint64_t rg_best_key(float v, int64_t col) {
 }
 static inline int64_t rg_best_col(uint64_t key) { return (int64_t)(0xFFFFFFFFu - (uint32_t)key); }
 // The running task's best key per token t (index t - rg_best_t0) and its value (+inf for a NaN):
-// rg_task sets them up and max-reduces them into the job's at its end. A task's groups go in
-// increasing column order, so a later row only wins with a larger key.
-thread_local uint64_t rg_best_keys[TCHUNK];
-thread_local float rg_best_vals[TCHUNK];
-thread_local int64_t rg_best_t0;
+// rg_task sets them up and max-reduces them into the job's at its end (a larger key wins, whatever
+// the order rows come in).
+static thread_local uint64_t rg_best_keys[TCHUNK];
+static thread_local float rg_best_vals[TCHUNK];
+static thread_local int64_t rg_best_t0;
 static inline void rg_best_rows(const float* acc, int64_t n, int64_t t, int64_t col) {
     const int64_t i = t - rg_best_t0;
     float top = -INFINITY;

@@ -545,15 +545,17 @@ ARGMAX_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.Q4_K, QT.Q5_K, Q
 def test_a_matmul_s_argmax_is_torch_s_pick_without_the_outputs(qtype, isa):
     """QLinear.argmax is argmax_rows of the outputs (torch.argmax's pick) in every path (the GEMV,
     a few tokens, the GEMM, a8, a second 256-token chunk), over two parts (the second's columns
-    offset): equal outputs go to the lower column (column 900 repeats column 5; token 0 is row 5's
-    own values), an all-zero token's outputs (all +0) to column 0, a NaN above every value (NaN
-    scales in columns 300 and 700: 300 for every token), a token holding inf, all NaN on the grid:
-    0. The block layout (Q5_K) and the scalar build take the outputs, then their argmax."""
+    offset): equal outputs go to the lower column (columns 7 and 900 repeat column 5; token 0 is
+    row 5's own values), an all-zero token's outputs (all +0) to column 0, a NaN above every value (NaN
+    scales in columns 300 and 700: 300 for every token; in column 995 of 1000 alone, a partial
+    group's: 995), a token holding inf, all NaN on the grid: 0. The kernel computes it without
+    outputs where every part is row-grouped; the block layout (Q5_K) and the scalar build return
+    -3 and take the outputs, then their argmax."""
     w1, w2 = random_blocks(qtype, 600, 256, seed=1), random_blocks(qtype, 424, 256, seed=2)
     blocks = w1[5].reshape(256 // GGML_QUANT_SIZES[qtype][0], -1)
     for off in HALF_FIELDS[qtype]:                  # row 5's scales 25x the others': its own values win
         blocks[:, off:off + 2] = np.array([0.5], np.float16).view(np.uint8)
-    w2[300] = w1[5]
+    w1[7] = w2[300] = w1[5]                         # a tie inside a task's group, and across the parts
     x = torch.randn(262, 256, generator=torch.Generator().manual_seed(5))
     x[0] = torch.from_numpy(dequantize(w1[5:6], qtype).reshape(256).astype(np.float32))
     x[1] = 0
@@ -561,12 +563,20 @@ def test_a_matmul_s_argmax_is_torch_s_pick_without_the_outputs(qtype, isa):
     for off in HALF_FIELDS[qtype][:1]:
         nan_scales[[300, 700], :, off:off + 2] = np.array([np.nan], np.float16).view(np.uint8)
     nan_scales = nan_scales.reshape(1000, -1)
+    tail_nan = random_blocks(qtype, 1000, 256, seed=4).reshape(1000, 256 // GGML_QUANT_SIZES[qtype][0], -1)
+    tail_nan[995, :, HALF_FIELDS[qtype][0]:HALF_FIELDS[qtype][0] + 2] = np.array([np.nan], np.float16).view(np.uint8)
+    tail_nan = tail_nan.reshape(1000, -1)          # its only NaN in the last, partial group's rows
+    in_kernel = grid_of(qtype, isa) is on_grid     # row-grouped on a vector build: no outputs written
     for act8 in (False, True):
         lin = quant.QLinear([(qtype, w1), (qtype, w2)], 256, act8=act8)
         with_nan = quant.QLinear([(qtype, nan_scales)], 256, act8=act8)
         for T in (1, 3, 5, 70, 262):
             got = lin.argmax(x[:T])
             assert got.dtype == torch.int64 and torch.equal(got, quant.argmax_rows(lin(x[:T]))), (act8, T)
+            direct = torch.full((T,), -1, dtype=torch.int64)
+            lin._set_args(x[:T], 0, None, 0.0, None, 0)
+            assert (lin._argmax(direct.data_ptr()) == 0) == in_kernel and (not in_kernel or torch.equal(direct, got))
+            assert quant.QLinear([(qtype, tail_nan)], 256, act8=act8).argmax(x[:T]).tolist() == [995] * T
             assert got[0] == 5 and (T < 2 or got[1] == 0 and not torch.signbit(lin(x[1:2])).any())
             assert with_nan.argmax(x[:T]).tolist() == [300] * T
         inf = x[:6].clone()
