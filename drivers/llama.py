@@ -35,7 +35,8 @@ from .device import pick_device, pick_dtype
 from .gguf import GGUFModelFile, ModelConfig, ModelFileError
 from .kvstore import KVStorage
 from .linear import Linear
-from .quant import GLU_SILU, RG_TYPES, QLinear, act8_supported, has_kernel, kernel_isa, kernels, rope_, type_name
+from .quant import (GLU_SILU, RG_TYPES, QLinear, act8_supported, argmax_rows, has_kernel, kernel_isa, kernels, rope_,
+                    type_name)
 
 log = logging.getLogger("llmos.drivers")
 
@@ -233,7 +234,7 @@ class LlamaModel:
         graphs = self._decode_graphs(spans, kv)
         if graphs is not None:
             logits = graphs.run(ids, spans, want, interrupt)
-            return logits.argmax(dim=-1) if greedy else logits
+            return argmax_rows(logits) if greedy else logits
         if self._flat_attention(kv):
             meta, local = build_flat_metadata(spans, order, kv.block_size), None
             positions = meta.positions
@@ -300,7 +301,7 @@ class LlamaModel:
         if greedy:
             if isinstance(self.lm_head, QLinear):
                 return self.lm_head.argmax(h, norm=self.out_norm, eps=self.config.rms_eps)
-            return self.lm_head(h, norm=self.out_norm, eps=self.config.rms_eps).float().argmax(dim=-1)
+            return argmax_rows(self.lm_head(h, norm=self.out_norm, eps=self.config.rms_eps).float())
         if isinstance(self.lm_head, QLinear) and logits_out is not None and logits_out.numel() >= n * vocab:
             # a batch's logits are large (Gemma 3, 64 rows: 67 MB): a new tensor each step was
             # fresh pages from the OS each step, ~10 % of a decode step
