@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ..drivers.catalog import DEFAULT_MODEL, resolve
+from ..drivers.device import MODEL_DTYPES
 from ..drivers.gguf import ModelFileError
 from ..drivers.llama import LlamaModel
 from ..drivers.sampler import SamplingParams
@@ -62,7 +63,7 @@ def one(engine: Engine, model_path: str, n: int, directory: Path) -> dict:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="llmos bench checkpoint", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--dtype", default="auto", choices=("auto", "a8", "fp32", "bf16"))
+    ap.add_argument("--dtype", default="auto", choices=MODEL_DTYPES)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--context", default="512,1024,2048", help="comma-separated context lengths (tokens)")
     ap.add_argument("--repeats", type=int, default=3)

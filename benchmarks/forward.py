@@ -147,8 +147,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--batch", default="1,64", help="comma-separated decode batch sizes")
     ap.add_argument("--context", type=int, default=256, help="tokens already in each sequence's KV")
     ap.add_argument("--prefill", type=int, default=512, help="prefill length (0: skip)")
-    ap.add_argument("--dtype", default="auto,fp32", help="comma-separated: auto (quantized), a8 (quantized, batched matmuls"
-                    " on 8-bit activations), fp32, bf16")
+    ap.add_argument("--dtype", default="auto,fp32", help="comma-separated: auto (a8 or a13 by the model), a8 (quantized"
+                    " weights, 8-bit activations), a13 (quantized, 13-bit activations), fp32, bf16")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--vs", choices=("llama.cpp",), help="also run llama.cpp on the same file")

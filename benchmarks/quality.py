@@ -2,14 +2,14 @@
 
 The quantized path (drivers/quant.py) rounds each matmul input to a 13-bit grid; llama.cpp rounds
 it to 8 bits (its Q8 activations: each 32-block as integers in [-127, 127] times amax / 127), whose
-integer products run at twice the rate. This prints, for the fp32 reference path, the default path,
-the 'a8' path where the CPU runs it (quantized weights, batched matmuls on llama.cpp's 8-bit
-activations: its prompt and perplexity passes, not its one-token steps), and the fp32 path with its
-matmul inputs rounded to b bits (--bits), the greedy tokens against the
+integer products run at twice the rate. This prints, for the fp32 reference path, the default path
+(dtype 'auto': 'a13', or 'a8' for a catalog model whose tokens hold on 8 bits), the other of
+'a8' (quantized weights, llama.cpp's 8-bit activations, where the CPU has vpdpbusd) and 'a13', and
+the fp32 path with its matmul inputs rounded to b bits (--bits), the greedy tokens against the
 independent reference recorded for the model (tests/fixtures/<model>_reference.json) and the
 perplexity of a fixed text. The default path must match the reference and stay within 1 % of
-fp32's perplexity (tests/test_smollm2.py). Runs on the CPU, where the default path is the
-quantized one.
+fp32's perplexity (tests/test_smollm2.py, tests/test_gemma3.py). Runs on the CPU, where the
+default path is the quantized one.
 """
 
 from __future__ import annotations
@@ -149,10 +149,11 @@ def main(argv: list[str]) -> int:
     rows = {}
     ids = model.tokenizer.encode(TEXT)
     rows["default path"] = measure(model, reference, ids)
+    default_format, other = model.weight_format(), "a13" if model.act8 else "a8"   # the other activations
     del model
-    model = LlamaModel.load(str(path), dtype="a8", device="cpu")
-    if model.act8:                      # the opt-in path: batched matmuls on 8-bit activations
-        rows["a8"] = measure(model, reference, ids)
+    model = LlamaModel.load(str(path), dtype=other, device="cpu")
+    if model.quantized and model.act8 == (other == "a8"):      # a8 where the CPU has vpdpbusd
+        rows[other] = measure(model, reference, ids)
     del model
     model = LlamaModel.load(str(path), dtype="fp32", device="cpu")
     rows["fp32"] = measure(model, reference, ids)
@@ -163,9 +164,11 @@ def main(argv: list[str]) -> int:
     for row in rows.values():
         row["perplexity_vs_fp32"] = row["perplexity"] / base - 1
     if args.json:
-        print(json.dumps({"model": str(path), "reference": str(ref_path) if reference else None, "rows": rows}))
+        print(json.dumps({"model": str(path), "reference": str(ref_path) if reference else None,
+                          "default_path": default_format, "rows": rows}))
         return 0
     print(f"model {path}  reference {ref_path if reference else 'none'}  text {len(ids)} tokens")
+    print(f"default path: {default_format}")
     print(f"{'path':<28} {'reference tokens':>17} {'perplexity':>11} {'vs fp32':>8}  first tokens")
     for name, row in rows.items():
         match = f"{row['reference_tokens']}/{row['of']}" if reference else "-"

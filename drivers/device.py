@@ -13,6 +13,9 @@ import psutil
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# LlamaModel.load's dtype names (the --dtype choices): auto, quantized weights with 8-bit or 13-bit
+# activations, or every matrix dequantised once.
+MODEL_DTYPES = ("auto", "a8", "a13", "fp32", "bf16")
 
 
 def pick_device(name: str = "auto") -> torch.device:

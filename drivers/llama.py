@@ -29,9 +29,10 @@ import psutil
 from gguf import GGMLQuantizationType
 
 from .arch import ARCHS, model_class
+from .catalog import act8_by_default
 from .attention import (FLAT_KV_DTYPES, FlatMetadata, build_flat_metadata, build_metadata,
                         eager_sdpa_backends, paged_attention, paged_attention_flat, store_kv_flat)
-from .device import pick_device, pick_dtype
+from .device import MODEL_DTYPES, pick_device, pick_dtype
 from .gguf import GGUFModelFile, ModelConfig, ModelFileError
 from .kvstore import KVStorage
 from .linear import Linear
@@ -98,21 +99,25 @@ class LlamaModel:
              memory_available: int | None = None) -> "LlamaModel":
         """Load a GGUF file. Raises ModelFileError (one line) before anything is half-built, also
         when the weights would not fit in `memory_available` bytes (default: what the host has).
-        dtype 'auto' on a CPU keeps quantized weights quantized (drivers/quant.py) when the
-        kernels build; 'a8' does too, and batched matmuls take 8-bit activations where the CPU has
-        vpdpbusd (faster prefill and batched decode, llama.cpp's precision; opt-in because greedy
-        tokens may change); 'fp32' / 'bf16' dequantise every matrix once (fp32 is the exact reference).
+        dtype 'a13' on a CPU keeps quantized weights quantized (drivers/quant.py) when the kernels
+        build, activations on the 13-bit grid; 'a8' does too, with 8-bit activations where the CPU
+        has vpdpbusd (llama.cpp's precision: faster prefill and batched decode, but greedy tokens
+        may change); 'auto' is 'a8' for the catalog models whose tokens hold on 8 bits
+        (catalog.act8_by_default), else 'a13'; 'fp32' / 'bf16' dequantise every matrix once (fp32
+        is the exact reference).
         int8_decode: in bf16 on CPU, also keep int8 weights for small batches (drivers/linear.py)."""
         gf = GGUFModelFile(path)
         from .tokenizer import Tokenizer
         tokenizer = Tokenizer.from_metadata(gf.metadata, path=gf.path)
         dev = pick_device(device)
-        quantized = dtype in ("auto", "a8") and dev.type == "cpu" and kernels() is not None
-        act8 = quantized and dtype == "a8" and act8_supported()
+        if dtype not in MODEL_DTYPES:
+            raise ValueError(f"unknown dtype '{dtype}' (use {', '.join(MODEL_DTYPES)})")
+        quantized = dtype in ("auto", "a8", "a13") and dev.type == "cpu" and kernels() is not None
+        act8 = quantized and (dtype == "a8" or dtype == "auto" and act8_by_default(gf.path)) and act8_supported()
         if dtype == "a8" and not act8:
-            log.warning("dtype a8: %s; running as 'auto'", "this CPU has no vpdpbusd (VNNI), batched matmuls keep "
+            log.warning("dtype a8: %s; running as 'auto'", "this CPU has no vpdpbusd (VNNI), matmuls keep "
                         "the 13-bit grid" if quantized else "8-bit activations are for the quantized CPU path")
-        dt = torch.float32 if quantized else pick_dtype("auto" if dtype == "a8" else dtype, dev)
+        dt = torch.float32 if quantized else pick_dtype("auto" if dtype in ("a8", "a13") else dtype, dev)
         c = gf.config
         spec = ARCHS[c.arch]
         cls = model_class(c.arch) if cls is LlamaModel else cls     # gemma3: drivers/gemma3.py
@@ -364,12 +369,13 @@ class LlamaModel:
         types = sorted({type_name(q) for q in kinds})
         grouped = sorted({type_name(q) for q in kinds if q >= RG_TYPES})
         rg = f" (row-grouped: {'+'.join(grouped)})" if grouped else ""
-        a8 = ", 8-bit activations in batched matmuls" if self.act8 else ""
+        a8 = ", 8-bit activations" if self.act8 else ""
         return f"{'+'.join(types)} on {kernel_isa()} kernels{rg}{a8}"
 
     @property
     def act8(self) -> bool:
-        """Whether batched matmuls take 8-bit activations (dtype 'a8' where the CPU has vpdpbusd)."""
+        """Whether the matmuls take 8-bit activations (dtype 'a8', or 'auto' on a catalog model
+        whose tokens hold on 8 bits, where the CPU has vpdpbusd)."""
         return any(getattr(m, "act8", False) for m in self._linears())
 
 

@@ -210,10 +210,11 @@ class QLinear:
     __slots__ = ("parts", "in_features", "out_features", "act8", "_lib", "qparts", "_args", "_call", "_argmax")
 
     def __init__(self, parts: list[tuple[int, np.ndarray]], in_features: int, act8: bool = False):
-        """act8: batched calls (more than 4 tokens) take x at 8 bits, as llama.cpp's Q8 activations
-        (drivers/rowgroup_kernels.h's grid8_row): about twice the integer rate of the 13-bit grid, but
-        a token's results then depend on its batch and greedy tokens may change. Only where
-        act8_supported(); elsewhere the 13-bit grid, as without it."""
+        """act8: the row-grouped parts take x at 8 bits, as llama.cpp's Q8 activations
+        (drivers/rowgroup_kernels.h's grid8_row): about twice the integer rate of the 13-bit grid in
+        batched calls; a token's results are the same bits alone or in any batch, but not the 13-bit
+        grid's, so greedy tokens may change. Only where act8_supported(); elsewhere the 13-bit grid,
+        as without it."""
         self._lib = kernels()
         if self._lib is None:
             raise RuntimeError("quantized kernels are not available")

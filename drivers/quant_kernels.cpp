@@ -683,8 +683,9 @@ static void parts_task(void* p, int64_t i) {
 static int64_t rows_per_task(int type, int64_t N, int64_t T, bool a8) {
 #if defined(LLMOS_VEC)
     if (type >= RG_TYPES) {
-        if (a8 || (T > 1 && !(rg_int_gemv(type - RG_TYPES) && T <= rg_few_max(type - RG_TYPES)))) {
-            const int64_t unit = (a8 ? a8_rv(type - RG_TYPES) : RG_RV) * VN, units = (N + unit - 1) / unit;
+        const int base = type - RG_TYPES;
+        if (T > 1 && !((a8 || rg_int_gemv(base)) && T <= rg_few_max(base))) {
+            const int64_t unit = (a8 ? a8_rv(base) : RG_RV) * VN, units = (N + unit - 1) / unit;
             return unit * std::max<int64_t>(1, units / (16 * (int64_t)pool::nthreads));
         }
         const int64_t want = 8 * (int64_t)pool::nthreads, round = RG_GV * VN;
@@ -707,8 +708,6 @@ int llmos_act8_supported(void) {
 #endif
 }
 
-// act8 (qmatmul.h): more than A8_MIN_TOKENS tokens take x at 8 bits (fewer: the GEMV, bound by memory).
-constexpr int64_t A8_MIN_TOKENS = 4;
 // llmos_qmatmul_parts, or with best (every part row-grouped, Y null) an argmax job's (Job.best).
 static int qmatmul(const QPart* parts, int64_t n_parts, int64_t K, const float* X, int64_t T, int64_t ldx,
                    float* Y, int64_t ldy, int add, int glu, const float* norm_w, float eps, int act8, uint64_t* best) {
@@ -739,7 +738,7 @@ static int qmatmul(const QPart* parts, int64_t n_parts, int64_t K, const float* 
         X = xp.data(); ldx = K;
     }
 #if defined(LLMOS_VEC)
-    const bool a8 = act8 && llmos_act8_supported() && T > A8_MIN_TOKENS;
+    const bool a8 = act8 && llmos_act8_supported();      // every token count: the same bits alone or batched
     if (grouped) {        // x on the grid (rowgroup_kernels.h), once: int16 pairs, or a8's byte quads,
         grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32)); grow(isum, T * (K / 16));   // in each pair order used
         if (fp32_gemv && !a8) grow(xq, T * K);  // x on the grid as fp32, for the fp32 GEMV (RG_INT_GEMV)

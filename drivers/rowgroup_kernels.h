@@ -455,39 +455,41 @@ static inline vi rg_pairs_to_quad(vi p0, vi p1) {
 // A group's panel (rg_panel's int16 pairs) as bytes, chunk after chunk: CH / 4 vectors, each lane a
 // row's quants 4r .. 4r + 3 in KPERM order (the order of x's quads and of AMX's B tiles): signed
 // bytes q (off 0: AMX's B tiles), or unsigned q + off for a8 (q >= -off).
+// Signed bytes q as unsigned q + off (q >= -off): (q + 128) - (128 - off), no borrows.
+static inline vi rg_quad_off(vi quad, int off) {
+    if (!off) return quad;
+    return vsub(vxor(quad, vset1i((int)0x80808080u)), vset1i((int)((uint32_t)(128 - off) * 0x01010101u)));
+}
 template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int32_t* out, int off = 0) {
     constexpr int P = CH<TYPE> / 2;
-    const vi top = vset1i((int)0x80808080u), down = vset1i((int)((uint32_t)(128 - off) * 0x01010101u));
     for (int64_t b = 0; b < nch; b++)
         for (int r = 0; r < CH<TYPE> / 4; r++) {
-            vi quad = rg_pairs_to_quad(vload_i(q + (P * b + 2 * r) * VN), vload_i(q + (P * b + 2 * r + 1) * VN));
-            if (off) quad = vsub(vxor(quad, top), down);       // bytes (q + 128) - (128 - off): no borrows
-            vstore_i(out + (b * (CH<TYPE> / 4) + r) * VN, quad);
+            const vi quad = rg_pairs_to_quad(vload_i(q + (P * b + 2 * r) * VN), vload_i(q + (P * b + 2 * r + 1) * VN));
+            vstore_i(out + (b * (CH<TYPE> / 4) + r) * VN, rg_quad_off(quad, off));
         }
 }
-// A 32-block type's a8 panel (rg_quad_panel's, offset A8_PANEL_OFF) straight from the group's bytes:
-// quad j of a block is its quants 4j .. 4j + 3 in KPERM order, that is the two int16 pairs 2j and
-// 2j + 1 of rg_qpair, here narrowed to bytes in registers (Q4_0/Q4_1: the nibbles of bytes 2j and
-// 2j + 1, quants 2j, 2j + 16, 2j + 1, 2j + 17, in four operations; Q8_0: its pair entries 2j and
-// 2j + 1 side by side, then + 128).
+// Quad j of a 32-block type's block at sb as its a8 panel holds it (rg_quad_panel's, offset
+// A8_PANEL_OFF) straight from the group's bytes: its quants 4j .. 4j + 3 in KPERM order, that is the
+// two int16 pairs 2j and 2j + 1 of rg_qpair, here narrowed to bytes in registers (Q4_0/Q4_1: the
+// nibbles of bytes 2j and 2j + 1, quants 2j, 2j + 16, 2j + 1, 2j + 17, in four operations; Q8_0: its
+// pair entries 2j and 2j + 1 side by side, then + 128).
+template <int TYPE> static inline vi rg_quad(const uint8_t* sb, int j) {
+    if constexpr (TYPE == Q8_0) {
+        return vxor(vor(vu16(sb + (2 + 4 * j) * VN), vslli<16>(vu16(sb + (4 + 4 * j) * VN))), vset1i((int)0x80808080u));
+    } else if constexpr (TYPE == Q4_0 || TYPE == Q4_1) {
+        const uint8_t* e = sb + (RG_QS<TYPE> + 2 * j) * VN;        // the bytes of entries 2j, 2j + 1
+        const vi u = vor(vu8(e), vslli<16>(vu8(e + VN)));
+        return vor(vand(u, vset1i(0x000F000F)), vand(vslli<4>(u), vset1i(0x0F000F00)));
+    } else {
+        return rg_pairs_to_quad(rg_qpair<TYPE>(sb, 2 * j), rg_qpair<TYPE>(sb, 2 * j + 1));
+    }
+}
+// A 32-block type's a8 panel: every quad of the group at grp, block after block.
 template <int TYPE> static void rg_quads(const uint8_t* grp, int64_t nb, int32_t* out) {
-    const vi top = vset1i((int)0x80808080u), lo4 = vset1i(0x000F000F), hi4 = vset1i(0x0F000F00);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* sb = grp + b * VN * RG_SB<TYPE>;
 #pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) {
-            vi quad;
-            if constexpr (TYPE == Q8_0) {
-                quad = vxor(vor(vu16(sb + (2 + 4 * j) * VN), vslli<16>(vu16(sb + (4 + 4 * j) * VN))), top);
-            } else if constexpr (TYPE == Q4_0 || TYPE == Q4_1) {
-                const uint8_t* e = sb + (RG_QS<TYPE> + 2 * j) * VN;        // the bytes of entries 2j, 2j + 1
-                const vi u = vor(vu8(e), vslli<16>(vu8(e + VN)));
-                quad = vor(vand(u, lo4), vand(vslli<4>(u), hi4));
-            } else {
-                quad = rg_pairs_to_quad(rg_qpair<TYPE>(sb, 2 * j), rg_qpair<TYPE>(sb, 2 * j + 1));
-            }
-            vstore_i(out + (b * 8 + j) * VN, quad);
-        }
+        for (int j = 0; j < 8; j++) vstore_i(out + (b * 8 + j) * VN, rg_quad<TYPE>(sb, j));
     }
 }
 
@@ -684,6 +686,122 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
     for (int c = 0; c < C; c++) for (int r = 0; r < G; r++) vstore(out + c * ldo + r * VN, acc[r][c]);
 }
 
+#if defined(LLMOS_VDPBUSD)
+// rg_igemv_groups for an a8 matmul's few tokens: each weight quad made in registers as the a8 panel
+// holds it (rg_quad; the K-quants' pairs narrowed by rg_pairs_to_quad and rg_quad_off) meets each
+// token's quads xq[c] in vdpbusd, from rg_sum_start with A8_OFF (isum[c]); each chunk then takes
+// rg_imicro8's epilogue, chunks in the panel's order, so a token's results are the a8 GEMM's bits
+// whatever its batch (the a8 GEMM's panels cost a few tokens twice the time: 2 Zen 4 cores, one
+// token, Gemma 3's 262144 x 640 Q8_0 output layer 3.8 -> 9.4 ms).
+// Q6_K's a8 quad of weights j .. j + 3 (j % 4 == 0) of quarter T, as its panel holds it.
+template <int T> static inline vi rg_q6_quad(const uint8_t* sb, int n, int j) {
+    return rg_quad_off(rg_pairs_to_quad(rg_q6_pair<T>(sb, n, j), rg_q6_pair<T>(sb, n, j + 2)), A8_PANEL_OFF<Q6_K>);
+}
+static_assert(A8_PANEL_OFF<Q4_K> == 0, "Q4_K's a8 quads are its unsigned pairs narrowed");
+template <int TYPE, int G, int C>
+static inline void rg_igemv8_groups(const uint8_t* W, int64_t gstride, int64_t nb, const int32_t* const* xq,
+                                    const float* const* g, const float* const* xsum, const int32_t* const* isum,
+                                    float* out, int64_t ldo) {
+    constexpr int64_t SB = VN * RG_SB<TYPE>;
+    constexpr int OFF = A8_OFF<TYPE>;
+    vf acc[G][C];
+    for (int r = 0; r < G; r++) for (int c = 0; c < C; c++) acc[r][c] = vzero();
+    auto sums_at = [&](int c, int64_t b) { return SUM_HAS_M<TYPE> ? xsum[c][b] : 0.f; };
+    for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
+        const uint8_t* sb = W + sbi * SB;
+        if constexpr (SUBS<TYPE> == 1) {
+            rg_fetch_next<G>(sb, gstride, SB);
+            vi s[G][C];
+            for (int c = 0; c < C; c++) {
+                const vi start = vset1i(rg_sum_start<TYPE, OFF>(isum[c], 32 * sbi));
+                for (int r = 0; r < G; r++) s[r][c] = start;
+            }
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) {
+                vi xv[C];
+                for (int c = 0; c < C; c++) xv[c] = vset1i(xq[c][8 * sbi + j]);
+                for (int r = 0; r < G; r++) {
+                    const vi w = rg_quad<TYPE>(sb + r * gstride, j);
+                    for (int c = 0; c < C; c++) { s[r][c] = vdpbusd(s[r][c], w, xv[c]); LLMOS_PIN(s[r][c]); }
+                }
+            }
+            for (int r = 0; r < G; r++) {
+                vf d, m; rg_scales<TYPE>(sb + r * gstride, 0, d, m);
+                for (int c = 0; c < C; c++)
+                    acc[r][c] = rg_chunk_fma<TYPE>(s[r][c], g[c][sbi], d, m, sums_at(c, sbi), acc[r][c]);
+            }
+        } else if constexpr (TYPE == Q6_K) {
+            for (int n = 0; n < 2; n++)
+                for (int h = 0; h < 2; h++) {      // chunks 16 sbi + 8n + 4h + t, t = 0..3 (rg_xbase)
+                    rg_fetch_next<G, 4>(sb, gstride, SB, 2 * n + h);
+                    const int64_t c0 = 16 * sbi + 8 * n + 4 * h;
+                    vi s[G][4][C];
+                    for (int t = 0; t < 4; t++)
+                        for (int c = 0; c < C; c++) {
+                            const vi start = vset1i(rg_sum_start<TYPE, OFF>(isum[c], rg_xbase<Q6_K>(c0 + t)));
+                            for (int r = 0; r < G; r++) s[r][t][c] = start;
+                        }
+#pragma GCC unroll 4
+                    for (int q = 0; q < 4; q++) {     // quad q of a chunk: its pairs at j and j + 2
+                        const int j = 16 * h + 4 * q;
+                        for (int r = 0; r < G; r++) {
+                            const uint8_t* sg = sb + r * gstride;
+                            const vi w[4] = {rg_q6_quad<0>(sg, n, j), rg_q6_quad<1>(sg, n, j), rg_q6_quad<2>(sg, n, j),
+                                             rg_q6_quad<3>(sg, n, j)};
+                            for (int t = 0; t < 4; t++)
+                                for (int c = 0; c < C; c++) {
+                                    const vi xv = vset1i(xq[c][rg_xbase<Q6_K>(c0 + t) / 4 + q]);
+                                    s[r][t][c] = vdpbusd(s[r][t][c], w[t], xv); LLMOS_PIN(s[r][t][c]);
+                                }
+                        }
+                    }
+                    for (int r = 0; r < G; r++)
+                        for (int t = 0; t < 4; t++) {
+                            const vf d = rg_q6_scale(sb + r * gstride, 8 * n + 2 * t + h);
+                            for (int c = 0; c < C; c++)
+                                acc[r][c] = rg_chunk_fma<TYPE>(s[r][t][c], g[c][rg_xbase<Q6_K>(c0 + t) / 32], d,
+                                                               acc[r][c], 0.f, acc[r][c]);
+                        }
+                }
+        } else {
+            for (int p = 0; p < 4; p++) {          // sub-blocks (chunks) 2p and 2p + 1
+                rg_fetch_next<G, 4>(sb, gstride, SB, p);
+                const int64_t b0 = 8 * sbi + 2 * p;
+                vi s0[G][C], s1[G][C];
+                for (int c = 0; c < C; c++) {
+                    const vi st0 = vset1i(rg_sum_start<TYPE, OFF>(isum[c], 32 * b0));
+                    const vi st1 = vset1i(rg_sum_start<TYPE, OFF>(isum[c], 32 * (b0 + 1)));
+                    for (int r = 0; r < G; r++) { s0[r][c] = st0; s1[r][c] = st1; }
+                }
+#pragma GCC unroll 8
+                for (int q = 0; q < 8; q++) {      // quad q of each chunk: its pairs at j and j + 2
+                    for (int r = 0; r < G; r++) {
+                        vi lo0, hi0, lo1, hi1;
+                        rg_q4k_pairs(sb + r * gstride, p, 4 * q, lo0, hi0);
+                        rg_q4k_pairs(sb + r * gstride, p, 4 * q + 2, lo1, hi1);
+                        const vi lo = rg_pairs_to_quad(lo0, lo1), hi = rg_pairs_to_quad(hi0, hi1);  // A8_PANEL_OFF 0
+                        for (int c = 0; c < C; c++) {
+                            const vi x0 = vset1i(xq[c][8 * b0 + q]), x1 = vset1i(xq[c][8 * (b0 + 1) + q]);
+                            s0[r][c] = vdpbusd(s0[r][c], lo, x0); LLMOS_PIN(s0[r][c]);
+                            s1[r][c] = vdpbusd(s1[r][c], hi, x1); LLMOS_PIN(s1[r][c]);
+                        }
+                    }
+                }
+                for (int r = 0; r < G; r++) {
+                    vf d, m; rg_scales<TYPE>(sb + r * gstride, 2 * p, d, m);
+                    vf d1, m1; rg_scales<TYPE>(sb + r * gstride, 2 * p + 1, d1, m1);
+                    for (int c = 0; c < C; c++) {
+                        acc[r][c] = rg_chunk_fma<TYPE>(s0[r][c], g[c][b0], d, m, sums_at(c, b0), acc[r][c]);
+                        acc[r][c] = rg_chunk_fma<TYPE>(s1[r][c], g[c][b0 + 1], d1, m1, sums_at(c, b0 + 1), acc[r][c]);
+                    }
+                }
+            }
+        }
+    }
+    for (int c = 0; c < C; c++) for (int r = 0; r < G; r++) vstore(out + c * ldo + r * VN, acc[r][c]);
+}
+#endif
+
 // ---- argmax jobs (llmos_qmatmul_argmax): each token's largest output and its column, not Y ----------
 // A key orders (value, column) as torch.argmax picks: a NaN above every value, then larger values,
 // equal ones by the lower column (no output is -0: every sum starts at +0). Keys of nothing yet are
@@ -760,30 +878,31 @@ template <int TYPE> constexpr int A8_NC = VN == 16 && TYPE == Q8_0 ? 3 : RG_NC;
 #include "amx_tiles.h"     // AMX tile products for the integer sums, where the CPU and OS have them
 
 // Groups [g_begin, g_end) of a row-grouped job times its C tokens from t0 (C <= rg_few_max), in
-// integer GEMV passes of RG_G / C groups (one pass holds G x C accumulators).
-template <int TYPE, int C>
+// integer GEMV passes of RG_G / C groups (one pass holds G x C accumulators): x's int16 pairs, or
+// an a8 job's quads (A8).
+template <int TYPE, int C, bool A8 = false>
 static void rg_few_tokens(const Job& j, int64_t t0, int64_t g_begin, int64_t g_end) {
     constexpr int G = RG_G<TYPE> / C > 1 ? RG_G<TYPE> / C : 1;
     const int64_t K = j.K, nb = K / 32, gs = rg_group_bytes(TYPE, K);
     const int32_t* xp[C]; const float* xg[C]; const float* xs[C]; const int32_t* xi[C];
     for (int c = 0; c < C; c++) {
-        xp[c] = j.pairs + (t0 + c) * (K / 2); xg[c] = j.grid_g + (t0 + c) * nb;
+        xp[c] = A8 ? j.quads + (t0 + c) * (K / 4) : j.pairs + (t0 + c) * (K / 2); xg[c] = j.grid_g + (t0 + c) * nb;
         xs[c] = SUM_HAS_M<TYPE> ? j.xsum + (t0 + c) * nb : nullptr; xi[c] = j.isum + (t0 + c) * (K / 16);
     }
     alignas(64) float acc[C * G * VN];
-    auto put = [&](int64_t g, int64_t width) {
+    auto pass = [&](auto g_c, int64_t g) {      // g_c groups from group g, into Y or the task's bests
+        constexpr int NG = decltype(g_c)::value;
+#if defined(LLMOS_VDPBUSD)
+        if constexpr (A8) rg_igemv8_groups<TYPE, NG, C>(j.W + g * gs, gs, nb, xp, xg, xs, xi, acc, NG * VN);
+        else
+#endif
+            rg_igemv_groups<TYPE, NG, C>(j.W + g * gs, gs, nb, xp, xg, xs, xi, acc, NG * VN);
         for (int c = 0; c < C; c++)
-            rg_out(j, acc + c * width, std::min<int64_t>(width, j.N - g * VN), t0 + c, g * VN);
+            rg_out(j, acc + c * NG * VN, std::min<int64_t>(NG * VN, j.N - g * VN), t0 + c, g * VN);
     };
     int64_t g = g_begin;
-    for (; g + G <= g_end; g += G) {
-        rg_igemv_groups<TYPE, G, C>(j.W + g * gs, gs, nb, xp, xg, xs, xi, acc, G * VN);
-        put(g, G * VN);
-    }
-    for (; g < g_end; g++) {
-        rg_igemv_groups<TYPE, 1, C>(j.W + g * gs, gs, nb, xp, xg, xs, xi, acc, VN);
-        put(g, VN);
-    }
+    for (; g + G <= g_end; g += G) pass(std::integral_constant<int, G>{}, g);
+    for (; g < g_end; g++) pass(std::integral_constant<int, 1>{}, g);
 }
 
 // The next groups' bytes (lines cache lines from next) requested into L2 a share at a time while
@@ -800,8 +919,8 @@ struct RgFetch {
 };
 
 #if defined(LLMOS_VDPBUSD)
-// Groups [g_begin, g_end) of an a8 job times its tn tokens from t0 (more than A8_MIN_TOKENS in the
-// job): A8_RV groups at a time, their quads made once (rg_quads, or rg_panel's pairs narrowed by
+// Groups [g_begin, g_end) of an a8 job times its tn tokens from t0 (more than rg_few_max in the
+// task): A8_RV groups at a time, their quads made once (rg_quads, or rg_panel's pairs narrowed by
 // rg_quad_panel for the K-quants) and their d, m vectors, then rg_imicro8 over A8_NC tokens at a time.
 template <int TYPE>
 static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int64_t g_end) {
@@ -878,7 +997,15 @@ static void rg_task_rows(const Job& j, int64_t i) {
     const int64_t g_begin = r_begin / VN, g_end = (r_end + VN - 1) / VN;
     auto sums_of = [&](int64_t t) -> const float* { return SUM_HAS_M<TYPE> ? j.xsum + t * nb : nullptr; };
 #if defined(LLMOS_VDPBUSD)
-    if (j.quads) return rg_task8<TYPE>(j, t0, tn, g_begin, g_end);
+    if (j.quads) {             // an a8 job: a few tokens in GEMV passes, more in the a8 GEMM; the same bits
+        if (tn <= rg_few_max(TYPE)) switch (tn) {
+            case 1: return rg_few_tokens<TYPE, 1, true>(j, t0, g_begin, g_end);
+            case 2: return rg_few_tokens<TYPE, 2, true>(j, t0, g_begin, g_end);
+            case 3: return rg_few_tokens<TYPE, 3, true>(j, t0, g_begin, g_end);
+            default: return rg_few_tokens<TYPE, 4, true>(j, t0, g_begin, g_end);
+        }
+        return rg_task8<TYPE>(j, t0, tn, g_begin, g_end);
+    }
 #endif
     if constexpr (RG_INT_GEMV<TYPE>) {
         if (tn <= rg_few_max(TYPE)) switch (tn) {

@@ -31,7 +31,8 @@ log = logging.getLogger("llmos.kernel")
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llmos serve", description="run the llmos kernel")
     ap.add_argument("--model", default="smollm2", help="catalog name or path to a .gguf (default: smollm2)")
-    ap.add_argument("--dtype", default="auto", choices=("auto", "a8", "fp32", "bf16"))
+    from llmos.drivers.device import MODEL_DTYPES
+    ap.add_argument("--dtype", default="auto", choices=MODEL_DTYPES)
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     kv = ap.add_mutually_exclusive_group()
     kv.add_argument("--kv-fraction", type=float, help="share of free device memory for KV blocks")

@@ -49,8 +49,10 @@ def test_rows_per_grid_against_the_reference_and_fp32(tiny, tmp_path, capsys):
     rc, out, _ = run(capsys, "--model", "tiny", "--bits", "2,20", "--reference", str(tmp_path / "ref.json"),
                      "--json")
     assert rc == 0
-    rows = json.loads(out)["rows"]
-    a8 = ["a8"] if quant.act8_supported() else []          # the opt-in 8-bit path, where it runs
+    got = json.loads(out)
+    rows = got["rows"]
+    assert ", 8-bit activations" not in got["default_path"]   # not a catalog model: 'auto' is a13
+    a8 = ["a8"] if quant.act8_supported() else []          # the 8-bit path, where it runs
     assert list(rows) == ["default path", *a8, "fp32", "fp32, inputs on 2 bits", "fp32, inputs on 20 bits"]
     assert rows["fp32"]["reference_tokens"] == 6 and rows["fp32"]["perplexity_vs_fp32"] == 0
     assert rows["fp32"]["perplexity"] == pytest.approx(quality.perplexity(fp32, fp32.tokenizer.encode(quality.TEXT)))

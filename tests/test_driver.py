@@ -8,11 +8,12 @@ import random
 import numpy as np
 import pytest
 import torch
+from gguf import GGMLQuantizationType as QT
 
 import tinymodel
 from llmos.drivers.gguf import GGUFModelFile, ModelFileError
 from llmos.drivers.llama import LlamaModel, SeqInput
-from llmos.drivers.quant import kernels
+from llmos.drivers.quant import act8_supported, kernels
 
 BLOCK = 4
 
@@ -93,14 +94,17 @@ def test_paged_mixed_batch_equals_dense_reference(either_path, tiny_model_path):
         assert torch.allclose(got[row], want, atol=atol, rtol=0), (row, (got[row] - want).abs().max())
 
 
-def greedy(model, prompt, n, kv, table, others=()):
+def greedy(model, prompt, n, kv, table, others=(), rows=None):
     """Greedy-decode `n` tokens for `prompt`; each step also carries `others`' work (a list of
-    (SeqInput-factory) callables) so the sequence runs inside a mixed batch."""
+    (SeqInput-factory) callables) so the sequence runs inside a mixed batch. rows: a list that
+    gets each step's logits of the sequence."""
     out, pos = [], 0
     ids = list(prompt)
     for step in range(n):
         seqs = [SeqInput(ids, pos, table)] + [make(step) for make in others]
         logits = model.forward(seqs, kv)
+        if rows is not None:
+            rows.append(logits[0].clone())
         pos += len(ids)
         ids = [int(logits[0].argmax())]
         out.append(ids[0])
@@ -108,12 +112,26 @@ def greedy(model, prompt, n, kv, table, others=()):
 
 
 def test_batch_invariance_greedy(either_path):
-    model = either_path
+    assert_batch_invariant(either_path)
+
+
+def test_batch_invariance_greedy_on_8_bit_activations(tmp_path):
+    """dtype 'a8' (where the CPU has vpdpbusd): one-token steps alone take the a8 GEMV passes,
+    the batched steps the a8 GEMM; a token's bits, and so its greedy tokens, are the same."""
+    model = LlamaModel.load(tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q4_0), dtype="a8")
+    assert model.act8 == act8_supported()
+    assert_batch_invariant(model, same_bits=True)
+
+
+def assert_batch_invariant(model, same_bits=False):
+    """A sequence greedy-decoded alone and inside steps that carry other sequences' prefill chunks
+    and decodes gets the same tokens (same_bits: the same logits, bit for bit)."""
     rng = random.Random(2)
     prompt = [rng.randrange(6, 500) for _ in range(19)]
     kv = model.new_kv(200, BLOCK)
     tables = scattered_tables(8, 12, 200, seed=3)
-    alone = greedy(model, prompt, 12, kv, tables[0])
+    alone_rows, batched_rows = [], []
+    alone = greedy(model, prompt, 12, kv, tables[0], rows=alone_rows)
     noise = [[rng.randrange(6, 500) for _ in range(40)] for _ in range(6)]
 
     def other(i):  # seq i: prefill chunks of 7 tokens, then single-token decodes
@@ -122,9 +140,11 @@ def test_batch_invariance_greedy(either_path):
             ids = noise[i][start:start + 7] if step < 5 else [noise[i][step % 40]]
             return SeqInput(ids, start, tables[i + 1], want_logits=step % 2 == 0)
         return make
-    batched = greedy(model, prompt, 12, kv, tables[0], [other(i) for i in range(6)])
+    batched = greedy(model, prompt, 12, kv, tables[0], [other(i) for i in range(6)], rows=batched_rows)
     assert alone == batched
     assert len(set(alone)) > 1   # the tiny model does not degenerate into one token
+    if same_bits:
+        assert all(torch.equal(a, b) for a, b in zip(alone_rows, batched_rows))
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])

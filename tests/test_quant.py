@@ -201,14 +201,15 @@ def on_grid8(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("isa", ["native", "avx2", "8-lanes", *EMULATED_ISA], indirect=True)
 @pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.Q4_K, QT.Q6_K], ids=lambda q: q.name)
-def test_a8_batches_take_8_bit_activations_and_a_few_tokens_keep_the_grid(qtype, isa):
+def test_a8_takes_8_bit_activations_and_a_token_s_bits_do_not_depend_on_its_batch(qtype, isa):
     """act8 where the kernels have vpdpbusd (16 lanes, or 8: '8-lanes' keeps an AVX512-VNNI CPU's
-    VNNI in the 8-lane build, the path of AVX-VNNI CPUs): a batch of more than 4 tokens (262: a
-    256-token chunk, then 6 from token 256; micro-kernel calls of 4 tokens, then 1) is the
-    dequantised weights times x on the 8-bit grid, not the 13-bit one; a block with an infinity
-    leaves its token's outputs non-finite and no other's. Up to 4 tokens, and every batch on kernels
-    without vpdpbusd, keep the 13-bit grid's bits. 37, 20 and 9 rows: micro-kernel calls on 3, 2
-    and 1 groups of rows."""
+    VNNI in the 8-lane build, the path of AVX-VNNI CPUs): a batch (262 tokens: a 256-token chunk,
+    then 6 from token 256; micro-kernel calls of 4 tokens, then 1) is the dequantised weights times x
+    on the 8-bit grid, not the 13-bit one; a block with an infinity leaves its token's outputs
+    non-finite and no other's. 1 to 5 tokens alone (the a8 GEMV passes up to rg_few_max), and 258
+    (a chunk's last 2 tokens in GEMV passes inside a GEMM job), are the same rows' bits as in the
+    batch. Kernels without vpdpbusd keep the 13-bit grid's bits. 37, 20 and 9 rows: micro-kernel
+    calls and GEMV passes on 3, 2 and 1 groups of rows."""
     K = 512
     x = torch.randn(262, K, generator=torch.Generator().manual_seed(6))
     x[6, :32] = 0.0
@@ -221,10 +222,12 @@ def test_a8_batches_take_8_bit_activations_and_a_few_tokens_keep_the_grid(qtype,
         a8, grid = quant.QLinear([(qtype, w)], K, act8=True), quant.QLinear([(qtype, w)], K)
         assert a8.act8 == quant.act8_supported() and not grid.act8
         got = a8(x)
-        assert torch.equal(a8(x[:4]), grid(x[:4]))
         if not a8.act8:
             torch.testing.assert_close(got, grid(x), rtol=0, atol=0, equal_nan=True)
             continue
+        for t in (1, 2, 3, 4, 5):
+            assert torch.equal(a8(x[:t]), got[:t]), t
+        torch.testing.assert_close(a8(x[:258]), got[:258], rtol=0, atol=0, equal_nan=True)
         assert not torch.isfinite(got[[9, 259]]).any()
         wf = torch.from_numpy(dequantize(w, qtype).reshape(rows, K).astype(np.float64))
         bound = xg.abs() @ wf.abs().T
@@ -233,12 +236,15 @@ def test_a8_batches_take_8_bit_activations_and_a_few_tokens_keep_the_grid(qtype,
 
 
 def test_a8_model_tracks_the_default_path_with_or_without_fused_layers(tmp_path, monkeypatch):
-    """dtype 'a8': quantized weights, batched matmuls on 8-bit activations where the CPU has vpdpbusd
-    (named by weight_format), logits near the default path's; the fused layers pass act8 on."""
+    """dtype 'a8': quantized weights, matmuls on 8-bit activations where the CPU has vpdpbusd (named
+    by weight_format), logits near the 13-bit path's ('a13', and 'auto' on a file outside the
+    catalog); the fused layers pass act8 on."""
     path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0)
     auto, a8 = LlamaModel.load(path), LlamaModel.load(path, dtype="a8")
     assert a8.quantized and a8.act8 == quant.act8_supported() and not auto.act8
-    assert a8.weight_format().endswith(", 8-bit activations in batched matmuls") == a8.act8
+    assert a8.weight_format().endswith(", 8-bit activations") == a8.act8
+    a13 = LlamaModel.load(path, dtype="a13")
+    assert a13.quantized and not a13.act8 and a13.weight_format() == auto.weight_format()
     ids = list(range(10, 40))
 
     def logits(m):
@@ -247,6 +253,22 @@ def test_a8_model_tracks_the_default_path_with_or_without_fused_layers(tmp_path,
     assert (a - b).abs().max() < 2e-2 * a.abs().max() and torch.equal(a, b) != a8.act8
     monkeypatch.setenv("LLMOS_FUSED", "off")
     assert torch.equal(logits(LlamaModel.load(path, dtype="a8")), b)
+
+
+def test_auto_takes_8_bit_activations_for_a_catalog_model_whose_tokens_hold_there(tmp_path):
+    """'auto' is 'a8' for a file named as a catalog entry with act8 (Gemma 3's), 'a13' for any other
+    (SmolLM2's, a file of the user's); 'a13' and 'fp32' choose for themselves; an unknown dtype is
+    one clear error."""
+    from llmos.drivers.catalog import CATALOG, act8_by_default
+    assert act8_by_default(CATALOG["gemma3"].member) and not act8_by_default(CATALOG["smollm2"].member)
+    gemma_named = tinymodel.build_tiny_model(tmp_path / "gemma-3-270m-q4_k_m.gguf", qtype=QT.Q8_0)
+    smol_named = tinymodel.build_tiny_model(tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf", qtype=QT.Q8_0)
+    assert LlamaModel.load(gemma_named).act8 == quant.act8_supported()
+    assert not LlamaModel.load(gemma_named, dtype="a13").act8
+    assert not LlamaModel.load(gemma_named, dtype="fp32").quantized
+    assert not LlamaModel.load(smol_named).act8
+    with pytest.raises(ValueError, match="unknown dtype 'a9'"):
+        LlamaModel.load(smol_named, dtype="a9")
 
 
 def test_a8_where_it_cannot_apply_runs_as_auto_and_says_why(tmp_path, monkeypatch, caplog):
