@@ -407,7 +407,7 @@ static inline void rg_gemv_groups(const uint8_t* W, int64_t gstride, int64_t nb,
 
 // The group at grp unpacked into an integer panel: chunk c's quants as CH / 2 vectors of int16 pairs
 // (quants kk and kk + 1 in KPERM order, low half first) at q + CH / 2 c VN, its d and m vectors at
-// d + c VN, m + c VN; only the d and m vectors where q is null (a 32-block type's a8 panel: rg_quads).
+// d + c VN, m + c VN; only the d and m vectors where q is null (an a8 panel of rg_quads' types).
 template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t* q, float* d, float* m) {
     auto put = [&](int64_t chunk, int kk, vi pair) { vstore_i(q + (chunk * (CH<TYPE> / 2) + kk / 2) * VN, pair); };
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
@@ -430,8 +430,8 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
             vf dv, mv; rg_scales<TYPE>(sb, sub, dv, mv);
             vstore(d + b * VN, dv); vstore(m + b * VN, mv);
         }
+        if (!q) continue;
         if constexpr (SUBS<TYPE> == 1) {
-            if (!q) continue;
 #pragma GCC unroll 16
             for (int pp = 0; pp < 16; pp++) put(sbi, 2 * pp, rg_qpair<TYPE>(sb, pp));
         } else {
@@ -472,24 +472,49 @@ template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int
 // A8_PANEL_OFF) straight from the group's bytes: its quants 4j .. 4j + 3 in KPERM order, that is the
 // two int16 pairs 2j and 2j + 1 of rg_qpair, here narrowed to bytes in registers (Q4_0/Q4_1: the
 // nibbles of bytes 2j and 2j + 1, quants 2j, 2j + 16, 2j + 1, 2j + 17, in four operations; Q8_0: its
-// pair entries 2j and 2j + 1 side by side, then + 128).
+// pair entries 2j and 2j + 1 interleaved by vu16x2, then + 128; Q5_0/Q5_1: eleven operations).
 template <int TYPE> static inline vi rg_quad(const uint8_t* sb, int j) {
     if constexpr (TYPE == Q8_0) {
-        return vxor(vor(vu16(sb + (2 + 4 * j) * VN), vslli<16>(vu16(sb + (4 + 4 * j) * VN))), vset1i((int)0x80808080u));
+        return vxor(vu16x2(sb + (2 + 4 * j) * VN), vset1i((int)0x80808080u));
     } else if constexpr (TYPE == Q4_0 || TYPE == Q4_1) {
         const uint8_t* e = sb + (RG_QS<TYPE> + 2 * j) * VN;        // the bytes of entries 2j, 2j + 1
         const vi u = vor(vu8(e), vslli<16>(vu8(e + VN)));
         return vor(vand(u, vset1i(0x000F000F)), vand(vslli<4>(u), vset1i(0x0F000F00)));
-    } else {
-        return rg_pairs_to_quad(rg_qpair<TYPE>(sb, 2 * j), rg_qpair<TYPE>(sb, 2 * j + 1));
+    } else {            // Q5_0/Q5_1: b[pp] = u | (v & 7) << 5, v >> 3 in e[pp / 4]'s bits 2 (pp % 4)
+        static_assert(TYPE == Q5_0 || TYPE == Q5_1, "the 32-block types only");
+        const uint8_t* b = sb + (RG_QS<TYPE> + 2 * j) * VN;
+        const vi u = vor(vu8(b), vslli<16>(vu8(b + VN))), e = vu8(sb + (RG_QS<TYPE> + 16 + j / 2) * VN);
+        const vi v_hi = j & 1 ? vor(vslli<7>(e), vslli<21>(e)) : vor(vslli<11>(e), vslli<25>(e));   // to bits 3, 4
+        return vor(vor(vand(u, vset1i(0x001F001F)), vand(vslli<3>(u), vset1i(0x07000700))),
+                   vand(v_hi, vset1i(0x18001800)));
     }
 }
-// A 32-block type's a8 panel: every quad of the group at grp, block after block.
+// Q4_K's a8 quads of weights 4q .. 4q + 3 of sub-blocks 2p (lo) and 2p + 1 (hi), from their four
+// bytes (nine operations where rg_q4k_pairs and rg_pairs_to_quad took thirty).
+static inline void rg_q4k_quads(const uint8_t* sb, int p, int q, vi& lo, vi& hi) {
+    const uint8_t* e = sb + (RG_QS<Q4_K> + 32 * p + 4 * q) * VN;
+    const vi u = vor(vor(vu8(e), vslli<8>(vu8(e + VN))), vor(vslli<16>(vu8(e + 2 * VN)), vslli<24>(vu8(e + 3 * VN))));
+    lo = vand(u, vset1i(0x0F0F0F0F)); hi = vand(vsrli<4>(u), vset1i(0x0F0F0F0F));
+}
+// The a8 panel of a 32-block type or Q4_K (RG_QUADS): every quad of the group at grp, chunk after chunk.
+template <int TYPE> constexpr bool RG_QUADS = SUBS<TYPE> == 1 || TYPE == Q4_K;
 template <int TYPE> static void rg_quads(const uint8_t* grp, int64_t nb, int32_t* out) {
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* sb = grp + b * VN * RG_SB<TYPE>;
+    if constexpr (TYPE == Q4_K) {
+        for (int64_t sbi = 0; sbi < nb / 8; sbi++)
+            for (int p = 0; p < 4; p++)
 #pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) vstore_i(out + (b * 8 + j) * VN, rg_quad<TYPE>(sb, j));
+                for (int q = 0; q < 8; q++) {
+                    vi lo, hi;
+                    rg_q4k_quads(grp + sbi * VN * RG_SB<TYPE>, p, q, lo, hi);
+                    vstore_i(out + ((8 * sbi + 2 * p) * 8 + q) * VN, lo);
+                    vstore_i(out + ((8 * sbi + 2 * p + 1) * 8 + q) * VN, hi);
+                }
+    } else {
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t* sb = grp + b * VN * RG_SB<TYPE>;
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) vstore_i(out + (b * 8 + j) * VN, rg_quad<TYPE>(sb, j));
+        }
     }
 }
 
@@ -776,10 +801,8 @@ static inline void rg_igemv8_groups(const uint8_t* W, int64_t gstride, int64_t n
 #pragma GCC unroll 8
                 for (int q = 0; q < 8; q++) {      // quad q of each chunk: its pairs at j and j + 2
                     for (int r = 0; r < G; r++) {
-                        vi lo0, hi0, lo1, hi1;
-                        rg_q4k_pairs(sb + r * gstride, p, 4 * q, lo0, hi0);
-                        rg_q4k_pairs(sb + r * gstride, p, 4 * q + 2, lo1, hi1);
-                        const vi lo = rg_pairs_to_quad(lo0, lo1), hi = rg_pairs_to_quad(hi0, hi1);  // A8_PANEL_OFF 0
+                        vi lo, hi;
+                        rg_q4k_quads(sb + r * gstride, p, q, lo, hi);
                         for (int c = 0; c < C; c++) {
                             const vi x0 = vset1i(xq[c][8 * b0 + q]), x1 = vset1i(xq[c][8 * (b0 + 1) + q]);
                             s0[r][c] = vdpbusd(s0[r][c], lo, x0); LLMOS_PIN(s0[r][c]);
@@ -921,7 +944,7 @@ struct RgFetch {
 #if defined(LLMOS_VDPBUSD)
 // Groups [g_begin, g_end) of an a8 job times its tn tokens from t0 (more than rg_few_max in the
 // task): A8_RV groups at a time, their quads made once (rg_quads, or rg_panel's pairs narrowed by
-// rg_quad_panel for the K-quants) and their d, m vectors, then rg_imicro8 over A8_NC tokens at a time.
+// rg_quad_panel for Q6_K) and their d, m vectors, then rg_imicro8 over A8_NC tokens at a time.
 template <int TYPE>
 static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int64_t g_end) {
     const int64_t K = j.K, nb = K / 32, nch = K / CH<TYPE>, gs = rg_group_bytes(TYPE, K);
@@ -929,7 +952,7 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
     thread_local std::vector<int32_t> pairs, quads;
     thread_local std::vector<float> scales, out;
     auto grow = [](auto& v, int64_t n) { if ((int64_t)v.size() < n) v.resize((size_t)n); };
-    if constexpr (SUBS<TYPE> > 1) grow(pairs, VN * K / 2);
+    if constexpr (!RG_QUADS<TYPE>) grow(pairs, VN * K / 2);
     grow(quads, RV * VN * K / 4); grow(scales, 2 * RV * VN * nch); grow(out, TCHUNK * RV * VN);
     float* const d = scales.data(); float* const m = d + RV * VN * nch;
     const int64_t ldo = RV * VN, qs = VN * K / 4, ds = VN * nch;
@@ -967,7 +990,7 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
         RgFetch fetch{j.W + (g0 + RV) * gs, g0 + RV < g_end ? RV * gs / 64 : 0};
         for (int v = 0; v < rv; v++) {
             const uint8_t* grp = j.W + (g0 + v) * gs;
-            if constexpr (SUBS<TYPE> == 1) {
+            if constexpr (RG_QUADS<TYPE>) {
                 rg_panel<TYPE>(grp, nb, nullptr, d + v * ds, m + v * ds);
                 rg_quads<TYPE>(grp, nb, quads.data() + v * qs);
             } else {

