@@ -56,10 +56,13 @@ ENCODER_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
 def act8_by_default(path: str | Path) -> bool:
-    """Whether dtype 'auto' runs the model file at `path` on 8-bit activations: a file named as a
-    catalog model whose entry says so (Source.act8)."""
-    name = Path(path).name
-    return any(src.act8 and Path(src.member).name == name for src in CATALOG.values())
+    """Whether dtype 'auto' runs the model file at `path` on 8-bit activations: the cache's copy of
+    a catalog model whose entry says so (Source.act8); any other file, even of the same name, not."""
+    try:
+        here = Path(path).resolve()
+        return any(src.act8 and cached_path(name).resolve() == here for name, src in CATALOG.items())
+    except OSError:
+        return False
 
 
 def home() -> Path:

@@ -106,17 +106,19 @@ class LlamaModel:
         (catalog.act8_by_default), else 'a13'; 'fp32' / 'bf16' dequantise every matrix once (fp32
         is the exact reference).
         int8_decode: in bf16 on CPU, also keep int8 weights for small batches (drivers/linear.py)."""
+        if dtype not in MODEL_DTYPES:
+            raise ValueError(f"unknown dtype '{dtype}' (use {', '.join(MODEL_DTYPES)})")
         gf = GGUFModelFile(path)
         from .tokenizer import Tokenizer
         tokenizer = Tokenizer.from_metadata(gf.metadata, path=gf.path)
         dev = pick_device(device)
-        if dtype not in MODEL_DTYPES:
-            raise ValueError(f"unknown dtype '{dtype}' (use {', '.join(MODEL_DTYPES)})")
         quantized = dtype in ("auto", "a8", "a13") and dev.type == "cpu" and kernels() is not None
         act8 = quantized and (dtype == "a8" or dtype == "auto" and act8_by_default(gf.path)) and act8_supported()
-        if dtype == "a8" and not act8:
-            log.warning("dtype a8: %s; running as 'auto'", "this CPU has no vpdpbusd (VNNI), matmuls keep "
-                        "the 13-bit grid" if quantized else "8-bit activations are for the quantized CPU path")
+        if dtype in ("a8", "a13") and not quantized:
+            log.warning("dtype %s: quantized weights are for the quantized CPU path (%s); running as 'auto'", dtype,
+                        "kernels unavailable" if dev.type == "cpu" else f"not on {dev.type}")
+        elif dtype == "a8" and not act8:
+            log.warning("dtype a8: this CPU has no vpdpbusd (VNNI); running as 'a13', activations on the 13-bit grid")
         dt = torch.float32 if quantized else pick_dtype("auto" if dtype in ("a8", "a13") else dtype, dev)
         c = gf.config
         spec = ARCHS[c.arch]

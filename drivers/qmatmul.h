@@ -12,7 +12,7 @@ extern "C" {
 // Y[t*ldy + n] (+)= sum_k W[n,k] * f(X)[t,k] over the parts' rows n; X is [T, ldx] fp32; f = an
 // optional gated activation glu (GLU_SILU: SwiGLU, GLU_GELU_TANH: GEGLU; then X holds 2K columns:
 // gate, up) then optional RMSNorm with weight norm_w, computed once for all parts, as is the
-// activations' grid. act8: a batched matmul's row-grouped parts take x at 8 bits where the CPU has
+// activations' grid. act8: the matmul's row-grouped parts take x at 8 bits where the CPU has
 // vpdpbusd (llmos_act8_supported; the 'a8' dtype), else the 13-bit grid. Returns 0, or -1 for a
 // type without a kernel, -2 for a K that is not a whole number of the type's blocks (then nothing
 // is written).

@@ -162,7 +162,7 @@ def kernel_isa() -> str:
 
 
 def act8_supported() -> bool:
-    """Whether batched matmuls can take 8-bit activations here (the 'a8' dtype): where the kernels
+    """Whether matmuls can take 8-bit activations here (the 'a8' dtype): where the kernels
     have VNNI's vpdpbusd (AVX512-VNNI, or AVX-VNNI on an AVX2 CPU)."""
     lib = kernels()
     return lib is not None and bool(lib.llmos_act8_supported())

@@ -304,7 +304,7 @@ struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     const float* grid_g = nullptr;    // row-grouped: X's grid (rowgroup_kernels.h), [T, K / 32],
     const int32_t* pairs = nullptr;   // and its int16 pairs, [T, K / 2] (more than one token)
     const int8_t* xbytes = nullptr;   // and those as AMX's hi then lo bytes, [2, T, K] (amx_tiles.h), or null
-    const int32_t* quads = nullptr;   // or, an a8 GEMM: X at 8 bits, [T, K / 4] quads (grid8_row)
+    const int32_t* quads = nullptr;   // or, an a8 job: X at 8 bits, [T, K / 4] quads (grid8_row)
     const int32_t* isum = nullptr;    // row-grouped: X's integers (either grid) summed 16 at a time, [T, K / 16]
     uint64_t* best = nullptr;         // an argmax job (row-grouped): no Y; each token's best key (rg_best_key)
     int64_t col = 0;                  // over this part's columns col .. col + N, max-reduced into best[T]

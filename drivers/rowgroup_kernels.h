@@ -22,9 +22,9 @@
 // and Q5_0's m is in s instead, s = sum (q - M_OFF) x: see M_OFF). The GEMV (one
 // token: integer sums of int16 pairs made in registers, or for Q4_K and Q6_K without VNNI fp32 FMAs;
 // see RG_INT_GEMV) and the GEMM (an int16 panel, integer sums) do exactly this, so results are
-// bit-identical at any batch size, as in the block layout. The opt-in 'a8' dtype's GEMM takes x on
-// 8 bits instead (grid8_row, rg_imicro8 below: twice the products an instruction, llama.cpp's
-// precision; its results then depend on the batch).
+// bit-identical at any batch size, as in the block layout. The 'a8' dtype takes x on 8 bits instead
+// (grid8_row, rg_imicro8 and rg_igemv8_groups below: twice the products an instruction, llama.cpp's
+// precision), its GEMV and GEMM bit-identical in the same way.
 
 enum { RG_Q4_0 = RG_TYPES + Q4_0, RG_Q4_1 = RG_TYPES + Q4_1, RG_Q5_0 = RG_TYPES + Q5_0, RG_Q5_1 = RG_TYPES + Q5_1,
        RG_Q8_0 = RG_TYPES + Q8_0, RG_Q4_K = RG_TYPES + Q4_K, RG_Q6_K = RG_TYPES + Q6_K };
@@ -181,12 +181,13 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
 }
 
 // ---- 8-bit activations (the 'a8' dtype), where vpdpbusd is one instruction -----------------------
-// An a8 matmul of more than a few tokens takes x as llama.cpp's Q8 activations are made: each
+// An a8 matmul takes x as llama.cpp's Q8 activations are made: each
 // 32-block's integers xi = round(x / g) in [-127, 127], g = the block's largest |x| / 127. Its GEMM
 // then sums four products a vpdpbusd where vpdpwssd sums two: twice the integer rate, at 8 bits
 // where the grid keeps 13. Chunk sums S = sum q xi stay exact and take the grid's epilogue
-// (acc = fma(S g, d, acc), + m xsum), but a token's results now depend on its batch (the GEMV stays
-// 13-bit), and 8 bits change greedy tokens the grid keeps: a8 is opt-in (drivers/quant.py).
+// (acc = fma(S g, d, acc), + m xsum) in both the GEMM and the few-token GEMV (rg_igemv8_groups), so
+// a token's results do not depend on its batch; but 8 bits change greedy tokens the grid keeps:
+// 'auto' takes a8 only for the catalog models whose tokens hold there (drivers/catalog.py).
 // vpdpbusd multiplies unsigned bytes by signed ones: the panel's quants go as unsigned bytes u = q +
 // o (rg_quad_panel; o = A8_OFF below, 0 for the types whose quants are unsigned), x as signed ones,
 // and each chunk's sum starts from -o sum xi (isum), so S = sum (u - o) xi. For Q4_0 and Q5_0, o
@@ -452,14 +453,14 @@ static inline vi rg_pairs_to_quad(vi p0, vi p1) {
     return vor(vor(vand(p0, lo8), vand(vsrli<8>(p0), hi8)), vslli<16>(vor(vand(p1, lo8), vand(vsrli<8>(p1), hi8))));
 }
 
-// A group's panel (rg_panel's int16 pairs) as bytes, chunk after chunk: CH / 4 vectors, each lane a
-// row's quants 4r .. 4r + 3 in KPERM order (the order of x's quads and of AMX's B tiles): signed
-// bytes q (off 0: AMX's B tiles), or unsigned q + off for a8 (q >= -off).
 // Signed bytes q as unsigned q + off (q >= -off): (q + 128) - (128 - off), no borrows.
 static inline vi rg_quad_off(vi quad, int off) {
     if (!off) return quad;
     return vsub(vxor(quad, vset1i((int)0x80808080u)), vset1i((int)((uint32_t)(128 - off) * 0x01010101u)));
 }
+// A group's panel (rg_panel's int16 pairs) as bytes, chunk after chunk: CH / 4 vectors, each lane a
+// row's quants 4r .. 4r + 3 in KPERM order (the order of x's quads and of AMX's B tiles): signed
+// bytes q (off 0: AMX's B tiles), or unsigned q + off for a8 (q >= -off).
 template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int32_t* out, int off = 0) {
     constexpr int P = CH<TYPE> / 2;
     for (int64_t b = 0; b < nch; b++)
@@ -713,7 +714,7 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
 
 #if defined(LLMOS_VDPBUSD)
 // rg_igemv_groups for an a8 matmul's few tokens: each weight quad made in registers as the a8 panel
-// holds it (rg_quad; the K-quants' pairs narrowed by rg_pairs_to_quad and rg_quad_off) meets each
+// holds it (rg_quad, rg_q4k_quads; Q6_K's pairs narrowed by rg_q6_quad) meets each
 // token's quads xq[c] in vdpbusd, from rg_sum_start with A8_OFF (isum[c]); each chunk then takes
 // rg_imicro8's epilogue, chunks in the panel's order, so a token's results are the a8 GEMM's bits
 // whatever its batch (the a8 GEMM's panels cost a few tokens twice the time: 2 Zen 4 cores, one

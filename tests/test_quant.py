@@ -208,8 +208,9 @@ def test_a8_takes_8_bit_activations_and_a_token_s_bits_do_not_depend_on_its_batc
     on the 8-bit grid, not the 13-bit one; a block with an infinity leaves its token's outputs
     non-finite and no other's. 1 to 5 tokens alone (the a8 GEMV passes up to rg_few_max), and 258
     (a chunk's last 2 tokens in GEMV passes inside a GEMM job), are the same rows' bits as in the
-    batch. Kernels without vpdpbusd keep the 13-bit grid's bits. 37, 20 and 9 rows: micro-kernel
-    calls and GEMV passes on 3, 2 and 1 groups of rows."""
+    batch, and so are a lone token with an infinity and one with a zero block. Kernels without
+    vpdpbusd keep the 13-bit grid's bits. 128, 37, 20 and 9 rows: micro-kernel calls and GEMV passes
+    on 4, 3, 2 and 1 groups of rows."""
     K = 512
     x = torch.randn(262, K, generator=torch.Generator().manual_seed(6))
     x[6, :32] = 0.0
@@ -217,7 +218,7 @@ def test_a8_takes_8_bit_activations_and_a_token_s_bits_do_not_depend_on_its_batc
     x[259, 100] = float("inf")                            # in the second chunk
     ok = [t for t in range(262) if t not in (9, 259)]
     xg = on_grid8(x[ok])
-    for rows in (37, 20, 9):
+    for rows in (128, 37, 20, 9):
         w = random_blocks(qtype, rows, K, seed=13)
         a8, grid = quant.QLinear([(qtype, w)], K, act8=True), quant.QLinear([(qtype, w)], K)
         assert a8.act8 == quant.act8_supported() and not grid.act8
@@ -227,6 +228,8 @@ def test_a8_takes_8_bit_activations_and_a_token_s_bits_do_not_depend_on_its_batc
             continue
         for t in (1, 2, 3, 4, 5):
             assert torch.equal(a8(x[:t]), got[:t]), t
+        for lo, hi in ((6, 7), (9, 10), (6, 10)):          # a zero block, an infinity, both with others
+            torch.testing.assert_close(a8(x[lo:hi]), got[lo:hi], rtol=0, atol=0, equal_nan=True)
         torch.testing.assert_close(a8(x[:258]), got[:258], rtol=0, atol=0, equal_nan=True)
         assert not torch.isfinite(got[[9, 259]]).any()
         wf = torch.from_numpy(dequantize(w, qtype).reshape(rows, K).astype(np.float64))
@@ -255,23 +258,27 @@ def test_a8_model_tracks_the_default_path_with_or_without_fused_layers(tmp_path,
     assert torch.equal(logits(LlamaModel.load(path, dtype="a8")), b)
 
 
-def test_auto_takes_8_bit_activations_for_a_catalog_model_whose_tokens_hold_there(tmp_path):
-    """'auto' is 'a8' for a file named as a catalog entry with act8 (Gemma 3's), 'a13' for any other
-    (SmolLM2's, a file of the user's); 'a13' and 'fp32' choose for themselves; an unknown dtype is
-    one clear error."""
-    from llmos.drivers.catalog import CATALOG, act8_by_default
-    assert act8_by_default(CATALOG["gemma3"].member) and not act8_by_default(CATALOG["smollm2"].member)
-    gemma_named = tinymodel.build_tiny_model(tmp_path / "gemma-3-270m-q4_k_m.gguf", qtype=QT.Q8_0)
-    smol_named = tinymodel.build_tiny_model(tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf", qtype=QT.Q8_0)
-    assert LlamaModel.load(gemma_named).act8 == quant.act8_supported()
-    assert not LlamaModel.load(gemma_named, dtype="a13").act8
-    assert not LlamaModel.load(gemma_named, dtype="fp32").quantized
-    assert not LlamaModel.load(smol_named).act8
+def test_auto_takes_8_bit_activations_for_a_catalog_model_whose_tokens_hold_there(tmp_path, monkeypatch):
+    """'auto' is 'a8' for the cache's copy of a catalog entry with act8 (Gemma 3's), 'a13' for any
+    other (SmolLM2's; a file of the user's, even of the same name); 'a13' and 'fp32' choose for
+    themselves; an unknown dtype is one clear error."""
+    from llmos.drivers.catalog import CATALOG, act8_by_default, cached_path
+    monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))
+    assert CATALOG["gemma3"].act8 and not CATALOG["smollm2"].act8
+    cached_path("gemma3").parent.mkdir(parents=True)
+    gemma = tinymodel.build_tiny_model(cached_path("gemma3"), qtype=QT.Q8_0)      # stands in for the real file
+    smol = tinymodel.build_tiny_model(cached_path("smollm2"), qtype=QT.Q8_0)
+    elsewhere = tinymodel.build_tiny_model(tmp_path / Path(gemma).name, qtype=QT.Q8_0)
+    assert act8_by_default(gemma) and not act8_by_default(smol) and not act8_by_default(elsewhere)
+    assert LlamaModel.load(gemma).act8 == quant.act8_supported()
+    assert not LlamaModel.load(gemma, dtype="a13").act8
+    assert not LlamaModel.load(gemma, dtype="fp32").quantized
+    assert not LlamaModel.load(smol).act8 and not LlamaModel.load(elsewhere).act8
     with pytest.raises(ValueError, match="unknown dtype 'a9'"):
-        LlamaModel.load(smol_named, dtype="a9")
+        LlamaModel.load(smol, dtype="a9")
 
 
-def test_a8_where_it_cannot_apply_runs_as_auto_and_says_why(tmp_path, monkeypatch, caplog):
+def test_a8_where_it_cannot_apply_runs_as_a13_or_auto_and_says_why(tmp_path, monkeypatch, caplog):
     from llmos.drivers import llama
     path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0)
     monkeypatch.setattr(llama, "act8_supported", lambda: False)
@@ -284,10 +291,12 @@ def test_a8_where_it_cannot_apply_runs_as_auto_and_says_why(tmp_path, monkeypatc
     try:
         with caplog.at_level(logging.WARNING, logger="llmos.drivers"):
             m = LlamaModel.load(path, dtype="a8")
+            m13 = LlamaModel.load(path, dtype="a13")
     finally:
         monkeypatch.delenv("LLMOS_QUANT")
         quant.kernels.cache_clear()
-    assert not m.quantized and "for the quantized CPU path" in caplog.text
+    assert not m.quantized and "dtype a8: quantized weights are for the quantized CPU path" in caplog.text
+    assert not m13.quantized and "dtype a13: quantized weights are for the quantized CPU path" in caplog.text
 
 
 def test_the_simde_kernels_build_for_a_cpu_without_avx512(tmp_path):
