@@ -189,7 +189,7 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
 // a token's results do not depend on its batch; but 8 bits change greedy tokens the grid keeps:
 // 'auto' takes a8 only for the catalog models whose tokens hold there (drivers/catalog.py).
 // vpdpbusd multiplies unsigned bytes by signed ones: the panel's quants go as unsigned bytes u = q +
-// o (rg_quad_panel; o = A8_OFF below, 0 for the types whose quants are unsigned), x as signed ones,
+// o (rg_quads; o = A8_PANEL_OFF below, 0 for the types whose quants are unsigned), x as signed ones,
 // and each chunk's sum starts from -o sum xi (isum), so S = sum (u - o) xi. For Q4_0 and Q5_0, o
 // = 8, 16 on unsigned quants: their m (-8 d, -16 d) is then in the sum, and their chunks take no
 // m FMA.
@@ -416,6 +416,7 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
         if constexpr (TYPE == Q6_K) {
             for (int ci = 0; ci < 16; ci++)      // chunk ci = (n, h, t) = (ci / 8, ci / 4 % 2, ci % 4)
                 vstore(d + (16 * sbi + ci) * VN, rg_q6_scale(sb, 8 * (ci >> 3) + 2 * (ci & 3) + ((ci >> 2) & 1)));
+            if (!q) continue;
             for (int n = 0; n < 2; n++)
                 for (int j = 0; j < 32; j += 2) {
                     const int64_t c = 16 * sbi + 8 * n + 4 * (j >> 4);
@@ -453,23 +454,20 @@ static inline vi rg_pairs_to_quad(vi p0, vi p1) {
     return vor(vor(vand(p0, lo8), vand(vsrli<8>(p0), hi8)), vslli<16>(vor(vand(p1, lo8), vand(vsrli<8>(p1), hi8))));
 }
 
-// Signed bytes q as unsigned q + off (q >= -off): (q + 128) - (128 - off), no borrows.
-static inline vi rg_quad_off(vi quad, int off) {
-    if (!off) return quad;
-    return vsub(vxor(quad, vset1i((int)0x80808080u)), vset1i((int)((uint32_t)(128 - off) * 0x01010101u)));
-}
-// A group's panel (rg_panel's int16 pairs) as bytes, chunk after chunk: CH / 4 vectors, each lane a
-// row's quants 4r .. 4r + 3 in KPERM order (the order of x's quads and of AMX's B tiles): signed
-// bytes q (off 0: AMX's B tiles), or unsigned q + off for a8 (q >= -off).
-template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int32_t* out, int off = 0) {
+// A group's panel (rg_panel's int16 pairs) as signed bytes, chunk after chunk, for AMX's B tiles:
+// CH / 4 vectors, each lane a row's quants 4r .. 4r + 3 in KPERM order (the order of x's quads).
+template <int TYPE> static void rg_quad_panel(const int32_t* q, int64_t nch, int32_t* out) {
     constexpr int P = CH<TYPE> / 2;
     for (int64_t b = 0; b < nch; b++)
-        for (int r = 0; r < CH<TYPE> / 4; r++) {
-            const vi quad = rg_pairs_to_quad(vload_i(q + (P * b + 2 * r) * VN), vload_i(q + (P * b + 2 * r + 1) * VN));
-            vstore_i(out + (b * (CH<TYPE> / 4) + r) * VN, rg_quad_off(quad, off));
-        }
+        for (int r = 0; r < CH<TYPE> / 4; r++)
+            vstore_i(out + (b * (CH<TYPE> / 4) + r) * VN,
+                     rg_pairs_to_quad(vload_i(q + (P * b + 2 * r) * VN), vload_i(q + (P * b + 2 * r + 1) * VN)));
 }
-// Quad j of a 32-block type's block at sb as its a8 panel holds it (rg_quad_panel's, offset
+// The a8 panel's offset o (u = q + o unsigned, each chunk's sum from -o sum xi): Q8_0's and Q6_K's
+// quants are signed; Q4_0's and Q5_0's unsigned, their m = -8 d, -16 d folded into the sums.
+template <int TYPE> constexpr int A8_OFF = TYPE == Q8_0 ? 128 : TYPE == Q6_K ? 32 : M_OFF<TYPE>;
+template <int TYPE> constexpr int A8_PANEL_OFF = TYPE == Q8_0 || TYPE == Q6_K ? A8_OFF<TYPE> : 0;
+// Quad j of a 32-block type's block at sb as its a8 panel holds it (unsigned: offset
 // A8_PANEL_OFF) straight from the group's bytes: its quants 4j .. 4j + 3 in KPERM order, that is the
 // two int16 pairs 2j and 2j + 1 of rg_qpair, here narrowed to bytes in registers (Q4_0/Q4_1: the
 // nibbles of bytes 2j and 2j + 1, quants 2j, 2j + 16, 2j + 1, 2j + 17, in four operations; Q8_0: its
@@ -497,10 +495,38 @@ static inline void rg_q4k_quads(const uint8_t* sb, int p, int q, vi& lo, vi& hi)
     const vi u = vor(vor(vu8(e), vslli<8>(vu8(e + VN))), vor(vslli<16>(vu8(e + 2 * VN)), vslli<24>(vu8(e + 3 * VN))));
     lo = vand(u, vset1i(0x0F0F0F0F)); hi = vand(vsrli<4>(u), vset1i(0x0F0F0F0F));
 }
-// The a8 panel of a 32-block type or Q4_K (RG_QUADS): every quad of the group at grp, chunk after chunk.
-template <int TYPE> constexpr bool RG_QUADS = SUBS<TYPE> == 1 || TYPE == Q4_K;
+// Q6_K's a8 quads (q + 32, A8_PANEL_OFF) of weights j .. j + 3 (j % 4 == 0) of half n, quarters T =
+// 0..3 into w[T], from their twelve bytes (rg_q6i's fields, a byte of each weight side by side): s_0
+// and s_1 are bytes 0 and 1 >> 2, s_2 and s_3 byte 2's high and low nibbles << 2 | bytes 0 and 1's
+// low two bits; + 32 flips a 6-bit value's top bit (42 operations for the four where rg_q6_pair
+// and rg_pairs_to_quad took ~120).
+static inline void rg_q6_quads(const uint8_t* sb, int n, int j, vi w[4]) {
+    const uint8_t* e = sb + (RG_QS<Q6_K> + 3 * (32 * n + j)) * VN;
+    auto field = [&](int f) {
+        return vor(vor(vu8(e + f * VN), vslli<8>(vu8(e + (3 + f) * VN))),
+                   vor(vslli<16>(vu8(e + (6 + f) * VN)), vslli<24>(vu8(e + (9 + f) * VN))));
+    };
+    const vi a0 = field(0), a1 = field(1), c = field(2);
+    const vi six = vset1i(0x3F3F3F3F), hi4 = vset1i(0x3C3C3C3C), lo2 = vset1i(0x03030303), top = vset1i(0x20202020);
+    w[0] = vxor(vand(vsrli<2>(a0), six), top);
+    w[1] = vxor(vand(vsrli<2>(a1), six), top);
+    w[2] = vxor(vor(vand(vsrli<2>(c), hi4), vand(a0, lo2)), top);
+    w[3] = vxor(vor(vand(vslli<2>(c), hi4), vand(a1, lo2)), top);
+}
+static_assert(A8_PANEL_OFF<Q6_K> == 32, "rg_q6_quads' + 32");
+
+// The a8 panel: every quad of the group at grp, chunk after chunk (in rg_panel's chunk order).
 template <int TYPE> static void rg_quads(const uint8_t* grp, int64_t nb, int32_t* out) {
-    if constexpr (TYPE == Q4_K) {
+    if constexpr (TYPE == Q6_K) {
+        for (int64_t sbi = 0; sbi < nb / 8; sbi++)
+            for (int n = 0; n < 2; n++)
+                for (int h = 0; h < 2; h++)
+                    for (int r = 0; r < 4; r++) {       // chunks 16 sbi + 8n + 4h + t, quad r of each
+                        vi w[4];
+                        rg_q6_quads(grp + sbi * VN * RG_SB<TYPE>, n, 16 * h + 4 * r, w);
+                        for (int t = 0; t < 4; t++) vstore_i(out + ((16 * sbi + 8 * n + 4 * h + t) * 4 + r) * VN, w[t]);
+                    }
+    } else if constexpr (TYPE == Q4_K) {
         for (int64_t sbi = 0; sbi < nb / 8; sbi++)
             for (int p = 0; p < 4; p++)
 #pragma GCC unroll 8
@@ -519,10 +545,6 @@ template <int TYPE> static void rg_quads(const uint8_t* grp, int64_t nb, int32_t
     }
 }
 
-// The a8 panel's offset o (u = q + o unsigned, each chunk's sum from -o sum xi): Q8_0's and Q6_K's
-// quants are signed; Q4_0's and Q5_0's unsigned, their m = -8 d, -16 d folded into the sums.
-template <int TYPE> constexpr int A8_OFF = TYPE == Q8_0 ? 128 : TYPE == Q6_K ? 32 : M_OFF<TYPE>;
-template <int TYPE> constexpr int A8_PANEL_OFF = TYPE == Q8_0 || TYPE == Q6_K ? A8_OFF<TYPE> : 0;
 
 // A chunk's integer sums S (exact, < 2^24) into the accumulators: acc = fma(S g, d, acc), then
 // acc = fma(m, xsum, acc) where SUM_HAS_M (the others ignore m and xsum). S g is exact in fp32.
@@ -574,7 +596,7 @@ __attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, in
 }
 
 #if defined(LLMOS_VDPBUSD)
-// rg_imicro for an a8 matmul: the groups' unsigned quads (rg_quad_panel, pstride int32 apart) times
+// rg_imicro for an a8 matmul: the groups' unsigned quads (rg_quads, pstride int32 apart) times
 // C tokens' signed quads xq[c] (grid8_row, their pair order), four products a vpdpbusd, each chunk's
 // sum from -A8_OFF sum xi (isum[c], 16 at a time); then rg_imicro's epilogue with the tokens' g and
 // xsums (the m FMA only where SUM_HAS_M).
@@ -714,15 +736,11 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
 
 #if defined(LLMOS_VDPBUSD)
 // rg_igemv_groups for an a8 matmul's few tokens: each weight quad made in registers as the a8 panel
-// holds it (rg_quad, rg_q4k_quads; Q6_K's pairs narrowed by rg_q6_quad) meets each
+// holds it (rg_quad, rg_q4k_quads, rg_q6_quads) meets each
 // token's quads xq[c] in vdpbusd, from rg_sum_start with A8_OFF (isum[c]); each chunk then takes
 // rg_imicro8's epilogue, chunks in the panel's order, so a token's results are the a8 GEMM's bits
 // whatever its batch (the a8 GEMM's panels cost a few tokens twice the time: 2 Zen 4 cores, one
 // token, Gemma 3's 262144 x 640 Q8_0 output layer 3.8 -> 9.4 ms).
-// Q6_K's a8 quad of weights j .. j + 3 (j % 4 == 0) of quarter T, as its panel holds it.
-template <int T> static inline vi rg_q6_quad(const uint8_t* sb, int n, int j) {
-    return rg_quad_off(rg_pairs_to_quad(rg_q6_pair<T>(sb, n, j), rg_q6_pair<T>(sb, n, j + 2)), A8_PANEL_OFF<Q6_K>);
-}
 static_assert(A8_PANEL_OFF<Q4_K> == 0, "Q4_K's a8 quads are its unsigned pairs narrowed");
 template <int TYPE, int G, int C>
 static inline void rg_igemv8_groups(const uint8_t* W, int64_t gstride, int64_t nb, const int32_t* const* xq,
@@ -768,12 +786,11 @@ static inline void rg_igemv8_groups(const uint8_t* W, int64_t gstride, int64_t n
                             for (int r = 0; r < G; r++) s[r][t][c] = start;
                         }
 #pragma GCC unroll 4
-                    for (int q = 0; q < 4; q++) {     // quad q of a chunk: its pairs at j and j + 2
+                    for (int q = 0; q < 4; q++) {     // quad q of a chunk: weights j .. j + 3
                         const int j = 16 * h + 4 * q;
                         for (int r = 0; r < G; r++) {
-                            const uint8_t* sg = sb + r * gstride;
-                            const vi w[4] = {rg_q6_quad<0>(sg, n, j), rg_q6_quad<1>(sg, n, j), rg_q6_quad<2>(sg, n, j),
-                                             rg_q6_quad<3>(sg, n, j)};
+                            vi w[4];
+                            rg_q6_quads(sb + r * gstride, n, j, w);
                             for (int t = 0; t < 4; t++)
                                 for (int c = 0; c < C; c++) {
                                     const vi xv = vset1i(xq[c][rg_xbase<Q6_K>(c0 + t) / 4 + q]);
@@ -944,16 +961,15 @@ struct RgFetch {
 
 #if defined(LLMOS_VDPBUSD)
 // Groups [g_begin, g_end) of an a8 job times its tn tokens from t0 (more than rg_few_max in the
-// task): A8_RV groups at a time, their quads made once (rg_quads, or rg_panel's pairs narrowed by
-// rg_quad_panel for Q6_K) and their d, m vectors, then rg_imicro8 over A8_NC tokens at a time.
+// task): A8_RV groups at a time, their quads made once (rg_quads) and their d, m vectors (rg_panel),
+// then rg_imicro8 over A8_NC tokens at a time.
 template <int TYPE>
 static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int64_t g_end) {
     const int64_t K = j.K, nb = K / 32, nch = K / CH<TYPE>, gs = rg_group_bytes(TYPE, K);
     constexpr int RV = A8_RV<TYPE>, NC = A8_NC<TYPE>;
-    thread_local std::vector<int32_t> pairs, quads;
+    thread_local std::vector<int32_t> quads;
     thread_local std::vector<float> scales, out;
     auto grow = [](auto& v, int64_t n) { if ((int64_t)v.size() < n) v.resize((size_t)n); };
-    if constexpr (!RG_QUADS<TYPE>) grow(pairs, VN * K / 2);
     grow(quads, RV * VN * K / 4); grow(scales, 2 * RV * VN * nch); grow(out, TCHUNK * RV * VN);
     float* const d = scales.data(); float* const m = d + RV * VN * nch;
     const int64_t ldo = RV * VN, qs = VN * K / 4, ds = VN * nch;
@@ -991,13 +1007,8 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
         RgFetch fetch{j.W + (g0 + RV) * gs, g0 + RV < g_end ? RV * gs / 64 : 0};
         for (int v = 0; v < rv; v++) {
             const uint8_t* grp = j.W + (g0 + v) * gs;
-            if constexpr (RG_QUADS<TYPE>) {
-                rg_panel<TYPE>(grp, nb, nullptr, d + v * ds, m + v * ds);
-                rg_quads<TYPE>(grp, nb, quads.data() + v * qs);
-            } else {
-                rg_panel<TYPE>(grp, nb, pairs.data(), d + v * ds, m + v * ds);
-                rg_quad_panel<TYPE>(pairs.data(), nch, quads.data() + v * qs, A8_PANEL_OFF<TYPE>);
-            }
+            rg_panel<TYPE>(grp, nb, nullptr, d + v * ds, m + v * ds);
+            rg_quads<TYPE>(grp, nb, quads.data() + v * qs);
         }
         int64_t c = 0;
         for (; c + NC <= tn; c += NC) { fetch.upto(c + NC, tn); tokens(c, NC); micro(rv, NC, out.data() + c * ldo); }
