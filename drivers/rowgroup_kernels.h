@@ -327,9 +327,9 @@ template <int TYPE> static inline void rg_q_pair(const uint8_t* sb, int p, int j
 // from the two bytes in five operations (rg_pair of rg_qi_pair's four quants took ten).
 static inline void rg_q4k_pairs(const uint8_t* sb, int p, int j, vi& lo, vi& hi) {
     const uint8_t* e = sb + (RG_QS<Q4_K> + 32 * p + j) * VN;
-    const vi u0 = vu8(e), u1 = vu8(e + VN);
-    lo = vand(vor(u0, vslli<16>(u1)), vset1i(0x000F000F));
-    hi = vand(vor(vsrli<4>(u0), vslli<12>(u1)), vset1i(0x000F000F));
+    const vi u = vu8x2(e);
+    lo = vand(u, vset1i(0x000F000F));
+    hi = vand(vsrli<4>(u), vset1i(0x000F000F));
 }
 
 // A GEMV's request for the super-block at sb (SB bytes) of the G groups after its own, into L2
@@ -477,12 +477,12 @@ template <int TYPE> static inline vi rg_quad(const uint8_t* sb, int j) {
         return vxor(vu16x2(sb + (2 + 4 * j) * VN), vset1i((int)0x80808080u));
     } else if constexpr (TYPE == Q4_0 || TYPE == Q4_1) {
         const uint8_t* e = sb + (RG_QS<TYPE> + 2 * j) * VN;        // the bytes of entries 2j, 2j + 1
-        const vi u = vor(vu8(e), vslli<16>(vu8(e + VN)));
+        const vi u = vu8x2(e);
         return vor(vand(u, vset1i(0x000F000F)), vand(vslli<4>(u), vset1i(0x0F000F00)));
     } else {            // Q5_0/Q5_1: b[pp] = u | (v & 7) << 5, v >> 3 in e[pp / 4]'s bits 2 (pp % 4)
         static_assert(TYPE == Q5_0 || TYPE == Q5_1, "the 32-block types only");
         const uint8_t* b = sb + (RG_QS<TYPE> + 2 * j) * VN;
-        const vi u = vor(vu8(b), vslli<16>(vu8(b + VN))), e = vu8(sb + (RG_QS<TYPE> + 16 + j / 2) * VN);
+        const vi u = vu8x2(b), e = vu8(sb + (RG_QS<TYPE> + 16 + j / 2) * VN);
         const vi v_hi = j & 1 ? vor(vslli<7>(e), vslli<21>(e)) : vor(vslli<11>(e), vslli<25>(e));   // to bits 3, 4
         return vor(vor(vand(u, vset1i(0x001F001F)), vand(vslli<3>(u), vset1i(0x07000700))),
                    vand(v_hi, vset1i(0x18001800)));
@@ -492,7 +492,7 @@ template <int TYPE> static inline vi rg_quad(const uint8_t* sb, int j) {
 // bytes (nine operations where rg_q4k_pairs and rg_pairs_to_quad took thirty).
 static inline void rg_q4k_quads(const uint8_t* sb, int p, int q, vi& lo, vi& hi) {
     const uint8_t* e = sb + (RG_QS<Q4_K> + 32 * p + 4 * q) * VN;
-    const vi u = vor(vor(vu8(e), vslli<8>(vu8(e + VN))), vor(vslli<16>(vu8(e + 2 * VN)), vslli<24>(vu8(e + 3 * VN))));
+    const vi u = vu8x4(e);
     lo = vand(u, vset1i(0x0F0F0F0F)); hi = vand(vsrli<4>(u), vset1i(0x0F0F0F0F));
 }
 // Q6_K's a8 quads (q + 32, A8_PANEL_OFF) of weights j .. j + 3 (j % 4 == 0) of half n, quarters T =

@@ -139,6 +139,27 @@ static inline vi vclamp(vi a, int lim) {
 }
 static inline vi vload_i(const int32_t* p) { return _mm512_loadu_si512((const void*)p); }
 static inline void vstore_i(int32_t* p, vi v) { _mm512_storeu_si512((void*)p, v); }
+// Bytes i of p and p + VN in lane i's bytes 0 and 2 (zeros between), and bytes i of p, p + VN,
+// p + 2 VN, p + 3 VN in lane i's bytes 0..3: one load and one vpermb with AVX512-VBMI, where vu8 per
+// byte row, shifts and ors took five or eleven operations.
+#if defined(__AVX512VBMI__) && !defined(LLMOS_SIMDE_AVX512)
+static inline vi vu8x2(const uint8_t* p) {
+    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(0x00100000),
+                                         _mm512_mullo_epi32(viota(), _mm512_set1_epi32(0x00010001)));
+    return _mm512_maskz_permutexvar_epi8(0x5555555555555555ull, idx,
+                                         _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)p)));
+}
+static inline vi vu8x4(const uint8_t* p) {
+    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(0x30201000),
+                                         _mm512_mullo_epi32(viota(), _mm512_set1_epi32(0x01010101)));
+    return _mm512_permutexvar_epi8(idx, _mm512_loadu_si512((const void*)p));
+}
+#else
+static inline vi vu8x2(const uint8_t* p) { return vor(vu8(p), vslli<16>(vu8(p + VN))); }
+static inline vi vu8x4(const uint8_t* p) {
+    return vor(vor(vu8(p), vslli<8>(vu8(p + VN))), vor(vslli<16>(vu8(p + 2 * VN)), vslli<24>(vu8(p + 3 * VN))));
+}
+#endif
 // acc + the pairwise products of a and b's int16 halves (VNNI: one instruction).
 #if !defined(LLMOS_SIMDE_AVX512) && defined(__AVX512VNNI__)
 constexpr bool VDPWSSD_ONE = true;
@@ -236,6 +257,10 @@ static inline vi vclamp(vi a, int lim) {
 }
 static inline vi vload_i(const int32_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
 static inline void vstore_i(int32_t* p, vi v) { _mm256_storeu_si256((__m256i*)p, v); }
+static inline vi vu8x2(const uint8_t* p) { return vor(vu8(p), vslli<16>(vu8(p + VN))); }
+static inline vi vu8x4(const uint8_t* p) {
+    return vor(vor(vu8(p), vslli<8>(vu8(p + VN))), vor(vslli<16>(vu8(p + 2 * VN)), vslli<24>(vu8(p + 3 * VN))));
+}
 // acc + the pairwise products of a and b's int16 halves (AVX-VNNI: one instruction).
 #if defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
 constexpr bool VDPWSSD_ONE = true;
