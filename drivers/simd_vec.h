@@ -127,6 +127,8 @@ static inline vi vxor(vi a, vi b) { return _mm512_xor_si512(a, b); }
 template <int S> static inline vi vsrli(vi a) { return _mm512_srli_epi32(a, S); }
 template <int S> static inline vi vslli(vi a) { return _mm512_slli_epi32(a, S); }
 template <int S> static inline vi vsrai(vi a) { return _mm512_srai_epi32(a, S); }
+template <int S> static inline vi vslli16(vi a) { return _mm512_slli_epi16(a, S); }   // each 16-bit half
+template <int S> static inline vi vsrai16(vi a) { return _mm512_srai_epi16(a, S); }
 static inline vi vsrl(vi a, __m128i count) { return _mm512_srl_epi32(a, count); }
 static inline vi vsrlv(vi a, vi counts) { return _mm512_srlv_epi32(a, counts); }
 static inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
@@ -245,6 +247,8 @@ static inline vi vxor(vi a, vi b) { return _mm256_xor_si256(a, b); }
 template <int S> static inline vi vsrli(vi a) { return _mm256_srli_epi32(a, S); }
 template <int S> static inline vi vslli(vi a) { return _mm256_slli_epi32(a, S); }
 template <int S> static inline vi vsrai(vi a) { return _mm256_srai_epi32(a, S); }
+template <int S> static inline vi vslli16(vi a) { return _mm256_slli_epi16(a, S); }
+template <int S> static inline vi vsrai16(vi a) { return _mm256_srai_epi16(a, S); }
 static inline vi vsrl(vi a, __m128i count) { return _mm256_srl_epi32(a, count); }
 static inline vi vsrlv(vi a, vi counts) { return _mm256_srlv_epi32(a, counts); }
 static inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
