@@ -23,7 +23,7 @@
 // token: integer sums of int16 pairs made in registers, or for Q4_K and Q6_K without VNNI fp32 FMAs;
 // see RG_INT_GEMV) and the GEMM (an int16 panel, integer sums) do exactly this, so results are
 // bit-identical at any batch size, as in the block layout. The 'a8' dtype takes x on 8 bits instead
-// (grid8_row, rg_imicro8 and rg_igemv8_groups below: twice the products an instruction, llama.cpp's
+// (grid8_row, rg_imicro8 and rg_igemv_groups<A8> below: twice the products an instruction, llama.cpp's
 // precision), its GEMV and GEMM bit-identical in the same way.
 
 enum { RG_Q4_0 = RG_TYPES + Q4_0, RG_Q4_1 = RG_TYPES + Q4_1, RG_Q5_0 = RG_TYPES + Q5_0, RG_Q5_1 = RG_TYPES + Q5_1,
@@ -185,7 +185,7 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
 // 32-block's integers xi = round(x / g) in [-127, 127], g = the block's largest |x| / 127. Its GEMM
 // then sums four products a vpdpbusd where vpdpwssd sums two: twice the integer rate, at 8 bits
 // where the grid keeps 13. Chunk sums S = sum q xi stay exact and take the grid's epilogue
-// (acc = fma(S g, d, acc), + m xsum) in both the GEMM and the few-token GEMV (rg_igemv8_groups), so
+// (acc = fma(S g, d, acc), + m xsum) in both the GEMM and the few-token GEMV (rg_igemv_groups<A8>), so
 // a token's results do not depend on its batch; but 8 bits change greedy tokens the grid keeps:
 // 'auto' takes a8 only for the catalog models whose tokens hold there (drivers/catalog.py).
 // vpdpbusd multiplies unsigned bytes by signed ones: the panel's quants go as unsigned bytes u = q +
@@ -643,138 +643,66 @@ __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, i
 }
 #endif
 
+// A GEMV's weight vectors and products: x's int16 pairs and vdpwssd on the 13-bit grid, or (A8) x's
+// byte quads and vdpbusd, each vector made in registers as the GEMM's panel holds it.
+template <bool A8> constexpr int RG_PER = A8 ? 4 : 2;         // x elements a vector's lane takes
+template <bool A8> static inline vi rg_dot(vi s, vi w, vi x) {
+#if defined(LLMOS_VDPBUSD)
+    if constexpr (A8) return vdpbusd(s, w, x);
+#else
+    static_assert(!A8, "8-bit activations need vpdpbusd");
+#endif
+    return vdpwssd(s, w, x);
+}
+template <int TYPE, bool A8> static inline vi rg_wvec(const uint8_t* blk, int k) {    // a 32-block type's
+    if constexpr (A8) return rg_quad<TYPE>(blk, k);
+    else return rg_qpair<TYPE>(blk, k);
+}
+template <bool A8> static inline void rg_q4k_vecs(const uint8_t* sb, int p, int k, vi& lo, vi& hi) {
+    if constexpr (A8) rg_q4k_quads(sb, p, k, lo, hi);
+    else rg_q4k_pairs(sb, p, 2 * k, lo, hi);
+}
+template <bool A8> static inline void rg_q6_vecs(const uint8_t* sb, int n, int j, vi w[4]) {
+    if constexpr (A8) rg_q6_quads(sb, n, j, w);
+    else rg_q6_pairs(sb, n, j, w);
+}
+static_assert(A8_PANEL_OFF<Q4_K> == 0, "Q4_K's a8 quads are its unsigned quants");
+
 // G groups (G * VN rows from W, groups gstride bytes apart) times C tokens into out[c * ldo + G * VN]:
-// the GEMM's integer sums without a panel in memory. Each weight pair vector is made in registers as
-// rg_panel makes it and meets each token's grid pairs xp[c] (its pair order) in vdpwssd, from
-// rg_sum_start (isum[c]); each chunk then takes rg_imicro's epilogue (grid g[c], block sums
-// xsum[c]), so a token's results are the GEMM's bits. A few tokens (C > 1) share each pair vector,
-// and the weights stream once for all.
-template <int TYPE, int G, int C>
-static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb, const int32_t* const* xp,
+// the GEMM's integer sums without a panel in memory. Each weight vector (rg_wvec, rg_q4k_vecs,
+// rg_q6_vecs: int16 pairs, or A8's unsigned quads) is made in registers as the GEMM's panel holds it
+// and meets each token's x vectors xv[c] (pairs, or A8's quads, in their order) in rg_dot, from
+// rg_sum_start (isum[c]; A8_OFF for A8); each chunk then takes the GEMM's epilogue (grid g[c], block
+// sums xsum[c]), chunks in the panel's order, so a token's results are the GEMM's bits (rg_imicro's,
+// or A8's rg_imicro8's) whatever its batch. A few tokens (C > 1) share each weight vector, and the
+// weights stream once for all. (A8 through the GEMM's panels cost a few tokens twice the time: 2 Zen
+// 4 cores, one token, Gemma 3's 262144 x 640 Q8_0 output layer 3.8 -> 9.4 ms.)
+template <int TYPE, int G, int C, bool A8 = false>
+static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb, const int32_t* const* xv,
                                    const float* const* g, const float* const* xsum, const int32_t* const* isum,
                                    float* out, int64_t ldo) {
     constexpr int64_t SB = VN * RG_SB<TYPE>;
+    constexpr int OFF = A8 ? A8_OFF<TYPE> : M_OFF<TYPE>, PER = RG_PER<A8>;
     vf acc[G][C];
     for (int r = 0; r < G; r++) for (int c = 0; c < C; c++) acc[r][c] = vzero();
     auto sums_at = [&](int c, int64_t b) { return SUM_HAS_M<TYPE> ? xsum[c][b] : 0.f; };
-    for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
-        const uint8_t* sb = W + sbi * SB;
-        if constexpr (SUBS<TYPE> == 1) rg_fetch_next<G>(sb, gstride, SB);
-        if constexpr (SUBS<TYPE> == 1) {
-            vi s[G][C];
-            for (int c = 0; c < C; c++) {
-                const vi start = vset1i(rg_sum_start<TYPE>(isum[c], 32 * sbi));
-                for (int r = 0; r < G; r++) s[r][c] = start;
-            }
-#pragma GCC unroll 16
-            for (int pp = 0; pp < 16; pp++) {
-                vi xv[C];
-                for (int c = 0; c < C; c++) xv[c] = vset1i(xp[c][16 * sbi + pp]);
-                for (int r = 0; r < G; r++) {
-                    const vi w = rg_qpair<TYPE>(sb + r * gstride, pp);
-                    for (int c = 0; c < C; c++) { s[r][c] = vdpwssd(s[r][c], w, xv[c]); LLMOS_PIN(s[r][c]); }
-                }
-            }
-            for (int r = 0; r < G; r++) {
-                vf d, m; rg_scales<TYPE>(sb + r * gstride, 0, d, m);
-                for (int c = 0; c < C; c++)
-                    acc[r][c] = rg_chunk_fma<TYPE>(s[r][c], g[c][sbi], d, m, sums_at(c, sbi), acc[r][c]);
-            }
-        } else if constexpr (TYPE == Q6_K) {
-            for (int n = 0; n < 2; n++)
-                for (int h = 0; h < 2; h++) {      // chunks 16 sbi + 8n + 4h + t, t = 0..3 (rg_xbase)
-                    rg_fetch_next<G, 4>(sb, gstride, SB, 2 * n + h);
-                    const int64_t c0 = 16 * sbi + 8 * n + 4 * h;
-                    vi s[G][4][C];
-                    for (int r = 0; r < G; r++) for (int t = 0; t < 4; t++) for (int c = 0; c < C; c++)
-                        s[r][t][c] = vset1i(0);
-#pragma GCC unroll 8
-                    for (int jj = 0; jj < 16; jj += 2) {
-                        const int j = 16 * h + jj;
-                        for (int r = 0; r < G; r++) {
-                            const uint8_t* sg = sb + r * gstride;
-                            vi w[4];
-                            rg_q6_pairs(sg, n, j, w);
-                            for (int t = 0; t < 4; t++)
-                                for (int c = 0; c < C; c++) {
-                                    const vi xv = vset1i(xp[c][rg_xbase<Q6_K>(c0 + t) / 2 + jj / 2]);
-                                    s[r][t][c] = vdpwssd(s[r][t][c], w[t], xv); LLMOS_PIN(s[r][t][c]);
-                                }
-                        }
-                    }
-                    for (int r = 0; r < G; r++)
-                        for (int t = 0; t < 4; t++) {
-                            const vf d = rg_q6_scale(sb + r * gstride, 8 * n + 2 * t + h);
-                            for (int c = 0; c < C; c++)
-                                acc[r][c] = rg_chunk_fma<TYPE>(s[r][t][c], g[c][rg_xbase<Q6_K>(c0 + t) / 32], d,
-                                                               acc[r][c], 0.f, acc[r][c]);
-                        }
-                }
-        } else {
-            for (int p = 0; p < 4; p++) {          // sub-blocks (chunks) 2p and 2p + 1
-                rg_fetch_next<G, 4>(sb, gstride, SB, p);
-                const int64_t b0 = 8 * sbi + 2 * p;
-                vi s0[G][C], s1[G][C];
-                for (int r = 0; r < G; r++) for (int c = 0; c < C; c++) s0[r][c] = s1[r][c] = vset1i(0);
-#pragma GCC unroll 16
-                for (int j = 0; j < 32; j += 2) {
-                    for (int r = 0; r < G; r++) {
-                        vi lo, hi;
-                        rg_q4k_pairs(sb + r * gstride, p, j, lo, hi);
-                        for (int c = 0; c < C; c++) {
-                            const vi x0 = vset1i(xp[c][16 * b0 + j / 2]), x1 = vset1i(xp[c][16 * (b0 + 1) + j / 2]);
-                            s0[r][c] = vdpwssd(s0[r][c], lo, x0); LLMOS_PIN(s0[r][c]);
-                            s1[r][c] = vdpwssd(s1[r][c], hi, x1); LLMOS_PIN(s1[r][c]);
-                        }
-                    }
-                }
-                for (int r = 0; r < G; r++) {
-                    vf d, m; rg_scales<TYPE>(sb + r * gstride, 2 * p, d, m);
-                    vf d1, m1; rg_scales<TYPE>(sb + r * gstride, 2 * p + 1, d1, m1);
-                    for (int c = 0; c < C; c++) {
-                        acc[r][c] = rg_chunk_fma<TYPE>(s0[r][c], g[c][b0], d, m, sums_at(c, b0), acc[r][c]);
-                        acc[r][c] = rg_chunk_fma<TYPE>(s1[r][c], g[c][b0 + 1], d1, m1, sums_at(c, b0 + 1), acc[r][c]);
-                    }
-                }
-            }
-        }
-    }
-    for (int c = 0; c < C; c++) for (int r = 0; r < G; r++) vstore(out + c * ldo + r * VN, acc[r][c]);
-}
-
-#if defined(LLMOS_VDPBUSD)
-// rg_igemv_groups for an a8 matmul's few tokens: each weight quad made in registers as the a8 panel
-// holds it (rg_quad, rg_q4k_quads, rg_q6_quads) meets each
-// token's quads xq[c] in vdpbusd, from rg_sum_start with A8_OFF (isum[c]); each chunk then takes
-// rg_imicro8's epilogue, chunks in the panel's order, so a token's results are the a8 GEMM's bits
-// whatever its batch (the a8 GEMM's panels cost a few tokens twice the time: 2 Zen 4 cores, one
-// token, Gemma 3's 262144 x 640 Q8_0 output layer 3.8 -> 9.4 ms).
-static_assert(A8_PANEL_OFF<Q4_K> == 0, "Q4_K's a8 quads are its unsigned pairs narrowed");
-template <int TYPE, int G, int C>
-static inline void rg_igemv8_groups(const uint8_t* W, int64_t gstride, int64_t nb, const int32_t* const* xq,
-                                    const float* const* g, const float* const* xsum, const int32_t* const* isum,
-                                    float* out, int64_t ldo) {
-    constexpr int64_t SB = VN * RG_SB<TYPE>;
-    constexpr int OFF = A8_OFF<TYPE>;
-    vf acc[G][C];
-    for (int r = 0; r < G; r++) for (int c = 0; c < C; c++) acc[r][c] = vzero();
-    auto sums_at = [&](int c, int64_t b) { return SUM_HAS_M<TYPE> ? xsum[c][b] : 0.f; };
+    auto start = [&](int c, int64_t xb) { return vset1i(rg_sum_start<TYPE, OFF>(isum[c], xb)); };
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
         const uint8_t* sb = W + sbi * SB;
         if constexpr (SUBS<TYPE> == 1) {
             rg_fetch_next<G>(sb, gstride, SB);
             vi s[G][C];
             for (int c = 0; c < C; c++) {
-                const vi start = vset1i(rg_sum_start<TYPE, OFF>(isum[c], 32 * sbi));
-                for (int r = 0; r < G; r++) s[r][c] = start;
+                const vi st = start(c, 32 * sbi);
+                for (int r = 0; r < G; r++) s[r][c] = st;
             }
-#pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) {
-                vi xv[C];
-                for (int c = 0; c < C; c++) xv[c] = vset1i(xq[c][8 * sbi + j]);
+#pragma GCC unroll 16
+            for (int k = 0; k < 32 / PER; k++) {
+                vi x[C];
+                for (int c = 0; c < C; c++) x[c] = vset1i(xv[c][32 / PER * sbi + k]);
                 for (int r = 0; r < G; r++) {
-                    const vi w = rg_quad<TYPE>(sb + r * gstride, j);
-                    for (int c = 0; c < C; c++) { s[r][c] = vdpbusd(s[r][c], w, xv[c]); LLMOS_PIN(s[r][c]); }
+                    const vi w = rg_wvec<TYPE, A8>(sb + r * gstride, k);
+                    for (int c = 0; c < C; c++) { s[r][c] = rg_dot<A8>(s[r][c], w, x[c]); LLMOS_PIN(s[r][c]); }
                 }
             }
             for (int r = 0; r < G; r++) {
@@ -790,19 +718,18 @@ static inline void rg_igemv8_groups(const uint8_t* W, int64_t gstride, int64_t n
                     vi s[G][4][C];
                     for (int t = 0; t < 4; t++)
                         for (int c = 0; c < C; c++) {
-                            const vi start = vset1i(rg_sum_start<TYPE, OFF>(isum[c], rg_xbase<Q6_K>(c0 + t)));
-                            for (int r = 0; r < G; r++) s[r][t][c] = start;
+                            const vi st = start(c, rg_xbase<Q6_K>(c0 + t));
+                            for (int r = 0; r < G; r++) s[r][t][c] = st;
                         }
-#pragma GCC unroll 4
-                    for (int q = 0; q < 4; q++) {     // quad q of a chunk: weights j .. j + 3
-                        const int j = 16 * h + 4 * q;
+#pragma GCC unroll 8
+                    for (int k = 0; k < 16 / PER; k++) {      // weights 16h + PER k .. of each quarter
                         for (int r = 0; r < G; r++) {
                             vi w[4];
-                            rg_q6_quads(sb + r * gstride, n, j, w);
+                            rg_q6_vecs<A8>(sb + r * gstride, n, 16 * h + PER * k, w);
                             for (int t = 0; t < 4; t++)
                                 for (int c = 0; c < C; c++) {
-                                    const vi xv = vset1i(xq[c][rg_xbase<Q6_K>(c0 + t) / 4 + q]);
-                                    s[r][t][c] = vdpbusd(s[r][t][c], w[t], xv); LLMOS_PIN(s[r][t][c]);
+                                    const vi x = vset1i(xv[c][rg_xbase<Q6_K>(c0 + t) / PER + k]);
+                                    s[r][t][c] = rg_dot<A8>(s[r][t][c], w[t], x); LLMOS_PIN(s[r][t][c]);
                                 }
                         }
                     }
@@ -820,19 +747,18 @@ static inline void rg_igemv8_groups(const uint8_t* W, int64_t gstride, int64_t n
                 const int64_t b0 = 8 * sbi + 2 * p;
                 vi s0[G][C], s1[G][C];
                 for (int c = 0; c < C; c++) {
-                    const vi st0 = vset1i(rg_sum_start<TYPE, OFF>(isum[c], 32 * b0));
-                    const vi st1 = vset1i(rg_sum_start<TYPE, OFF>(isum[c], 32 * (b0 + 1)));
+                    const vi st0 = start(c, 32 * b0), st1 = start(c, 32 * (b0 + 1));
                     for (int r = 0; r < G; r++) { s0[r][c] = st0; s1[r][c] = st1; }
                 }
-#pragma GCC unroll 8
-                for (int q = 0; q < 8; q++) {      // quad q of each chunk: its pairs at j and j + 2
+#pragma GCC unroll 16
+                for (int k = 0; k < 32 / PER; k++) {
                     for (int r = 0; r < G; r++) {
                         vi lo, hi;
-                        rg_q4k_quads(sb + r * gstride, p, q, lo, hi);
+                        rg_q4k_vecs<A8>(sb + r * gstride, p, k, lo, hi);
                         for (int c = 0; c < C; c++) {
-                            const vi x0 = vset1i(xq[c][8 * b0 + q]), x1 = vset1i(xq[c][8 * (b0 + 1) + q]);
-                            s0[r][c] = vdpbusd(s0[r][c], lo, x0); LLMOS_PIN(s0[r][c]);
-                            s1[r][c] = vdpbusd(s1[r][c], hi, x1); LLMOS_PIN(s1[r][c]);
+                            const vi x0 = vset1i(xv[c][32 / PER * b0 + k]), x1 = vset1i(xv[c][32 / PER * (b0 + 1) + k]);
+                            s0[r][c] = rg_dot<A8>(s0[r][c], lo, x0); LLMOS_PIN(s0[r][c]);
+                            s1[r][c] = rg_dot<A8>(s1[r][c], hi, x1); LLMOS_PIN(s1[r][c]);
                         }
                     }
                 }
@@ -849,7 +775,6 @@ static inline void rg_igemv8_groups(const uint8_t* W, int64_t gstride, int64_t n
     }
     for (int c = 0; c < C; c++) for (int r = 0; r < G; r++) vstore(out + c * ldo + r * VN, acc[r][c]);
 }
-#endif
 
 // ---- argmax jobs (llmos_qmatmul_argmax): each token's largest output and its column, not Y ----------
 // A key orders (value, column) as torch.argmax picks: a NaN above every value, then larger values,
@@ -941,11 +866,7 @@ static void rg_few_tokens(const Job& j, int64_t t0, int64_t g_begin, int64_t g_e
     alignas(64) float acc[C * G * VN];
     auto pass = [&](auto g_c, int64_t g) {      // g_c groups from group g, into Y or the task's bests
         constexpr int NG = decltype(g_c)::value;
-#if defined(LLMOS_VDPBUSD)
-        if constexpr (A8) rg_igemv8_groups<TYPE, NG, C>(j.W + g * gs, gs, nb, xp, xg, xs, xi, acc, NG * VN);
-        else
-#endif
-            rg_igemv_groups<TYPE, NG, C>(j.W + g * gs, gs, nb, xp, xg, xs, xi, acc, NG * VN);
+        rg_igemv_groups<TYPE, NG, C, A8>(j.W + g * gs, gs, nb, xp, xg, xs, xi, acc, NG * VN);
         for (int c = 0; c < C; c++)
             rg_out(j, acc + c * NG * VN, std::min<int64_t>(NG * VN, j.N - g * VN), t0 + c, g * VN);
     };
