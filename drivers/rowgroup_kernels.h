@@ -188,11 +188,11 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
 // (acc = fma(S g, d, acc), + m xsum) in both the GEMM and the few-token GEMV (rg_igemv_groups<A8>), so
 // a token's results do not depend on its batch; but 8 bits change greedy tokens the grid keeps:
 // 'auto' takes a8 only for the catalog models whose tokens hold there (drivers/catalog.py).
-// vpdpbusd multiplies unsigned bytes by signed ones: the panel's quants go as unsigned bytes u = q +
-// o (rg_quads; o = A8_PANEL_OFF below, 0 for the types whose quants are unsigned), x as signed ones,
-// and each chunk's sum starts from -o sum xi (isum), so S = sum (u - o) xi. For Q4_0 and Q5_0, o
-// = 8, 16 on unsigned quants: their m (-8 d, -16 d) is then in the sum, and their chunks take no
-// m FMA.
+// vpdpbusd multiplies unsigned bytes by signed ones: the panel's quants go as unsigned bytes u (rg_quads:
+// q + A8_PANEL_OFF below, 128 for Q8_0's and 32 for Q6_K's signed quants, the others' as they are),
+// x as signed ones, and each chunk's sum starts from -A8_OFF sum xi (isum), so S = sum (u - A8_OFF)
+// xi. For Q4_0 and Q5_0, A8_OFF = 8, 16 on their unsigned quants: their m (-8 d, -16 d) is then in
+// the sum, and their chunks take no m FMA.
 // Token row x (K wide) as g[K / 32], xsum[K / 32] (g times the integers' sum), isum[K / 16] (the
 // integers' sums, 16 at a time) and each 32-block's xi as 8 quads of signed bytes in each pair
 // order whose array is not null (quads[s][8 b + j]: k = 4j .. 4j + 3; s = 1, split pairs: 2j, 2j +
@@ -497,7 +497,7 @@ template <int TYPE> static inline vi rg_quad(const uint8_t* sb, int j) {
     }
 }
 // Q4_K's a8 quads of weights 4q .. 4q + 3 of sub-blocks 2p (lo) and 2p + 1 (hi), from their four
-// bytes (nine operations where rg_q4k_pairs and rg_pairs_to_quad took thirty).
+// bytes (vu8x4 and four operations where rg_q4k_pairs and rg_pairs_to_quad took thirty).
 static inline void rg_q4k_quads(const uint8_t* sb, int p, int q, vi& lo, vi& hi) {
     const uint8_t* e = sb + (RG_QS<Q4_K> + 32 * p + 4 * q) * VN;
     const vi u = vu8x4(e);
