@@ -71,12 +71,6 @@ class BatchResult:
 LOGITS_KEEP_BYTES = 128 << 20
 
 
-def _argmax_only(p) -> bool:
-    """Whether sample() gives a row with these params its logits' argmax and nothing else: greedy,
-    no logprobs, no bias, no penalty (a grammar's mask is the caller's to check)."""
-    return p.greedy and not p.logprobs and not p.logit_bias and not p.penalized
-
-
 class ModelRunner:
     def __init__(self, model, storage):
         self.model, self.storage = model, storage
@@ -129,7 +123,7 @@ class ModelRunner:
         return apply_masks(logits, masks, params) if any(m is not None for m in masks) else logits
 
     def _run(self, seqs, params, generators, seeds, masks, histories):
-        if params and all(_argmax_only(p) for p in params) and all(m is None for m in masks):
+        if params and all(p.argmax_only for p in params) and all(m is None for m in masks):
             # every row's token is its logits' argmax: the model gives just that (no logits written)
             res = SampleResult(self.model.forward(seqs, self.storage, self.interrupt, greedy=True).tolist(), None)
         else:

@@ -74,6 +74,12 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @functools.cached_property
+    def argmax_only(self) -> bool:
+        """True when sample() gives this row its logits' argmax and nothing else: greedy, no
+        logprobs, no bias, no penalty (a grammar's mask is the caller's to check)."""
+        return self.greedy and not self.logprobs and not self.logit_bias and not self.penalized
+
     @functools.cached_property       # read for every process on every step (the instance is frozen)
     def penalized(self) -> bool:
         """True when a penalty needs the row's recent tokens."""
