@@ -199,7 +199,7 @@ def main(argv: list[str]) -> int:
         gc.unfreeze()   # the last model's objects collectable again
         model = LlamaModel.load(str(path), dtype=dtype, device=str(device))
         gc.freeze()     # as the kernel's boot does (kernel/main.py): the model out of full GC passes
-        engine = ("llmos-a8" if model.act8 else "llmos-q") if model.quantized else f"llmos-{dtype}"
+        engine = f"llmos-{'a8' if model.act8 else 'a13'}" if model.quantized else f"llmos-{dtype}"
         if round_ == 1:
             say(f"# {engine}: {model.weight_format()}, weights {model.weight_bytes() / 1e6:.1f} MB")
         # on a GPU, decode with CUDA graphs (drivers/cudagraph.py) and without ('/eager')

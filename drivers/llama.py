@@ -29,7 +29,7 @@ import psutil
 from gguf import GGMLQuantizationType
 
 from .arch import ARCHS, model_class
-from .catalog import act8_by_default
+from .catalog import auto_dtype
 from .attention import (FLAT_KV_DTYPES, FlatMetadata, build_flat_metadata, build_metadata,
                         eager_sdpa_backends, paged_attention, paged_attention_flat, store_kv_flat)
 from .device import MODEL_DTYPES, pick_device, pick_dtype
@@ -102,8 +102,8 @@ class LlamaModel:
         dtype 'a13' on a CPU keeps quantized weights quantized (drivers/quant.py) when the kernels
         build, activations on the 13-bit grid; 'a8' does too, with 8-bit activations where the CPU
         has vpdpbusd (llama.cpp's precision: faster prefill and batched decode, but greedy tokens
-        may change); 'auto' is 'a8' for the catalog models whose tokens hold on 8 bits
-        (catalog.act8_by_default), else 'a13'; 'fp32' / 'bf16' dequantise every matrix once (fp32
+        may change); 'auto' is 'a8' but for the catalog models whose tokens need 13 bits
+        (catalog.auto_dtype: SmolLM2); 'fp32' / 'bf16' dequantise every matrix once (fp32
         is the exact reference).
         int8_decode: in bf16 on CPU, also keep int8 weights for small batches (drivers/linear.py)."""
         if dtype not in MODEL_DTYPES:
@@ -113,7 +113,7 @@ class LlamaModel:
         tokenizer = Tokenizer.from_metadata(gf.metadata, path=gf.path)
         dev = pick_device(device)
         quantized = dtype in ("auto", "a8", "a13") and dev.type == "cpu" and kernels() is not None
-        act8 = quantized and (dtype == "a8" or dtype == "auto" and act8_by_default(gf.path)) and act8_supported()
+        act8 = quantized and (dtype == "a8" or dtype == "auto" and auto_dtype(gf.path) == "a8") and act8_supported()
         if dtype in ("a8", "a13") and not quantized:
             log.warning("dtype %s: quantized weights are for the quantized CPU path (%s); running as 'auto'", dtype,
                         "kernels unavailable" if dev.type == "cpu" else f"not on {dev.type}")
@@ -376,8 +376,8 @@ class LlamaModel:
 
     @property
     def act8(self) -> bool:
-        """Whether the matmuls take 8-bit activations (dtype 'a8', or 'auto' on a catalog model
-        whose tokens hold on 8 bits, where the CPU has vpdpbusd)."""
+        """Whether the matmuls take 8-bit activations (dtype 'a8', or 'auto' on any file but a
+        catalog model whose tokens need 13 bits, where the CPU has vpdpbusd)."""
         return any(getattr(m, "act8", False) for m in self._linears())
 
 

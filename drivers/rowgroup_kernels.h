@@ -187,7 +187,7 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
 // where the grid keeps 13. Chunk sums S = sum q xi stay exact and take the grid's epilogue
 // (acc = fma(S g, d, acc), + m xsum) in both the GEMM and the few-token GEMV (rg_igemv_groups<A8>), so
 // a token's results do not depend on its batch; but 8 bits change greedy tokens the grid keeps:
-// 'auto' takes a8 only for the catalog models whose tokens hold there (drivers/catalog.py).
+// 'auto' keeps the grid for the catalog models whose tokens need it (drivers/catalog.py: SmolLM2).
 // vpdpbusd multiplies unsigned bytes by signed ones: the panel's quants go as unsigned bytes u (rg_quads:
 // q + A8_PANEL_OFF below, 128 for Q8_0's and 32 for Q6_K's signed quants, the others' as they are),
 // x as signed ones, and each chunk's sum starts from -A8_OFF sum xi (isum), so S = sum (u - A8_OFF)

@@ -33,12 +33,12 @@ def test_compiled_layers_give_the_eager_logits(tmp_path):
 def test_compile_is_left_out_for_a_quantized_model(tmp_path, monkeypatch, capsys):
     path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=gguf.GGMLQuantizationType.Q8_0)
     monkeypatch.setattr(forward, "resolve", lambda *a, **k: __import__("pathlib").Path(path))
-    assert forward.main(["forward", "--dtype", "auto", "--compile", "--batch", "1", "--steps", "1",
+    assert forward.main(["forward", "--dtype", "a13", "--compile", "--batch", "1", "--steps", "1",
                          "--context", "8", "--prefill", "8", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "--compile left out: each layer is one C call" in out and "/compiled" not in out
-    rows = [line.split()[:3] for line in out.splitlines() if line.startswith("llmos-q ")]
-    assert rows == [["llmos-q", "decode", "b1"], ["llmos-q", "prefill", "8"]]
+    rows = [line.split()[:3] for line in out.splitlines() if line.startswith("llmos-a13 ")]
+    assert rows == [["llmos-a13", "decode", "b1"], ["llmos-a13", "prefill", "8"]]
 
 
 def test_rounds_take_turns_with_llama_cpp_and_print_each_ratio_and_the_median(tmp_path, monkeypatch, capsys):
@@ -55,11 +55,11 @@ def test_rounds_take_turns_with_llama_cpp_and_print_each_ratio_and_the_median(tm
         return {"decode b1": 1e9 * len(calls), "prefill 8": 1e9}          # round r: r x 1e9 tok/s
 
     monkeypatch.setattr(llamacpp, "measure", recorded_llama_cpp)
-    assert forward.main(["forward", "--dtype", "auto", "--batch", "1", "--steps", "1", "--context", "8",
+    assert forward.main(["forward", "--dtype", "a13", "--batch", "1", "--steps", "1", "--context", "8",
                          "--prefill", "8", "--device", "cpu", "--vs", "llama.cpp", "--rounds", "3", "--json"]) == 0
     rows = __import__("json").loads(capsys.readouterr().out)["results"]
     assert len(calls) == 3
-    mine = [r for r in rows if r["engine"] == "llmos-q" and r["figure"] == "decode b1"]
+    mine = [r for r in rows if r["engine"] == "llmos-a13" and r["figure"] == "decode b1"]
     assert [r["round"] for r in mine] == [1, 2, 3]
     for r in mine:
         assert r["vs_llama_cpp"] == pytest.approx(r["tokens_per_s"] / (1e9 * r["round"]), rel=1e-9)

@@ -43,7 +43,7 @@ def loaded(gemma3_path):
 @pytest.mark.parametrize("dtype", ["fp32", "auto"])
 def test_greedy_matches_independent_reference(loaded, dtype):
     """'auto' on this catalog model is 'a8' where the CPU has vpdpbusd (its tokens hold on 8 bits:
-    catalog.Source.act8), the 13-bit grid elsewhere."""
+    catalog.Source.auto_dtype), the 13-bit grid elsewhere."""
     model = loaded(dtype)
     assert type(model).__name__ == "Gemma3Model" and model.quantized == (dtype == "auto")
     assert model.act8 == (dtype == "auto" and act8_supported())

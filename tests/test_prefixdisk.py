@@ -112,8 +112,8 @@ def test_a_restarted_kernel_serves_the_prefix_from_disk(tmp_path, tiny_model_pat
     assert list((tmp_path / "home" / "prefix").glob("*/*.kv"))
 
 
-def test_a8_and_auto_kernels_keep_their_prefix_blocks_apart(tmp_path, monkeypatch):
-    """An a8 kernel's prompt KV comes from 8-bit activations: a kernel on the default path must not
+def test_a8_and_a13_kernels_keep_their_prefix_blocks_apart(tmp_path, monkeypatch):
+    """An a8 kernel's prompt KV comes from 8-bit activations: a kernel on the 13-bit grid must not
     read it from disk as its own (nor the other way round)."""
     from pathlib import Path
     from gguf import GGMLQuantizationType as QT
@@ -122,11 +122,11 @@ def test_a8_and_auto_kernels_keep_their_prefix_blocks_apart(tmp_path, monkeypatc
     from llmos.drivers.llama import LlamaModel
     from llmos.kernel.main import _prefix_disk
     if not quant.act8_supported():
-        pytest.skip("no vpdpbusd on this CPU: a8 runs as auto")
+        pytest.skip("no vpdpbusd on this CPU: a8 runs as a13")
     monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))
     path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0)
     dirs = []
-    for dtype in ("auto", "a8"):
+    for dtype in ("a13", "a8"):
         e = make_engine(LlamaModel.load(path, dtype=dtype), 64, block_size=BS)
         _prefix_disk(e, Path(path), 1 << 20)
         dirs.append(e.kv.disk.dir)

@@ -238,42 +238,47 @@ def test_a8_takes_8_bit_activations_and_a_token_s_bits_do_not_depend_on_its_batc
         assert (got[ok] - grid(x)[ok]).abs().max() > 1e-4 * bound.max()
 
 
-def test_a8_model_tracks_the_default_path_with_or_without_fused_layers(tmp_path, monkeypatch):
-    """dtype 'a8': quantized weights, matmuls on 8-bit activations where the CPU has vpdpbusd (named
-    by weight_format), logits near the 13-bit path's ('a13', and 'auto' on a file outside the
-    catalog); the fused layers pass act8 on."""
+def test_a8_model_tracks_the_13_bit_path_with_or_without_fused_layers(tmp_path, monkeypatch):
+    """dtype 'a8' ('auto' on a file outside the catalog): quantized weights, matmuls on 8-bit
+    activations where the CPU has vpdpbusd (named by weight_format), logits near the 13-bit path's
+    ('a13'); the fused layers pass act8 on."""
     path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0)
-    auto, a8 = LlamaModel.load(path), LlamaModel.load(path, dtype="a8")
-    assert a8.quantized and a8.act8 == quant.act8_supported() and not auto.act8
-    assert a8.weight_format().endswith(", 8-bit activations") == a8.act8
-    a13 = LlamaModel.load(path, dtype="a13")
-    assert a13.quantized and not a13.act8 and a13.weight_format() == auto.weight_format()
+    a13, a8, auto = LlamaModel.load(path, dtype="a13"), LlamaModel.load(path, dtype="a8"), LlamaModel.load(path)
+    assert a8.quantized and a8.act8 == auto.act8 == quant.act8_supported()
+    assert a8.weight_format().endswith(", 8-bit activations") == a8.act8 and a8.weight_format() == auto.weight_format()
+    assert a13.quantized and not a13.act8 and not a13.weight_format().endswith("activations")
     ids = list(range(10, 40))
 
     def logits(m):
         return m.forward([SeqInput(ids, 0, list(range(8)))], m.new_kv(8, 4))[0]
-    a, b = logits(auto), logits(a8)
+    a, b = logits(a13), logits(a8)
     assert (a - b).abs().max() < 2e-2 * a.abs().max() and torch.equal(a, b) != a8.act8
+    assert torch.equal(logits(auto), b)
     monkeypatch.setenv("LLMOS_FUSED", "off")
     assert torch.equal(logits(LlamaModel.load(path, dtype="a8")), b)
 
 
-def test_auto_takes_8_bit_activations_for_a_catalog_model_whose_tokens_hold_there(tmp_path, monkeypatch):
-    """'auto' is 'a8' for the cache's copy of a catalog entry with act8 (Gemma 3's), 'a13' for any
-    other (SmolLM2's; a file of the user's, even of the same name); 'a13' and 'fp32' choose for
-    themselves; an unknown dtype is one clear error."""
-    from llmos.drivers.catalog import CATALOG, act8_by_default, cached_path
-    monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))
-    assert CATALOG["gemma3"].act8 and not CATALOG["smollm2"].act8
-    cached_path("gemma3").parent.mkdir(parents=True)
-    gemma = tinymodel.build_tiny_model(cached_path("gemma3"), qtype=QT.Q8_0)      # stands in for the real file
-    smol = tinymodel.build_tiny_model(cached_path("smollm2"), qtype=QT.Q8_0)
-    elsewhere = tinymodel.build_tiny_model(tmp_path / Path(gemma).name, qtype=QT.Q8_0)
-    assert act8_by_default(gemma) and not act8_by_default(smol) and not act8_by_default(elsewhere)
-    assert LlamaModel.load(gemma).act8 == quant.act8_supported()
-    assert not LlamaModel.load(gemma, dtype="a13").act8
-    assert not LlamaModel.load(gemma, dtype="fp32").quantized
-    assert not LlamaModel.load(smol).act8 and not LlamaModel.load(elsewhere).act8
+def test_auto_takes_8_bit_activations_but_for_a_catalog_model_whose_tokens_need_13_bits(tmp_path, monkeypatch):
+    """'auto' is 'a13' for a catalog model's file whose entry says so (SmolLM2's), found by its size
+    and sha256 wherever it lies; 'a8' for any other file (Gemma 3's; the user's, even one of the
+    same size); 'a13' and 'fp32' choose for themselves; an unknown dtype is one clear error."""
+    import dataclasses
+    import shutil
+    from llmos.drivers import catalog
+    assert catalog.CATALOG["smollm2"].auto_dtype == "a13" and catalog.CATALOG["gemma3"].auto_dtype == "a8"
+    smol = tinymodel.build_tiny_model(tmp_path / "smol.gguf", qtype=QT.Q8_0)     # stands in for the real file
+    entry = dataclasses.replace(catalog.CATALOG["smollm2"], size=Path(smol).stat().st_size,
+                                sha256=catalog._sha256(Path(smol)))
+    monkeypatch.setitem(catalog.CATALOG, "smollm2", entry)
+    (tmp_path / "copy").mkdir()
+    copy = shutil.copy(smol, tmp_path / "copy" / "renamed.gguf")
+    other = tmp_path / "other.gguf"                                  # the same size, another byte
+    other.write_bytes(Path(smol).read_bytes()[:-1] + b"\x01")
+    assert [catalog.auto_dtype(p) for p in (smol, copy, other)] == ["a13", "a13", "a8"]
+    assert not LlamaModel.load(copy).act8 and LlamaModel.load(copy, dtype="a8").act8 == quant.act8_supported()
+    assert LlamaModel.load(other).act8 == quant.act8_supported()
+    assert not LlamaModel.load(other, dtype="a13").act8
+    assert not LlamaModel.load(other, dtype="fp32").quantized
     with pytest.raises(ValueError, match="unknown dtype 'a9'"):
         LlamaModel.load(smol, dtype="a9")
 
@@ -461,8 +466,9 @@ def test_rope_kernel_equals_torch_rotate_half():
 
 @pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_1])
 def test_quantized_model_tracks_fp32_and_keeps_weights_quantized(tmp_path, qtype, isa):
+    """On the 13-bit grid ('a13') the logits are within 0.1 % of fp32's."""
     path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=qtype)
-    ref, qm = LlamaModel.load(path, dtype="fp32"), LlamaModel.load(path)
+    ref, qm = LlamaModel.load(path, dtype="fp32"), LlamaModel.load(path, dtype="a13")
     assert qm.quantized and not ref.quantized
     assert isinstance(qm.layers[0].wqkv, quant.QLinear) and len(qm.layers[0].wqkv.parts) == 1
     assert qm.weight_bytes() < ref.weight_bytes() / 3
@@ -630,11 +636,12 @@ def test_quantized_model_is_batch_invariant(tmp_path, isa):
 
 
 def test_fp16_kv_pool_halves_the_bytes_and_tracks_fp32_kv(tmp_path, monkeypatch):
-    """The quantized CPU path keeps K and V in fp16 (F16C), read and written by the C kernels."""
+    """The quantized CPU path keeps K and V in fp16 (F16C), read and written by the C kernels (on the
+    13-bit grid, whose matmuls do not magnify the difference as 8-bit rounding may)."""
     path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=QT.Q8_0)
-    m = LlamaModel.load(path)
+    m = LlamaModel.load(path, dtype="a13")
     monkeypatch.setenv("LLMOS_KV_DTYPE", "fp32")
-    m32 = LlamaModel.load(path)
+    m32 = LlamaModel.load(path, dtype="a13")
     assert m.kv_dtype == torch.float16 and m32.kv_dtype == torch.float32
     assert m.new_kv(8, 4).k.dtype == torch.float16
     assert m.kv_bytes_per_token() * 2 == m32.kv_bytes_per_token()
