@@ -300,7 +300,8 @@ static void prep_task(void* p, int64_t i) {
 struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     int type; const uint8_t* W; int64_t N, K, rb; const float* X; int64_t ldx, T; float* Y; int64_t ldy;
     int add; int64_t rows_per_task, row_tasks;
-    const float* xsum;      // row-grouped: the 32-block sums of X on the grid, [T, K / 32] (SUM_HAS_M types read them)
+    const float* xsum;      // row-grouped: the 32-block sums of X on the grid, [T, K / 32] (SUM_HAS_M types read
+    //                         them; a K-quant a8 job's are its integers' sums, unscaled: grid8_row256)
     const float* grid_g = nullptr;    // row-grouped: X's grid (rowgroup_kernels.h), [T, K / 32],
     const int32_t* pairs = nullptr;   // and its int16 pairs, [T, K / 2] (more than one token)
     const int8_t* xbytes = nullptr;   // and those as AMX's hi then lo bytes, [2, T, K] (amx_tiles.h), or null
@@ -711,21 +712,28 @@ int llmos_act8_supported(void) {
 // llmos_qmatmul_parts, or with best (every part row-grouped, Y null) an argmax job's (Job.best).
 static int qmatmul(const QPart* parts, int64_t n_parts, int64_t K, const float* X, int64_t T, int64_t ldx,
                    float* Y, int64_t ldy, int add, int glu, const float* norm_w, float eps, int act8, uint64_t* best) {
-    [[maybe_unused]] bool grouped = false, split[2] = {false, false}, fp32_gemv = false;
+    [[maybe_unused]] bool grouped = false, split[2] = {false, false}, fp32_gemv = false, sb256 = false;
+#if defined(LLMOS_VEC)
+    const bool a8 = act8 && llmos_act8_supported();      // every token count: the same bits alone or batched
+#endif
     for (int64_t p = 0; p < n_parts; p++) {
         const int type = (int)parts[p].type, base = type >= RG_TYPES ? type - RG_TYPES : type;
         if (!block_bytes(base) || (base != type && !llmos_rowgroup_bytes(base, parts[p].N, K)) || !task_of(type))
             return -1;
         if (K % block_elems(base)) return -2;
 #if defined(LLMOS_VEC)
-        if (base != type) { grouped = true; split[rg_split_pairs(base)] = true; fp32_gemv |= !rg_int_gemv(base); }
+        if (base != type) {
+            grouped = true; fp32_gemv |= !rg_int_gemv(base);
+            if (a8 && rg_a8_sb(base)) sb256 = true;        // x with one g a 256-block, below
+            else split[rg_split_pairs(base)] = true;
+        }
 #endif
     }
     if (T <= 0 || n_parts <= 0) return 0;
     // The input's buffers are the calling thread's and only grow: allocating them on every call
     // cost page faults (~5 % of a SmolLM2 prefill).
-    thread_local std::vector<float> xp, xsum, xq, grid_g;
-    thread_local std::vector<int32_t> pairs[2], quads[2], isum;
+    thread_local std::vector<float> xp, xsum, xq, grid_g, g256, sums256;
+    thread_local std::vector<int32_t> pairs[2], quads[2], isum, isum256, quads256;
     thread_local std::vector<int8_t> xbytes[2];
     thread_local std::vector<Job> jobs;
     thread_local std::vector<TaskFn> fns;
@@ -738,8 +746,13 @@ static int qmatmul(const QPart* parts, int64_t n_parts, int64_t K, const float* 
         X = xp.data(); ldx = K;
     }
 #if defined(LLMOS_VEC)
-    const bool a8 = act8 && llmos_act8_supported();      // every token count: the same bits alone or batched
-    if (grouped) {        // x on the grid (rowgroup_kernels.h), once: int16 pairs, or a8's byte quads,
+    if (sb256) {          // the K-quants' a8 input (grid8_row256)
+        grow(g256, T * (K / 32)); grow(sums256, T * (K / 32)); grow(isum256, T * (K / 16)); grow(quads256, T * (K / 4));
+        Grid grid{X, ldx, K, T, nullptr, g256.data(), sums256.data(), {nullptr, nullptr}};
+        grid.quads[0] = quads256.data(); grid.isum = isum256.data(); grid.sb256 = true;
+        pool::run(grid_task, &grid, (T + PREP_ROWS - 1) / PREP_ROWS);
+    }
+    if (split[0] || split[1]) {   // x on the grid (rowgroup_kernels.h), once: int16 pairs, or a8's byte quads,
         grow(grid_g, T * (K / 32)); grow(xsum, T * (K / 32)); grow(isum, T * (K / 16));   // in each pair order used
         if (fp32_gemv && !a8) grow(xq, T * K);  // x on the grid as fp32, for the fp32 GEMV (RG_INT_GEMV)
         Grid grid{X, ldx, K, T, fp32_gemv && !a8 ? xq.data() : nullptr, grid_g.data(), xsum.data(), {nullptr, nullptr}};
@@ -768,7 +781,10 @@ static int qmatmul(const QPart* parts, int64_t n_parts, int64_t K, const float* 
         Job job{type, q.W, q.N, K, q.rb, X, ldx, T, Y ? Y + q.col : nullptr, ldy, add, 0, 0, nullptr};
         job.best = best; job.col = q.col;
 #if defined(LLMOS_VEC)
-        if (type >= RG_TYPES) {
+        if (type >= RG_TYPES && a8 && rg_a8_sb(type - RG_TYPES)) {
+            job.X = nullptr; job.ldx = K;
+            job.grid_g = g256.data(); job.xsum = sums256.data(); job.isum = isum256.data(); job.quads = quads256.data();
+        } else if (type >= RG_TYPES) {
             job.X = rg_int_gemv(type - RG_TYPES) ? nullptr : xq.data(); job.ldx = K;
             job.grid_g = grid_g.data(); job.xsum = xsum.data(); job.isum = isum.data();
             job.pairs = pairs[rg_split_pairs(type - RG_TYPES)].data();

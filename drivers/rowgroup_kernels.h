@@ -116,6 +116,11 @@ constexpr int GRID_MAX = 4095;
 
 // A split type pairs k with k + 16 in a 32-block (KPERM), the others k with k + 1.
 static constexpr bool rg_split_pairs(int type) { return type == Q4_0 || type == Q4_1 || type == Q5_0 || type == Q5_1; }
+// The K-quants' a8 matmuls take x with one g a 256-block (grid8_row256, llama.cpp's Q8_K), the others
+// one a 32-block (grid8_row, its Q8_0): a super-block's chunk sums then add up before its one g
+// scales them, one fp32 multiply fewer a chunk (rg_imicro8).
+static constexpr bool rg_a8_sb(int type) { return type == Q4_K || type == Q6_K; }
+template <int TYPE> constexpr bool A8_SB = rg_a8_sb(TYPE);
 
 // 2^e as a float, for e in [-149, 127].
 static inline float pow2(int e) {
@@ -186,7 +191,10 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
 // then sums four products a vpdpbusd where vpdpwssd sums two: twice the integer rate, at 8 bits
 // where the grid keeps 13. Chunk sums S = sum q xi stay exact and take the grid's epilogue
 // (acc = fma(S g, d, acc), + m xsum) in both the GEMM and the few-token GEMV (rg_igemv_groups<A8>), so
-// a token's results do not depend on its batch; but 8 bits change greedy tokens the grid keeps:
+// a token's results do not depend on its batch. The K-quants (rg_a8_sb) take x as llama.cpp's Q8_K,
+// one g a 256-block (grid8_row256): a super-block's chunks add up unscaled, sb = fma(S, d, sb) (+ m
+// times the block's integer sum), and acc = fma(sb, g, acc) at its end (2 Zen 4 cores, 64 tokens:
+// Q4_K 16384 x 2048 -8 to -9 %, Q6_K 2048 x 8192 -6 to -10 %). But 8 bits change greedy tokens the grid keeps:
 // 'auto' keeps the grid for the catalog models whose tokens need it (drivers/catalog.py: SmolLM2).
 // vpdpbusd multiplies unsigned bytes by signed ones: the panel's quants go as unsigned bytes u (rg_quads:
 // q + A8_PANEL_OFF below, 128 for Q8_0's and 32 for Q6_K's signed quants, the others' as they are),
@@ -197,6 +205,17 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
 // integers' sums, 16 at a time) and each 32-block's xi as 8 quads of signed bytes in each pair
 // order whose array is not null (quads[s][8 b + j]: k = 4j .. 4j + 3; s = 1, split pairs: 2j, 2j +
 // 16, 2j + 1, 2j + 17, the pairs 2j and 2j + 1 of grid_row).
+static inline void grid8_quads(const vi* q, int64_t b, int32_t* const quads[2]) {    // block b's, as below
+    const __m128i b0 = vbytes16(q), b1 = vbytes16(q + VB / 2);         // xi of k < 16, k >= 16
+    if (quads[0]) {
+        _mm_storeu_si128((__m128i*)(quads[0] + 8 * b), b0);
+        _mm_storeu_si128((__m128i*)(quads[0] + 8 * b + 4), b1);
+    }
+    if (quads[1]) {                                    // bytes k, k + 16 interleaved
+        _mm_storeu_si128((__m128i*)(quads[1] + 8 * b), _mm_unpacklo_epi8(b0, b1));
+        _mm_storeu_si128((__m128i*)(quads[1] + 8 * b + 4), _mm_unpackhi_epi8(b0, b1));
+    }
+}
 static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t* isum, int32_t* const quads[2]) {
     for (int64_t b = 0; b < K / 32; b++) {
         vf v[VB], amax = vzero(), nan_if_not_finite = vzero();
@@ -217,14 +236,33 @@ static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t*
             g[b] = gb;
         }
         rg_block_sums(q, g[b], &xsum[b], isum + 2 * b);
-        const __m128i b0 = vbytes16(q), b1 = vbytes16(q + VB / 2);         // xi of k < 16, k >= 16
-        if (quads[0]) {
-            _mm_storeu_si128((__m128i*)(quads[0] + 8 * b), b0);
-            _mm_storeu_si128((__m128i*)(quads[0] + 8 * b + 4), b1);
+        grid8_quads(q, b, quads);
+    }
+}
+
+// The K-quants' a8 input (rg_a8_sb below): token row x (K % 256 == 0) as llama.cpp's Q8_K activations,
+// one g a 256-block (its largest |x| / 127; NaN with any non-finite x there), kept in g[K / 32] for
+// each of its 32-blocks; sums[K / 32] each 32-block's integers summed, unscaled; isum and quads
+// (natural order) as grid8_row's.
+static void grid8_row256(const float* x, int64_t K, float* g, float* sums, int32_t* isum, int32_t* quads) {
+    int32_t* const order[2] = {quads, nullptr};
+    for (int64_t sb = 0; sb < K / 256; sb++) {
+        vf amax = vzero(), nan_if_not_finite = vzero();
+        for (int i = 0; i < 256 / VN; i++) {
+            const vf v = vload(x + 256 * sb + VN * i);
+            amax = vmax(amax, vabs(v));
+            nan_if_not_finite = vfma(v, vzero(), nan_if_not_finite);
         }
-        if (quads[1]) {                                    // bytes k, k + 16 interleaved
-            _mm_storeu_si128((__m128i*)(quads[1] + 8 * b), _mm_unpacklo_epi8(b0, b1));
-            _mm_storeu_si128((__m128i*)(quads[1] + 8 * b + 4), _mm_unpackhi_epi8(b0, b1));
+        const bool nan = vany_nan(nan_if_not_finite);
+        float gs = nan ? NAN : vhmax(amax) / 127.f;
+        if (!nan && !(gs >= FLT_MIN)) gs = 0.f;            // (near) zeros: all xi 0
+        const vf inv = vset1(!nan && gs > 0.f ? 1.f / gs : 0.f);
+        for (int64_t b = 8 * sb; b < 8 * sb + 8; b++) {
+            vi q[VB];
+            for (int i = 0; i < VB; i++) q[i] = nan ? vset1i(0) : vclamp(vround(vmul(vload(x + 32 * b + VN * i), inv)), 127);
+            g[b] = gs;
+            rg_block_sums(q, 1.f, &sums[b], isum + 2 * b);
+            grid8_quads(q, b, order);
         }
     }
 }
@@ -233,13 +271,19 @@ static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t*
 // input; null where every GEMV is integer), g and xsum [T, K / 32], isum [T, K / 16], pairs[s] [T,
 // K / 2] in each pair order s the matmul uses (null otherwise); or, where quads[s] are given
 // instead (an a8 GEMM), x at 8 bits (grid8_row): g, xsum, isum and quads[s] [T, K / 4].
+// With sb256, x for the K-quants' a8 matmuls instead (grid8_row256): g, xsum (unscaled), isum, quads[0].
 struct Grid {
     const float* X; int64_t ldx, K, T; float* xq; float* g; float* xsum; int32_t* pairs[2];
-    int32_t* quads[2] = {nullptr, nullptr}; int32_t* isum = nullptr;
+    int32_t* quads[2] = {nullptr, nullptr}; int32_t* isum = nullptr; bool sb256 = false;
 };
 static void grid_task(void* p, int64_t i) {
     const Grid& j = *(const Grid*)p;
     for (int64_t t = i * PREP_ROWS; t < j.T && t < (i + 1) * PREP_ROWS; t++) {
+        if (j.sb256) {
+            grid8_row256(j.X + t * j.ldx, j.K, j.g + t * (j.K / 32), j.xsum + t * (j.K / 32), j.isum + t * (j.K / 16),
+                         j.quads[0] + t * (j.K / 4));
+            continue;
+        }
         if (j.quads[0] || j.quads[1]) {
             int32_t* const quads[2] = {j.quads[0] ? j.quads[0] + t * (j.K / 4) : nullptr,
                                        j.quads[1] ? j.quads[1] + t * (j.K / 4) : nullptr};
@@ -613,8 +657,10 @@ __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, i
         const float* m, int64_t dstride, int64_t nch, const int32_t* const* xq, const int32_t* const* isum,
         const float* const* g, const float* const* xsums, float* out, int64_t ldo) {
     constexpr int P = CH<TYPE> / 4;
-    vf acc[RV][C];
+    constexpr int64_t CPS = 256 / CH<TYPE>;             // A8_SB: chunks a super-block
+    vf acc[RV][C];                                      // A8_SB: the super-block's, before its g
     for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) acc[v][c] = vzero();
+    if constexpr (A8_SB<TYPE>) for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, vzero());
     for (int64_t b = 0; b < nch; b++) {
         const int64_t xb = rg_xbase<TYPE>(b);
         vi s[RV][C];
@@ -634,12 +680,21 @@ __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, i
         for (int v = 0; v < RV; v++) {
             const vf dv = vload(d + v * dstride + b * VN);
             for (int c = 0; c < C; c++) {
-                const vf a = vfma(vmul(vcvt(s[v][c]), vset1(g[c][xb / 32])), dv, acc[v][c]);
+                const vf si = vcvt(s[v][c]);
+                const vf a = vfma(A8_SB<TYPE> ? si : vmul(si, vset1(g[c][xb / 32])), dv, acc[v][c]);
                 acc[v][c] = SUM_HAS_M<TYPE> ? vfma(vload(m + v * dstride + b * VN), vset1(xsums[c][b]), a) : a;
             }
         }
+        if constexpr (A8_SB<TYPE>)          // a super-block's end: out += its sums times its g
+            if (b % CPS == CPS - 1)
+                for (int c = 0; c < C; c++)
+                    for (int v = 0; v < RV; v++) {
+                        float* o = out + c * ldo + v * VN;
+                        vstore(o, vfma(acc[v][c], vset1(g[c][b / CPS * 8]), vload(o)));
+                        acc[v][c] = vzero();
+                    }
     }
-    for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, acc[v][c]);
+    if constexpr (!A8_SB<TYPE>) for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, acc[v][c]);
 }
 #endif
 
@@ -711,6 +766,8 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
                     acc[r][c] = rg_chunk_fma<TYPE>(s[r][c], g[c][sbi], d, m, sums_at(c, sbi), acc[r][c]);
             }
         } else if constexpr (TYPE == Q6_K) {
+            vf sbacc[G][C];                    // A8 (A8_SB): the super-block's sums, before its g
+            for (int r = 0; r < G; r++) for (int c = 0; c < C; c++) sbacc[r][c] = vzero();
             for (int n = 0; n < 2; n++)
                 for (int h = 0; h < 2; h++) {      // chunks 16 sbi + 8n + 4h + t, t = 0..3 (rg_xbase)
                     rg_fetch_next<G, 4>(sb, gstride, SB, 2 * n + h);
@@ -737,11 +794,17 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
                         for (int t = 0; t < 4; t++) {
                             const vf d = rg_q6_scale(sb + r * gstride, 8 * n + 2 * t + h);
                             for (int c = 0; c < C; c++)
-                                acc[r][c] = rg_chunk_fma<TYPE>(s[r][t][c], g[c][rg_xbase<Q6_K>(c0 + t) / 32], d,
-                                                               acc[r][c], 0.f, acc[r][c]);
+                                if constexpr (A8) sbacc[r][c] = vfma(vcvt(s[r][t][c]), d, sbacc[r][c]);
+                                else acc[r][c] = rg_chunk_fma<TYPE>(s[r][t][c], g[c][rg_xbase<Q6_K>(c0 + t) / 32], d,
+                                                                    acc[r][c], 0.f, acc[r][c]);
                         }
                 }
+            if constexpr (A8)
+                for (int r = 0; r < G; r++)
+                    for (int c = 0; c < C; c++) acc[r][c] = vfma(sbacc[r][c], vset1(g[c][8 * sbi]), acc[r][c]);
         } else {
+            vf sbacc[G][C];                    // A8 (A8_SB): as Q6_K's
+            for (int r = 0; r < G; r++) for (int c = 0; c < C; c++) sbacc[r][c] = vzero();
             for (int p = 0; p < 4; p++) {          // sub-blocks (chunks) 2p and 2p + 1
                 rg_fetch_next<G, 4>(sb, gstride, SB, p);
                 const int64_t b0 = 8 * sbi + 2 * p;
@@ -766,11 +829,19 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
                     vf d, m; rg_scales<TYPE>(sb + r * gstride, 2 * p, d, m);
                     vf d1, m1; rg_scales<TYPE>(sb + r * gstride, 2 * p + 1, d1, m1);
                     for (int c = 0; c < C; c++) {
-                        acc[r][c] = rg_chunk_fma<TYPE>(s0[r][c], g[c][b0], d, m, sums_at(c, b0), acc[r][c]);
-                        acc[r][c] = rg_chunk_fma<TYPE>(s1[r][c], g[c][b0 + 1], d1, m1, sums_at(c, b0 + 1), acc[r][c]);
+                        if constexpr (A8) {
+                            sbacc[r][c] = vfma(m, vset1(xsum[c][b0]), vfma(vcvt(s0[r][c]), d, sbacc[r][c]));
+                            sbacc[r][c] = vfma(m1, vset1(xsum[c][b0 + 1]), vfma(vcvt(s1[r][c]), d1, sbacc[r][c]));
+                        } else {
+                            acc[r][c] = rg_chunk_fma<TYPE>(s0[r][c], g[c][b0], d, m, sums_at(c, b0), acc[r][c]);
+                            acc[r][c] = rg_chunk_fma<TYPE>(s1[r][c], g[c][b0 + 1], d1, m1, sums_at(c, b0 + 1), acc[r][c]);
+                        }
                     }
                 }
             }
+            if constexpr (A8)
+                for (int r = 0; r < G; r++)
+                    for (int c = 0; c < C; c++) acc[r][c] = vfma(sbacc[r][c], vset1(g[c][8 * sbi]), acc[r][c]);
         }
     }
     for (int c = 0; c < C; c++) for (int r = 0; r < G; r++) vstore(out + c * ldo + r * VN, acc[r][c]);

@@ -187,11 +187,12 @@ def test_the_activations_grid_at_its_edges_gives_the_same_bits_alone_or_batched(
     assert torch.all((got[ok] - want[ok]).abs() <= 2e-6 * bound[ok] + 1e-43)     # + a few denormal steps
 
 
-def on_grid8(x: torch.Tensor) -> torch.Tensor:
-    """x as an a8 GEMM takes it (grid8_row), written independently, as llama.cpp's Q8 activations:
-    each 32-block rounded to integers in [-127, 127] times g = its largest |x| / 127 in fp32 (0 for
-    a block below the smallest normal times 127); float64."""
-    b = x.float().numpy().reshape(*x.shape[:-1], -1, 32)
+def on_grid8(x: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """x as an a8 GEMM takes it (grid8_row; the K-quants' grid8_row256 with block 256), written
+    independently, as llama.cpp's Q8_0 (Q8_K) activations: each block rounded to integers in [-127,
+    127] times g = its largest |x| / 127 in fp32 (0 for a block below the smallest normal times 127);
+    float64."""
+    b = x.float().numpy().reshape(*x.shape[:-1], -1, block)
     g = np.abs(b).max(-1, keepdims=True) / np.float32(127)
     g = np.where(g >= np.finfo(np.float32).tiny, g, np.float32(0))
     inv = np.divide(np.float32(1), g, out=np.zeros_like(g), where=g > 0)
@@ -210,14 +211,15 @@ def test_a8_takes_8_bit_activations_and_a_token_s_bits_do_not_depend_on_its_batc
     (a chunk's last 2 tokens in GEMV passes inside a GEMM job), are the same rows' bits as in the
     batch, and so are a lone token with an infinity and one with a zero block. Kernels without
     vpdpbusd keep the 13-bit grid's bits. 128, 37, 20 and 9 rows: micro-kernel calls and GEMV passes
-    on 4, 3, 2 and 1 groups of rows."""
+    on 4, 3, 2 and 1 groups of rows. The K-quants take x with one g a 256-block (llama.cpp's Q8_K),
+    the others one a 32-block."""
     K = 512
     x = torch.randn(262, K, generator=torch.Generator().manual_seed(6))
     x[6, :32] = 0.0
     x[9, 40] = float("inf")
     x[259, 100] = float("inf")                            # in the second chunk
     ok = [t for t in range(262) if t not in (9, 259)]
-    xg = on_grid8(x[ok])
+    xg = on_grid8(x[ok], 256 if qtype in (QT.Q4_K, QT.Q6_K) else 32)
     for rows in (128, 37, 20, 9):
         w = random_blocks(qtype, rows, K, seed=13)
         a8, grid = quant.QLinear([(qtype, w)], K, act8=True), quant.QLinear([(qtype, w)], K)
