@@ -300,13 +300,13 @@ static void prep_task(void* p, int64_t i) {
 struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     int type; const uint8_t* W; int64_t N, K, rb; const float* X; int64_t ldx, T; float* Y; int64_t ldy;
     int add; int64_t rows_per_task, row_tasks;
-    const float* xsum;      // row-grouped: the 32-block sums of X on the grid, [T, K / 32] (SUM_HAS_M types read
-    //                         them; a K-quant a8 job's are its integers' sums, unscaled: grid8_row256)
+    const float* xsum;      // row-grouped: the 32-block sums of X on the grid, [T, K / 32] (SUM_HAS_M types read them)
     const float* grid_g = nullptr;    // row-grouped: X's grid (rowgroup_kernels.h), [T, K / 32],
     const int32_t* pairs = nullptr;   // and its int16 pairs, [T, K / 2] (more than one token)
     const int8_t* xbytes = nullptr;   // and those as AMX's hi then lo bytes, [2, T, K] (amx_tiles.h), or null
     const int32_t* quads = nullptr;   // or, an a8 job: X at 8 bits, [T, K / 4] quads (grid8_row)
     const int32_t* isum = nullptr;    // row-grouped: X's integers (either grid) summed 16 at a time, [T, K / 16]
+    const int32_t* msums = nullptr;   // a K-quant a8 job: X's integers summed a 32-block, int16 pairs [T, K / 64]
     uint64_t* best = nullptr;         // an argmax job (row-grouped): no Y; each token's best key (rg_best_key)
     int64_t col = 0;                  // over this part's columns col .. col + N, max-reduced into best[T]
 };
@@ -732,8 +732,8 @@ static int qmatmul(const QPart* parts, int64_t n_parts, int64_t K, const float* 
     if (T <= 0 || n_parts <= 0) return 0;
     // The input's buffers are the calling thread's and only grow: allocating them on every call
     // cost page faults (~5 % of a SmolLM2 prefill).
-    thread_local std::vector<float> xp, xsum, xq, grid_g, g256, sums256;
-    thread_local std::vector<int32_t> pairs[2], quads[2], isum, isum256, quads256;
+    thread_local std::vector<float> xp, xsum, xq, grid_g, g256;
+    thread_local std::vector<int32_t> pairs[2], quads[2], isum, isum256, quads256, msums;
     thread_local std::vector<int8_t> xbytes[2];
     thread_local std::vector<Job> jobs;
     thread_local std::vector<TaskFn> fns;
@@ -747,9 +747,9 @@ static int qmatmul(const QPart* parts, int64_t n_parts, int64_t K, const float* 
     }
 #if defined(LLMOS_VEC)
     if (sb256) {          // the K-quants' a8 input (grid8_row256)
-        grow(g256, T * (K / 32)); grow(sums256, T * (K / 32)); grow(isum256, T * (K / 16)); grow(quads256, T * (K / 4));
-        Grid grid{X, ldx, K, T, nullptr, g256.data(), sums256.data(), {nullptr, nullptr}};
-        grid.quads[0] = quads256.data(); grid.isum = isum256.data(); grid.sb256 = true;
+        grow(g256, T * (K / 32)); grow(msums, T * (K / 64)); grow(isum256, T * (K / 16)); grow(quads256, T * (K / 4));
+        Grid grid{X, ldx, K, T, nullptr, g256.data(), nullptr, {nullptr, nullptr}};
+        grid.quads[0] = quads256.data(); grid.isum = isum256.data(); grid.msums = msums.data();
         pool::run(grid_task, &grid, (T + PREP_ROWS - 1) / PREP_ROWS);
     }
     if (split[0] || split[1]) {   // x on the grid (rowgroup_kernels.h), once: int16 pairs, or a8's byte quads,
@@ -783,7 +783,7 @@ static int qmatmul(const QPart* parts, int64_t n_parts, int64_t K, const float* 
 #if defined(LLMOS_VEC)
         if (type >= RG_TYPES && a8 && rg_a8_sb(type - RG_TYPES)) {
             job.X = nullptr; job.ldx = K;
-            job.grid_g = g256.data(); job.xsum = sums256.data(); job.isum = isum256.data(); job.quads = quads256.data();
+            job.grid_g = g256.data(); job.msums = msums.data(); job.isum = isum256.data(); job.quads = quads256.data();
         } else if (type >= RG_TYPES) {
             job.X = rg_int_gemv(type - RG_TYPES) ? nullptr : xq.data(); job.ldx = K;
             job.grid_g = grid_g.data(); job.xsum = xsum.data(); job.isum = isum.data();

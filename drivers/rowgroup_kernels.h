@@ -192,9 +192,9 @@ static void grid_row(const float* x, int64_t K, float* xq, float* g, float* xsum
 // where the grid keeps 13. Chunk sums S = sum q xi stay exact and take the grid's epilogue
 // (acc = fma(S g, d, acc), + m xsum) in both the GEMM and the few-token GEMV (rg_igemv_groups<A8>), so
 // a token's results do not depend on its batch. The K-quants (rg_a8_sb) take x as llama.cpp's Q8_K,
-// one g a 256-block (grid8_row256): a super-block's chunks add up unscaled, sb = fma(S, d, sb) (+ m
-// times the block's integer sum), and acc = fma(sb, g, acc) at its end (2 Zen 4 cores, 64 tokens:
-// Q4_K 16384 x 2048 -8 to -9 %, Q6_K 2048 x 8192 -6 to -10 %). But 8 bits change greedy tokens the grid keeps:
+// one g a 256-block (grid8_row256): a super-block's chunks add up unscaled, sb = fma(S, d, sb), then
+// Q4_K's m term in integers (rg_q4k_msum) and acc = fma(sb, g, acc) at its end (2 Zen 4 cores, 64
+// tokens: Q4_K 16384 x 2048 -12 %, Q6_K 2048 x 8192 -6 to -10 %). But 8 bits change greedy tokens the grid keeps:
 // 'auto' keeps the grid for the catalog models whose tokens need it (drivers/catalog.py: SmolLM2).
 // vpdpbusd multiplies unsigned bytes by signed ones: the panel's quants go as unsigned bytes u (rg_quads:
 // q + A8_PANEL_OFF below, 128 for Q8_0's and 32 for Q6_K's signed quants, the others' as they are),
@@ -242,9 +242,9 @@ static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t*
 
 // The K-quants' a8 input (rg_a8_sb below): token row x (K % 256 == 0) as llama.cpp's Q8_K activations,
 // one g a 256-block (its largest |x| / 127; NaN with any non-finite x there), kept in g[K / 32] for
-// each of its 32-blocks; sums[K / 32] each 32-block's integers summed, unscaled; isum and quads
-// (natural order) as grid8_row's.
-static void grid8_row256(const float* x, int64_t K, float* g, float* sums, int32_t* isum, int32_t* quads) {
+// each of its 32-blocks; msums[K / 64] the 32-blocks' integers summed, as int16 pairs (blocks 2i and
+// 2i + 1: |sum| <= 32 x 127); isum and quads (natural order) as grid8_row's.
+static void grid8_row256(const float* x, int64_t K, float* g, int32_t* msums, int32_t* isum, int32_t* quads) {
     int32_t* const order[2] = {quads, nullptr};
     for (int64_t sb = 0; sb < K / 256; sb++) {
         vf amax = vzero(), nan_if_not_finite = vzero();
@@ -261,7 +261,10 @@ static void grid8_row256(const float* x, int64_t K, float* g, float* sums, int32
             vi q[VB];
             for (int i = 0; i < VB; i++) q[i] = nan ? vset1i(0) : vclamp(vround(vmul(vload(x + 32 * b + VN * i), inv)), 127);
             g[b] = gs;
-            rg_block_sums(q, 1.f, &sums[b], isum + 2 * b);
+            float sum;
+            rg_block_sums(q, 1.f, &sum, isum + 2 * b);
+            const uint32_t half = (uint16_t)(int16_t)(isum[2 * b] + isum[2 * b + 1]);
+            msums[b / 2] = (int32_t)(b % 2 ? (uint32_t)msums[b / 2] | half << 16 : half);
             grid8_quads(q, b, order);
         }
     }
@@ -271,16 +274,16 @@ static void grid8_row256(const float* x, int64_t K, float* g, float* sums, int32
 // input; null where every GEMV is integer), g and xsum [T, K / 32], isum [T, K / 16], pairs[s] [T,
 // K / 2] in each pair order s the matmul uses (null otherwise); or, where quads[s] are given
 // instead (an a8 GEMM), x at 8 bits (grid8_row): g, xsum, isum and quads[s] [T, K / 4].
-// With sb256, x for the K-quants' a8 matmuls instead (grid8_row256): g, xsum (unscaled), isum, quads[0].
+// Or, with msums given, x for the K-quants' a8 matmuls (grid8_row256): g, msums, isum, quads[0].
 struct Grid {
     const float* X; int64_t ldx, K, T; float* xq; float* g; float* xsum; int32_t* pairs[2];
-    int32_t* quads[2] = {nullptr, nullptr}; int32_t* isum = nullptr; bool sb256 = false;
+    int32_t* quads[2] = {nullptr, nullptr}; int32_t* isum = nullptr; int32_t* msums = nullptr;
 };
 static void grid_task(void* p, int64_t i) {
     const Grid& j = *(const Grid*)p;
     for (int64_t t = i * PREP_ROWS; t < j.T && t < (i + 1) * PREP_ROWS; t++) {
-        if (j.sb256) {
-            grid8_row256(j.X + t * j.ldx, j.K, j.g + t * (j.K / 32), j.xsum + t * (j.K / 32), j.isum + t * (j.K / 16),
+        if (j.msums) {
+            grid8_row256(j.X + t * j.ldx, j.K, j.g + t * (j.K / 32), j.msums + t * (j.K / 64), j.isum + t * (j.K / 16),
                          j.quads[0] + t * (j.K / 4));
             continue;
         }
@@ -462,7 +465,7 @@ static inline void rg_gemv_groups(const uint8_t* W, int64_t gstride, int64_t nb,
 // The group at grp unpacked into an integer panel: chunk c's quants as CH / 2 vectors of int16 pairs
 // (quants kk and kk + 1 in KPERM order, low half first) at q + CH / 2 c VN, its d and m vectors at
 // d + c VN, m + c VN; only the d and m vectors where q is null (an a8 panel of rg_quads' types).
-template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t* q, float* d, float* m) {
+template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t* q, float* d, float* m) {   // m: or null
     auto put = [&](int64_t chunk, int kk, vi pair) { vstore_i(q + (chunk * (CH<TYPE> / 2) + kk / 2) * VN, pair); };
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
         const uint8_t* sb = grp + sbi * VN * RG_SB<TYPE>;
@@ -482,7 +485,8 @@ template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t
         for (int sub = 0; sub < SUBS<TYPE>; sub++) {
             const int64_t b = sbi * SUBS<TYPE> + sub;
             vf dv, mv; rg_scales<TYPE>(sb, sub, dv, mv);
-            vstore(d + b * VN, dv); vstore(m + b * VN, mv);
+            vstore(d + b * VN, dv);
+            if (m) vstore(m + b * VN, mv);
         }
         if (!q) continue;
         if constexpr (SUBS<TYPE> == 1) {
@@ -606,6 +610,25 @@ template <int TYPE> static inline vf rg_chunk_fma(vi s, float g, vf d, vf m, flo
     return a;
 }
 
+// An a8 Q4_K super-block's m term (rg_a8_sb): its sub-blocks' mins mn (6 bits, vu8x2 pairs of
+// sub-blocks 2p, 2p + 1) times a token's 32-block integer sums (msums, grid8_row256's int16 pairs), in
+// four vpdpwssd, exact; then, times -dmin, one fp32 FMA a super-block where m took one a sub-block.
+static inline vi rg_q4k_minpair(const uint8_t* sb, int p) { return vu8x2(sb + (12 + 2 * p) * VN); }
+static inline vf rg_q4k_negdmin(const uint8_t* sb) { return vmul(vh2f(sb + 2 * VN), vset1(-1.f)); }
+static inline vi rg_q4k_msum(const vi mn[4], const int32_t* msums) {
+    vi s = vdpwssd(vset1i(0), mn[0], vset1i(msums[0]));
+    for (int p = 1; p < 4; p++) s = vdpwssd(s, mn[p], vset1i(msums[p]));
+    return s;
+}
+// A group's mins for rg_imicro8 (its m panel: 8 VN floats a super-block): the 4 pair vectors, -dmin.
+static void rg_q4k_mins(const uint8_t* grp, int64_t nb, float* m) {
+    for (int64_t sbi = 0; sbi < nb / 8; sbi++) {
+        const uint8_t* sb = grp + sbi * VN * RG_SB<Q4_K>;
+        for (int p = 0; p < 4; p++) vstore_i((int32_t*)(m + (8 * sbi + p) * VN), rg_q4k_minpair(sb, p));
+        vstore(m + (8 * sbi + 4) * VN, rg_q4k_negdmin(sb));
+    }
+}
+
 // out[c * ldo + v * VN ..] = the RV groups of panel rows times C tokens over nch chunks: token c's
 // grid pairs xp[c], its grid g[c], block sums xsums[c] and isum[c]; each group's panel (rg_panel) is pstride
 // int32 after the last, its d and m vectors dstride floats. The fp32 accumulators are variables
@@ -655,7 +678,7 @@ __attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, in
 template <int TYPE, int RV, int C>
 __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, int64_t pstride, const float* d,
         const float* m, int64_t dstride, int64_t nch, const int32_t* const* xq, const int32_t* const* isum,
-        const float* const* g, const float* const* xsums, float* out, int64_t ldo) {
+        const float* const* g, const float* const* xsums, const int32_t* const* msums, float* out, int64_t ldo) {
     constexpr int P = CH<TYPE> / 4;
     constexpr int64_t CPS = 256 / CH<TYPE>;             // A8_SB: chunks a super-block
     vf acc[RV][C];                                      // A8_SB: the super-block's, before its g
@@ -682,17 +705,28 @@ __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, i
             for (int c = 0; c < C; c++) {
                 const vf si = vcvt(s[v][c]);
                 const vf a = vfma(A8_SB<TYPE> ? si : vmul(si, vset1(g[c][xb / 32])), dv, acc[v][c]);
-                acc[v][c] = SUM_HAS_M<TYPE> ? vfma(vload(m + v * dstride + b * VN), vset1(xsums[c][b]), a) : a;
+                acc[v][c] = SUM_HAS_M<TYPE> && !A8_SB<TYPE> ? vfma(vload(m + v * dstride + b * VN), vset1(xsums[c][b]), a) : a;
             }
         }
-        if constexpr (A8_SB<TYPE>)          // a super-block's end: out += its sums times its g
-            if (b % CPS == CPS - 1)
-                for (int c = 0; c < C; c++)
-                    for (int v = 0; v < RV; v++) {
+        if constexpr (A8_SB<TYPE>)          // a super-block's end: its m term, then out += its sums times its g
+            if (b % CPS == CPS - 1) {
+                const int64_t sbi = b / CPS;
+                for (int v = 0; v < RV; v++) {
+                    [[maybe_unused]] vi mn[4]; [[maybe_unused]] vf negdmin;
+                    if constexpr (HAS_M<TYPE>) {        // rg_q4k_mins
+                        const float* mp = m + v * dstride + 8 * sbi * VN;
+                        for (int p = 0; p < 4; p++) mn[p] = vload_i((const int32_t*)(mp + p * VN));
+                        negdmin = vload(mp + 4 * VN);
+                    }
+                    for (int c = 0; c < C; c++) {
+                        vf a = acc[v][c];
+                        if constexpr (HAS_M<TYPE>) a = vfma(vcvt(rg_q4k_msum(mn, msums[c] + 4 * sbi)), negdmin, a);
                         float* o = out + c * ldo + v * VN;
-                        vstore(o, vfma(acc[v][c], vset1(g[c][b / CPS * 8]), vload(o)));
+                        vstore(o, vfma(a, vset1(g[c][8 * sbi]), vload(o)));
                         acc[v][c] = vzero();
                     }
+                }
+            }
     }
     if constexpr (!A8_SB<TYPE>) for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, acc[v][c]);
 }
@@ -735,7 +769,7 @@ static_assert(A8_PANEL_OFF<Q4_K> == 0, "Q4_K's a8 quads are its unsigned quants"
 template <int TYPE, int G, int C, bool A8 = false>
 static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb, const int32_t* const* xv,
                                    const float* const* g, const float* const* xsum, const int32_t* const* isum,
-                                   float* out, int64_t ldo) {
+                                   float* out, int64_t ldo, const int32_t* const* msums = nullptr) {
     constexpr int64_t SB = VN * RG_SB<TYPE>;
     constexpr int OFF = A8 ? A8_OFF<TYPE> : M_OFF<TYPE>, PER = RG_PER<A8>;
     vf acc[G][C];
@@ -829,9 +863,9 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
                     vf d, m; rg_scales<TYPE>(sb + r * gstride, 2 * p, d, m);
                     vf d1, m1; rg_scales<TYPE>(sb + r * gstride, 2 * p + 1, d1, m1);
                     for (int c = 0; c < C; c++) {
-                        if constexpr (A8) {
-                            sbacc[r][c] = vfma(m, vset1(xsum[c][b0]), vfma(vcvt(s0[r][c]), d, sbacc[r][c]));
-                            sbacc[r][c] = vfma(m1, vset1(xsum[c][b0 + 1]), vfma(vcvt(s1[r][c]), d1, sbacc[r][c]));
+                        if constexpr (A8) {            // m at the super-block's end
+                            sbacc[r][c] = vfma(vcvt(s0[r][c]), d, sbacc[r][c]);
+                            sbacc[r][c] = vfma(vcvt(s1[r][c]), d1, sbacc[r][c]);
                         } else {
                             acc[r][c] = rg_chunk_fma<TYPE>(s0[r][c], g[c][b0], d, m, sums_at(c, b0), acc[r][c]);
                             acc[r][c] = rg_chunk_fma<TYPE>(s1[r][c], g[c][b0 + 1], d1, m1, sums_at(c, b0 + 1), acc[r][c]);
@@ -840,8 +874,15 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
                 }
             }
             if constexpr (A8)
-                for (int r = 0; r < G; r++)
-                    for (int c = 0; c < C; c++) acc[r][c] = vfma(sbacc[r][c], vset1(g[c][8 * sbi]), acc[r][c]);
+                for (int r = 0; r < G; r++) {
+                    vi mn[4];
+                    for (int p = 0; p < 4; p++) mn[p] = rg_q4k_minpair(sb + r * gstride, p);
+                    const vf negdmin = rg_q4k_negdmin(sb + r * gstride);
+                    for (int c = 0; c < C; c++) {
+                        const vf a = vfma(vcvt(rg_q4k_msum(mn, msums[c] + 4 * sbi)), negdmin, sbacc[r][c]);
+                        acc[r][c] = vfma(a, vset1(g[c][8 * sbi]), acc[r][c]);
+                    }
+                }
         }
     }
     for (int c = 0; c < C; c++) for (int r = 0; r < G; r++) vstore(out + c * ldo + r * VN, acc[r][c]);
@@ -929,15 +970,17 @@ template <int TYPE, int C, bool A8 = false>
 static void rg_few_tokens(const Job& j, int64_t t0, int64_t g_begin, int64_t g_end) {
     constexpr int G = RG_G<TYPE> / C > 1 ? RG_G<TYPE> / C : 1;
     const int64_t K = j.K, nb = K / 32, gs = rg_group_bytes(TYPE, K);
-    const int32_t* xp[C]; const float* xg[C]; const float* xs[C]; const int32_t* xi[C];
+    const int32_t* xp[C]; const float* xg[C]; const float* xs[C]; const int32_t* xi[C]; const int32_t* ms[C];
     for (int c = 0; c < C; c++) {
         xp[c] = A8 ? j.quads + (t0 + c) * (K / 4) : j.pairs + (t0 + c) * (K / 2); xg[c] = j.grid_g + (t0 + c) * nb;
-        xs[c] = SUM_HAS_M<TYPE> ? j.xsum + (t0 + c) * nb : nullptr; xi[c] = j.isum + (t0 + c) * (K / 16);
+        xs[c] = SUM_HAS_M<TYPE> && !(A8 && A8_SB<TYPE>) ? j.xsum + (t0 + c) * nb : nullptr;
+        xi[c] = j.isum + (t0 + c) * (K / 16);
+        ms[c] = A8 && A8_SB<TYPE> && HAS_M<TYPE> ? j.msums + (t0 + c) * (K / 64) : nullptr;
     }
     alignas(64) float acc[C * G * VN];
     auto pass = [&](auto g_c, int64_t g) {      // g_c groups from group g, into Y or the task's bests
         constexpr int NG = decltype(g_c)::value;
-        rg_igemv_groups<TYPE, NG, C, A8>(j.W + g * gs, gs, nb, xp, xg, xs, xi, acc, NG * VN);
+        rg_igemv_groups<TYPE, NG, C, A8>(j.W + g * gs, gs, nb, xp, xg, xs, xi, acc, NG * VN, ms);
         for (int c = 0; c < C; c++)
             rg_out(j, acc + c * NG * VN, std::min<int64_t>(NG * VN, j.N - g * VN), t0 + c, g * VN);
     };
@@ -973,18 +1016,19 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
     grow(quads, RV * VN * K / 4); grow(scales, 2 * RV * VN * nch); grow(out, TCHUNK * RV * VN);
     float* const d = scales.data(); float* const m = d + RV * VN * nch;
     const int64_t ldo = RV * VN, qs = VN * K / 4, ds = VN * nch;
-    const int32_t* xq[NC]; const int32_t* is[NC]; const float* g[NC]; const float* sums[NC];
+    const int32_t* xq[NC]; const int32_t* is[NC]; const float* g[NC]; const float* sums[NC]; const int32_t* ms[NC];
     auto tokens = [&](int64_t c, int n) {      // micro-kernel arguments of tokens c .. c + n - 1
         for (int u = 0; u < n; u++) {
             const int64_t t = t0 + c + u;
             xq[u] = j.quads + t * (K / 4); is[u] = j.isum + t * (K / 16); g[u] = j.grid_g + t * nb;
-            sums[u] = SUM_HAS_M<TYPE> ? j.xsum + t * nb : nullptr;
+            sums[u] = SUM_HAS_M<TYPE> && !A8_SB<TYPE> ? j.xsum + t * nb : nullptr;
+            ms[u] = A8_SB<TYPE> && HAS_M<TYPE> ? j.msums + t * (K / 64) : nullptr;
         }
     };
     auto micro = [&](int rv, int n, float* o) {
         const int32_t* q = quads.data();
         auto run = [&](auto rv_c, auto n_c) {
-            rg_imicro8<TYPE, decltype(rv_c)::value, decltype(n_c)::value>(q, qs, d, m, ds, nch, xq, is, g, sums, o, ldo);
+            rg_imicro8<TYPE, decltype(rv_c)::value, decltype(n_c)::value>(q, qs, d, m, ds, nch, xq, is, g, sums, ms, o, ldo);
         };
         using one = std::integral_constant<int, 1>;
         using nc = std::integral_constant<int, NC>;
@@ -1007,7 +1051,8 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
         RgFetch fetch{j.W + (g0 + RV) * gs, g0 + RV < g_end ? RV * gs / 64 : 0};
         for (int v = 0; v < rv; v++) {
             const uint8_t* grp = j.W + (g0 + v) * gs;
-            rg_panel<TYPE>(grp, nb, nullptr, d + v * ds, m + v * ds);
+            rg_panel<TYPE>(grp, nb, nullptr, d + v * ds, A8_SB<TYPE> ? nullptr : m + v * ds);
+            if constexpr (A8_SB<TYPE> && HAS_M<TYPE>) rg_q4k_mins(grp, nb, m + v * ds);
             rg_quads<TYPE>(grp, nb, quads.data() + v * qs);
         }
         int64_t c = 0;
