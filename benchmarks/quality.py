@@ -1,7 +1,8 @@
 """`llmos bench quality`: what the matmuls' input grid does to a model's answers.
 
 The quantized path (drivers/quant.py) rounds each matmul input to a 13-bit grid; llama.cpp rounds
-it to 8 bits (its Q8 activations: each 32-block as integers in [-127, 127] times amax / 127), whose
+it to 8 bits (its Q8 activations: each 32-block as integers in [-127, 127] times amax / 127, a
+256-block for the K-quants; --bits rounds every input in 32-blocks), whose
 integer products run at twice the rate. This prints, for the fp32 reference path, the default path
 (dtype 'auto': 'a8', or 'a13' for a catalog model whose tokens need 13 bits), the other of
 'a8' (quantized weights, llama.cpp's 8-bit activations, where the CPU has vpdpbusd) and 'a13', and

@@ -13,7 +13,8 @@ extern "C" {
 // optional gated activation glu (GLU_SILU: SwiGLU, GLU_GELU_TANH: GEGLU; then X holds 2K columns:
 // gate, up) then optional RMSNorm with weight norm_w, computed once for all parts, as is the
 // activations' grid. act8: the matmul's row-grouped parts take x at 8 bits where the CPU has
-// vpdpbusd (llmos_act8_supported; the 'a8' dtype), else the 13-bit grid. Returns 0, or -1 for a
+// vpdpbusd (llmos_act8_supported; the 'a8' dtype; one scale a 32-block, the K-quants' a 256-block:
+// a call with both kinds of part makes both, each once), else the 13-bit grid. Returns 0, or -1 for a
 // type without a kernel, -2 for a K that is not a whole number of the type's blocks (then nothing
 // is written).
 int llmos_qmatmul_parts(const QPart* parts, int64_t n_parts, int64_t K, const float* X, int64_t T, int64_t ldx,

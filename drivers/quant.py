@@ -161,6 +161,12 @@ def kernel_isa() -> str:
     return lib.llmos_quant_isa().decode() if lib is not None else "none (dequantised fp32)"
 
 
+# The a8 kernels' arithmetic, named (K-quants on Q8_K activations, Q4_K's integer m term): a new
+# name whenever their bits change, so that KV kept from another arithmetic (the prefix disk) is not
+# read as theirs.
+A8_ARITHMETIC = "a8q8k"
+
+
 def act8_supported() -> bool:
     """Whether matmuls can take 8-bit activations here (the 'a8' dtype): where the kernels
     have VNNI's vpdpbusd (AVX512-VNNI, or AVX-VNNI on an AVX2 CPU)."""
@@ -210,8 +216,8 @@ class QLinear:
     __slots__ = ("parts", "in_features", "out_features", "act8", "_lib", "qparts", "_args", "_call", "_argmax")
 
     def __init__(self, parts: list[tuple[int, np.ndarray]], in_features: int, act8: bool = False):
-        """act8: the row-grouped parts take x at 8 bits, as llama.cpp's Q8 activations
-        (drivers/rowgroup_kernels.h's grid8_row): about twice the integer rate of the 13-bit grid in
+        """act8: the row-grouped parts take x at 8 bits, as llama.cpp's Q8_0 activations
+        (drivers/rowgroup_kernels.h's grid8_row; the K-quants' as its Q8_K, grid8_row256): about twice the integer rate of the 13-bit grid in
         batched calls; a token's results are the same bits alone or in any batch, but not the 13-bit
         grid's, so greedy tokens may change. Only where act8_supported(); elsewhere the 13-bit grid,
         as without it."""

@@ -300,11 +300,13 @@ static void prep_task(void* p, int64_t i) {
 struct Job {   // one matmul, cut into tasks of (token chunk, row chunk)
     int type; const uint8_t* W; int64_t N, K, rb; const float* X; int64_t ldx, T; float* Y; int64_t ldy;
     int add; int64_t rows_per_task, row_tasks;
-    const float* xsum;      // row-grouped: the 32-block sums of X on the grid, [T, K / 32] (SUM_HAS_M types read them)
+    const float* xsum;      // row-grouped: the 32-block sums of X on the grid, [T, K / 32] (SUM_HAS_M types but
+    //                         a8 Q4_K read them: it reads msums)
     const float* grid_g = nullptr;    // row-grouped: X's grid (rowgroup_kernels.h), [T, K / 32],
     const int32_t* pairs = nullptr;   // and its int16 pairs, [T, K / 2] (more than one token)
     const int8_t* xbytes = nullptr;   // and those as AMX's hi then lo bytes, [2, T, K] (amx_tiles.h), or null
-    const int32_t* quads = nullptr;   // or, an a8 job: X at 8 bits, [T, K / 4] quads (grid8_row)
+    const int32_t* quads = nullptr;   // or, an a8 job: X at 8 bits, [T, K / 4] quads (grid8_row, K-quants'
+    //                                   grid8_row256)
     const int32_t* isum = nullptr;    // row-grouped: X's integers (either grid) summed 16 at a time, [T, K / 16]
     const int32_t* msums = nullptr;   // a K-quant a8 job: X's integers summed a 32-block, int16 pairs [T, K / 64]
     uint64_t* best = nullptr;         // an argmax job (row-grouped): no Y; each token's best key (rg_best_key)
@@ -712,7 +714,7 @@ int llmos_act8_supported(void) {
 // llmos_qmatmul_parts, or with best (every part row-grouped, Y null) an argmax job's (Job.best).
 static int qmatmul(const QPart* parts, int64_t n_parts, int64_t K, const float* X, int64_t T, int64_t ldx,
                    float* Y, int64_t ldy, int add, int glu, const float* norm_w, float eps, int act8, uint64_t* best) {
-    [[maybe_unused]] bool grouped = false, split[2] = {false, false}, fp32_gemv = false, sb256 = false;
+    [[maybe_unused]] bool split[2] = {false, false}, fp32_gemv = false, sb256 = false;
 #if defined(LLMOS_VEC)
     const bool a8 = act8 && llmos_act8_supported();      // every token count: the same bits alone or batched
 #endif
@@ -723,7 +725,7 @@ static int qmatmul(const QPart* parts, int64_t n_parts, int64_t K, const float* 
         if (K % block_elems(base)) return -2;
 #if defined(LLMOS_VEC)
         if (base != type) {
-            grouped = true; fp32_gemv |= !rg_int_gemv(base);
+            fp32_gemv |= !rg_int_gemv(base);
             if (a8 && rg_a8_sb(base)) sb256 = true;        // x with one g a 256-block, below
             else split[rg_split_pairs(base)] = true;
         }

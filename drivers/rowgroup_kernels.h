@@ -23,8 +23,8 @@
 // token: integer sums of int16 pairs made in registers, or for Q4_K and Q6_K without VNNI fp32 FMAs;
 // see RG_INT_GEMV) and the GEMM (an int16 panel, integer sums) do exactly this, so results are
 // bit-identical at any batch size, as in the block layout. The 'a8' dtype takes x on 8 bits instead
-// (grid8_row, rg_imicro8 and rg_igemv_groups<A8> below: twice the products an instruction, llama.cpp's
-// precision), its GEMV and GEMM bit-identical in the same way.
+// (grid8_row, or the K-quants' grid8_row256; rg_imicro8 and rg_igemv_groups<A8> below: twice the
+// products an instruction, llama.cpp's precision), its GEMV and GEMM bit-identical in the same way.
 
 enum { RG_Q4_0 = RG_TYPES + Q4_0, RG_Q4_1 = RG_TYPES + Q4_1, RG_Q5_0 = RG_TYPES + Q5_0, RG_Q5_1 = RG_TYPES + Q5_1,
        RG_Q8_0 = RG_TYPES + Q8_0, RG_Q4_K = RG_TYPES + Q4_K, RG_Q6_K = RG_TYPES + Q6_K };
@@ -240,7 +240,7 @@ static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t*
     }
 }
 
-// The K-quants' a8 input (rg_a8_sb below): token row x (K % 256 == 0) as llama.cpp's Q8_K activations,
+// The K-quants' a8 input (rg_a8_sb above): token row x (K % 256 == 0) as llama.cpp's Q8_K activations,
 // one g a 256-block (its largest |x| / 127; NaN with any non-finite x there), kept in g[K / 32] for
 // each of its 32-blocks; msums[K / 64] the 32-blocks' integers summed, as int16 pairs (blocks 2i and
 // 2i + 1: |sum| <= 32 x 127); isum and quads (natural order) as grid8_row's.
@@ -259,7 +259,8 @@ static void grid8_row256(const float* x, int64_t K, float* g, int32_t* msums, in
         const vf inv = vset1(!nan && gs > 0.f ? 1.f / gs : 0.f);
         for (int64_t b = 8 * sb; b < 8 * sb + 8; b++) {
             vi q[VB];
-            for (int i = 0; i < VB; i++) q[i] = nan ? vset1i(0) : vclamp(vround(vmul(vload(x + 32 * b + VN * i), inv)), 127);
+            for (int i = 0; i < VB; i++)
+                q[i] = nan ? vset1i(0) : vclamp(vround(vmul(vload(x + 32 * b + VN * i), inv)), 127);
             g[b] = gs;
             float sum;
             rg_block_sums(q, 1.f, &sum, isum + 2 * b);
@@ -464,8 +465,9 @@ static inline void rg_gemv_groups(const uint8_t* W, int64_t gstride, int64_t nb,
 
 // The group at grp unpacked into an integer panel: chunk c's quants as CH / 2 vectors of int16 pairs
 // (quants kk and kk + 1 in KPERM order, low half first) at q + CH / 2 c VN, its d and m vectors at
-// d + c VN, m + c VN; only the d and m vectors where q is null (an a8 panel of rg_quads' types).
-template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t* q, float* d, float* m) {   // m: or null
+// d + c VN, m + c VN (not where m is null: an a8 K-quant's, rg_q4k_mins); only the d and m vectors
+// where q is null (an a8 panel of rg_quads' types).
+template <int TYPE> static void rg_panel(const uint8_t* grp, int64_t nb, int32_t* q, float* d, float* m) {
     auto put = [&](int64_t chunk, int kk, vi pair) { vstore_i(q + (chunk * (CH<TYPE> / 2) + kk / 2) * VN, pair); };
     for (int64_t sbi = 0; sbi < nb / SUBS<TYPE>; sbi++) {
         const uint8_t* sb = grp + sbi * VN * RG_SB<TYPE>;
@@ -674,7 +676,9 @@ __attribute__((always_inline)) static inline void rg_imicro(const int32_t* q, in
 // rg_imicro for an a8 matmul: the groups' unsigned quads (rg_quads, pstride int32 apart) times
 // C tokens' signed quads xq[c] (grid8_row, their pair order), four products a vpdpbusd, each chunk's
 // sum from -A8_OFF sum xi (isum[c], 16 at a time); then rg_imicro's epilogue with the tokens' g and
-// xsums (the m FMA only where SUM_HAS_M).
+// xsums (the m FMA only where SUM_HAS_M). The K-quants (A8_SB: x from grid8_row256) sum a super-block's
+// chunks unscaled, then Q4_K's m term from msums[c] (rg_q4k_msum, m: rg_q4k_mins) and out += the sum
+// times g, out zeroed first.
 template <int TYPE, int RV, int C>
 __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, int64_t pstride, const float* d,
         const float* m, int64_t dstride, int64_t nch, const int32_t* const* xq, const int32_t* const* isum,
@@ -683,7 +687,8 @@ __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, i
     constexpr int64_t CPS = 256 / CH<TYPE>;             // A8_SB: chunks a super-block
     vf acc[RV][C];                                      // A8_SB: the super-block's, before its g
     for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) acc[v][c] = vzero();
-    if constexpr (A8_SB<TYPE>) for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, vzero());
+    if constexpr (A8_SB<TYPE>)
+        for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, vzero());
     for (int64_t b = 0; b < nch; b++) {
         const int64_t xb = rg_xbase<TYPE>(b);
         vi s[RV][C];
@@ -705,7 +710,8 @@ __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, i
             for (int c = 0; c < C; c++) {
                 const vf si = vcvt(s[v][c]);
                 const vf a = vfma(A8_SB<TYPE> ? si : vmul(si, vset1(g[c][xb / 32])), dv, acc[v][c]);
-                acc[v][c] = SUM_HAS_M<TYPE> && !A8_SB<TYPE> ? vfma(vload(m + v * dstride + b * VN), vset1(xsums[c][b]), a) : a;
+                constexpr bool M_FMA = SUM_HAS_M<TYPE> && !A8_SB<TYPE>;
+                acc[v][c] = M_FMA ? vfma(vload(m + v * dstride + b * VN), vset1(xsums[c][b]), a) : a;
             }
         }
         if constexpr (A8_SB<TYPE>)          // a super-block's end: its m term, then out += its sums times its g
@@ -728,7 +734,8 @@ __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, i
                 }
             }
     }
-    if constexpr (!A8_SB<TYPE>) for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, acc[v][c]);
+    if constexpr (!A8_SB<TYPE>)
+        for (int c = 0; c < C; c++) for (int v = 0; v < RV; v++) vstore(out + c * ldo + v * VN, acc[v][c]);
 }
 #endif
 
@@ -762,7 +769,8 @@ static_assert(A8_PANEL_OFF<Q4_K> == 0, "Q4_K's a8 quads are its unsigned quants"
 // rg_q6_vecs: int16 pairs, or A8's unsigned quads) is made in registers as the GEMM's panel holds it
 // and meets each token's x vectors xv[c] (pairs, or A8's quads, in their order) in rg_dot, from
 // rg_sum_start (isum[c]; A8_OFF for A8); each chunk then takes the GEMM's epilogue (grid g[c], block
-// sums xsum[c]), chunks in the panel's order, so a token's results are the GEMM's bits (rg_imicro's,
+// sums xsum[c]; an A8 K-quant's super-block sums, Q4_K's m term from msums[c], as rg_imicro8's),
+// chunks in the panel's order, so a token's results are the GEMM's bits (rg_imicro's,
 // or A8's rg_imicro8's) whatever its batch. A few tokens (C > 1) share each weight vector, and the
 // weights stream once for all. (A8 through the GEMM's panels cost a few tokens twice the time: 2 Zen
 // 4 cores, one token, Gemma 3's 262144 x 640 Q8_0 output layer 3.8 -> 9.4 ms.)
@@ -800,6 +808,7 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
                     acc[r][c] = rg_chunk_fma<TYPE>(s[r][c], g[c][sbi], d, m, sums_at(c, sbi), acc[r][c]);
             }
         } else if constexpr (TYPE == Q6_K) {
+            static_assert(!A8 || A8_SB<TYPE>, "an a8 K-quant sums a super-block before its g (rg_imicro8)");
             vf sbacc[G][C];                    // A8 (A8_SB): the super-block's sums, before its g
             for (int r = 0; r < G; r++) for (int c = 0; c < C; c++) sbacc[r][c] = vzero();
             for (int n = 0; n < 2; n++)
@@ -837,6 +846,7 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
                 for (int r = 0; r < G; r++)
                     for (int c = 0; c < C; c++) acc[r][c] = vfma(sbacc[r][c], vset1(g[c][8 * sbi]), acc[r][c]);
         } else {
+            static_assert(!A8 || A8_SB<TYPE>, "an a8 K-quant sums a super-block before its g (rg_imicro8)");
             vf sbacc[G][C];                    // A8 (A8_SB): as Q6_K's
             for (int r = 0; r < G; r++) for (int c = 0; c < C; c++) sbacc[r][c] = vzero();
             for (int p = 0; p < 4; p++) {          // sub-blocks (chunks) 2p and 2p + 1
@@ -868,7 +878,8 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
                             sbacc[r][c] = vfma(vcvt(s1[r][c]), d1, sbacc[r][c]);
                         } else {
                             acc[r][c] = rg_chunk_fma<TYPE>(s0[r][c], g[c][b0], d, m, sums_at(c, b0), acc[r][c]);
-                            acc[r][c] = rg_chunk_fma<TYPE>(s1[r][c], g[c][b0 + 1], d1, m1, sums_at(c, b0 + 1), acc[r][c]);
+                            acc[r][c] = rg_chunk_fma<TYPE>(s1[r][c], g[c][b0 + 1], d1, m1, sums_at(c, b0 + 1),
+                                                           acc[r][c]);
                         }
                     }
                 }
@@ -1004,8 +1015,8 @@ struct RgFetch {
 
 #if defined(LLMOS_VDPBUSD)
 // Groups [g_begin, g_end) of an a8 job times its tn tokens from t0 (more than rg_few_max in the
-// task): A8_RV groups at a time, their quads made once (rg_quads) and their d, m vectors (rg_panel),
-// then rg_imicro8 over A8_NC tokens at a time.
+// task): A8_RV groups at a time, their quads made once (rg_quads) and their d, m vectors (rg_panel;
+// Q4_K's mins, rg_q4k_mins), then rg_imicro8 over A8_NC tokens at a time.
 template <int TYPE>
 static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int64_t g_end) {
     const int64_t K = j.K, nb = K / 32, nch = K / CH<TYPE>, gs = rg_group_bytes(TYPE, K);
@@ -1028,7 +1039,8 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
     auto micro = [&](int rv, int n, float* o) {
         const int32_t* q = quads.data();
         auto run = [&](auto rv_c, auto n_c) {
-            rg_imicro8<TYPE, decltype(rv_c)::value, decltype(n_c)::value>(q, qs, d, m, ds, nch, xq, is, g, sums, ms, o, ldo);
+            rg_imicro8<TYPE, decltype(rv_c)::value, decltype(n_c)::value>(q, qs, d, m, ds, nch, xq, is, g, sums, ms, o,
+                                                                          ldo);
         };
         using one = std::integral_constant<int, 1>;
         using nc = std::integral_constant<int, NC>;
@@ -1066,7 +1078,7 @@ static void rg_task8(const Job& j, int64_t t0, int64_t tn, int64_t g_begin, int6
 #endif
 
 // The rows of a task of a row-grouped matmul: Job's rows are group-aligned; X's block sums are in
-// j.xsum (SUM_HAS_M types), its integers' sums in j.isum (M_OFF types).
+// j.xsum (SUM_HAS_M types; an a8 Q4_K job's in j.msums), its integers' sums in j.isum (M_OFF types).
 template <int TYPE>
 static void rg_task_rows(const Job& j, int64_t i) {
     const int64_t K = j.K, nb = K / 32, nch = K / CH<TYPE>, gs = rg_group_bytes(TYPE, K);

@@ -93,10 +93,11 @@ def _prefix_disk(engine, path: Path, limit: int) -> None:
     """The persistent prefix-cache tier (kernel/prefixdisk.py) of the default model's KV pool."""
     from llmos.drivers.catalog import home
     from .checkpoint import fingerprint
+    from llmos.drivers.quant import A8_ARITHMETIC
     from .prefixdisk import PrefixDisk
     st = engine.storage
     shape = tuple(st.swap_out([0])[0].shape)
-    a8 = "-a8" if getattr(engine.model, "act8", False) else ""      # another arithmetic: other KV bits
+    a8 = f"-{A8_ARITHMETIC}" if getattr(engine.model, "act8", False) else ""   # another arithmetic: other KV bits
     key = f"{fingerprint(str(path))}-{str(st.dtype).replace('torch.', '')}{a8}-bs{st.block_size}"
     engine.kv.disk = d = PrefixDisk(home() / "prefix", key, shape, st.dtype, limit)
     log.info("boot: prefix disk %s: %d blocks, %.1f of %.1f MiB", d.dir, len(d.files), d.used / 2**20, limit / 2**20)

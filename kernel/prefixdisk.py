@@ -3,7 +3,8 @@ or a document paid for once is not prefilled again after a restart (``llmos serv
 SIZE``; off by default).
 
 Where: $LLMOS_HOME/prefix/<key>/<digest>.kv, key = the model's fingerprint (kernel/checkpoint.py)
-with the KV dtype and block size, so a file is only ever read by the same weights and layout. The
+with the KV dtype, the a8 kernels' arithmetic where the model runs on them (quant.A8_ARITHMETIC) and
+the block size, so a file is only ever read by the same weights, arithmetic and layout. The
 digest is kvcache's chained block digest (owner namespace, parent digest, the block's tokens).
 
 A file: MAGIC, a 4-byte little-endian header length, a msgpack header {parent, tokens, shape,

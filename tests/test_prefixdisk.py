@@ -114,7 +114,8 @@ def test_a_restarted_kernel_serves_the_prefix_from_disk(tmp_path, tiny_model_pat
 
 def test_a8_and_a13_kernels_keep_their_prefix_blocks_apart(tmp_path, monkeypatch):
     """An a8 kernel's prompt KV comes from 8-bit activations: a kernel on the 13-bit grid must not
-    read it from disk as its own (nor the other way round)."""
+    read it from disk as its own (nor the other way round), nor one of another a8 arithmetic (its
+    name, quant.A8_ARITHMETIC, is in the key)."""
     from pathlib import Path
     from gguf import GGMLQuantizationType as QT
     import tinymodel
@@ -131,3 +132,4 @@ def test_a8_and_a13_kernels_keep_their_prefix_blocks_apart(tmp_path, monkeypatch
         _prefix_disk(e, Path(path), 1 << 20)
         dirs.append(e.kv.disk.dir)
     assert dirs[0] != dirs[1] and dirs[0].parent == dirs[1].parent == tmp_path / "home" / "prefix"
+    assert f"-{quant.A8_ARITHMETIC}-" in dirs[1].name and quant.A8_ARITHMETIC not in dirs[0].name

@@ -216,6 +216,7 @@ def test_a8_takes_8_bit_activations_and_a_token_s_bits_do_not_depend_on_its_batc
     K = 512
     x = torch.randn(262, K, generator=torch.Generator().manual_seed(6))
     x[6, :32] = 0.0
+    x[7, :256] = 0.0                                      # a zero 256-block, for the K-quants
     x[9, 40] = float("inf")
     x[259, 100] = float("inf")                            # in the second chunk
     ok = [t for t in range(262) if t not in (9, 259)]
@@ -230,7 +231,7 @@ def test_a8_takes_8_bit_activations_and_a_token_s_bits_do_not_depend_on_its_batc
             continue
         for t in (1, 2, 3, 4, 5):
             assert torch.equal(a8(x[:t]), got[:t]), t
-        for lo, hi in ((6, 7), (9, 10), (6, 10)):          # a zero block, an infinity, both with others
+        for lo, hi in ((6, 7), (7, 8), (9, 10), (6, 10)):  # zero blocks, an infinity, both with others
             torch.testing.assert_close(a8(x[lo:hi]), got[lo:hi], rtol=0, atol=0, equal_nan=True)
         torch.testing.assert_close(a8(x[:258]), got[:258], rtol=0, atol=0, equal_nan=True)
         assert not torch.isfinite(got[[9, 259]]).any()
@@ -401,16 +402,21 @@ def test_fused_parts_norm_swiglu_and_residual_add(isa):
 @pytest.mark.parametrize("T", [1, 5, 70])
 def test_parts_in_both_pair_orders_and_the_block_layout_run_as_one_matmul(T, isa):
     """One call for a QLinear's parts (a split-pair Q4_0, a natural-pair Q8_0, a block-layout
-    Q5_K): the input's norm and grid (13-bit, or 8-bit for a8) are computed once, and each part's
-    columns are the bits that part gives alone."""
+    Q5_K, a row-grouped Q4_K): the input's norm and grid (13-bit, or for a8 8-bit with one scale a
+    32-block and, for the Q4_K, one a 256-block) are computed once, and each part's columns are the
+    bits that part gives alone."""
     ws = [(QT.Q4_0, random_blocks(QT.Q4_0, 21, 256, seed=1)), (QT.Q8_0, random_blocks(QT.Q8_0, 40, 256, seed=2)),
-          (QT.Q5_K, random_blocks(QT.Q5_K, 9, 256, seed=3))]
+          (QT.Q5_K, random_blocks(QT.Q5_K, 9, 256, seed=3)), (QT.Q4_K, random_blocks(QT.Q4_K, 19, 256, seed=4))]
     x, norm = torch.randn(T, 256, generator=torch.Generator().manual_seed(T)), torch.rand(256) + 0.5
     for act8 in (False, True):
         fused = quant.QLinear(ws, 256, act8=act8)
         got = fused(x, norm=norm, eps=1e-5)       # first: the kernels' buffers hold nothing of x yet
         alone = torch.cat([quant.QLinear([w], 256, act8=act8)(x, norm=norm, eps=1e-5) for w in ws], 1)
         assert torch.equal(got, alone)
+        if fused.act8:          # the Q4_K columns of a shared call: x on its own 256-block scales
+            wf = torch.from_numpy(dequantize(ws[3][1], QT.Q4_K).reshape(19, 256).astype(np.float64))
+            xg, q4k = on_grid8(x, 256), fused(x)[:, -19:].double()
+            assert torch.all((q4k - xg @ wf.T).abs() <= 2e-6 * (xg.abs() @ wf.abs().T) + 1e-6)
 
 
 def test_a_part_without_a_kernel_fails_the_matmul_before_any_output():
