@@ -194,12 +194,17 @@ def main(argv: list[str]) -> int:
             f"{'' if bound is None else f'{bound:12.1f}'}"
             f"{f'  (thread pool went solo {episodes}x: a worker lagged)' if episodes else ''}")
 
+    labels: dict[str, str] = {}     # dtype -> its engine's name, one per dtype asked for
+
     def llmos_rows(dtype, round_=1):
         """Loads the model in dtype and records its decode rows and prefill (every mode in round 1)."""
         gc.unfreeze()   # the last model's objects collectable again
         model = LlamaModel.load(str(path), dtype=dtype, device=str(device))
         gc.freeze()     # as the kernel's boot does (kernel/main.py): the model out of full GC passes
-        engine = f"llmos-{'a8' if model.act8 else 'a13'}" if model.quantized else f"llmos-{dtype}"
+        if dtype not in labels:     # the arithmetic it runs; the dtype asked for too where two run the same
+            name = f"llmos-{'a8' if model.act8 else 'a13'}" if model.quantized else f"llmos-{dtype}"
+            labels[dtype] = name if name not in labels.values() else f"{name}({dtype})"
+        engine = labels[dtype]
         if round_ == 1:
             say(f"# {engine}: {model.weight_format()}, weights {model.weight_bytes() / 1e6:.1f} MB")
         # on a GPU, decode with CUDA graphs (drivers/cudagraph.py) and without ('/eager')

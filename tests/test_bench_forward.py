@@ -3,12 +3,16 @@ step's logits, and a quantized model (one C call a layer) is left out with one l
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import gguf
 import pytest
 import torch
 
 from llmos.benchmarks import forward
 from llmos.drivers.llama import LlamaModel, SeqInput
+from llmos.drivers.quant import act8_supported
 
 import tinymodel
 
@@ -39,6 +43,18 @@ def test_compile_is_left_out_for_a_quantized_model(tmp_path, monkeypatch, capsys
     assert "--compile left out: each layer is one C call" in out and "/compiled" not in out
     rows = [line.split()[:3] for line in out.splitlines() if line.startswith("llmos-a13 ")]
     assert rows == [["llmos-a13", "decode", "b1"], ["llmos-a13", "prefill", "8"]]
+
+
+def test_two_dtypes_of_one_arithmetic_keep_their_rows_apart(tmp_path, monkeypatch, capsys):
+    """--dtype a8,auto on a file whose 'auto' is a8 (or, without vpdpbusd, a13 for both): two
+    engines, the second named with its dtype, each with its own rows."""
+    path = tinymodel.build_tiny_model(tmp_path / "q.gguf", qtype=gguf.GGMLQuantizationType.Q8_0)
+    monkeypatch.setattr(forward, "resolve", lambda *a, **k: Path(path))
+    assert forward.main(["forward", "--dtype", "a8,auto", "--batch", "1", "--steps", "1", "--context", "8",
+                         "--prefill", "0", "--device", "cpu", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    first = "llmos-a8" if act8_supported() else "llmos-a13"
+    assert [(r["engine"], r["figure"]) for r in rows] == [(first, "decode b1"), (f"{first}(auto)", "decode b1")]
 
 
 def test_rounds_take_turns_with_llama_cpp_and_print_each_ratio_and_the_median(tmp_path, monkeypatch, capsys):
