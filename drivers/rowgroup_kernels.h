@@ -216,54 +216,49 @@ static inline void grid8_quads(const vi* q, int64_t b, int32_t* const quads[2]) 
         _mm_storeu_si128((__m128i*)(quads[1] + 8 * b + 4), _mm_unpackhi_epi8(b0, b1));
     }
 }
+// An 8-bit block's scale, llama.cpp's: g = the largest |x| of x[0 .. n) / 127 (0 below the smallest
+// normal: all its integers 0; NaN with any non-finite x), and in inv the multiplier making x integers.
+static inline float grid8_scale(const float* x, int64_t n, vf& inv) {
+    vf amax = vzero(), nan_if_not_finite = vzero();
+    for (int64_t i = 0; i < n; i += VN) {
+        const vf v = vload(x + i);
+        amax = vmax(amax, vabs(v));
+        nan_if_not_finite = vfma(v, vzero(), nan_if_not_finite);
+    }
+    if (vany_nan(nan_if_not_finite)) { inv = vzero(); return NAN; }
+    float g = vhmax(amax) / 127.f;
+    if (!(g >= FLT_MIN)) g = 0.f;
+    inv = vset1(g > 0.f ? 1.f / g : 0.f);
+    return g;
+}
+// The 32-block at x as integers in [-127, 127] (VB vectors) under grid8_scale's g and inv; zeros where g is NaN.
+static inline void grid8_ints(const float* x, float g, vf inv, vi* q) {
+    for (int i = 0; i < VB; i++) q[i] = g != g ? vset1i(0) : vclamp(vround(vmul(vload(x + VN * i), inv)), 127);
+}
 static void grid8_row(const float* x, int64_t K, float* g, float* xsum, int32_t* isum, int32_t* const quads[2]) {
     for (int64_t b = 0; b < K / 32; b++) {
-        vf v[VB], amax = vzero(), nan_if_not_finite = vzero();
-        for (int i = 0; i < VB; i++) {
-            v[i] = vload(x + 32 * b + VN * i);
-            amax = vmax(amax, vabs(v[i]));
-            nan_if_not_finite = vfma(v[i], vzero(), nan_if_not_finite);
-        }
-        vi q[VB];
-        if (vany_nan(nan_if_not_finite)) {
-            g[b] = NAN;
-            for (int i = 0; i < VB; i++) q[i] = vset1i(0);
-        } else {
-            float gb = vhmax(amax) / 127.f;
-            if (!(gb >= FLT_MIN)) gb = 0.f;                // a block of (near) zeros: all xi 0
-            const vf inv = vset1(gb > 0.f ? 1.f / gb : 0.f);
-            for (int i = 0; i < VB; i++) q[i] = vclamp(vround(vmul(v[i], inv)), 127);
-            g[b] = gb;
-        }
+        vf inv; vi q[VB];
+        g[b] = grid8_scale(x + 32 * b, 32, inv);
+        grid8_ints(x + 32 * b, g[b], inv, q);
         rg_block_sums(q, g[b], &xsum[b], isum + 2 * b);
         grid8_quads(q, b, quads);
     }
 }
 
 // The K-quants' a8 input (rg_a8_sb above): token row x (K % 256 == 0) as llama.cpp's Q8_K activations,
-// one g a 256-block (its largest |x| / 127; NaN with any non-finite x there), kept in g[K / 32] for
-// each of its 32-blocks; msums[K / 64] the 32-blocks' integers summed, as int16 pairs (blocks 2i and
-// 2i + 1: |sum| <= 32 x 127); isum and quads (natural order) as grid8_row's.
+// one g a 256-block (grid8_scale over it), kept in g[K / 32] for each of its 32-blocks; msums[K / 64]
+// the 32-blocks' integers summed, as int16 pairs (blocks 2i and 2i + 1: |sum| <= 32 x 127); isum and
+// quads (natural order) as grid8_row's.
 static void grid8_row256(const float* x, int64_t K, float* g, int32_t* msums, int32_t* isum, int32_t* quads) {
     int32_t* const order[2] = {quads, nullptr};
     for (int64_t sb = 0; sb < K / 256; sb++) {
-        vf amax = vzero(), nan_if_not_finite = vzero();
-        for (int i = 0; i < 256 / VN; i++) {
-            const vf v = vload(x + 256 * sb + VN * i);
-            amax = vmax(amax, vabs(v));
-            nan_if_not_finite = vfma(v, vzero(), nan_if_not_finite);
-        }
-        const bool nan = vany_nan(nan_if_not_finite);
-        float gs = nan ? NAN : vhmax(amax) / 127.f;
-        if (!nan && !(gs >= FLT_MIN)) gs = 0.f;            // (near) zeros: all xi 0
-        const vf inv = vset1(!nan && gs > 0.f ? 1.f / gs : 0.f);
+        vf inv;
+        const float gs = grid8_scale(x + 256 * sb, 256, inv);
         for (int64_t b = 8 * sb; b < 8 * sb + 8; b++) {
-            vi q[VB];
-            for (int i = 0; i < VB; i++)
-                q[i] = nan ? vset1i(0) : vclamp(vround(vmul(vload(x + 32 * b + VN * i), inv)), 127);
+            vi q[VB]; float unscaled;
+            grid8_ints(x + 32 * b, gs, inv, q);
             g[b] = gs;
-            float sum;
-            rg_block_sums(q, 1.f, &sum, isum + 2 * b);
+            rg_block_sums(q, 1.f, &unscaled, isum + 2 * b);
             const uint32_t half = (uint16_t)(int16_t)(isum[2 * b] + isum[2 * b + 1]);
             msums[b / 2] = (int32_t)(b % 2 ? (uint32_t)msums[b / 2] | half << 16 : half);
             grid8_quads(q, b, order);
@@ -622,6 +617,14 @@ static inline vi rg_q4k_msum(const vi mn[4], const int32_t* msums) {
     for (int p = 1; p < 4; p++) s = vdpwssd(s, mn[p], vset1i(msums[p]));
     return s;
 }
+// A super-block's end in an a8 K-quant's GEMM and GEMV alike (one order, so one token's bits): its
+// unscaled sums sb, Q4_K's m term added (mn, negdmin, the token's msums there), times the token's g
+// into acc.
+template <int TYPE> static inline vf rg_sb_end(vf sb, const vi* mn, vf negdmin, const int32_t* msums, float g,
+                                               vf acc) {
+    if constexpr (HAS_M<TYPE>) sb = vfma(vcvt(rg_q4k_msum(mn, msums)), negdmin, sb);
+    return vfma(sb, vset1(g), acc);
+}
 // A group's mins for rg_imicro8 (its m panel: 8 VN floats a super-block): the 4 pair vectors, -dmin.
 static void rg_q4k_mins(const uint8_t* grp, int64_t nb, float* m) {
     for (int64_t sbi = 0; sbi < nb / 8; sbi++) {
@@ -725,10 +728,9 @@ __attribute__((always_inline)) static inline void rg_imicro8(const int32_t* q, i
                         negdmin = vload(mp + 4 * VN);
                     }
                     for (int c = 0; c < C; c++) {
-                        vf a = acc[v][c];
-                        if constexpr (HAS_M<TYPE>) a = vfma(vcvt(rg_q4k_msum(mn, msums[c] + 4 * sbi)), negdmin, a);
                         float* o = out + c * ldo + v * VN;
-                        vstore(o, vfma(a, vset1(g[c][8 * sbi]), vload(o)));
+                        const int32_t* ms = HAS_M<TYPE> ? msums[c] + 4 * sbi : nullptr;
+                        vstore(o, rg_sb_end<TYPE>(acc[v][c], mn, negdmin, ms, g[c][8 * sbi], vload(o)));
                         acc[v][c] = vzero();
                     }
                 }
@@ -844,7 +846,8 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
                 }
             if constexpr (A8)
                 for (int r = 0; r < G; r++)
-                    for (int c = 0; c < C; c++) acc[r][c] = vfma(sbacc[r][c], vset1(g[c][8 * sbi]), acc[r][c]);
+                    for (int c = 0; c < C; c++)
+                        acc[r][c] = rg_sb_end<TYPE>(sbacc[r][c], nullptr, vzero(), nullptr, g[c][8 * sbi], acc[r][c]);
         } else {
             static_assert(!A8 || A8_SB<TYPE>, "an a8 K-quant sums a super-block before its g (rg_imicro8)");
             vf sbacc[G][C];                    // A8 (A8_SB): as Q6_K's
@@ -889,10 +892,9 @@ static inline void rg_igemv_groups(const uint8_t* W, int64_t gstride, int64_t nb
                     vi mn[4];
                     for (int p = 0; p < 4; p++) mn[p] = rg_q4k_minpair(sb + r * gstride, p);
                     const vf negdmin = rg_q4k_negdmin(sb + r * gstride);
-                    for (int c = 0; c < C; c++) {
-                        const vf a = vfma(vcvt(rg_q4k_msum(mn, msums[c] + 4 * sbi)), negdmin, sbacc[r][c]);
-                        acc[r][c] = vfma(a, vset1(g[c][8 * sbi]), acc[r][c]);
-                    }
+                    for (int c = 0; c < C; c++)
+                        acc[r][c] = rg_sb_end<TYPE>(sbacc[r][c], mn, negdmin, msums[c] + 4 * sbi, g[c][8 * sbi],
+                                                    acc[r][c]);
                 }
         }
     }
